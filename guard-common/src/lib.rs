@@ -1,0 +1,300 @@
+//! Types shared by the eBPF programs and userspace.
+//!
+//! Every struct is `#[repr(C)]` with explicit padding so that its layout is the same on both
+//! sides and the verifier never sees uninitialised padding bytes.
+#![no_std]
+
+/// Bytes of a path or address kept in keys and events. LPM trie keys are limited to 256 bytes of
+/// data by the kernel; two of them hold the policy id and the object class.
+pub const OBJECT_LEN: usize = 256;
+/// Bytes of the path itself inside a path key (after policy id and class).
+pub const PATH_LEN: usize = OBJECT_LEN - 2;
+/// argv captured at exec: this many arguments, each cut to ARG_LEN bytes.
+pub const MAX_ARGS: usize = 8;
+pub const ARG_LEN: usize = 64;
+/// Network rules checked in order, per policy.
+pub const MAX_NET_RULES: u32 = 64;
+/// Capabilities known to the kernel (CAP_LAST_CAP is 40 on 6.x).
+pub const MAX_CAPS: u32 = 64;
+/// Errno values returned by the hooks.
+pub const EPERM: i32 = 1;
+/// -ERESTARTNOINTR: the kernel restarts the syscall once the task is resumed.
+pub const ERESTARTNOINTR: i32 = 513;
+pub const SIGSTOP: u32 = 19;
+
+/// What a rule or the default does with an operation.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Allow = 0,
+    Deny = 1,
+    Audit = 2,
+    Ask = 3,
+}
+
+impl Action {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::Allow),
+            1 => Some(Self::Deny),
+            2 => Some(Self::Audit),
+            3 => Some(Self::Ask),
+            _ => None,
+        }
+    }
+}
+
+/// The LSM hook that saw an operation.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Exec = 1,
+    FileOpen = 2,
+    PathMknod = 3,
+    PathUnlink = 4,
+    PathRmdir = 5,
+    PathRename = 6,
+    PathTruncate = 7,
+    Connect = 8,
+    Capable = 9,
+    Mount = 10,
+    MoveMount = 11,
+    KernelReadFile = 12,
+    KernelLoadData = 13,
+    Ptrace = 14,
+    Bpf = 15,
+    PathMkdir = 16,
+}
+
+impl Hook {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        use Hook::*;
+        Some(match v {
+            1 => Exec,
+            2 => FileOpen,
+            3 => PathMknod,
+            4 => PathUnlink,
+            5 => PathRmdir,
+            6 => PathRename,
+            7 => PathTruncate,
+            8 => Connect,
+            9 => Capable,
+            10 => Mount,
+            11 => MoveMount,
+            12 => KernelReadFile,
+            13 => KernelLoadData,
+            14 => Ptrace,
+            15 => Bpf,
+            16 => PathMkdir,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        use Hook::*;
+        match self {
+            Exec => "bprm_check_security",
+            FileOpen => "file_open",
+            PathMknod => "path_mknod",
+            PathUnlink => "path_unlink",
+            PathRmdir => "path_rmdir",
+            PathRename => "path_rename",
+            PathTruncate => "path_truncate",
+            Connect => "socket_connect",
+            Capable => "capable",
+            Mount => "sb_mount",
+            MoveMount => "move_mount",
+            KernelReadFile => "kernel_read_file",
+            KernelLoadData => "kernel_load_data",
+            Ptrace => "ptrace_access_check",
+            Bpf => "bpf",
+            PathMkdir => "path_mkdir",
+        }
+    }
+}
+
+/// The class byte of a path key: which kind of operation a path rule covers.
+pub mod class {
+    pub const EXEC: u8 = 1;
+    pub const READ: u8 = 2;
+    pub const WRITE: u8 = 3;
+    pub const DELETE: u8 = 4;
+    pub const UNIX: u8 = 5;
+}
+
+/// Key data of the path LPM trie: `[policy, class, path bytes..., 0]`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PathKey {
+    pub policy: u8,
+    pub class: u8,
+    pub path: [u8; PATH_LEN],
+}
+
+/// A matched rule: its index in the policy (file order) and its action.
+/// The value stored for each key is the earliest rule among the key and its ancestors, so one
+/// longest-prefix lookup gives the first matching rule in file order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleRef {
+    /// Rule index + 1; 0 means "no rule".
+    pub rule: u32,
+    pub action: u8,
+    pub _pad: [u8; 3],
+}
+
+/// One network rule. Addresses are IPv6 (IPv4 stored as ::ffff:a.b.c.d).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NetRule {
+    pub addr: [u8; 16],
+    pub mask: [u8; 16],
+    /// 0 = any port.
+    pub port: u16,
+    pub used: u8,
+    pub action: u8,
+    pub rule: u32,
+}
+
+/// Per-policy settings (default action, rules for singleton operations).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PolicyConf {
+    pub default_action: u8,
+    pub _pad: [u8; 3],
+    /// Rule refs for operations without an object to match.
+    pub mount: RuleRef,
+    pub module: RuleRef,
+    pub bpf: RuleRef,
+    pub ptrace: RuleRef,
+    /// Kernel-side limit of a hold, in nanoseconds: past it the hook denies on its own.
+    pub hold_deadline_ns: u64,
+}
+
+/// A watched task (thread id key).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Watched {
+    pub policy: u8,
+    pub _pad: [u8; 3],
+    /// Thread group id of the tree's root process.
+    pub root: u32,
+}
+
+/// A hold in flight for a thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Hold {
+    pub seq: u64,
+    pub hash: u64,
+    pub deadline_ns: u64,
+}
+
+/// A decision for a held thread, written by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Verdict {
+    pub seq: u64,
+    pub hash: u64,
+    /// 1 = allow, 0 = deny.
+    pub allow: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Why a decision came out the way it did (in events).
+pub mod reason {
+    pub const RULE: u8 = 1;
+    pub const DEFAULT: u8 = 2;
+    pub const APPROVED: u8 = 3;
+    pub const DENIED: u8 = 4;
+    /// The kernel's own deadline passed with no verdict (agent gone).
+    pub const EXPIRED: u8 = 5;
+    /// An ask from a context that cannot be held (io_uring worker): denied at once.
+    pub const UNHOLDABLE: u8 = 6;
+}
+
+/// Event kinds on the ring buffer.
+pub mod kind {
+    /// A decision the kernel made on its own (allow/audit/deny by rule or default).
+    pub const DECISION: u8 = 1;
+    /// A new hold: the thread is stopping and waits for a verdict.
+    pub const HOLD: u8 = 2;
+    /// A held operation completed with the agent's verdict.
+    pub const RESOLVED: u8 = 3;
+    /// A watched process executed a new program.
+    pub const EXEC: u8 = 4;
+    /// A watched process exited (thread group leader).
+    pub const EXIT: u8 = 5;
+}
+
+/// One event from the kernel.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Event {
+    pub kind: u8,
+    pub hook: u8,
+    pub action: u8,
+    pub reason: u8,
+    pub policy: u8,
+    /// 1 when the object was cut to fit.
+    pub truncated: u8,
+    pub argc: u8,
+    pub _pad: u8,
+    pub tgid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub rule: u32,
+    /// Capability number, port, mount flags, module id or ptrace target, by hook.
+    pub aux: u64,
+    pub seq: u64,
+    pub hash: u64,
+    pub time_ns: u64,
+    pub object: [u8; OBJECT_LEN],
+    pub argv: [[u8; ARG_LEN]; MAX_ARGS],
+}
+
+/// argv captured at sys_enter_execve for a watched thread.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Argv {
+    pub argc: u32,
+    pub _pad: u32,
+    pub args: [[u8; ARG_LEN]; MAX_ARGS],
+}
+
+/// Kernel struct offsets read from the running kernel's BTF at load time, passed as frozen
+/// .rodata. Rust eBPF cannot emit CO-RE relocations, so nothing may be baked in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Offsets {
+    pub file_f_path: u32,
+    pub file_f_mode: u32,
+    pub binprm_file: u32,
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_real_parent: u32,
+    pub task_flags: u32,
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    pub dentry_parent: u32,
+    pub dentry_name: u32,
+    pub mount_mnt: u32,
+    pub mount_parent: u32,
+    pub mount_mountpoint: u32,
+    pub vfsmount_root: u32,
+    pub _pad: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for PathKey {}
+    unsafe impl aya::Pod for RuleRef {}
+    unsafe impl aya::Pod for NetRule {}
+    unsafe impl aya::Pod for PolicyConf {}
+    unsafe impl aya::Pod for Watched {}
+    unsafe impl aya::Pod for Hold {}
+    unsafe impl aya::Pod for Verdict {}
+    unsafe impl aya::Pod for Offsets {}
+}
