@@ -1,0 +1,150 @@
+//! The admin socket: `guard-agent pending|approve|deny|status` talk to the running agent here.
+//!
+//! One JSON request per connection, one JSON answer. Only root may connect (mode 0600 plus a
+//! check of the peer's credentials), and never a process inside a watched tree: an agent must
+//! not approve its own holds, even when it runs as root.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::{os::unix::fs::PermissionsExt, path::Path};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+};
+
+pub const DEFAULT_SOCKET: &str = "/run/guard/agent.sock";
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Pending,
+    Approve { id: String, comment: Option<String> },
+    Deny { id: String, reason: Option<String> },
+    Status,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    pub error: Option<String>,
+    pub data: Option<serde_json::Value>,
+}
+
+impl Response {
+    pub fn ok(data: serde_json::Value) -> Self {
+        Response {
+            ok: true,
+            error: None,
+            data: Some(data),
+        }
+    }
+    pub fn err(msg: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            error: Some(msg.into()),
+            data: None,
+        }
+    }
+}
+
+/// Who is asking, from SO_PEERCRED.
+pub struct Peer {
+    pub uid: u32,
+    pub pid: Option<i32>,
+}
+
+/// Binds the socket, refusing to steal one that another agent still serves.
+pub async fn bind(path: &Path) -> Result<UnixListener> {
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            bail!(
+                "another guard-agent already serves {}: pass --admin-socket PATH",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).ok();
+    }
+    // Created under a 0077 umask so that no moment exists where others could connect.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let listener = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener =
+        listener.with_context(|| format!("binding the admin socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves requests; `handle` answers each (it is given the peer for the checks).
+pub async fn serve<F>(listener: UnixListener, handle: F)
+where
+    F: Fn(&Peer, Request) -> Response + Send + Sync + Clone + 'static,
+{
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let peer = match stream.peer_cred() {
+                Ok(c) => Peer {
+                    uid: c.uid(),
+                    pid: c.pid(),
+                },
+                Err(_) => return,
+            };
+            let (r, mut w) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = BufReader::new(r.take_limit());
+            let resp = match reader.read_line(&mut line).await {
+                Ok(0) => return,
+                Ok(_) => match serde_json::from_str::<Request>(&line) {
+                    Ok(req) => handle(&peer, req),
+                    Err(e) => Response::err(format!("bad request: {e}")),
+                },
+                Err(e) => Response::err(format!("cannot read the request: {e}")),
+            };
+            let mut out = serde_json::to_string(&resp).unwrap_or_else(|_| "{\"ok\":false}".into());
+            out.push('\n');
+            w.write_all(out.as_bytes()).await.ok();
+        });
+    }
+}
+
+/// Requests longer than this are refused (read stops there and the JSON fails to parse).
+const MAX_REQUEST: u64 = 64 * 1024;
+
+trait TakeLimit {
+    fn take_limit(self) -> tokio::io::Take<Self>
+    where
+        Self: Sized;
+}
+
+impl<T: tokio::io::AsyncRead> TakeLimit for T {
+    fn take_limit(self) -> tokio::io::Take<Self> {
+        tokio::io::AsyncReadExt::take(self, MAX_REQUEST)
+    }
+}
+
+/// Sends one request to the agent at `path` and returns its answer.
+pub async fn call(path: &Path, req: &Request) -> Result<Response> {
+    let mut s = UnixStream::connect(path).await.with_context(|| {
+        format!(
+            "cannot reach the agent at {} (is it running, and are you root?)",
+            path.display()
+        )
+    })?;
+    let mut line = serde_json::to_string(req)?;
+    line.push('\n');
+    s.write_all(line.as_bytes()).await?;
+    let mut answer = String::new();
+    BufReader::new(s).read_line(&mut answer).await?;
+    if answer.is_empty() {
+        bail!("the agent closed the connection without answering");
+    }
+    Ok(serde_json::from_str(&answer).context("the agent's answer is not valid JSON")?)
+}

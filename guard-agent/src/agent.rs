@@ -1,0 +1,350 @@
+//! The agent's shared state and what it does with each kernel event.
+
+use crate::{
+    audit::AuditLog,
+    events::{self, argv_of, hook_name, object_text, reason_name, Record},
+    holds::{Decision, DecisionSource, HoldInfo, HoldTable, PendingHold},
+    kernel::Kernel,
+    policy::{action_name, Policy},
+};
+use guard_common::{kind, Action, Event, Hook};
+use nix::{sys::signal::Signal, unistd::Pid};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+/// What the agent knows of a watched process, kept after it exits so records still name it.
+#[derive(Debug, Clone, Default)]
+pub struct ProcInfo {
+    pub exe: Option<String>,
+    pub argv: Vec<String>,
+    pub ppid: u32,
+}
+
+pub struct State {
+    pub kernel: Kernel,
+    pub policy: Policy,
+    pub holds: HoldTable,
+    pub procs: HashMap<u32, ProcInfo>,
+    pub audit: AuditLog,
+    pub host: String,
+    pub lost_reported: u64,
+}
+
+pub type Shared = Arc<Mutex<State>>;
+
+impl State {
+    fn rule_name(&self, rule: u32) -> Option<String> {
+        (rule as usize)
+            .checked_sub(1)
+            .and_then(|i| self.policy.rules.get(i))
+            .map(|r| r.name.clone())
+    }
+
+    fn proc_info(&mut self, pid: u32) -> ProcInfo {
+        if let Some(p) = self.procs.get(&pid) {
+            return p.clone();
+        }
+        // Not seen exec'ing (it started before it was watched): ask /proc while it lives.
+        let info = read_proc(pid);
+        self.procs.insert(pid, info.clone());
+        info
+    }
+
+    /// The chain of watched ancestors, nearest first.
+    fn ancestry(&mut self, mut pid: u32) -> Vec<String> {
+        let mut out = vec![];
+        for _ in 0..32 {
+            let info = self.proc_info(pid);
+            out.push(format!(
+                "{pid} {}",
+                info.exe.clone().unwrap_or_else(|| "?".into())
+            ));
+            if info.ppid == 0 || !self.procs.contains_key(&info.ppid) {
+                break;
+            }
+            pid = info.ppid;
+        }
+        out
+    }
+
+    fn record(&mut self, e: &Event) -> Record {
+        let mut info = self.proc_info(e.tgid);
+        if info.ppid == 0 {
+            info.ppid = e.ppid;
+            self.procs.insert(e.tgid, info.clone());
+        }
+        let (exe, argv) = if e.hook == Hook::Exec as u8 {
+            // For an exec decision the program is the one being started, not the caller.
+            (Some(object_text(e)), argv_of(e))
+        } else {
+            (info.exe, info.argv)
+        };
+        let action = Action::from_u8(e.action).unwrap_or(Action::Deny);
+        let denied = matches!(action, Action::Deny)
+            || matches!(
+                e.reason,
+                guard_common::reason::DENIED
+                    | guard_common::reason::EXPIRED
+                    | guard_common::reason::UNHOLDABLE
+            );
+        Record {
+            time: events::now_rfc3339(),
+            host: self.host.clone(),
+            decision: if denied { "deny" } else { "allow" },
+            reason: reason_name(e.reason).to_string(),
+            rule: self.rule_name(e.rule),
+            action: action_name(action),
+            hook: hook_name(e),
+            pid: e.tgid,
+            tid: e.tid,
+            ppid: e.ppid,
+            uid: e.uid,
+            exe,
+            argv,
+            object: object_text(e),
+            request_id: None,
+            approver: None,
+            comment: None,
+            held_ms: None,
+            lost: None,
+        }
+    }
+}
+
+fn read_proc(pid: u32) -> ProcInfo {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| p.display().to_string());
+    let argv = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(") ").map(|(_, r)| {
+                r.split(' ')
+                    .nth(1)
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(0)
+            })
+        })
+        .unwrap_or(0);
+    ProcInfo { exe, argv, ppid }
+}
+
+/// Handles one kernel event. Holds start a decision task on `rt`.
+pub fn handle_event(state: &Shared, source: &Arc<dyn DecisionSource>, e: Event) {
+    let mut st = state.lock().expect("state lock");
+    match e.kind {
+        kind::EXEC => {
+            let mut info = read_proc(e.tgid);
+            info.exe = Some(object_text(&e));
+            if info.argv.is_empty() {
+                info.argv = argv_of(&e);
+            }
+            if info.ppid == 0 {
+                info.ppid = e.ppid;
+            }
+            st.procs.insert(e.tgid, info);
+        }
+        kind::EXIT => {
+            // Holds of a process that died while held end here.
+            let gone: Vec<String> = st
+                .holds
+                .by_id
+                .iter()
+                .filter(|(_, h)| h.info.pid == e.tgid)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in gone {
+                if let Some(h) = st.holds.by_id.remove(&id) {
+                    tracing::info!("hold {id} ended: process {} exited while held", e.tgid);
+                    let _ = h;
+                }
+            }
+        }
+        kind::DECISION => {
+            let r = st.record(&e);
+            st.audit.write(&r);
+        }
+        kind::HOLD => {
+            let id = st.holds.new_id();
+            let info = st.proc_info(e.tgid);
+            let timeout = st.policy.ask_timeout;
+            let (exe, argv) = if e.hook == Hook::Exec as u8 {
+                (Some(object_text(&e)), argv_of(&e))
+            } else {
+                (info.exe.clone(), info.argv.clone())
+            };
+            let hold = HoldInfo {
+                id: id.clone(),
+                hook: hook_name(&e),
+                object: object_text(&e),
+                rule: st.rule_name(e.rule),
+                pid: e.tgid,
+                tid: e.tid,
+                ppid: e.ppid,
+                uid: e.uid,
+                exe,
+                argv,
+                ancestry: st.ancestry(e.tgid),
+                held_secs: 0,
+                timeout_secs: timeout.as_secs(),
+            };
+            tracing::info!(
+                "hold {id}: {} {} by pid {} ({})",
+                hold.hook,
+                hold.object,
+                hold.pid,
+                hold.rule.clone().unwrap_or_default()
+            );
+            st.holds.by_id.insert(
+                id.clone(),
+                PendingHold {
+                    info: hold.clone(),
+                    seq: e.seq,
+                    hash: e.hash,
+                    started: Instant::now(),
+                    decision: None,
+                },
+            );
+            let decision = source.decide(hold);
+            let state = state.clone();
+            tokio::spawn(async move {
+                let d = tokio::time::timeout(timeout, decision)
+                    .await
+                    .unwrap_or_else(|_| Decision::expired());
+                apply_decision(&state, &id, d).await;
+            });
+        }
+        kind::RESOLVED => {
+            let mut r = st.record(&e);
+            if let Some(id) = st.holds.find(e.tid, e.seq).cloned() {
+                if let Some(h) = st.holds.by_id.remove(&id) {
+                    r.request_id = Some(id);
+                    r.held_ms = Some(h.started.elapsed().as_millis() as u64);
+                    if let Some(d) = h.decision {
+                        r.reason = d.reason.to_string();
+                        r.approver = d.approver;
+                        r.comment = d.comment;
+                    }
+                }
+            }
+            st.audit.write(&r);
+        }
+        _ => tracing::warn!("unknown event kind {}", e.kind),
+    }
+}
+
+/// Writes the verdict, then resumes the held thread once it has really stopped.
+pub async fn apply_decision(state: &Shared, id: &str, d: Decision) {
+    let target = {
+        let mut st = state.lock().expect("state lock");
+        let Some(h) = st.holds.by_id.get_mut(id) else {
+            return;
+        };
+        if h.decision.is_some() {
+            return;
+        }
+        h.decision = Some(d.clone());
+        let (tid, tgid, seq, hash) = (h.info.tid, h.info.pid, h.seq, h.hash);
+        tracing::info!(
+            "hold {id}: {} ({})",
+            if d.allow { "allow" } else { "deny" },
+            d.reason
+        );
+        if let Err(e) = st.kernel.set_verdict(tid, seq, hash, d.allow) {
+            tracing::error!("hold {id}: {e:#}; the kernel will deny it at its own deadline");
+            return;
+        }
+        (tid, tgid)
+    };
+    resume(target.0, target.1).await;
+}
+
+/// SIGCONT must arrive after the SIGSTOP took effect: an early SIGCONT cancels the pending
+/// stop and the thread would never re-enter the hook to read its verdict.
+async fn resume(tid: u32, tgid: u32) {
+    for _ in 0..200 {
+        if thread_state(tgid, tid)
+            .map(|s| s == 'T' || s == 't')
+            .unwrap_or(true)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    nix::sys::signal::kill(Pid::from_raw(tgid as i32), Signal::SIGCONT).ok();
+}
+
+fn thread_state(tgid: u32, tid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{tgid}/task/{tid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// Denies every hold still waiting: used when the agent stops, so nothing stays frozen.
+pub async fn deny_all(state: &Shared, reason: &'static str) {
+    let ids: Vec<String> = {
+        let st = state.lock().expect("state lock");
+        st.holds
+            .by_id
+            .iter()
+            .filter(|(_, h)| h.decision.is_none())
+            .map(|(id, _)| id.clone())
+            .collect()
+    };
+    for id in ids {
+        apply_decision(
+            state,
+            &id,
+            Decision {
+                allow: false,
+                reason,
+                approver: None,
+                comment: Some("agent stopping".into()),
+            },
+        )
+        .await;
+    }
+}
+
+/// Reports ring buffer overflows as records, never silently.
+pub fn report_lost(state: &Shared) {
+    let mut st = state.lock().expect("state lock");
+    let lost = st.kernel.lost_events();
+    if lost > st.lost_reported {
+        let n = lost - st.lost_reported;
+        st.lost_reported = lost;
+        tracing::error!("{n} kernel events were lost: the ring buffer was full");
+        let r = Record {
+            time: events::now_rfc3339(),
+            host: st.host.clone(),
+            decision: "deny",
+            reason: "events_lost".into(),
+            rule: None,
+            action: "deny",
+            hook: "ring_buffer",
+            pid: 0,
+            tid: 0,
+            ppid: 0,
+            uid: 0,
+            exe: None,
+            argv: vec![],
+            object: "events_lost".into(),
+            request_id: None,
+            approver: None,
+            comment: Some("holds that could not be reported were denied in the kernel".into()),
+            held_ms: None,
+            lost: Some(n),
+        };
+        st.audit.write(&r);
+    }
+}

@@ -1,0 +1,151 @@
+//! Decoding kernel events and turning them into audit records.
+
+use guard_common::{reason, Event, Hook, ARG_LEN};
+use serde::Serialize;
+use std::net::{IpAddr, Ipv6Addr};
+
+/// Copies an event out of a ring buffer item; None if the item is too short.
+pub fn decode(bytes: &[u8]) -> Option<Event> {
+    if bytes.len() < std::mem::size_of::<Event>() {
+        return None;
+    }
+    // SAFETY: Event is plain old data and the length was checked.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const Event) })
+}
+
+fn c_str(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// The object of an event, as people read it: a path, "addr:port", "@abstract" or a label.
+pub fn object_text(e: &Event) -> String {
+    let o = &e.object;
+    if e.hook == Hook::Connect as u8 && (o[0] == 2 || o[0] == 10) {
+        let port = u16::from_be_bytes([o[2], o[3]]);
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&o[4..20]);
+        let ip = Ipv6Addr::from(a);
+        return match ip.to_ipv4_mapped() {
+            Some(v4) => format!("{}:{port}", IpAddr::V4(v4)),
+            None => format!("[{ip}]:{port}"),
+        };
+    }
+    let mut s = c_str(o);
+    if e.hook == Hook::Capable as u8 {
+        s = crate::policy::CAPABILITIES
+            .get(e.aux as usize)
+            .map(|c| c.to_string())
+            .unwrap_or(format!("capability {}", e.aux));
+    } else if e.hook == Hook::Ptrace as u8 {
+        s = format!("ptrace pid {}", e.aux);
+    }
+    if e.truncated != 0 {
+        s.push_str("...");
+    }
+    s
+}
+
+pub fn argv_of(e: &Event) -> Vec<String> {
+    e.argv
+        .iter()
+        .take(e.argc as usize)
+        .map(|a| c_str(&a[..ARG_LEN]))
+        .collect()
+}
+
+pub fn hook_name(e: &Event) -> &'static str {
+    Hook::from_u8(e.hook).map(|h| h.name()).unwrap_or("unknown")
+}
+
+pub fn reason_name(r: u8) -> &'static str {
+    match r {
+        reason::RULE => "rule",
+        reason::DEFAULT => "default",
+        reason::APPROVED => "approved",
+        reason::DENIED => "denied",
+        reason::EXPIRED => "expired",
+        reason::UNHOLDABLE => "unholdable",
+        _ => "unknown",
+    }
+}
+
+/// One line of the audit log (fields named in design.md).
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    pub time: String,
+    pub host: String,
+    pub decision: &'static str,
+    pub reason: String,
+    pub rule: Option<String>,
+    /// The rule's (or default's) action: allow, deny, audit or ask.
+    pub action: &'static str,
+    pub hook: &'static str,
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub exe: Option<String>,
+    pub argv: Vec<String>,
+    pub object: String,
+    pub request_id: Option<String>,
+    pub approver: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost: Option<u64>,
+}
+
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blank() -> Event {
+        // SAFETY: all-zero is a valid Event.
+        unsafe { std::mem::zeroed() }
+    }
+
+    #[test]
+    fn formats_addresses() {
+        let mut e = blank();
+        e.hook = Hook::Connect as u8;
+        e.object[0] = 2;
+        e.object[2..4].copy_from_slice(&443u16.to_be_bytes());
+        e.object[14] = 0xff;
+        e.object[15] = 0xff;
+        e.object[16..20].copy_from_slice(&[169, 254, 169, 254]);
+        assert_eq!(object_text(&e), "169.254.169.254:443");
+        e.object[0] = 10;
+        e.object[4..20].copy_from_slice(&"::1".parse::<Ipv6Addr>().unwrap().octets());
+        assert_eq!(object_text(&e), "[::1]:443");
+    }
+
+    #[test]
+    fn formats_paths_and_argv() {
+        let mut e = blank();
+        e.hook = Hook::Exec as u8;
+        e.object[..9].copy_from_slice(b"/bin/true");
+        e.argc = 2;
+        e.argv[0][..4].copy_from_slice(b"true");
+        e.argv[1][..2].copy_from_slice(b"-x");
+        assert_eq!(object_text(&e), "/bin/true");
+        assert_eq!(argv_of(&e), vec!["true", "-x"]);
+        e.truncated = 1;
+        assert_eq!(object_text(&e), "/bin/true...");
+        assert!(decode(&[0u8; 10]).is_none());
+    }
+}

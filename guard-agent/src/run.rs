@@ -1,0 +1,266 @@
+//! `guard-agent run`: watch one command's tree for its lifetime, and `doctor`.
+
+use crate::{
+    admin::{self, Peer, Request, Response},
+    agent::{self, Shared, State},
+    audit::AuditLog,
+    events,
+    holds::{Decision, DecisionSource, HoldTable, LocalDecisions},
+    kernel::{self, Kernel},
+    policy::Policy,
+};
+use anyhow::{Context, Result};
+use aya::maps::{MapData, RingBuf};
+use nix::{
+    sys::{
+        signal::Signal,
+        wait::{waitpid, WaitStatus},
+    },
+    unistd::{fork, ForkResult, Pid},
+};
+use serde_json::json;
+use std::{
+    collections::HashMap,
+    ffi::CString,
+    io::{Read, Write},
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::io::unix::AsyncFd;
+
+/// The policy id of the single tree `run` watches.
+const RUN_POLICY: u8 = 0;
+
+pub fn doctor() -> i32 {
+    println!("guard-agent doctor: can this kernel enforce?");
+    let problems = kernel::explain_kernel();
+    for p in &problems {
+        println!("  MISSING: {p}");
+    }
+    match Kernel::load() {
+        Ok(_) => {
+            println!("  ok: every LSM program loaded and attached; this kernel can enforce");
+            0
+        }
+        Err(e) => {
+            println!("  CANNOT ENFORCE: {e:#}");
+            1
+        }
+    }
+}
+
+/// Starts CMD stopped on a pipe, so it is watched before its first instruction runs.
+fn spawn_blocked(cmd: &[String]) -> Result<(Pid, std::fs::File)> {
+    let args: Vec<CString> = cmd
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .context("an argument contains a NUL byte")?;
+    let (rd, wr) = nix::unistd::pipe()?;
+    // SAFETY: the child only calls async-signal-safe functions (read, execvp, write, _exit).
+    match unsafe { fork() }? {
+        ForkResult::Child => {
+            drop(wr);
+            let mut b = [0u8; 1];
+            let mut f = std::fs::File::from(rd);
+            if f.read(&mut b).unwrap_or(0) != 1 {
+                unsafe { libc::_exit(126) };
+            }
+            let _ = nix::unistd::execvp(&args[0], &args);
+            let msg = b"guard-agent: cannot execute the command\n";
+            unsafe {
+                libc::write(2, msg.as_ptr() as *const _, msg.len());
+                libc::_exit(127);
+            }
+        }
+        ForkResult::Parent { child } => {
+            drop(rd);
+            Ok((child, std::fs::File::from(wr)))
+        }
+    }
+}
+
+pub fn run(policy_path: &Path, audit_path: &Path, socket: &Path, cmd: &[String]) -> Result<i32> {
+    let policy = Policy::load(policy_path)?;
+    let audit = AuditLog::open(audit_path)?;
+    let (mut kernel, ring) = Kernel::load()?;
+    kernel.install_policy(RUN_POLICY, &policy)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let listener = rt.block_on(admin::bind(socket))?;
+
+    let (child, mut go) = spawn_blocked(cmd)?;
+    let pid = child.as_raw() as u32;
+    if let Err(e) = kernel.watch(pid, RUN_POLICY, pid) {
+        nix::sys::signal::kill(child, Signal::SIGKILL).ok();
+        return Err(e);
+    }
+    let state: Shared = Arc::new(Mutex::new(State {
+        kernel,
+        policy,
+        holds: HoldTable::default(),
+        procs: HashMap::new(),
+        audit,
+        host: events::hostname(),
+        lost_reported: 0,
+    }));
+    let local = Arc::new(LocalDecisions::default());
+    let source: Arc<dyn DecisionSource> = local.clone();
+    go.write_all(b"g").context("releasing the command")?;
+    drop(go);
+    tracing::info!("watching pid {pid}: {}", cmd.join(" "));
+
+    let code = rt.block_on(async move {
+        tokio::spawn(read_events(ring, state.clone(), source));
+        tokio::spawn(admin::serve(
+            listener,
+            admin_handler(state.clone(), local, policy_path.display().to_string()),
+        ));
+        tokio::spawn(forward_signals(child));
+        tokio::spawn(watch_lost(state.clone()));
+        let code = tokio::task::spawn_blocking(move || wait_child(child))
+            .await
+            .unwrap_or(1);
+        // Nothing may stay frozen once nobody is left to answer.
+        agent::deny_all(&state, "denied").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        agent::report_lost(&state);
+        state.lock().expect("state lock").audit.flush();
+        code
+    });
+    std::fs::remove_file(socket).ok();
+    Ok(code)
+}
+
+fn wait_child(child: Pid) -> i32 {
+    loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => return code,
+            Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return 1,
+        }
+    }
+}
+
+async fn forward_signals(child: Pid) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    loop {
+        let sig = tokio::select! {
+            _ = int.recv() => Signal::SIGINT,
+            _ = term.recv() => Signal::SIGTERM,
+        };
+        nix::sys::signal::kill(child, sig).ok();
+    }
+}
+
+async fn watch_lost(state: Shared) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        agent::report_lost(&state);
+    }
+}
+
+/// One reader for the ring buffer: drains every ready record, then flushes the log once.
+async fn read_events(ring: RingBuf<MapData>, state: Shared, source: Arc<dyn DecisionSource>) {
+    // SAFETY: the ring buffer owns its fd for as long as the AsyncFd holds it.
+    let mut fd = match unsafe { AsyncFd::register(ring) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!("cannot poll the ring buffer: {e}");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            match events::decode(&item) {
+                Some(e) => agent::handle_event(&state, &source, e),
+                None => tracing::warn!("short event of {} bytes", item.len()),
+            }
+        }
+        guard.clear_ready();
+        state.lock().expect("state lock").audit.flush();
+    }
+}
+
+fn admin_handler(
+    state: Shared,
+    local: Arc<LocalDecisions>,
+    policy_file: String,
+) -> impl Fn(&Peer, Request) -> Response + Send + Sync + Clone + 'static {
+    move |peer: &Peer, req: Request| {
+        if peer.uid != 0 {
+            return Response::err(format!(
+                "refused: only root may talk to the agent (caller uid {})",
+                peer.uid
+            ));
+        }
+        let st = state.lock().expect("state lock");
+        if let Some(pid) = peer.pid {
+            if st.kernel.is_watched(pid as u32) {
+                return Response::err(format!(
+                    "refused: the caller (pid {pid}) is inside a watched tree; a watched agent cannot decide holds"
+                ));
+            }
+        }
+        match req {
+            Request::Pending => Response::ok(json!(st.holds.waiting())),
+            Request::Status => Response::ok(json!({
+                "policy": policy_file,
+                "rules": st.policy.rules.len(),
+                "watched_tasks": st.kernel.watched_count(),
+                "holds_waiting": st.holds.waiting().len(),
+                "holds_in_kernel": st.kernel.holds_in_kernel(),
+                "events_lost": st.kernel.lost_events(),
+                "records_written": st.audit.written(),
+            })),
+            Request::Approve { id, comment } => answer(st, &local, &id, true, peer, comment),
+            Request::Deny { id, reason } => answer(st, &local, &id, false, peer, reason),
+        }
+    }
+}
+
+fn answer(
+    st: std::sync::MutexGuard<'_, State>,
+    local: &LocalDecisions,
+    id: &str,
+    allow: bool,
+    peer: &Peer,
+    comment: Option<String>,
+) -> Response {
+    let waiting = st.holds.by_id.get(id).map(|h| h.decision.is_none());
+    drop(st);
+    match waiting {
+        None => Response::err(format!(
+            "no hold with id {id:?} (unknown, or already finished)"
+        )),
+        Some(false) => Response::err(format!("hold {id} was already decided")),
+        Some(true) => {
+            let d = Decision {
+                allow,
+                reason: if allow { "approved" } else { "denied" },
+                approver: Some(format!("local:uid={}", peer.uid)),
+                comment,
+            };
+            if local.answer(id, d) {
+                Response::ok(json!({"id": id, "allow": allow}))
+            } else {
+                Response::err(format!("hold {id} is no longer waiting"))
+            }
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! `cargo xtask vm`: boots a cached test kernel in QEMU (TCG) with a generated
+//! initramfs, streams the serial console, and returns the guest command's exit code.
+use crate::initramfs::{self, Guest, EXIT_MARKER};
+use crate::kernel::{self, Kernel, Series};
+use crate::{compile, util};
+use anyhow::{bail, Context, Result};
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Clone)]
+pub struct VmArgs {
+    /// Kernel series to boot.
+    #[arg(long, value_enum, default_value = "6.12")]
+    pub kernel: Series,
+    /// Guest CPUs. Default 1: TCG guests with 2 CPUs have crashed while BPF
+    /// programs were attached.
+    #[arg(long, default_value_t = 1)]
+    pub smp: u32,
+    /// Forward guest 10.0.2.100:PORT to host 127.0.0.1:PORT (repeatable); enables networking.
+    #[arg(long = "forward", value_name = "PORT")]
+    pub forward: Vec<u16>,
+    /// Kill the VM and fail after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    pub timeout: u64,
+    /// Use existing binaries instead of running `build` first.
+    #[arg(long)]
+    pub no_build: bool,
+    /// Shell command run in the guest (arguments joined with spaces).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub cmd: Vec<String>,
+}
+
+/// The guest kernel crashed (Oops, panic, lockup, BUG). Distinct so `test`
+/// can retry: TCG occasionally crashes for reasons unrelated to guard.
+#[derive(Debug)]
+pub struct GuestCrash(pub String);
+
+impl fmt::Display for GuestCrash {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "GUEST KERNEL CRASHED: {}", self.0)
+    }
+}
+
+impl std::error::Error for GuestCrash {}
+
+const CRASH_MARKERS: &[&str] = &["Oops", "Kernel panic", "soft lockup", "BUG:"];
+const CMDLINE: &str = "console=ttyS0 quiet panic=-1 lsm=lockdown,capability,landlock,bpf";
+
+pub fn run(args: &VmArgs) -> Result<u8> {
+    if !args.no_build {
+        compile::build()?;
+    }
+    let kernel = kernel::require(args.kernel)?;
+    let dir = util::workspace_root()
+        .join("target/vm")
+        .join(args.kernel.name());
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let guest = Guest {
+        cmd: &args.cmd,
+        network: !args.forward.is_empty(),
+    };
+    let initrd = initramfs::build(&dir, &kernel, &guest)?;
+    let log = dir.join("serial.log");
+    eprintln!(
+        "xtask: booting {} (smp {}, timeout {}s)",
+        kernel.package, args.smp, args.timeout
+    );
+    let mut qemu = qemu_command(args, &kernel, &initrd, &log)?;
+    let timeout = Duration::from_secs(args.timeout);
+    let finished = stream(&mut qemu, &log, timeout)?;
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    if let Some(status) = finished.filter(|s| !s.success() && text.is_empty()) {
+        bail!(
+            "QEMU failed to start ({status}; see its messages above){}",
+            forward_hint(&args.forward)
+        );
+    }
+    verdict(&text, finished, args.timeout)
+}
+
+/// QEMU connects each guestfwd to the host port at startup and gives up if
+/// nothing listens there, which is an easy mistake to make.
+fn forward_hint(ports: &[u16]) -> String {
+    if ports.is_empty() {
+        return String::new();
+    }
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+    format!(
+        "; --forward needs a server already listening on 127.0.0.1 port(s) {}",
+        ports.join(", ")
+    )
+}
+
+fn qemu_command(args: &VmArgs, kernel: &Kernel, initrd: &Path, log: &Path) -> Result<Child> {
+    // Remove the previous run's log so streaming starts from this boot.
+    let _ = fs::remove_file(log);
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "1024"])
+        .args(["-smp", &args.smp.to_string()])
+        .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+        .arg("-serial")
+        .arg(format!("file:{}", log.display()))
+        .arg("-kernel")
+        .arg(kernel.vmlinuz())
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", CMDLINE])
+        .args(network_args(&args.forward))
+        // QEMU must not touch our stdin (closed in CI, a terminal otherwise).
+        .stdin(Stdio::null());
+    cmd.spawn()
+        .with_context(|| format!("could not start `{}`", util::describe(&cmd)))
+}
+
+/// User-mode networking restricted to the forwarded ports, or no NIC at all.
+fn network_args(ports: &[u16]) -> Vec<String> {
+    if ports.is_empty() {
+        return vec!["-nic".into(), "none".into()];
+    }
+    let mut netdev = String::from("user,id=n0,restrict=on");
+    for port in ports {
+        netdev.push_str(&format!(
+            ",guestfwd=tcp:10.0.2.100:{port}-tcp:127.0.0.1:{port}"
+        ));
+    }
+    vec![
+        "-netdev".into(),
+        netdev,
+        "-device".into(),
+        "virtio-net-pci,netdev=n0,romfile=".into(),
+    ]
+}
+
+/// Copies the serial log to stdout as it grows until QEMU exits (Some(status))
+/// or the timeout passes (None; QEMU is killed).
+fn stream(qemu: &mut Child, log: &Path, timeout: Duration) -> Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    let mut tail = Tail::new(log.to_path_buf());
+    loop {
+        tail.pump()?;
+        if let Some(status) = qemu.try_wait()? {
+            tail.pump()?;
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            let _ = qemu.kill();
+            let _ = qemu.wait();
+            tail.pump()?;
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Follows a file that may not exist yet.
+struct Tail {
+    path: PathBuf,
+    file: Option<File>,
+    pos: u64,
+}
+
+impl Tail {
+    fn new(path: PathBuf) -> Self {
+        Tail {
+            path,
+            file: None,
+            pos: 0,
+        }
+    }
+
+    fn pump(&mut self) -> Result<()> {
+        if self.file.is_none() {
+            self.file = File::open(&self.path).ok();
+        }
+        let Some(file) = self.file.as_mut() else {
+            return Ok(());
+        };
+        file.seek(SeekFrom::Start(self.pos))?;
+        let mut buf = Vec::new();
+        self.pos += file.read_to_end(&mut buf)? as u64;
+        // The serial console emits CRLF; CI logs read better without the CRs.
+        buf.retain(|&b| b != b'\r');
+        let mut out = std::io::stdout().lock();
+        out.write_all(&buf)?;
+        out.flush()?;
+        Ok(())
+    }
+}
+
+/// Turns the console log and QEMU's fate into the guest's exit code or an error.
+fn verdict(log: &str, finished: Option<ExitStatus>, timeout: u64) -> Result<u8> {
+    let crash = crash_marker(log);
+    if let Some(marker) = crash {
+        eprintln!("\n!!!!!!!! xtask: guest kernel log contains {marker:?} !!!!!!!!\n");
+    }
+    let code = exit_code(log);
+    match (code, crash, finished) {
+        (Some(0), _, _) => Ok(0),
+        // A failure alongside a kernel crash is blamed on the crash (retryable).
+        (_, Some(marker), _) => Err(GuestCrash(format!("console shows {marker:?}")).into()),
+        (Some(code), None, _) => Ok(code),
+        (None, None, None) => bail!("VM timed out after {timeout}s without reporting an exit code"),
+        (None, None, Some(status)) => bail!(
+            "VM did not come up or crashed: QEMU exited ({status}) without a {EXIT_MARKER} line"
+        ),
+    }
+}
+
+fn crash_marker(log: &str) -> Option<&'static str> {
+    CRASH_MARKERS.iter().copied().find(|m| log.contains(m))
+}
+
+/// The code from the last `GUARD-VM-EXIT=<n>` in the log.
+fn exit_code(log: &str) -> Option<u8> {
+    let rest = &log[log.rfind(EXIT_MARKER)? + EXIT_MARKER.len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse::<u32>().ok().map(|c| c.min(255) as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_code_is_parsed_from_last_marker() {
+        assert_eq!(exit_code("x\nGUARD-VM-EXIT=1\nGUARD-VM-EXIT=3\n"), Some(3));
+        assert_eq!(exit_code("no marker"), None);
+    }
+
+    #[test]
+    fn crash_is_retryable_error() {
+        let err = verdict("Oops: 0003\n", None, 1).unwrap_err();
+        assert!(err.is::<GuestCrash>());
+        assert_eq!(verdict("Oops\nGUARD-VM-EXIT=0\n", None, 1).unwrap(), 0);
+    }
+}
