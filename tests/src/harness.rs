@@ -1,0 +1,292 @@
+//! Starting agents, answering their holds, reading their output and audit logs.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+use std::{
+    io::{BufRead, BufReader, Read},
+    net::{TcpListener, TcpStream},
+    os::unix::net::UnixListener,
+    process::{Child, Command, Stdio},
+    sync::mpsc::{channel, Receiver},
+    time::{Duration, Instant},
+};
+
+const DIR: &str = "/tmp/t";
+/// Generous: everything runs under software emulation.
+const WAIT: Duration = Duration::from_secs(120);
+
+pub fn prepare() {
+    std::fs::create_dir_all(format!("{DIR}/bin")).expect("test dir");
+}
+
+pub fn write_files(paths: &[&str]) -> Result<()> {
+    for p in paths {
+        if let Some(d) = std::path::Path::new(p).parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        std::fs::write(p, b"data\n").with_context(|| format!("writing {p}"))?;
+    }
+    Ok(())
+}
+
+pub fn copy_busybox(to: &str) -> Result<()> {
+    let bb = std::fs::canonicalize("/bin/sh").unwrap_or_else(|_| "/bin/busybox".into());
+    std::fs::copy(&bb, to).with_context(|| format!("copying {} to {to}", bb.display()))?;
+    Ok(())
+}
+
+/// A kernel module file the VM ships (failover.ko has no dependencies).
+pub fn module_path() -> Option<String> {
+    let p = "/lib/modules/failover.ko";
+    std::path::Path::new(p).exists().then(|| p.to_string())
+}
+
+pub struct Output {
+    pub code: i32,
+    pub stderr: String,
+    pub records: Vec<Value>,
+}
+
+/// Runs an agent to completion (for policies that must be rejected).
+pub fn run_agent_once(name: &str, policy: &str, script: &str) -> Result<Output> {
+    let (pol, log, sock) = paths(name);
+    std::fs::write(&pol, policy)?;
+    let out = Command::new("guard-agent")
+        .args(["run", "--policy", &pol, "--audit-log", &log, "--admin-socket", &sock, "--", "/bin/sh", "-c", script])
+        .output()?;
+    Ok(Output { code: out.status.code().unwrap_or(-1), stderr: String::from_utf8_lossy(&out.stderr).into(), records: read_records(&log) })
+}
+
+fn paths(name: &str) -> (String, String, String) {
+    (format!("{DIR}/{name}.toml"), format!("{DIR}/{name}.jsonl"), format!("{DIR}/{name}.sock"))
+}
+
+fn read_records(log: &str) -> Vec<Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+pub struct Agent {
+    child: Child,
+    sock: String,
+    log: String,
+    lines: Receiver<String>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Agent {
+    /// Starts `guard-agent run` on `/bin/sh -c script` and waits until its socket is up.
+    pub fn start(name: &str, policy: &str, script: &str) -> Result<Agent> {
+        let (pol, log, sock) = paths(name);
+        std::fs::write(&pol, policy)?;
+        std::fs::remove_file(&log).ok();
+        let mut child = Command::new("guard-agent")
+            .args(["run", "--policy", &pol, "--audit-log", &log, "--admin-socket", &sock, "--", "/bin/sh", "-c", script])
+            .env("GUARD_SOCKET", &sock)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting guard-agent")?;
+        let (tx, lines) = channel();
+        let out = child.stdout.take().expect("piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                println!("    | {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let err = child.stderr.take().expect("piped");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if std::env::var("GUARD_E2E_VERBOSE").is_ok() {
+                    eprintln!("    agent: {line}");
+                }
+                let mut s = sink.lock().expect("lock");
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let a = Agent { child, sock, log, lines, stderr };
+        let deadline = Instant::now() + WAIT;
+        while !std::path::Path::new(&a.sock).exists() {
+            if Instant::now() > deadline {
+                bail!("the agent never opened its socket; stderr: {}", a.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(a)
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().expect("lock").clone()
+    }
+
+    /// The next line of the workload's output that starts with `prefix`.
+    pub fn line_starting_within(&self, prefix: &str, wait: Duration) -> Result<String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) => return Ok(l),
+                Ok(_) => continue,
+                Err(_) => bail!("no output line starting with {prefix:?} within {wait:?}; agent stderr:\n{}", self.stderr()),
+            }
+        }
+    }
+
+    pub fn line_starting(&self, prefix: &str) -> Result<String> {
+        self.line_starting_within(prefix, WAIT)
+    }
+
+    pub fn result(&self) -> Result<String> {
+        self.line_starting("RESULT ")
+    }
+
+    pub fn result_within(&self, wait: Duration) -> Result<String> {
+        self.line_starting_within("RESULT ", wait)
+    }
+
+    fn ctl(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new("guard-agent").args(args).args(["--socket", &self.sock]).output()?;
+        if !out.status.success() {
+            bail!("guard-agent {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into())
+    }
+
+    pub fn pending(&self) -> Result<Vec<Value>> {
+        let v: Value = serde_json::from_str(&self.ctl(&["pending", "--json"])?)?;
+        v.as_array().cloned().ok_or_else(|| anyhow!("pending is not a list: {v}"))
+    }
+
+    pub fn status(&self) -> Result<Value> {
+        Ok(serde_json::from_str(&self.ctl(&["status", "--json"])?)?)
+    }
+
+    /// Waits for a hold on `hook` and returns it.
+    pub fn wait_hold(&self, hook: &str) -> Result<Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(h) = self.pending()?.into_iter().find(|h| h["hook"] == hook) {
+                return Ok(h);
+            }
+            if Instant::now() > deadline {
+                bail!("no hold on {hook} appeared; agent stderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn approve(&self, id: &str) -> Result<()> {
+        self.ctl(&["approve", id]).map(|_| ())
+    }
+
+    pub fn deny(&self, id: &str) -> Result<()> {
+        self.ctl(&["deny", id, "--reason", "test says no"]).map(|_| ())
+    }
+
+    /// Waits for the agent (and so the workload) to end; returns its records.
+    pub fn finish(mut self) -> Result<Output> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                return Ok(Output { code: st.code().unwrap_or(-1), stderr: self.stderr(), records: read_records(&self.log) });
+            }
+            if Instant::now() > deadline {
+                self.child.kill().ok();
+                bail!("the agent did not exit; stderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the workload through the agent (SIGTERM is forwarded to it) and waits.
+    pub fn kill(mut self) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM).ok();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.child.kill().ok();
+            self.child.wait().ok();
+        }
+    }
+}
+
+/// TCP and unix listeners outside the watched tree, accepting in the background.
+pub struct Listeners {
+    pub tcp4: [u16; 2],
+    pub tcp6: u16,
+}
+
+impl Listeners {
+    pub fn start() -> Result<Self> {
+        let a = TcpListener::bind("127.0.0.1:0")?;
+        let b = TcpListener::bind("127.0.0.1:0")?;
+        let c = TcpListener::bind("[::1]:0")?;
+        let tcp4 = [a.local_addr()?.port(), b.local_addr()?.port()];
+        let tcp6 = c.local_addr()?.port();
+        for l in [a, b, c] {
+            std::thread::spawn(move || accept_tcp(l));
+        }
+        for path in ["/tmp/t/denied.sock", "/tmp/t/allowed.sock"] {
+            std::fs::remove_file(path).ok();
+            let l = UnixListener::bind(path)?;
+            std::thread::spawn(move || for s in l.incoming().flatten() { drop(s) });
+        }
+        for name in ["guard-denied", "guard-allowed"] {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+            if let Ok(l) = UnixListener::bind_addr(&addr) {
+                std::thread::spawn(move || for s in l.incoming().flatten() { drop(s) });
+            }
+        }
+        Ok(Listeners { tcp4, tcp6 })
+    }
+}
+
+fn accept_tcp(l: TcpListener) {
+    for s in l.incoming().flatten() {
+        let mut s: TcpStream = s;
+        let mut b = [0u8; 1];
+        let _ = s.set_read_timeout(Some(Duration::from_millis(10)));
+        let _ = s.read(&mut b);
+    }
+}
+
+/// A process outside every tree, for ptrace targets.
+pub struct Outsider(Child);
+
+impl Outsider {
+    pub fn start() -> Result<Self> {
+        Ok(Outsider(Command::new("sleep").arg("600").spawn()?))
+    }
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Outsider {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}

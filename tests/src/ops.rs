@@ -1,0 +1,212 @@
+//! `guard-e2e do OP ARGS...`: the operations a watched "AI agent" performs in the tests.
+//!
+//! Each prints one line `RESULT ok` or `RESULT errno=N` (plus the op) and exits 0 or 1, so a
+//! test can run several in one shell and read every outcome.
+
+use nix::errno::Errno;
+use std::{
+    ffi::CString,
+    io::Write,
+    net::{SocketAddr, TcpStream},
+    os::unix::net::UnixStream,
+    time::Duration,
+};
+
+fn report(op: &str, r: Result<(), Errno>) -> i32 {
+    let line = match r {
+        Ok(()) => format!("RESULT ok {op}"),
+        Err(e) => format!("RESULT errno={} {op}", e as i32),
+    };
+    println!("{line}");
+    std::io::stdout().flush().ok();
+    if r.is_ok() { 0 } else { 1 }
+}
+
+fn io_errno(e: std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn cstr(s: &str) -> CString {
+    CString::new(s).expect("no NUL in test paths")
+}
+
+fn open(path: &str, flags: i32) -> Result<(), Errno> {
+    let fd = unsafe { libc::open(cstr(path).as_ptr(), flags | libc::O_CLOEXEC, 0o644) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
+fn check(rc: i64) -> Result<(), Errno> {
+    if rc < 0 { Err(Errno::last()) } else { Ok(()) }
+}
+
+fn connect_unix(path: &str) -> Result<(), Errno> {
+    if let Some(name) = path.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).map_err(io_errno)?;
+        return UnixStream::connect_addr(&addr).map(|_| ()).map_err(io_errno);
+    }
+    UnixStream::connect(path).map(|_| ()).map_err(io_errno)
+}
+
+pub fn run(args: &[String]) -> i32 {
+    let a = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
+    let op = args.join(" ");
+    let r = match a(0) {
+        "open-read" => open(a(1), libc::O_RDONLY),
+        "open-write" => open(a(1), libc::O_WRONLY),
+        "create-excl" => open(a(1), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL),
+        "unlink" => check(unsafe { libc::unlink(cstr(a(1)).as_ptr()) } as i64),
+        "rmdir" => check(unsafe { libc::rmdir(cstr(a(1)).as_ptr()) } as i64),
+        "mkdir" => check(unsafe { libc::mkdir(cstr(a(1)).as_ptr(), 0o755) } as i64),
+        "rename" => check(unsafe { libc::rename(cstr(a(1)).as_ptr(), cstr(a(2)).as_ptr()) } as i64),
+        "truncate" => check(unsafe { libc::truncate(cstr(a(1)).as_ptr(), 0) } as i64),
+        "exec" => {
+            // Exec in a child so the result of the exec itself can be reported.
+            let argv: Vec<CString> = args[1..].iter().map(|s| cstr(s)).collect();
+            match unsafe { nix::unistd::fork() } {
+                Ok(nix::unistd::ForkResult::Child) => {
+                    let e = nix::unistd::execv(&argv[0], &argv).unwrap_err();
+                    unsafe { libc::_exit(100 + e as i32) };
+                }
+                Ok(nix::unistd::ForkResult::Parent { child }) => match nix::sys::wait::waitpid(child, None) {
+                    Ok(nix::sys::wait::WaitStatus::Exited(_, c)) if c >= 100 => Err(Errno::from_raw(c - 100)),
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            }
+        }
+        "connect" => match a(1).parse::<SocketAddr>() {
+            Ok(addr) => TcpStream::connect_timeout(&addr, Duration::from_secs(60)).map(|_| ()).map_err(io_errno),
+            Err(_) => Err(Errno::EINVAL),
+        },
+        "connect-unix" => connect_unix(a(1)),
+        "sethostname" => nix::unistd::sethostname(a(1)),
+        "settime" => {
+            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+            check(unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } as i64)
+        }
+        "mount" => nix::mount::mount(Some("none"), a(1), Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>),
+        "umount" => nix::mount::umount(a(1)),
+        "module" => {
+            // finit_module: decided at kernel_read_file (READING_MODULE).
+            match std::fs::File::open(a(1)) {
+                Ok(f) => {
+                    use std::os::fd::AsRawFd;
+                    let p = cstr("");
+                    let rc = unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), p.as_ptr(), 0) };
+                    match check(rc) {
+                        // Already loaded means the kernel let us get as far as loading.
+                        Err(Errno::EEXIST) => Ok(()),
+                        r => r,
+                    }
+                }
+                Err(e) => Err(io_errno(e)),
+            }
+        }
+        "bpf" => {
+            // BPF_MAP_CREATE of a tiny array.
+            let mut attr = [0u32; 30];
+            attr[0] = 2; // BPF_MAP_TYPE_ARRAY
+            attr[1] = 4;
+            attr[2] = 4;
+            attr[3] = 1;
+            let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_ptr(), std::mem::size_of_val(&attr)) };
+            if fd >= 0 {
+                unsafe { libc::close(fd as i32) };
+            }
+            check(fd)
+        }
+        "ptrace" => {
+            let pid = nix::unistd::Pid::from_raw(a(1).parse().unwrap_or(0));
+            match nix::sys::ptrace::attach(pid) {
+                Ok(()) => {
+                    nix::sys::wait::waitpid(pid, None).ok();
+                    nix::sys::ptrace::detach(pid, None).ok();
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        }
+        "threads-open" => return threads_open(a(1).parse().unwrap_or(2), a(2)),
+        "spawn-many" => return spawn_many(a(1).parse().unwrap_or(1000)),
+        "redirect-open" => redirect_open(a(1), a(2)),
+        "sleep" => {
+            std::thread::sleep(Duration::from_millis(a(1).parse().unwrap_or(100)));
+            Ok(())
+        }
+        other => {
+            eprintln!("guard-e2e do: unknown op {other:?}");
+            return 2;
+        }
+    };
+    report(&op, r)
+}
+
+/// N threads open the same path at once: each is held and decided on its own.
+fn threads_open(n: usize, path: &str) -> i32 {
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let p = format!("{path}{i}");
+            std::thread::spawn(move || (p.clone(), open(&p, libc::O_RDONLY)))
+        })
+        .collect();
+    let mut failed = 0;
+    for h in handles {
+        let (p, r) = h.join().expect("thread");
+        failed += report(&format!("open-read {p}"), r);
+    }
+    failed.min(1)
+}
+
+/// Forks and reaps N short-lived children (for the map-leak test).
+fn spawn_many(n: usize) -> i32 {
+    for _ in 0..n {
+        match unsafe { libc::fork() } {
+            0 => unsafe { libc::_exit(0) },
+            pid if pid > 0 => unsafe {
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            },
+            _ => return report("spawn-many", Err(Errno::last())),
+        }
+    }
+    report(&format!("spawn-many {n}"), Ok(()))
+}
+
+/// A child opens the path held in shared memory; while it is held, the parent rewrites that
+/// memory to another path. An approval of the first path must not let the second one through.
+fn redirect_open(first: &str, second: &str) -> Result<(), Errno> {
+    let mem = unsafe {
+        libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0)
+    } as *mut u8;
+    if mem as isize == -1 {
+        return Err(Errno::last());
+    }
+    let write_path = |p: &str| unsafe {
+        std::ptr::copy_nonoverlapping(p.as_ptr(), mem, p.len());
+        *mem.add(p.len()) = 0;
+    };
+    write_path(first);
+    match unsafe { libc::fork() } {
+        0 => {
+            let fd = unsafe { libc::open(mem as *const libc::c_char, libc::O_RDONLY) };
+            unsafe { libc::_exit(if fd >= 0 { 0 } else { Errno::last() as i32 }) };
+        }
+        pid if pid > 0 => {
+            std::thread::sleep(Duration::from_millis(1500));
+            write_path(second);
+            println!("REWRITTEN");
+            std::io::stdout().flush().ok();
+            let mut status = 0;
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            let code = libc::WEXITSTATUS(status);
+            if code == 0 { Ok(()) } else { Err(Errno::from_raw(code)) }
+        }
+        _ => Err(Errno::last()),
+    }
+}
