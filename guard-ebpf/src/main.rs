@@ -245,7 +245,7 @@ unsafe fn walk_path_into(s: &mut Scratch, path: *const u8) -> bool {
 
 /// Looks up the first rule matching `s.buf` for `class` in the watched tree's policy.
 #[inline(always)]
-unsafe fn lookup_path(s: &mut Scratch, policy: u8, class: u8) -> Option<RuleRef> {
+unsafe fn lookup_path(s: &mut Scratch, policy: u8, class: u8) -> RuleRef {
     s.key.prefix_len = (OBJECT_LEN * 8) as u32;
     s.key.data.policy = policy;
     s.key.data.class = class;
@@ -254,8 +254,15 @@ unsafe fn lookup_path(s: &mut Scratch, policy: u8, class: u8) -> Option<RuleRef>
         PATH_LEN as u32,
         s.buf.as_ptr() as *const c_void,
     );
-    PATH_RULES.get(&s.key).copied()
+    match PATH_RULES.get(&s.key) {
+        Some(r) => RuleRef { rule: r.rule, action: r.action, _pad: [0; 3] },
+        None => NO_RULE,
+    }
 }
+
+/// "No rule matched". A plain value, not an Option: LLVM may fill the payload of a `None`
+/// with whatever a register holds (even a pointer), which the verifier rightly rejects.
+const NO_RULE: RuleRef = RuleRef { rule: 0, action: 0, _pad: [0; 3] };
 
 /// What the hook knows about the operation, for the decision and its event.
 struct Op {
@@ -365,11 +372,12 @@ unsafe fn fill_and_submit(
 
 /// Applies a matched rule (or the policy default) to the operation described by `op` and `s`.
 #[inline(always)]
-unsafe fn decide(s: &mut Scratch, w: &Watched, op: &Op, found: Option<RuleRef>) -> i32 {
+unsafe fn decide(s: &mut Scratch, w: &Watched, op: &Op, found: RuleRef) -> i32 {
     let Some(conf) = policy(w) else { return 0 };
-    let (action, rule, reason) = match found {
-        Some(r) if r.rule != 0 => (r.action, r.rule, reason::RULE),
-        _ => (conf.default_action, 0, reason::DEFAULT),
+    let (action, rule, reason) = if found.rule != 0 {
+        (found.action, found.rule, reason::RULE)
+    } else {
+        (conf.default_action, 0, reason::DEFAULT)
     };
     let record = rule != 0 || op.always_record || action != Action::Allow as u8;
     if action == Action::Allow as u8 || action == Action::Audit as u8 {
@@ -614,7 +622,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         // FMODE_WRITE: the write rules decide first, then the read rules for read-write opens.
         if mode & 2 != 0 {
             let found = lookup_path(s, w.policy, class::WRITE);
-            if found.is_some() || mode & 1 == 0 {
+            if found.rule != 0 || mode & 1 == 0 {
                 return decide(s, &w, &op, found);
             }
         }
@@ -724,7 +732,7 @@ pub fn socket_connect(ctx: LsmContext) -> i32 {
         s.len = 20;
         s.truncated = 0;
         let port = u16::from_be(port_be);
-        let mut found: Option<RuleRef> = None;
+        let mut found = NO_RULE;
         let base = (w.policy as u32 % MAX_POLICIES) * MAX_NET_RULES;
         for i in 0..MAX_NET_RULES {
             let Some(r) = NET_RULES.get(base + i) else { break };
@@ -741,7 +749,7 @@ pub fn socket_connect(ctx: LsmContext) -> i32 {
             let m0 = u64::from_ne_bytes(r.mask[0..8].try_into().unwrap_or([0; 8]));
             let m1 = u64::from_ne_bytes(r.mask[8..16].try_into().unwrap_or([0; 8]));
             if a0 & m0 == r0 && a1 & m1 == r1 {
-                found = Some(RuleRef { rule: r.rule, action: r.action, _pad: [0; 3] });
+                found = RuleRef { rule: r.rule, action: r.action, _pad: [0; 3] };
                 break;
             }
         }
@@ -800,7 +808,7 @@ unsafe fn singleton(w: &Watched, hook: Hook, aux: u64, name: &[u8], pick: fn(&Po
     let Some(conf) = policy(w) else { return 0 };
     label(s, name);
     let op = Op { hook, aux, holdable, always_record: true };
-    decide(s, w, &op, Some(pick(conf)))
+    decide(s, w, &op, pick(conf))
 }
 
 #[lsm(hook = "capable")]
@@ -820,7 +828,7 @@ pub fn capable(ctx: LsmContext) -> i32 {
     // capable() returns a bool to its callers, so -ERESTARTNOINTR would become a plain
     // failure: an ask here is decided at once (denied, recorded as unholdable).
     let op = Op { hook: Hook::Capable, aux: cap as u64, holdable: false, always_record: true };
-    unsafe { decide(s, &w, &op, Some(r)) }
+    unsafe { decide(s, &w, &op, r) }
 }
 
 #[lsm(hook = "sb_mount")]
