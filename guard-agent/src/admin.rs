@@ -32,18 +32,10 @@ pub struct Response {
 
 impl Response {
     pub fn ok(data: serde_json::Value) -> Self {
-        Response {
-            ok: true,
-            error: None,
-            data: Some(data),
-        }
+        Response { ok: true, error: None, data: Some(data) }
     }
     pub fn err(msg: impl Into<String>) -> Self {
-        Response {
-            ok: false,
-            error: Some(msg.into()),
-            data: None,
-        }
+        Response { ok: false, error: Some(msg.into()), data: None }
     }
 }
 
@@ -57,13 +49,9 @@ pub struct Peer {
 pub async fn bind(path: &Path) -> Result<UnixListener> {
     if path.exists() {
         if UnixStream::connect(path).await.is_ok() {
-            bail!(
-                "another guard-agent already serves {}: pass --admin-socket PATH",
-                path.display()
-            );
+            bail!("another guard-agent already serves {}: pass --admin-socket PATH", path.display());
         }
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+        std::fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?;
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -73,8 +61,7 @@ pub async fn bind(path: &Path) -> Result<UnixListener> {
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let listener = UnixListener::bind(path);
     nix::sys::stat::umask(old);
-    let listener =
-        listener.with_context(|| format!("binding the admin socket {}", path.display()))?;
+    let listener = listener.with_context(|| format!("binding the admin socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
@@ -91,10 +78,7 @@ where
         let handle = handle.clone();
         tokio::spawn(async move {
             let peer = match stream.peer_cred() {
-                Ok(c) => Peer {
-                    uid: c.uid(),
-                    pid: c.pid(),
-                },
+                Ok(c) => Peer { uid: c.uid(), pid: c.pid() },
                 Err(_) => return,
             };
             let (r, mut w) = stream.into_split();
@@ -132,12 +116,9 @@ impl<T: tokio::io::AsyncRead> TakeLimit for T {
 
 /// Sends one request to the agent at `path` and returns its answer.
 pub async fn call(path: &Path, req: &Request) -> Result<Response> {
-    let mut s = UnixStream::connect(path).await.with_context(|| {
-        format!(
-            "cannot reach the agent at {} (is it running, and are you root?)",
-            path.display()
-        )
-    })?;
+    let mut s = UnixStream::connect(path)
+        .await
+        .with_context(|| format!("cannot reach the agent at {} (is it running, and are you root?)", path.display()))?;
     let mut line = serde_json::to_string(req)?;
     line.push('\n');
     s.write_all(line.as_bytes()).await?;

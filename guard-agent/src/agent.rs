@@ -37,10 +37,7 @@ pub type Shared = Arc<Mutex<State>>;
 
 impl State {
     fn rule_name(&self, rule: u32) -> Option<String> {
-        (rule as usize)
-            .checked_sub(1)
-            .and_then(|i| self.policy.rules.get(i))
-            .map(|r| r.name.clone())
+        (rule as usize).checked_sub(1).and_then(|i| self.policy.rules.get(i)).map(|r| r.name.clone())
     }
 
     fn proc_info(&mut self, pid: u32) -> ProcInfo {
@@ -58,10 +55,7 @@ impl State {
         let mut out = vec![];
         for _ in 0..32 {
             let info = self.proc_info(pid);
-            out.push(format!(
-                "{pid} {}",
-                info.exe.clone().unwrap_or_else(|| "?".into())
-            ));
+            out.push(format!("{pid} {}", info.exe.clone().unwrap_or_else(|| "?".into())));
             if info.ppid == 0 || !self.procs.contains_key(&info.ppid) {
                 break;
             }
@@ -86,9 +80,7 @@ impl State {
         let denied = matches!(action, Action::Deny)
             || matches!(
                 e.reason,
-                guard_common::reason::DENIED
-                    | guard_common::reason::EXPIRED
-                    | guard_common::reason::UNHOLDABLE
+                guard_common::reason::DENIED | guard_common::reason::EXPIRED | guard_common::reason::UNHOLDABLE
             );
         Record {
             time: events::now_rfc3339(),
@@ -115,27 +107,15 @@ impl State {
 }
 
 fn read_proc(pid: u32) -> ProcInfo {
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
-        .map(|p| p.display().to_string());
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.display().to_string());
     let argv = std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| {
-            b.split(|&c| c == 0)
-                .filter(|s| !s.is_empty())
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect()
+            b.split(|&c| c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
         })
         .unwrap_or_default();
     let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| {
-            s.rsplit_once(") ").map(|(_, r)| {
-                r.split(' ')
-                    .nth(1)
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or(0)
-            })
-        })
+        .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.split(' ').nth(1).and_then(|p| p.parse().ok()).unwrap_or(0)))
         .unwrap_or(0);
     ProcInfo { exe, argv, ppid }
 }
@@ -157,13 +137,8 @@ pub fn handle_event(state: &Shared, source: &Arc<dyn DecisionSource>, e: Event) 
         }
         kind::EXIT => {
             // Holds of a process that died while held end here.
-            let gone: Vec<String> = st
-                .holds
-                .by_id
-                .iter()
-                .filter(|(_, h)| h.info.pid == e.tgid)
-                .map(|(id, _)| id.clone())
-                .collect();
+            let gone: Vec<String> =
+                st.holds.by_id.iter().filter(|(_, h)| h.info.pid == e.tgid).map(|(id, _)| id.clone()).collect();
             for id in gone {
                 if let Some(h) = st.holds.by_id.remove(&id) {
                     tracing::info!("hold {id} ended: process {} exited while held", e.tgid);
@@ -208,20 +183,12 @@ pub fn handle_event(state: &Shared, source: &Arc<dyn DecisionSource>, e: Event) 
             );
             st.holds.by_id.insert(
                 id.clone(),
-                PendingHold {
-                    info: hold.clone(),
-                    seq: e.seq,
-                    hash: e.hash,
-                    started: Instant::now(),
-                    decision: None,
-                },
+                PendingHold { info: hold.clone(), seq: e.seq, hash: e.hash, started: Instant::now(), decision: None },
             );
             let decision = source.decide(hold);
             let state = state.clone();
             tokio::spawn(async move {
-                let d = tokio::time::timeout(timeout, decision)
-                    .await
-                    .unwrap_or_else(|_| Decision::expired());
+                let d = tokio::time::timeout(timeout, decision).await.unwrap_or_else(|_| Decision::expired());
                 apply_decision(&state, &id, d).await;
             });
         }
@@ -256,11 +223,7 @@ pub async fn apply_decision(state: &Shared, id: &str, d: Decision) {
         }
         h.decision = Some(d.clone());
         let (tid, tgid, seq, hash) = (h.info.tid, h.info.pid, h.seq, h.hash);
-        tracing::info!(
-            "hold {id}: {} ({})",
-            if d.allow { "allow" } else { "deny" },
-            d.reason
-        );
+        tracing::info!("hold {id}: {} ({})", if d.allow { "allow" } else { "deny" }, d.reason);
         if let Err(e) = st.kernel.set_verdict(tid, seq, hash, d.allow) {
             tracing::error!("hold {id}: {e:#}; the kernel will deny it at its own deadline");
             return;
@@ -274,10 +237,7 @@ pub async fn apply_decision(state: &Shared, id: &str, d: Decision) {
 /// stop and the thread would never re-enter the hook to read its verdict.
 async fn resume(tid: u32, tgid: u32) {
     for _ in 0..200 {
-        if thread_state(tgid, tid)
-            .map(|s| s == 'T' || s == 't')
-            .unwrap_or(true)
-        {
+        if thread_state(tgid, tid).map(|s| s == 'T' || s == 't').unwrap_or(true) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -294,23 +254,13 @@ fn thread_state(tgid: u32, tid: u32) -> Option<char> {
 pub async fn deny_all(state: &Shared, reason: &'static str) {
     let ids: Vec<String> = {
         let st = state.lock().expect("state lock");
-        st.holds
-            .by_id
-            .iter()
-            .filter(|(_, h)| h.decision.is_none())
-            .map(|(id, _)| id.clone())
-            .collect()
+        st.holds.by_id.iter().filter(|(_, h)| h.decision.is_none()).map(|(id, _)| id.clone()).collect()
     };
     for id in ids {
         apply_decision(
             state,
             &id,
-            Decision {
-                allow: false,
-                reason,
-                approver: None,
-                comment: Some("agent stopping".into()),
-            },
+            Decision { allow: false, reason, approver: None, comment: Some("agent stopping".into()) },
         )
         .await;
     }

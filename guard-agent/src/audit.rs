@@ -23,10 +23,7 @@ impl AuditLog {
             .append(true)
             .open(path)
             .with_context(|| format!("opening the audit log {}", path.display()))?;
-        Ok(Self {
-            out: BufWriter::new(file),
-            written: 0,
-        })
+        Ok(Self { out: BufWriter::new(file), written: 0 })
     }
 
     pub fn write(&mut self, r: &Record) {

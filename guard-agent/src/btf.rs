@@ -40,9 +40,7 @@ pub struct Btf {
 }
 
 fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
-    data.get(at..at + 4)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .ok_or(BtfError::Malformed(at))
+    data.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).ok_or(BtfError::Malformed(at))
 }
 
 impl Btf {
@@ -65,13 +63,7 @@ impl Btf {
             return Err(BtfError::Malformed(end));
         }
         // Type id 0 is "void".
-        let mut types = vec![Type {
-            name_off: 0,
-            kind: 0,
-            kind_flag: false,
-            ty: 0,
-            members: vec![],
-        }];
+        let mut types = vec![Type { name_off: 0, kind: 0, kind_flag: false, ty: 0, members: vec![] }];
         let mut at = start;
         while at < end {
             let name_off = u32_at(data, at)?;
@@ -89,37 +81,18 @@ impl Btf {
                 KIND_STRUCT | KIND_UNION => {
                     for i in 0..vlen {
                         let m = at + i * 12;
-                        members.push((
-                            u32_at(data, m)?,
-                            u32_at(data, m + 4)?,
-                            u32_at(data, m + 8)?,
-                        ));
+                        members.push((u32_at(data, m)?, u32_at(data, m + 4)?, u32_at(data, m + 8)?));
                     }
                     vlen * 12
                 }
                 6 | 13 => vlen * 8,
                 15 | 19 => vlen * 12,
-                _ => {
-                    return Err(BtfError::UnknownKind {
-                        kind,
-                        id: types.len(),
-                    })
-                }
+                _ => return Err(BtfError::UnknownKind { kind, id: types.len() }),
             };
             at += extra;
-            types.push(Type {
-                name_off,
-                kind,
-                kind_flag,
-                ty,
-                members,
-            });
+            types.push(Type { name_off, kind, kind_flag, ty, members });
         }
-        let mut btf = Btf {
-            types,
-            strings,
-            by_name: HashMap::new(),
-        };
+        let mut btf = Btf { types, strings, by_name: HashMap::new() };
         for (id, t) in btf.types.iter().enumerate() {
             if t.kind == KIND_STRUCT && t.name_off != 0 {
                 let name = btf.name(t.name_off).to_string();
@@ -130,8 +103,9 @@ impl Btf {
     }
 
     pub fn from_sys_fs() -> anyhow::Result<Self> {
-        let data = std::fs::read("/sys/kernel/btf/vmlinux")
-            .map_err(|e| anyhow::anyhow!("cannot read /sys/kernel/btf/vmlinux: {e} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)"))?;
+        let data = std::fs::read("/sys/kernel/btf/vmlinux").map_err(|e| {
+            anyhow::anyhow!("cannot read /sys/kernel/btf/vmlinux: {e} (the kernel needs CONFIG_DEBUG_INFO_BTF=y)")
+        })?;
         Ok(Self::parse(&data)?)
     }
 
@@ -143,13 +117,8 @@ impl Btf {
 
     /// Byte offset of `member` in `struct name`, looking inside anonymous unions and structs.
     pub fn offset(&self, name: &str, member: &str) -> Result<u32, BtfError> {
-        let id = *self
-            .by_name
-            .get(name)
-            .ok_or_else(|| BtfError::NoStruct(name.into()))?;
-        self.find(id, member)
-            .map(|bits| bits / 8)
-            .ok_or_else(|| BtfError::NoMember(name.into(), member.into()))
+        let id = *self.by_name.get(name).ok_or_else(|| BtfError::NoStruct(name.into()))?;
+        self.find(id, member).map(|bits| bits / 8).ok_or_else(|| BtfError::NoMember(name.into(), member.into()))
     }
 
     fn find(&self, id: usize, member: &str) -> Option<u32> {
@@ -217,10 +186,7 @@ mod tests {
     fn blob() -> Vec<u8> {
         let strings = b"\0int\0inner\0a\0b\0outer\0x\0".to_vec();
         let s = |n: &str| {
-            strings
-                .windows(n.len() + 1)
-                .position(|w| &w[..n.len()] == n.as_bytes() && w[n.len()] == 0)
-                .unwrap() as u32
+            strings.windows(n.len() + 1).position(|w| &w[..n.len()] == n.as_bytes() && w[n.len()] == 0).unwrap() as u32
         };
         let mut t = vec![];
         let mut ty = |name: u32, info: u32, size: u32, extra: &[u32]| {
@@ -235,13 +201,7 @@ mod tests {
         // 3: struct outer { x @0, <anon inner> @64 bits }
         ty(s("outer"), (4 << 24) | 2, 16, &[s("x"), 1, 0, 0, 2, 64]);
         let mut out = vec![0x9f, 0xeb, 1, 0];
-        for v in [
-            24u32,
-            0,
-            t.len() as u32,
-            t.len() as u32,
-            strings.len() as u32,
-        ] {
+        for v in [24u32, 0, t.len() as u32, t.len() as u32, strings.len() as u32] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend(t);
@@ -255,14 +215,8 @@ mod tests {
         assert_eq!(btf.offset("outer", "x").unwrap(), 0);
         assert_eq!(btf.offset("outer", "b").unwrap(), 12);
         assert_eq!(btf.offset("inner", "b").unwrap(), 4);
-        assert!(matches!(
-            btf.offset("outer", "zz"),
-            Err(BtfError::NoMember(..))
-        ));
-        assert!(matches!(
-            btf.offset("nope", "x"),
-            Err(BtfError::NoStruct(..))
-        ));
+        assert!(matches!(btf.offset("outer", "zz"), Err(BtfError::NoMember(..))));
+        assert!(matches!(btf.offset("nope", "x"), Err(BtfError::NoStruct(..))));
     }
 
     #[test]

@@ -47,11 +47,7 @@ pub fn object_text(e: &Event) -> String {
 }
 
 pub fn argv_of(e: &Event) -> Vec<String> {
-    e.argv
-        .iter()
-        .take(e.argc as usize)
-        .map(|a| c_str(&a[..ARG_LEN]))
-        .collect()
+    e.argv.iter().take(e.argc as usize).map(|a| c_str(&a[..ARG_LEN])).collect()
 }
 
 pub fn hook_name(e: &Event) -> &'static str {
@@ -99,15 +95,11 @@ pub struct Record {
 }
 
 pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 pub fn hostname() -> String {
-    nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "unknown".into())
+    nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "unknown".into())
 }
 
 #[cfg(test)]

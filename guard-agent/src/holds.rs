@@ -16,12 +16,7 @@ pub struct Decision {
 
 impl Decision {
     pub fn expired() -> Self {
-        Decision {
-            allow: false,
-            reason: "expired",
-            approver: None,
-            comment: None,
-        }
+        Decision { allow: false, reason: "expired", approver: None, comment: None }
     }
 }
 
@@ -66,10 +61,7 @@ impl LocalDecisions {
 impl DecisionSource for LocalDecisions {
     fn decide(&self, hold: HoldInfo) -> Pin<Box<dyn Future<Output = Decision> + Send>> {
         let (tx, rx) = oneshot::channel();
-        self.waiting
-            .lock()
-            .expect("lock")
-            .insert(hold.id.clone(), tx);
+        self.waiting.lock().expect("lock").insert(hold.id.clone(), tx);
         // A dropped sender (agent shutting down) is a deny.
         Box::pin(async move {
             rx.await.unwrap_or(Decision {
@@ -104,19 +96,12 @@ impl HoldTable {
     }
 
     pub fn find(&self, tid: u32, seq: u64) -> Option<&String> {
-        self.by_id
-            .iter()
-            .find(|(_, h)| h.info.tid == tid && h.seq == seq)
-            .map(|(id, _)| id)
+        self.by_id.iter().find(|(_, h)| h.info.tid == tid && h.seq == seq).map(|(id, _)| id)
     }
 
     /// Holds that still wait for a decision, oldest first.
     pub fn waiting(&self) -> Vec<HoldInfo> {
-        let mut v: Vec<&PendingHold> = self
-            .by_id
-            .values()
-            .filter(|h| h.decision.is_none())
-            .collect();
+        let mut v: Vec<&PendingHold> = self.by_id.values().filter(|h| h.decision.is_none()).collect();
         v.sort_by_key(|h| h.started);
         v.into_iter()
             .map(|h| {

@@ -8,9 +8,7 @@ use aya::{
     programs::{Program, ProgramError},
     Btf, Ebpf, EbpfLoader,
 };
-use guard_common::{
-    Hold, NetRule, PathKey, PolicyConf, RuleRef, Verdict, Watched, MAX_CAPS, MAX_NET_RULES,
-};
+use guard_common::{Hold, NetRule, PathKey, PolicyConf, RuleRef, Verdict, Watched, MAX_CAPS, MAX_NET_RULES};
 use std::time::Duration;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf.o"));
@@ -39,7 +37,9 @@ pub fn explain_kernel() -> Vec<String> {
         problems.push("guard-agent must run as root (it loads BPF LSM programs)".to_string());
     }
     if std::fs::metadata("/sys/kernel/btf/vmlinux").is_err() {
-        problems.push("the kernel has no BTF (/sys/kernel/btf/vmlinux is missing): it needs CONFIG_DEBUG_INFO_BTF=y".into());
+        problems.push(
+            "the kernel has no BTF (/sys/kernel/btf/vmlinux is missing): it needs CONFIG_DEBUG_INFO_BTF=y".into(),
+        );
     }
     match std::fs::read_to_string("/sys/kernel/security/lsm") {
         Ok(lsms) if !lsms.split(',').any(|l| l.trim() == "bpf") => problems.push(format!(
@@ -60,11 +60,7 @@ pub fn explain_kernel() -> Vec<String> {
 
 /// Turns a program load failure into the explanation of what the kernel is missing.
 fn explain_load_error(name: &str, e: &ProgramError) -> anyhow::Error {
-    if let ProgramError::LoadError {
-        io_error,
-        verifier_log,
-    } = e
-    {
+    if let ProgramError::LoadError { io_error, verifier_log } = e {
         if io_error.raw_os_error() == Some(libc::EPERM)
             || io_error.raw_os_error() == Some(524)
             || io_error.raw_os_error() == Some(libc::EOPNOTSUPP)
@@ -94,39 +90,32 @@ impl Kernel {
         if OBJECT.is_empty() {
             bail!("{}", problems.join("; "));
         }
-        let offsets = OffsetBtf::from_sys_fs()?
-            .guard_offsets()
-            .context("reading struct offsets from the kernel's BTF")?;
+        let offsets =
+            OffsetBtf::from_sys_fs()?.guard_offsets().context("reading struct offsets from the kernel's BTF")?;
         let btf = Btf::from_sys_fs().context("loading the kernel's BTF")?;
-        let mut ebpf = EbpfLoader::new()
-            .override_global("OFFSETS", &offsets, true)
-            .load(OBJECT)
-            .map_err(|e| {
-                let base = anyhow!("cannot create the BPF maps: {e}");
-                if problems.is_empty() {
-                    base
-                } else {
-                    base.context(problems.join("; "))
-                }
-            })?;
+        let mut ebpf = EbpfLoader::new().override_global("OFFSETS", &offsets, true).load(OBJECT).map_err(|e| {
+            let base = anyhow!("cannot create the BPF maps: {e}");
+            if problems.is_empty() {
+                base
+            } else {
+                base.context(problems.join("; "))
+            }
+        })?;
         let names: Vec<String> = ebpf.programs_mut().map(|(n, _)| n.to_string()).collect();
         for name in &names {
             let prog = ebpf.program_mut(name).expect("listed");
             match prog {
                 Program::Lsm(p) => {
-                    p.load(name, &btf)
-                        .map_err(|e| explain_load_error(name, &e))?;
+                    p.load(name, &btf).map_err(|e| explain_load_error(name, &e))?;
                     p.attach().with_context(|| format!("attaching {name}"))?;
                 }
                 Program::BtfTracePoint(p) => {
-                    p.load(name, &btf)
-                        .map_err(|e| explain_load_error(name, &e))?;
+                    p.load(name, &btf).map_err(|e| explain_load_error(name, &e))?;
                     p.attach().with_context(|| format!("attaching {name}"))?;
                 }
                 Program::TracePoint(p) => {
                     p.load().map_err(|e| explain_load_error(name, &e))?;
-                    p.attach("syscalls", name)
-                        .with_context(|| format!("attaching tracepoint syscalls/{name}"))?;
+                    p.attach("syscalls", name).with_context(|| format!("attaching tracepoint syscalls/{name}"))?;
                 }
                 _ => bail!("unexpected program type for {name}"),
             }
@@ -151,9 +140,7 @@ impl Kernel {
     pub fn install_policy(&mut self, id: u8, policy: &Policy) -> Result<()> {
         let c = policy.compile(id);
         for (key, len, rr) in &c.paths {
-            self.path_rules
-                .insert(&Key::new(*len, *key), *rr, 0)
-                .context("writing a path rule")?;
+            self.path_rules.insert(&Key::new(*len, *key), *rr, 0).context("writing a path rule")?;
         }
         let base = id as u32 * MAX_NET_RULES;
         for i in 0..MAX_NET_RULES {
@@ -165,25 +152,13 @@ impl Kernel {
                 action: 0,
                 rule: 0,
             });
-            self.net_rules
-                .set(base + i, rule, 0)
-                .context("writing a network rule")?;
+            self.net_rules.set(base + i, rule, 0).context("writing a network rule")?;
         }
         for cap in 0..MAX_CAPS {
-            let rr = c.caps.get(&(cap as u8)).copied().unwrap_or(RuleRef {
-                rule: 0,
-                action: 0,
-                _pad: [0; 3],
-            });
-            self.cap_rules
-                .set(id as u32 * MAX_CAPS + cap, rr, 0)
-                .context("writing a capability rule")?;
+            let rr = c.caps.get(&(cap as u8)).copied().unwrap_or(RuleRef { rule: 0, action: 0, _pad: [0; 3] });
+            self.cap_rules.set(id as u32 * MAX_CAPS + cap, rr, 0).context("writing a capability rule")?;
         }
-        let none = RuleRef {
-            rule: 0,
-            action: 0,
-            _pad: [0; 3],
-        };
+        let none = RuleRef { rule: 0, action: 0, _pad: [0; 3] };
         let conf = PolicyConf {
             default_action: policy.default as u8,
             _pad: [0; 3],
@@ -193,23 +168,13 @@ impl Kernel {
             ptrace: c.ptrace.unwrap_or(none),
             hold_deadline_ns: (policy.ask_timeout + KERNEL_GRACE).as_nanos() as u64,
         };
-        self.policies
-            .set(id as u32, conf, 0)
-            .context("writing the policy settings")?;
+        self.policies.set(id as u32, conf, 0).context("writing the policy settings")?;
         Ok(())
     }
 
     pub fn watch(&mut self, tid: u32, policy: u8, root: u32) -> Result<()> {
         self.watched
-            .insert(
-                tid,
-                Watched {
-                    policy,
-                    _pad: [0; 3],
-                    root,
-                },
-                0,
-            )
+            .insert(tid, Watched { policy, _pad: [0; 3], root }, 0)
             .context("adding a process to the watched tree")?;
         Ok(())
     }
@@ -227,30 +192,17 @@ impl Kernel {
     }
 
     pub fn lost_events(&self) -> u64 {
-        self.counters
-            .get(&0, 0)
-            .map(|v| v.iter().sum())
-            .unwrap_or(0)
+        self.counters.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
 
     pub fn set_verdict(&mut self, tid: u32, seq: u64, hash: u64, allow: bool) -> Result<()> {
         self.verdicts
-            .insert(
-                tid,
-                Verdict {
-                    seq,
-                    hash,
-                    allow: allow as u8,
-                    _pad: [0; 7],
-                },
-                0,
-            )
+            .insert(tid, Verdict { seq, hash, allow: allow as u8, _pad: [0; 7] }, 0)
             .context("writing a verdict")?;
         Ok(())
     }
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
-    ebpf.take_map(name)
-        .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))
+    ebpf.take_map(name).ok_or_else(|| anyhow!("the eBPF object has no map {name}"))
 }

@@ -16,11 +16,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(
-    name = "guard-agent",
-    version,
-    about = "guard's host agent: kernel enforcement for AI agents' process trees"
-)]
+#[command(name = "guard-agent", version, about = "guard's host agent: kernel enforcement for AI agents' process trees")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -85,10 +81,7 @@ enum Cmd {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("GUARD_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("GUARD_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -103,40 +96,28 @@ fn main() {
 }
 
 fn client_runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
 fn call(socket: &std::path::Path, req: admin::Request) -> Result<serde_json::Value> {
     let resp = client_runtime()?.block_on(admin::call(socket, &req))?;
     if !resp.ok {
-        bail!(
-            "{}",
-            resp.error.unwrap_or_else(|| "the agent refused".into())
-        );
+        bail!("{}", resp.error.unwrap_or_else(|| "the agent refused".into()));
     }
     Ok(resp.data.unwrap_or_default())
 }
 
 fn dispatch(cmd: Cmd) -> Result<i32> {
     match cmd {
-        Cmd::Run {
-            policy,
-            server,
-            audit_log,
-            admin_socket,
-            cmd,
-        } => {
+        Cmd::Run { policy, server, audit_log, admin_socket, cmd } => {
             if server.is_some() {
                 bail!("--server is not available in this build yet: holds are answered locally with `guard-agent approve|deny`");
             }
             run::run(&policy, &audit_log, &admin_socket, &cmd)
         }
-        Cmd::Daemon { config } => bail!(
-            "the daemon mode is not built yet (config {} not read); use `guard-agent run`",
-            config.display()
-        ),
+        Cmd::Daemon { config } => {
+            bail!("the daemon mode is not built yet (config {} not read); use `guard-agent run`", config.display())
+        }
         Cmd::Pending { socket, json } => {
             let data = call(&socket, admin::Request::Pending)?;
             if json {
@@ -146,29 +127,13 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
             }
             Ok(0)
         }
-        Cmd::Approve {
-            id,
-            comment,
-            socket,
-        } => {
-            call(
-                &socket,
-                admin::Request::Approve {
-                    id: id.clone(),
-                    comment,
-                },
-            )?;
+        Cmd::Approve { id, comment, socket } => {
+            call(&socket, admin::Request::Approve { id: id.clone(), comment })?;
             println!("approved {id}");
             Ok(0)
         }
         Cmd::Deny { id, reason, socket } => {
-            call(
-                &socket,
-                admin::Request::Deny {
-                    id: id.clone(),
-                    reason,
-                },
-            )?;
+            call(&socket, admin::Request::Deny { id: id.clone(), reason })?;
             println!("denied {id}");
             Ok(0)
         }
@@ -204,19 +169,10 @@ fn print_pending(data: &serde_json::Value) {
         println!("no holds waiting");
         return;
     }
-    println!(
-        "{:<6} {:<20} {:<8} {:<24} {:<6} OBJECT",
-        "ID", "HOOK", "PID", "RULE", "HELD"
-    );
+    println!("{:<6} {:<20} {:<8} {:<24} {:<6} OBJECT", "ID", "HOOK", "PID", "RULE", "HELD");
     for h in list {
         let s = |k: &str| {
-            h.get(k)
-                .map(|v| {
-                    v.as_str()
-                        .map(String::from)
-                        .unwrap_or_else(|| v.to_string())
-                })
-                .unwrap_or_default()
+            h.get(k).map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string())).unwrap_or_default()
         };
         println!(
             "{:<6} {:<20} {:<8} {:<24} {:<6} {}",
@@ -227,10 +183,6 @@ fn print_pending(data: &serde_json::Value) {
             format!("{}s", s("held_secs")),
             s("object")
         );
-        println!(
-            "       by {} {}",
-            s("exe"),
-            h.get("argv").map(|a| a.to_string()).unwrap_or_default()
-        );
+        println!("       by {} {}", s("exe"), h.get("argv").map(|a| a.to_string()).unwrap_or_default());
     }
 }

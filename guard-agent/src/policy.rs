@@ -165,12 +165,7 @@ impl Ctx<'_> {
         let upto = &self.text[..span.start.min(self.text.len())];
         let line = upto.matches('\n').count() + 1;
         let col = upto.len() - upto.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
-        PolicyError {
-            file: self.file.into(),
-            line,
-            col,
-            msg: msg.into(),
-        }
+        PolicyError { file: self.file.into(), line, col, msg: msg.into() }
     }
 }
 
@@ -216,10 +211,7 @@ impl Policy {
             Some(d) => parse_action(d.get_ref()).ok_or_else(|| {
                 ctx.err(
                     d.span(),
-                    format!(
-                        "unknown default action {:?}: expected allow, deny, audit or ask",
-                        d.get_ref()
-                    ),
+                    format!("unknown default action {:?}: expected allow, deny, audit or ask", d.get_ref()),
                 )
             })?,
         };
@@ -229,10 +221,7 @@ impl Policy {
                 let d = humantime::parse_duration(t.get_ref()).map_err(|e| {
                     ctx.err(
                         t.span(),
-                        format!(
-                            "bad ask_timeout {:?}: {e} (expected e.g. \"30s\" or \"5m\")",
-                            t.get_ref()
-                        ),
+                        format!("bad ask_timeout {:?}: {e} (expected e.g. \"30s\" or \"5m\")", t.get_ref()),
                     )
                 })?;
                 if d.is_zero() || d > Duration::from_secs(24 * 3600) {
@@ -250,48 +239,32 @@ impl Policy {
             if matches!(rule.matcher, Matcher::Net { .. }) {
                 net_rules += 1;
                 if net_rules > MAX_NET_RULES {
-                    return Err(ctx.err(
-                        0..0,
-                        format!("at most {MAX_NET_RULES} connect rules with a cidr are supported"),
-                    ));
+                    return Err(
+                        ctx.err(0..0, format!("at most {MAX_NET_RULES} connect rules with a cidr are supported"))
+                    );
                 }
             }
             rules.push(rule);
         }
-        Ok(Policy {
-            default,
-            ask_timeout,
-            rules,
-        })
+        Ok(Policy { default, ask_timeout, rules })
     }
 }
 
 fn check_abs_path(ctx: &Ctx, p: &Spanned<String>, what: &str) -> Result<String, PolicyError> {
     let s = p.get_ref();
     if !s.starts_with('/') {
-        return Err(ctx.err(
-            p.span(),
-            format!("{what} {s:?} is relative: expected an absolute path starting with '/'"),
-        ));
+        return Err(ctx.err(p.span(), format!("{what} {s:?} is relative: expected an absolute path starting with '/'")));
     }
     if s.split('/').any(|c| c == ".." || c == ".") {
-        return Err(ctx.err(
-            p.span(),
-            format!("{what} {s:?} contains '.' or '..': give the resolved path"),
-        ));
+        return Err(ctx.err(p.span(), format!("{what} {s:?} contains '.' or '..': give the resolved path")));
     }
     if s.contains('\0') {
         return Err(ctx.err(p.span(), format!("{what} contains a NUL byte")));
     }
     if s.len() >= PATH_LEN - 1 {
-        return Err(ctx.err(
-            p.span(),
-            format!(
-                "{what} is {} bytes long: at most {} are supported",
-                s.len(),
-                PATH_LEN - 2
-            ),
-        ));
+        return Err(
+            ctx.err(p.span(), format!("{what} is {} bytes long: at most {} are supported", s.len(), PATH_LEN - 2))
+        );
     }
     Ok(s.clone())
 }
@@ -302,13 +275,7 @@ fn compile_rule(ctx: &Ctx, span: Range<usize>, r: RawRule) -> Result<Rule, Polic
         return Err(ctx.err(r.name.span(), "rule name is empty"));
     }
     let action = parse_action(r.action.get_ref()).ok_or_else(|| {
-        ctx.err(
-            r.action.span(),
-            format!(
-                "unknown action {:?}: expected allow, deny, audit or ask",
-                r.action.get_ref()
-            ),
-        )
+        ctx.err(r.action.span(), format!("unknown action {:?}: expected allow, deny, audit or ask", r.action.get_ref()))
     })?;
     let mut matchers: Vec<(Range<usize>, Matcher)> = Vec::new();
     if let Some(e) = r.exec {
@@ -320,22 +287,19 @@ fn compile_rule(ctx: &Ctx, span: Range<usize>, r: RawRule) -> Result<Rule, Polic
         let span = f.span();
         let f = f.into_inner();
         let path = check_abs_path(ctx, &f.path, "file path")?;
-        let access =
-            match &f.access {
-                None => Access::Any,
-                Some(a) => match a.get_ref().as_str() {
-                    "read" => Access::Read,
-                    "write" => Access::Write,
-                    "delete" => Access::Delete,
-                    "any" => Access::Any,
-                    other => return Err(ctx.err(
-                        a.span(),
-                        format!(
-                            "unknown file access {other:?}: expected read, write, delete or any"
-                        ),
-                    )),
-                },
-            };
+        let access = match &f.access {
+            None => Access::Any,
+            Some(a) => match a.get_ref().as_str() {
+                "read" => Access::Read,
+                "write" => Access::Write,
+                "delete" => Access::Delete,
+                "any" => Access::Any,
+                other => {
+                    return Err(ctx
+                        .err(a.span(), format!("unknown file access {other:?}: expected read, write, delete or any")))
+                }
+            },
+        };
         matchers.push((span, Matcher::File { path, access }));
     }
     if let Some(c) = r.connect {
@@ -343,14 +307,9 @@ fn compile_rule(ctx: &Ctx, span: Range<usize>, r: RawRule) -> Result<Rule, Polic
         let c = c.into_inner();
         match (&c.cidr, &c.unix) {
             (Some(_), Some(u)) => {
-                return Err(ctx.err(
-                    u.span(),
-                    "connect takes either cidr (with an optional port) or unix, not both",
-                ))
+                return Err(ctx.err(u.span(), "connect takes either cidr (with an optional port) or unix, not both"))
             }
-            (None, None) if c.port.is_none() => {
-                return Err(ctx.err(span, "connect needs cidr, port or unix"))
-            }
+            (None, None) if c.port.is_none() => return Err(ctx.err(span, "connect needs cidr, port or unix")),
             (None, Some(u)) => {
                 if let Some(p) = &c.port {
                     return Err(ctx.err(p.span(), "a unix socket has no port"));
@@ -358,9 +317,7 @@ fn compile_rule(ctx: &Ctx, span: Range<usize>, r: RawRule) -> Result<Rule, Polic
                 let path = u.get_ref();
                 let path = if let Some(name) = path.strip_prefix('@') {
                     if name.is_empty() {
-                        return Err(
-                            ctx.err(u.span(), "abstract unix socket name after '@' is empty")
-                        );
+                        return Err(ctx.err(u.span(), "abstract unix socket name after '@' is empty"));
                     }
                     path.clone()
                 } else {
@@ -380,10 +337,7 @@ fn compile_rule(ctx: &Ctx, span: Range<usize>, r: RawRule) -> Result<Rule, Polic
                     Some(p) => {
                         let v = *p.get_ref();
                         if !(1..=65535).contains(&v) {
-                            return Err(ctx.err(
-                                p.span(),
-                                format!("port {v} is out of range: expected 1 to 65535"),
-                            ));
+                            return Err(ctx.err(p.span(), format!("port {v} is out of range: expected 1 to 65535")));
                         }
                         Some(v as u16)
                     }
@@ -395,34 +349,21 @@ fn compile_rule(ctx: &Ctx, span: Range<usize>, r: RawRule) -> Result<Rule, Polic
     }
     if let Some(c) = r.capability {
         let s = c.get_ref().to_ascii_uppercase();
-        let s = if s.starts_with("CAP_") {
-            s
-        } else {
-            format!("CAP_{s}")
-        };
+        let s = if s.starts_with("CAP_") { s } else { format!("CAP_{s}") };
         let n = CAPABILITIES.iter().position(|&x| x == s).ok_or_else(|| {
             ctx.err(
                 c.span(),
-                format!(
-                    "unknown capability {:?}: expected a name like CAP_NET_ADMIN or CAP_SYS_ADMIN",
-                    c.get_ref()
-                ),
+                format!("unknown capability {:?}: expected a name like CAP_NET_ADMIN or CAP_SYS_ADMIN", c.get_ref()),
             )
         })?;
         matchers.push((c.span(), Matcher::Capability(n as u8)));
     }
-    for (flag, m) in [
-        (r.mount, Matcher::Mount),
-        (r.module, Matcher::Module),
-        (r.bpf, Matcher::Bpf),
-        (r.ptrace, Matcher::Ptrace),
-    ] {
+    for (flag, m) in
+        [(r.mount, Matcher::Mount), (r.module, Matcher::Module), (r.bpf, Matcher::Bpf), (r.ptrace, Matcher::Ptrace)]
+    {
         if let Some(f) = flag {
             if !*f.get_ref() {
-                return Err(ctx.err(
-                    f.span(),
-                    "this matcher only takes `true`; leave it out to not match",
-                ));
+                return Err(ctx.err(f.span(), "this matcher only takes `true`; leave it out to not match"));
             }
             matchers.push((f.span(), m));
         }
@@ -457,11 +398,7 @@ pub struct Compiled {
 }
 
 fn rule_ref(index: usize, action: Action) -> RuleRef {
-    RuleRef {
-        rule: index as u32 + 1,
-        action: action as u8,
-        _pad: [0; 3],
-    }
+    RuleRef { rule: index as u32 + 1, action: action as u8, _pad: [0; 3] }
 }
 
 /// Keys (class, bytes) for a path matcher: "/x/" is a prefix; "/x" is the path itself and,
@@ -505,11 +442,9 @@ impl Policy {
         for (i, r) in self.rules.iter().enumerate() {
             let rr = rule_ref(i, r.action);
             match &r.matcher {
-                Matcher::Exec { path } => keys.extend(
-                    path_keys(path, &[class::EXEC], false)
-                        .into_iter()
-                        .map(|(c, k)| (c, k, i)),
-                ),
+                Matcher::Exec { path } => {
+                    keys.extend(path_keys(path, &[class::EXEC], false).into_iter().map(|(c, k)| (c, k, i)))
+                }
                 Matcher::File { path, access } => {
                     let classes: &[u8] = match access {
                         Access::Read => &[class::READ],
@@ -517,24 +452,15 @@ impl Policy {
                         Access::Delete => &[class::DELETE],
                         Access::Any => &[class::READ, class::WRITE, class::DELETE],
                     };
-                    keys.extend(
-                        path_keys(path, classes, true)
-                            .into_iter()
-                            .map(|(c, k)| (c, k, i)),
-                    );
+                    keys.extend(path_keys(path, classes, true).into_iter().map(|(c, k)| (c, k, i)));
                 }
-                Matcher::Unix { path } => keys.extend(
-                    path_keys(path, &[class::UNIX], false)
-                        .into_iter()
-                        .map(|(c, k)| (c, k, i)),
-                ),
+                Matcher::Unix { path } => {
+                    keys.extend(path_keys(path, &[class::UNIX], false).into_iter().map(|(c, k)| (c, k, i)))
+                }
                 Matcher::Net { net, port } => {
                     // A rule for "any address" covers both families.
                     let nets: Vec<IpNet> = if net.prefix_len() == 0 {
-                        vec![
-                            "0.0.0.0/0".parse().expect("valid"),
-                            "::/0".parse().expect("valid"),
-                        ]
+                        vec!["0.0.0.0/0".parse().expect("valid"), "::/0".parse().expect("valid")]
                     } else {
                         vec![*net]
                     };
@@ -578,23 +504,13 @@ impl Policy {
                 .min()
                 .expect("a key is its own prefix");
             if c.paths.iter().any(|(k, len, _)| {
-                k.class == *class
-                    && *len as usize == (bytes.len() + 2) * 8
-                    && k.path[..bytes.len()] == bytes[..]
+                k.class == *class && *len as usize == (bytes.len() + 2) * 8 && k.path[..bytes.len()] == bytes[..]
             }) {
                 continue;
             }
-            let mut key = PathKey {
-                policy: policy_id,
-                class: *class,
-                path: [0; PATH_LEN],
-            };
+            let mut key = PathKey { policy: policy_id, class: *class, path: [0; PATH_LEN] };
             key.path[..bytes.len()].copy_from_slice(bytes);
-            c.paths.push((
-                key,
-                ((bytes.len() + 2) * 8) as u32,
-                rule_ref(best, self.rules[best].action),
-            ));
+            c.paths.push((key, ((bytes.len() + 2) * 8) as u32, rule_ref(best, self.rules[best].action)));
         }
         c
     }
@@ -648,32 +564,18 @@ capability = "CAP_NET_ADMIN"
             err("default = \"allow\"\nbogus = 1\n"),
             "p.toml:2:1: unknown field `bogus`, expected one of `default`, `ask_timeout`, `rule`"
         );
-        let e = err(
-            "[[rule]]\nname = \"x\"\naction = \"deny\"\nconnect = { cidr = \"10.0.0.300/8\" }\n",
-        );
-        assert!(
-            e.starts_with("p.toml:4:20: bad cidr \"10.0.0.300/8\""),
-            "{e}"
-        );
+        let e = err("[[rule]]\nname = \"x\"\naction = \"deny\"\nconnect = { cidr = \"10.0.0.300/8\" }\n");
+        assert!(e.starts_with("p.toml:4:20: bad cidr \"10.0.0.300/8\""), "{e}");
         let e = err("[[rule]]\nname = \"x\"\naction = \"deny\"\nfile = { path = \"etc/\" }\n");
-        assert!(
-            e.starts_with("p.toml:4:17: file path \"etc/\" is relative"),
-            "{e}"
-        );
+        assert!(e.starts_with("p.toml:4:17: file path \"etc/\" is relative"), "{e}");
         let e = err("[[rule]]\nname = \"x\"\naction = \"maybe\"\nmount = true\n");
-        assert!(
-            e.starts_with("p.toml:3:10: unknown action \"maybe\""),
-            "{e}"
-        );
+        assert!(e.starts_with("p.toml:3:10: unknown action \"maybe\""), "{e}");
         let e = err("[[rule]]\nname = \"x\"\naction = \"deny\"\ncapability = \"CAP_FLY\"\n");
         assert!(e.starts_with("p.toml:4:14: unknown capability"), "{e}");
         let e = err("[[rule]]\nname = \"x\"\naction = \"deny\"\n");
         assert!(e.contains("has no matcher"), "{e}");
         let e = err("[[rule]]\nname = \"x\"\naction = \"deny\"\nmount = true\nbpf = true\n");
-        assert!(
-            e.starts_with("p.toml:5:7:") && e.contains("more than one matcher"),
-            "{e}"
-        );
+        assert!(e.starts_with("p.toml:5:7:") && e.contains("more than one matcher"), "{e}");
         let e = err("ask_timeout = \"soon\"\n");
         assert!(e.starts_with("p.toml:1:15: bad ask_timeout"), "{e}");
         let e = err("[[rule]]\nname = \"x\"\naction = \"deny\"\nconnect = { port = 70000 }\n");
@@ -707,9 +609,7 @@ file = { path = "/etc/ssh/", access = "read" }
             c.paths
                 .iter()
                 .find(|(k, len, _)| {
-                    k.class == class::READ
-                        && *len as usize == (s.len() + 2) * 8
-                        && &k.path[..s.len()] == s
+                    k.class == class::READ && *len as usize == (s.len() + 2) * 8 && &k.path[..s.len()] == s
                 })
                 .map(|x| x.2.rule)
         };
@@ -721,11 +621,8 @@ file = { path = "/etc/ssh/", access = "read" }
 
     #[test]
     fn port_only_connect_covers_both_families() {
-        let p = Policy::parse(
-            "p.toml",
-            "[[rule]]\nname = \"x\"\naction = \"deny\"\nconnect = { port = 22 }\n",
-        )
-        .unwrap();
+        let p =
+            Policy::parse("p.toml", "[[rule]]\nname = \"x\"\naction = \"deny\"\nconnect = { port = 22 }\n").unwrap();
         let c = p.compile(0);
         assert_eq!(c.net.len(), 2);
         assert!(c.net.iter().all(|n| n.port == 22));

@@ -24,7 +24,10 @@ use std::{
     ffi::CString,
     io::{Read, Write},
     path::Path,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 use tokio::io::unix::AsyncFd;
@@ -86,10 +89,7 @@ pub fn run(policy_path: &Path, audit_path: &Path, socket: &Path, cmd: &[String])
     let audit = AuditLog::open(audit_path)?;
     let (mut kernel, ring) = Kernel::load()?;
     kernel.install_policy(RUN_POLICY, &policy)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let listener = rt.block_on(admin::bind(socket))?;
 
     let (child, mut go) = spawn_blocked(cmd)?;
@@ -115,15 +115,26 @@ pub fn run(policy_path: &Path, audit_path: &Path, socket: &Path, cmd: &[String])
 
     let code = rt.block_on(async move {
         tokio::spawn(read_events(ring, state.clone(), source));
-        tokio::spawn(admin::serve(
-            listener,
-            admin_handler(state.clone(), local, policy_path.display().to_string()),
-        ));
-        tokio::spawn(forward_signals(child));
+        tokio::spawn(admin::serve(listener, admin_handler(state.clone(), local, policy_path.display().to_string())));
+        let cmd_exited = Arc::new(AtomicBool::new(false));
+        tokio::spawn(forward_signals(child, cmd_exited.clone(), state.clone()));
         tokio::spawn(watch_lost(state.clone()));
-        let code = tokio::task::spawn_blocking(move || wait_child(child))
-            .await
-            .unwrap_or(1);
+        let code = tokio::task::spawn_blocking(move || wait_child(child)).await.unwrap_or(1);
+        cmd_exited.store(true, Ordering::SeqCst);
+        // Descendants that outlive CMD (daemons) stay under enforcement until they exit too;
+        // leaving would set them free. SIGINT/SIGTERM now kills them instead.
+        let mut said = false;
+        loop {
+            let left = state.lock().expect("state lock").kernel.watched_count();
+            if left == 0 {
+                break;
+            }
+            if !said {
+                tracing::info!("command exited; {left} tasks of its tree still run and stay watched");
+                said = true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         // Nothing may stay frozen once nobody is left to answer.
         agent::deny_all(&state, "denied").await;
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -147,12 +158,10 @@ fn wait_child(child: Pid) -> i32 {
     }
 }
 
-async fn forward_signals(child: Pid) {
+/// Before CMD exits, SIGINT/SIGTERM go to it; after, they kill what is left of its tree.
+async fn forward_signals(child: Pid, cmd_exited: Arc<AtomicBool>, state: Shared) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
         return;
     };
     loop {
@@ -160,7 +169,15 @@ async fn forward_signals(child: Pid) {
             _ = int.recv() => Signal::SIGINT,
             _ = term.recv() => Signal::SIGTERM,
         };
-        nix::sys::signal::kill(child, sig).ok();
+        if !cmd_exited.load(Ordering::SeqCst) {
+            nix::sys::signal::kill(child, sig).ok();
+            continue;
+        }
+        let tids: Vec<u32> = state.lock().expect("state lock").kernel.watched.keys().filter_map(Result::ok).collect();
+        tracing::info!("stopping: killing the {} tasks left in the tree", tids.len());
+        for tid in tids {
+            nix::sys::signal::kill(Pid::from_raw(tid as i32), Signal::SIGKILL).ok();
+        }
     }
 }
 
@@ -204,10 +221,7 @@ fn admin_handler(
 ) -> impl Fn(&Peer, Request) -> Response + Send + Sync + Clone + 'static {
     move |peer: &Peer, req: Request| {
         if peer.uid != 0 {
-            return Response::err(format!(
-                "refused: only root may talk to the agent (caller uid {})",
-                peer.uid
-            ));
+            return Response::err(format!("refused: only root may talk to the agent (caller uid {})", peer.uid));
         }
         let st = state.lock().expect("state lock");
         if let Some(pid) = peer.pid {
@@ -245,9 +259,7 @@ fn answer(
     let waiting = st.holds.by_id.get(id).map(|h| h.decision.is_none());
     drop(st);
     match waiting {
-        None => Response::err(format!(
-            "no hold with id {id:?} (unknown, or already finished)"
-        )),
+        None => Response::err(format!("no hold with id {id:?} (unknown, or already finished)")),
         Some(false) => Response::err(format!("hold {id} was already decided")),
         Some(true) => {
             let d = Decision {

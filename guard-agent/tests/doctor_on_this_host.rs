@@ -7,7 +7,9 @@ const AGENT: &str = env!("CARGO_BIN_EXE_guard-agent");
 
 fn built_without_programs(text: &str) -> bool {
     if text.contains("built without its eBPF programs") {
-        eprintln!("SKIPPED: guard-agent was built without its eBPF object; run `cargo xtask test`, which builds it first");
+        eprintln!(
+            "SKIPPED: guard-agent was built without its eBPF object; run `cargo xtask test`, which builds it first"
+        );
         return true;
     }
     false
@@ -27,7 +29,10 @@ fn doctor_explains_what_is_missing() {
     if out.status.success() {
         assert!(text.contains("can enforce"), "{text}");
     } else {
-        assert!(text.contains("does not allow BPF trampolines") || text.contains("BPF LSM is not active"), "unexplained failure: {text}");
+        assert!(
+            text.contains("does not allow BPF trampolines") || text.contains("BPF LSM is not active"),
+            "unexplained failure: {text}"
+        );
         assert!(text.contains("lsm="), "no fix offered: {text}");
     }
 }
@@ -43,7 +48,18 @@ fn run_fails_with_the_same_explanation_and_runs_nothing() {
     std::fs::write(&policy, "default = \"allow\"\n").unwrap();
     let marker = dir.path().join("ran");
     let out = Command::new(AGENT)
-        .args(["run", "--policy", policy.to_str().unwrap(), "--audit-log", dir.path().join("a.jsonl").to_str().unwrap(), "--admin-socket", dir.path().join("s").to_str().unwrap(), "--", "touch", marker.to_str().unwrap()])
+        .args([
+            "run",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--audit-log",
+            dir.path().join("a.jsonl").to_str().unwrap(),
+            "--admin-socket",
+            dir.path().join("s").to_str().unwrap(),
+            "--",
+            "touch",
+            marker.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stderr).to_string();
@@ -63,7 +79,8 @@ fn run_fails_with_the_same_explanation_and_runs_nothing() {
 fn bad_policy_is_reported_with_its_place() {
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("p.toml");
-    std::fs::write(&policy, "[[rule]]\nname = \"x\"\naction = \"deny\"\nconnect = { cidr = \"10.0.0.0/33\" }\n").unwrap();
+    std::fs::write(&policy, "[[rule]]\nname = \"x\"\naction = \"deny\"\nconnect = { cidr = \"10.0.0.0/33\" }\n")
+        .unwrap();
     let out = Command::new(AGENT).args(["check-policy", policy.to_str().unwrap()]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(2));

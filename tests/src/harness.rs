@@ -54,7 +54,11 @@ pub fn run_agent_once(name: &str, policy: &str, script: &str) -> Result<Output> 
     let out = Command::new("guard-agent")
         .args(["run", "--policy", &pol, "--audit-log", &log, "--admin-socket", &sock, "--", "/bin/sh", "-c", script])
         .output()?;
-    Ok(Output { code: out.status.code().unwrap_or(-1), stderr: String::from_utf8_lossy(&out.stderr).into(), records: read_records(&log) })
+    Ok(Output {
+        code: out.status.code().unwrap_or(-1),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+        records: read_records(&log),
+    })
 }
 
 fn paths(name: &str) -> (String, String, String) {
@@ -62,11 +66,7 @@ fn paths(name: &str) -> (String, String, String) {
 }
 
 fn read_records(log: &str) -> Vec<Value> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    std::fs::read_to_string(log).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
 pub struct Agent {
@@ -84,7 +84,19 @@ impl Agent {
         std::fs::write(&pol, policy)?;
         std::fs::remove_file(&log).ok();
         let mut child = Command::new("guard-agent")
-            .args(["run", "--policy", &pol, "--audit-log", &log, "--admin-socket", &sock, "--", "/bin/sh", "-c", script])
+            .args([
+                "run",
+                "--policy",
+                &pol,
+                "--audit-log",
+                &log,
+                "--admin-socket",
+                &sock,
+                "--",
+                "/bin/sh",
+                "-c",
+                script,
+            ])
             .env("GUARD_SOCKET", &sock)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -136,7 +148,9 @@ impl Agent {
             match self.lines.recv_timeout(left) {
                 Ok(l) if l.starts_with(prefix) => return Ok(l),
                 Ok(_) => continue,
-                Err(_) => bail!("no output line starting with {prefix:?} within {wait:?}; agent stderr:\n{}", self.stderr()),
+                Err(_) => {
+                    bail!("no output line starting with {prefix:?} within {wait:?}; agent stderr:\n{}", self.stderr())
+                }
             }
         }
     }
@@ -197,7 +211,11 @@ impl Agent {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(st) = self.child.try_wait()? {
-                return Ok(Output { code: st.code().unwrap_or(-1), stderr: self.stderr(), records: read_records(&self.log) });
+                return Ok(Output {
+                    code: st.code().unwrap_or(-1),
+                    stderr: self.stderr(),
+                    records: read_records(&self.log),
+                });
             }
             if Instant::now() > deadline {
                 self.child.kill().ok();
@@ -208,14 +226,22 @@ impl Agent {
     }
 
     /// Stops the workload through the agent (SIGTERM is forwarded to it) and waits.
+    /// The first SIGTERM goes to the workload's shell; the next ones kill what is left of
+    /// the tree (the agent keeps enforcing on descendants that outlive the shell).
     pub fn kill(mut self) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM).ok();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .ok();
+            for _ in 0..20 {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
         self.child.kill().ok();
         self.child.wait().ok();
@@ -250,13 +276,21 @@ impl Listeners {
         for path in ["/tmp/t/denied.sock", "/tmp/t/allowed.sock"] {
             std::fs::remove_file(path).ok();
             let l = UnixListener::bind(path)?;
-            std::thread::spawn(move || for s in l.incoming().flatten() { drop(s) });
+            std::thread::spawn(move || {
+                for s in l.incoming().flatten() {
+                    drop(s)
+                }
+            });
         }
         for name in ["guard-denied", "guard-allowed"] {
             use std::os::linux::net::SocketAddrExt;
             let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
             if let Ok(l) = UnixListener::bind_addr(&addr) {
-                std::thread::spawn(move || for s in l.incoming().flatten() { drop(s) });
+                std::thread::spawn(move || {
+                    for s in l.incoming().flatten() {
+                        drop(s)
+                    }
+                });
             }
         }
         Ok(Listeners { tcp4, tcp6 })

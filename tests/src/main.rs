@@ -83,7 +83,10 @@ fn bad_policy() -> Result<()> {
     let marker = "/tmp/t/bad-policy-ran";
     let cases = [
         ("[[rule]]\nname = \"x\"\naction = \"deny\"\nconnect = { cidr = \"10.1.2.300/8\" }\n", ":4:20: bad cidr"),
-        ("[[rule]]\nname = \"x\"\naction = \"deny\"\nfile = { path = \"etc/\" }\n", ":4:17: file path \"etc/\" is relative"),
+        (
+            "[[rule]]\nname = \"x\"\naction = \"deny\"\nfile = { path = \"etc/\" }\n",
+            ":4:17: file path \"etc/\" is relative",
+        ),
         ("[[rule]]\nname = \"x\"\naction = \"perhaps\"\nmount = true\n", ":3:10: unknown action"),
         ("[[rule]]\nname = \"x\"\naction = \"deny\"\ncapability = \"CAP_WIZARD\"\n", ":4:14: unknown capability"),
         ("defualt = \"deny\"\n", ":1:1: unknown field `defualt`"),
@@ -117,9 +120,18 @@ exec = { path = "/tmp/t/bin/watched-tool" }
     ensure!(a.result()?.starts_with("RESULT ok"), "the audited tool was blocked");
     let out = a.finish()?;
     let r = &out.records;
-    ensure!(has(r, |x| s(x, "decision") == "deny" && s(x, "rule") == "no-forbidden" && s(x, "object") == "/tmp/t/bin/forbidden" && s(x, "hook") == "bprm_check_security"), "no deny record: {r:?}");
     ensure!(
-        has(r, |x| s(x, "rule") == "audit-tool" && s(x, "decision") == "allow" && s(x, "action") == "audit" && x["argv"] == serde_json::json!(["/tmp/t/bin/watched-tool", "true", "--flag=1"])),
+        has(r, |x| s(x, "decision") == "deny"
+            && s(x, "rule") == "no-forbidden"
+            && s(x, "object") == "/tmp/t/bin/forbidden"
+            && s(x, "hook") == "bprm_check_security"),
+        "no deny record: {r:?}"
+    );
+    ensure!(
+        has(r, |x| s(x, "rule") == "audit-tool"
+            && s(x, "decision") == "allow"
+            && s(x, "action") == "audit"
+            && x["argv"] == serde_json::json!(["/tmp/t/bin/watched-tool", "true", "--flag=1"])),
         "no audit record with argv: {r:?}"
     );
     Ok(())
@@ -186,11 +198,17 @@ file = { path = "/tmp/t/audited", access = "read" }
         ("read-only", "path_rename", "/tmp/t/ro/moved-in"),
     ] {
         ensure!(
-            has(r, |x| s(x, "decision") == "deny" && s(x, "rule") == rule && s(x, "hook") == hook && s(x, "object") == object),
+            has(r, |x| s(x, "decision") == "deny"
+                && s(x, "rule") == rule
+                && s(x, "hook") == hook
+                && s(x, "object") == object),
             "no deny record for {rule} {hook} {object}: {r:#?}"
         );
     }
-    ensure!(has(r, |x| s(x, "rule") == "audited" && s(x, "decision") == "allow" && s(x, "exe").ends_with("guard-e2e")), "no audit record naming the program");
+    ensure!(
+        has(r, |x| s(x, "rule") == "audited" && s(x, "decision") == "allow" && s(x, "exe").ends_with("guard-e2e")),
+        "no audit record naming the program"
+    );
     ensure!(!has(r, |x| s(x, "object") == "/tmp/t/free"), "an unmatched, allowed open was recorded");
     Ok(())
 }
@@ -235,9 +253,18 @@ connect = {{ unix = "@guard-denied" }}
     }
     let out = a.finish()?;
     let r = &out.records;
-    ensure!(has(r, |x| s(x, "rule") == "no-port" && s(x, "object") == format!("127.0.0.1:{}", l.tcp4[0])), "no record for the v4 deny: {r:#?}");
-    ensure!(has(r, |x| s(x, "rule") == "no-v6-loopback" && s(x, "object") == format!("[::1]:{}", l.tcp6)), "no record for the v6 deny");
-    ensure!(has(r, |x| s(x, "rule") == "no-abstract" && s(x, "object") == "@guard-denied"), "no record for the abstract socket");
+    ensure!(
+        has(r, |x| s(x, "rule") == "no-port" && s(x, "object") == format!("127.0.0.1:{}", l.tcp4[0])),
+        "no record for the v4 deny: {r:#?}"
+    );
+    ensure!(
+        has(r, |x| s(x, "rule") == "no-v6-loopback" && s(x, "object") == format!("[::1]:{}", l.tcp6)),
+        "no record for the v6 deny"
+    );
+    ensure!(
+        has(r, |x| s(x, "rule") == "no-abstract" && s(x, "object") == "@guard-denied"),
+        "no record for the abstract socket"
+    );
     Ok(())
 }
 
@@ -266,17 +293,36 @@ fn privileged_denied() -> Result<()> {
     std::fs::create_dir_all("/tmp/t/mnt")?;
     let outsider = harness::Outsider::start()?;
     let a = Agent::start("priv-deny", &privileged_policy("deny"), &privileged_script(outsider.pid()))?;
-    let want = [("settime", false), ("sethostname", true), ("mount", false), ("module", false), ("bpf", false), ("ptrace", false)];
+    let want = [
+        ("settime", false),
+        ("sethostname", true),
+        ("mount", false),
+        ("module", false),
+        ("bpf", false),
+        ("ptrace", false),
+    ];
     for (op, allowed) in want {
         let r = a.result()?;
         ensure!(r.starts_with(if allowed { "RESULT ok" } else { "RESULT errno=1 " }), "{op}: got {r}");
     }
     let out = a.finish()?;
     let r = &out.records;
-    for (rule, hook) in [("time", "capable"), ("mounts", "sb_mount"), ("modules", "kernel_read_file"), ("bpf", "bpf"), ("ptrace", "ptrace_access_check")] {
-        ensure!(has(r, |x| s(x, "rule") == rule && s(x, "hook") == hook && s(x, "decision") == "deny"), "no deny record for {rule}: {r:#?}");
+    for (rule, hook) in [
+        ("time", "capable"),
+        ("mounts", "sb_mount"),
+        ("modules", "kernel_read_file"),
+        ("bpf", "bpf"),
+        ("ptrace", "ptrace_access_check"),
+    ] {
+        ensure!(
+            has(r, |x| s(x, "rule") == rule && s(x, "hook") == hook && s(x, "decision") == "deny"),
+            "no deny record for {rule}: {r:#?}"
+        );
     }
-    ensure!(has(r, |x| s(x, "rule") == "time" && s(x, "object") == "CAP_SYS_TIME"), "capability not named in the record");
+    ensure!(
+        has(r, |x| s(x, "rule") == "time" && s(x, "object") == "CAP_SYS_TIME"),
+        "capability not named in the record"
+    );
     Ok(())
 }
 
@@ -291,7 +337,10 @@ fn privileged_allowed() -> Result<()> {
     let out = a.finish()?;
     let r = &out.records;
     for rule in ["time", "mounts", "modules", "bpf", "ptrace"] {
-        ensure!(has(r, |x| s(x, "rule") == rule && s(x, "decision") == "allow" && s(x, "action") == "audit"), "no audit record for {rule}: {r:#?}");
+        ensure!(
+            has(r, |x| s(x, "rule") == rule && s(x, "decision") == "allow" && s(x, "action") == "audit"),
+            "no audit record for {rule}: {r:#?}"
+        );
     }
     Ok(())
 }
@@ -378,21 +427,43 @@ fn holds_approve_deny() -> Result<()> {
         prepare_held_files()?;
         let ops = held_ops(&l, outsider.pid());
         let script: Vec<String> = ops.iter().map(|(_, op)| format!("guard-e2e do {op}")).collect();
-        let a = Agent::start(if approve { "hold-approve" } else { "hold-deny" }, &ask_policy("60s", &l), &(script.join("; ") + "; umount /tmp/t/mnt 2>/dev/null; true"))?;
+        let a = Agent::start(
+            if approve { "hold-approve" } else { "hold-deny" },
+            &ask_policy("60s", &l),
+            &(script.join("; ") + "; umount /tmp/t/mnt 2>/dev/null; true"),
+        )?;
         for (hook, op) in &ops {
             let h = a.wait_hold(hook)?;
             let id = s(&h, "id").to_string();
             // The approver sees who asks and why.
-            ensure!(!s(&h, "rule").is_empty() && h["ancestry"].as_array().map(|v| !v.is_empty()).unwrap_or(false), "hold lacks rule or ancestry: {h}");
-            if approve { a.approve(&id)? } else { a.deny(&id)? }
+            ensure!(
+                !s(&h, "rule").is_empty() && h["ancestry"].as_array().map(|v| !v.is_empty()).unwrap_or(false),
+                "hold lacks rule or ancestry: {h}"
+            );
+            if approve {
+                a.approve(&id)?
+            } else {
+                a.deny(&id)?
+            }
             let r = a.result()?;
             let want = if approve { "RESULT ok" } else { "RESULT errno=1 " };
             ensure!(r.starts_with(want), "{op} after {}: got {r}", if approve { "approve" } else { "deny" });
         }
         let out = a.finish()?;
         let reason = if approve { "approved" } else { "denied" };
-        let n = out.records.iter().filter(|x| s(x, "reason") == reason && x["request_id"].is_string() && s(x, "approver").starts_with("local:")).count();
-        ensure!(n >= ops.len(), "{n} {reason} records with request id and approver for {} holds: {:#?}", ops.len(), out.records);
+        let n = out
+            .records
+            .iter()
+            .filter(|x| {
+                s(x, "reason") == reason && x["request_id"].is_string() && s(x, "approver").starts_with("local:")
+            })
+            .count();
+        ensure!(
+            n >= ops.len(),
+            "{n} {reason} records with request id and approver for {} holds: {:#?}",
+            ops.len(),
+            out.records
+        );
     }
     Ok(())
 }
@@ -438,20 +509,28 @@ fn concurrent_threads() -> Result<()> {
     harness::write_files(&["/tmp/t/ask/t0", "/tmp/t/ask/t1", "/tmp/t/ask/t2", "/tmp/t/ask/t3"])?;
     let l = Listeners::start()?;
     let a = Agent::start("threads", &ask_policy("60s", &l), "guard-e2e do threads-open 4 /tmp/t/ask/t")?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let pending = loop {
+    // SIGSTOP stops the whole process, so threads that had not yet entered the kernel wait
+    // for the first decision before asking: decide holds as they appear, by object.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut decided = std::collections::HashSet::new();
+    let mut most_at_once = 0;
+    while decided.len() < 4 {
         let p = a.pending()?;
-        if p.len() == 4 {
-            break p;
+        most_at_once = most_at_once.max(p.len());
+        for h in p {
+            let obj = s(&h, "object").to_string();
+            let even = obj.ends_with('0') || obj.ends_with('2');
+            if even {
+                a.approve(s(&h, "id"))?
+            } else {
+                a.deny(s(&h, "id"))?
+            }
+            ensure!(decided.insert(obj.clone()), "{obj} was held twice");
         }
-        ensure!(Instant::now() < deadline, "expected 4 holds, have {}", p.len());
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    for h in &pending {
-        let obj = s(h, "object");
-        let even = obj.ends_with('0') || obj.ends_with('2');
-        if even { a.approve(s(h, "id"))? } else { a.deny(s(h, "id"))? }
+        ensure!(Instant::now() < deadline, "only {} of 4 holds appeared", decided.len());
+        std::thread::sleep(Duration::from_millis(100));
     }
+    println!("  at most {most_at_once} holds were waiting at once");
     let mut seen = 0;
     for _ in 0..4 {
         let r = a.result()?;
@@ -467,7 +546,11 @@ fn concurrent_threads() -> Result<()> {
 fn approval_bound_to_object() -> Result<()> {
     harness::write_files(&["/tmp/t/ask/first", "/tmp/t/ask/second"])?;
     let l = Listeners::start()?;
-    let a = Agent::start("redirect", &ask_policy("60s", &l), "guard-e2e do redirect-open /tmp/t/ask/first /tmp/t/ask/second")?;
+    let a = Agent::start(
+        "redirect",
+        &ask_policy("60s", &l),
+        "guard-e2e do redirect-open /tmp/t/ask/first /tmp/t/ask/second",
+    )?;
     let h = a.wait_hold("file_open")?;
     ensure!(s(&h, "object") == "/tmp/t/ask/first", "first hold: {h}");
     a.line_starting("REWRITTEN")?;
@@ -483,11 +566,12 @@ fn approval_bound_to_object() -> Result<()> {
 }
 
 fn tree_tracking() -> Result<()> {
-    harness::write_files(&["/tmp/t/secret/a"])?;
+    harness::write_files(&["/tmp/t/secret/a", "/tmp/t/secret/a0"])?;
     std::fs::remove_file("/tmp/t/daemon-result").ok();
-    let policy = "[[rule]]\nname = \"secrets\"\naction = \"deny\"\nfile = { path = \"/tmp/t/secret/\", access = \"read\" }\n";
+    let policy =
+        "[[rule]]\nname = \"secrets\"\naction = \"deny\"\nfile = { path = \"/tmp/t/secret/\", access = \"read\" }\n";
     // A double fork with setsid leaves a daemon reparented to init; it must stay watched.
-    let script = "guard-e2e do threads-open 1 /tmp/t/secret/a; (setsid sh -c 'sleep 1; guard-e2e do open-read /tmp/t/secret/a > /tmp/t/daemon-result' &) ; sh -c 'sh -c \"guard-e2e do open-read /tmp/t/secret/a\"'";
+    let script = "guard-e2e do threads-open 1 /tmp/t/secret/a; (setsid sh -c 'sleep 3; guard-e2e do open-read /tmp/t/secret/a > /tmp/t/daemon-result' &) ; sh -c 'sh -c \"guard-e2e do open-read /tmp/t/secret/a\"'";
     let a = Agent::start("tree", policy, script)?;
     let r = a.result()?;
     ensure!(r.starts_with("RESULT errno=1 "), "a thread escaped: {r}");

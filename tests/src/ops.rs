@@ -19,7 +19,11 @@ fn report(op: &str, r: Result<(), Errno>) -> i32 {
     };
     println!("{line}");
     std::io::stdout().flush().ok();
-    if r.is_ok() { 0 } else { 1 }
+    if r.is_ok() {
+        0
+    } else {
+        1
+    }
 }
 
 fn io_errno(e: std::io::Error) -> Errno {
@@ -40,7 +44,11 @@ fn open(path: &str, flags: i32) -> Result<(), Errno> {
 }
 
 fn check(rc: i64) -> Result<(), Errno> {
-    if rc < 0 { Err(Errno::last()) } else { Ok(()) }
+    if rc < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
 }
 
 fn connect_unix(path: &str) -> Result<(), Errno> {
@@ -64,22 +72,7 @@ pub fn run(args: &[String]) -> i32 {
         "mkdir" => check(unsafe { libc::mkdir(cstr(a(1)).as_ptr(), 0o755) } as i64),
         "rename" => check(unsafe { libc::rename(cstr(a(1)).as_ptr(), cstr(a(2)).as_ptr()) } as i64),
         "truncate" => check(unsafe { libc::truncate(cstr(a(1)).as_ptr(), 0) } as i64),
-        "exec" => {
-            // Exec in a child so the result of the exec itself can be reported.
-            let argv: Vec<CString> = args[1..].iter().map(|s| cstr(s)).collect();
-            match unsafe { nix::unistd::fork() } {
-                Ok(nix::unistd::ForkResult::Child) => {
-                    let e = nix::unistd::execv(&argv[0], &argv).unwrap_err();
-                    unsafe { libc::_exit(100 + e as i32) };
-                }
-                Ok(nix::unistd::ForkResult::Parent { child }) => match nix::sys::wait::waitpid(child, None) {
-                    Ok(nix::sys::wait::WaitStatus::Exited(_, c)) if c >= 100 => Err(Errno::from_raw(c - 100)),
-                    Ok(_) => Ok(()),
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(e),
-            }
-        }
+        "exec" => exec_child(&args[1..]),
         "connect" => match a(1).parse::<SocketAddr>() {
             Ok(addr) => TcpStream::connect_timeout(&addr, Duration::from_secs(60)).map(|_| ()).map_err(io_errno),
             Err(_) => Err(Errno::EINVAL),
@@ -182,7 +175,14 @@ fn spawn_many(n: usize) -> i32 {
 /// memory to another path. An approval of the first path must not let the second one through.
 fn redirect_open(first: &str, second: &str) -> Result<(), Errno> {
     let mem = unsafe {
-        libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0)
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
     } as *mut u8;
     if mem as isize == -1 {
         return Err(Errno::last());
@@ -205,8 +205,38 @@ fn redirect_open(first: &str, second: &str) -> Result<(), Errno> {
             let mut status = 0;
             unsafe { libc::waitpid(pid, &mut status, 0) };
             let code = libc::WEXITSTATUS(status);
-            if code == 0 { Ok(()) } else { Err(Errno::from_raw(code)) }
+            if code == 0 {
+                Ok(())
+            } else {
+                Err(Errno::from_raw(code))
+            }
         }
         _ => Err(Errno::last()),
+    }
+}
+
+/// Execs in a child and reports the exec itself: a close-on-exec pipe carries the errno back
+/// if execv fails, and closes empty if it succeeded (whatever the program then does).
+fn exec_child(argv: &[String]) -> Result<(), Errno> {
+    let argv: Vec<CString> = argv.iter().map(|s| cstr(s)).collect();
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => {
+            drop(rd);
+            let e = nix::unistd::execv(&argv[0], &argv).unwrap_err() as i32;
+            let mut f = std::fs::File::from(wr);
+            f.write_all(&e.to_ne_bytes()).ok();
+            unsafe { libc::_exit(127) };
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(wr);
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::fs::File::from(rd), &mut buf).ok();
+            nix::sys::wait::waitpid(child, None).ok();
+            match buf.get(..4) {
+                Some(b) => Err(Errno::from_raw(i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))),
+                None => Ok(()),
+            }
+        }
     }
 }

@@ -22,11 +22,7 @@ const E2E: &str = "/bin/guard-e2e";
 pub fn run(args: &TestArgs) -> Result<u8> {
     setup::run()?;
     compile::build()?;
-    util::run(
-        Command::new("cargo")
-            .args(["test", "--workspace"])
-            .current_dir(workspace_root()),
-    )?;
+    util::run(Command::new("cargo").args(["test", "--workspace"]).current_dir(workspace_root()))?;
     if !workspace_root().join("target/release/guard-e2e").exists() {
         bail!("target/release/guard-e2e was not built; cannot run the VM tests");
     }
@@ -34,10 +30,8 @@ pub fn run(args: &TestArgs) -> Result<u8> {
         Some(k) => vec![k],
         None => Series::ALL.to_vec(),
     };
-    let results: Vec<(Series, Result<(), String>)> = kernels
-        .into_iter()
-        .map(|k| (k, run_kernel(k, &args.e2e_args)))
-        .collect();
+    let results: Vec<(Series, Result<(), String>)> =
+        kernels.into_iter().map(|k| (k, run_kernel(k, &args.e2e_args))).collect();
     Ok(summarize(&results))
 }
 
@@ -46,24 +40,14 @@ fn run_kernel(series: Series, e2e_args: &[String]) -> Result<(), String> {
     let mut cmd = vec![E2E.to_owned()];
     // /cmd is shell text, so quote the filter arguments to pass them verbatim.
     cmd.extend(e2e_args.iter().map(|a| sh_quote(a)));
-    let vm_args = VmArgs {
-        kernel: series,
-        smp: 1,
-        forward: Vec::new(),
-        timeout: 900,
-        no_build: true,
-        cmd,
-    };
+    let vm_args = VmArgs { kernel: series, smp: 1, forward: Vec::new(), timeout: 900, no_build: true, cmd };
     for attempt in 1..=2 {
         eprintln!("xtask: e2e on kernel {} (attempt {attempt})", series.name());
         match vm::run(&vm_args) {
             Ok(0) => return Ok(()),
             Ok(code) => return Err(format!("guard-e2e exited with {code}")),
             Err(err) if err.is::<GuestCrash>() && attempt == 1 => {
-                eprintln!(
-                    "\n!!!!!!!! WARNING: kernel {} crashed ({err:#}); retrying once !!!!!!!!\n",
-                    series.name()
-                );
+                eprintln!("\n!!!!!!!! WARNING: kernel {} crashed ({err:#}); retrying once !!!!!!!!\n", series.name());
             }
             Err(err) => return Err(format!("{err:#}")),
         }

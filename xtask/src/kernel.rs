@@ -86,10 +86,7 @@ pub fn cached(series: Series) -> Result<Option<Kernel>> {
         .filter(|e| e.path().join(".complete").exists())
         .map(|e| file_name(&e.path()))
         .max_by(|a, b| version_cmp(a, b));
-    Ok(newest.map(|package| Kernel {
-        dir: dir.join(&package),
-        package,
-    }))
+    Ok(newest.map(|package| Kernel { dir: dir.join(&package), package }))
 }
 
 /// Makes sure the newest kernel of the series is cached; returns a status line.
@@ -121,21 +118,12 @@ fn newest_package(series: Series) -> Result<String> {
     names
         .into_iter()
         .max_by(|a, b| version_cmp(a, b))
-        .with_context(|| {
-            format!(
-                "apt-cache finds no package matching {}",
-                series.apt_pattern()
-            )
-        })
+        .with_context(|| format!("apt-cache finds no package matching {}", series.apt_pattern()))
 }
 
 fn apt_search(series: Series) -> Result<Vec<String>> {
     let out = util::output(Command::new("apt-cache").args(["search", series.apt_pattern()]))?;
-    Ok(out
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_owned)
-        .collect())
+    Ok(out.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_owned).collect())
 }
 
 /// Downloads and unpacks the package in a scratch dir, keeps vmlinuz and the
@@ -159,20 +147,13 @@ fn extract_into(series: Series, package: &str, work: &Path, dir: &Path) -> Resul
     util::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
     fs::create_dir_all(dir.join("modules"))?;
     let vmlinuz = find_vmlinuz(&tree)?;
-    fs::copy(&vmlinuz, dir.join("vmlinuz"))
-        .with_context(|| format!("copying {}", vmlinuz.display()))?;
+    fs::copy(&vmlinuz, dir.join("vmlinuz")).with_context(|| format!("copying {}", vmlinuz.display()))?;
     copy_net_modules(series, &modules_root(&tree)?, &dir.join("modules"))
 }
 
 /// `apt-get download` into `work`; on failure (stale lists) refresh once and retry.
 fn download(package: &str, work: &Path) -> Result<PathBuf> {
-    let fetch = || {
-        util::run(
-            Command::new("apt-get")
-                .args(["download", package])
-                .current_dir(work),
-        )
-    };
+    let fetch = || util::run(Command::new("apt-get").args(["download", package]).current_dir(work));
     if fetch().is_err() {
         util::apt_update_once()?;
         fetch()?;
@@ -214,8 +195,7 @@ fn copy_net_modules(series: Series, root: &Path, dest: &Path) -> Result<()> {
             continue; // built into this kernel
         };
         let ko = decompressed(src)?;
-        fs::copy(&ko, dest.join(format!("{name}.ko")))
-            .with_context(|| format!("copying {}", ko.display()))?;
+        fs::copy(&ko, dest.join(format!("{name}.ko"))).with_context(|| format!("copying {}", ko.display()))?;
         order.push_str(name);
         order.push('\n');
     }

@@ -9,13 +9,7 @@ use std::process::Command;
 
 /// Debian packages: QEMU, the guest userland, initramfs packing, module
 /// decompression, and protoc for crates that generate protobuf code.
-const APT_PACKAGES: &[&str] = &[
-    "qemu-system-x86",
-    "busybox-static",
-    "cpio",
-    "xz-utils",
-    "protobuf-compiler",
-];
+const APT_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio", "xz-utils", "protobuf-compiler"];
 
 pub fn run() -> Result<()> {
     report("apt packages", apt_packages())?;
@@ -34,11 +28,7 @@ fn report(item: &str, status: Result<String>) -> Result<()> {
 }
 
 fn apt_packages() -> Result<String> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !dpkg_installed(p))
-        .collect();
+    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !dpkg_installed(p)).collect();
     if missing.is_empty() {
         return Ok("ok".into());
     }
@@ -115,11 +105,7 @@ fn llvm_prefix() -> Result<(PathBuf, String)> {
         .iter()
         .find(|n| n.starts_with("libLLVM-") && n.ends_with(".so"))
         .with_context(|| format!("no libLLVM-*.so in {}", lib.display()))?;
-    let major = unversioned["libLLVM-".len()..]
-        .split('-')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let major = unversioned["libLLVM-".len()..].split('-').next().unwrap_or_default().to_owned();
     let prefix = util::cache_dir()?.join("rust-llvm");
     // Recreated each time so links to a previous nightly's library do not linger.
     util::remove_dir_if_exists(&prefix)?;

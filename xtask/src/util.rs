@@ -10,10 +10,7 @@ use std::sync::OnceLock;
 /// The workspace root: xtask lives one level below it. Taken at compile time so
 /// it does not depend on how or from where the binary is started.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask has a parent directory")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent directory").to_path_buf()
 }
 
 /// Where kernels and the bpf-linker LLVM prefix are kept: `$GUARD_CACHE` or `~/.cache/guard`.
@@ -37,9 +34,7 @@ pub fn describe(cmd: &Command) -> String {
 
 /// Runs a command with inherited stdio and fails (naming it) unless it exits 0.
 pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("could not start `{}`", describe(cmd)))?;
+    let status = cmd.status().with_context(|| format!("could not start `{}`", describe(cmd)))?;
     if !status.success() {
         bail!("`{}` failed: {status}", describe(cmd));
     }
@@ -48,10 +43,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Runs a command, returning its stdout; stderr goes to ours.
 pub fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("could not start `{}`", describe(cmd)))?;
+    let out = cmd.stderr(Stdio::inherit()).output().with_context(|| format!("could not start `{}`", describe(cmd)))?;
     if !out.status.success() {
         bail!("`{}` failed: {}", describe(cmd), out.status);
     }
@@ -60,24 +52,15 @@ pub fn output(cmd: &mut Command) -> Result<String> {
 
 /// True if the command starts and exits 0; output is discarded. For probes.
 pub fn succeeds(cmd: &mut Command) -> bool {
-    cmd.stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 /// Removes variables set by an outer `cargo run` that would make a nested cargo
 /// use the wrong toolchain, flags or target dir (guard-ebpf needs its own
 /// nightly toolchain and target). CARGO_HOME is kept: it locates the registry.
 pub fn clean_cargo_env(cmd: &mut Command) -> &mut Command {
-    const EXACT: &[&str] = &[
-        "RUSTUP_TOOLCHAIN",
-        "RUSTC",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTDOC",
-        "RUSTFLAGS",
-    ];
+    const EXACT: &[&str] =
+        &["RUSTUP_TOOLCHAIN", "RUSTC", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTDOC", "RUSTFLAGS"];
     for (key, _) in std::env::vars_os() {
         let Some(key) = key.to_str() else { continue };
         let cargo_var = key.starts_with("CARGO") && key != "CARGO_HOME";
@@ -91,8 +74,7 @@ pub fn clean_cargo_env(cmd: &mut Command) -> &mut Command {
 /// `sudo` prefix when not root, so setup also works for a normal user with sudo.
 pub fn privileged(program: &str) -> Command {
     static IS_ROOT: OnceLock<bool> = OnceLock::new();
-    let root = *IS_ROOT
-        .get_or_init(|| output(Command::new("id").arg("-u")).is_ok_and(|uid| uid.trim() == "0"));
+    let root = *IS_ROOT.get_or_init(|| output(Command::new("id").arg("-u")).is_ok_and(|uid| uid.trim() == "0"));
     if root {
         Command::new(program)
     } else {
@@ -118,11 +100,7 @@ pub fn version_cmp(a: &str, b: &str) -> Ordering {
     while !a.is_empty() && !b.is_empty() {
         let (ca, ra) = split_chunk(a);
         let (cb, rb) = split_chunk(b);
-        let ord = if ca[0].is_ascii_digit() && cb[0].is_ascii_digit() {
-            cmp_numeric(ca, cb)
-        } else {
-            ca.cmp(cb)
-        };
+        let ord = if ca[0].is_ascii_digit() && cb[0].is_ascii_digit() { cmp_numeric(ca, cb) } else { ca.cmp(cb) };
         if ord != Ordering::Equal {
             return ord;
         }
@@ -134,10 +112,7 @@ pub fn version_cmp(a: &str, b: &str) -> Ordering {
 /// Splits off the leading run of digits or of non-digits.
 fn split_chunk(s: &[u8]) -> (&[u8], &[u8]) {
     let digit = s[0].is_ascii_digit();
-    let end = s
-        .iter()
-        .position(|c| c.is_ascii_digit() != digit)
-        .unwrap_or(s.len());
+    let end = s.iter().position(|c| c.is_ascii_digit() != digit).unwrap_or(s.len());
     s.split_at(end)
 }
 
@@ -182,10 +157,7 @@ pub fn remove_dir_if_exists(dir: &Path) -> Result<()> {
 
 /// The file name as UTF-8 (lossy), for matching by name.
 pub fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(OsStr::to_string_lossy)
-        .unwrap_or_default()
-        .into_owned()
+    path.file_name().map(OsStr::to_string_lossy).unwrap_or_default().into_owned()
 }
 
 #[cfg(test)]

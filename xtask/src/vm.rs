@@ -5,7 +5,7 @@ use crate::kernel::{self, Kernel, Series};
 use crate::{compile, util};
 use anyhow::{bail, Context, Result};
 use std::fmt;
-use std::fs::{self, File};
+use std::fs::{self, File, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -55,29 +55,19 @@ pub fn run(args: &VmArgs) -> Result<u8> {
         compile::build()?;
     }
     let kernel = kernel::require(args.kernel)?;
-    let dir = util::workspace_root()
-        .join("target/vm")
-        .join(args.kernel.name());
+    let dir = util::workspace_root().join("target/vm").join(args.kernel.name());
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let guest = Guest {
-        cmd: &args.cmd,
-        network: !args.forward.is_empty(),
-    };
+    let _lock = lock_dir(&dir)?;
+    let guest = Guest { cmd: &args.cmd, network: !args.forward.is_empty() };
     let initrd = initramfs::build(&dir, &kernel, &guest)?;
     let log = dir.join("serial.log");
-    eprintln!(
-        "xtask: booting {} (smp {}, timeout {}s)",
-        kernel.package, args.smp, args.timeout
-    );
+    eprintln!("xtask: booting {} (smp {}, timeout {}s)", kernel.package, args.smp, args.timeout);
     let mut qemu = qemu_command(args, &kernel, &initrd, &log)?;
     let timeout = Duration::from_secs(args.timeout);
     let finished = stream(&mut qemu, &log, timeout)?;
     let text = fs::read_to_string(&log).unwrap_or_default();
     if let Some(status) = finished.filter(|s| !s.success() && text.is_empty()) {
-        bail!(
-            "QEMU failed to start ({status}; see its messages above){}",
-            forward_hint(&args.forward)
-        );
+        bail!("QEMU failed to start ({status}; see its messages above){}", forward_hint(&args.forward));
     }
     verdict(&text, finished, args.timeout)
 }
@@ -89,10 +79,19 @@ fn forward_hint(ports: &[u16]) -> String {
         return String::new();
     }
     let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
-    format!(
-        "; --forward needs a server already listening on 127.0.0.1 port(s) {}",
-        ports.join(", ")
-    )
+    format!("; --forward needs a server already listening on 127.0.0.1 port(s) {}", ports.join(", "))
+}
+
+/// Concurrent runs for the same kernel would overwrite each other's initramfs
+/// and serial log, so they take turns (held until the VM exits).
+fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join(".lock");
+    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    if let Err(TryLockError::WouldBlock) = file.try_lock() {
+        eprintln!("xtask: waiting for another `xtask vm` using {}", dir.display());
+        file.lock().with_context(|| format!("locking {}", path.display()))?;
+    }
+    Ok(file)
 }
 
 fn qemu_command(args: &VmArgs, kernel: &Kernel, initrd: &Path, log: &Path) -> Result<Child> {
@@ -112,8 +111,7 @@ fn qemu_command(args: &VmArgs, kernel: &Kernel, initrd: &Path, log: &Path) -> Re
         .args(network_args(&args.forward))
         // QEMU must not touch our stdin (closed in CI, a terminal otherwise).
         .stdin(Stdio::null());
-    cmd.spawn()
-        .with_context(|| format!("could not start `{}`", util::describe(&cmd)))
+    cmd.spawn().with_context(|| format!("could not start `{}`", util::describe(&cmd)))
 }
 
 /// User-mode networking restricted to the forwarded ports, or no NIC at all.
@@ -123,16 +121,9 @@ fn network_args(ports: &[u16]) -> Vec<String> {
     }
     let mut netdev = String::from("user,id=n0,restrict=on");
     for port in ports {
-        netdev.push_str(&format!(
-            ",guestfwd=tcp:10.0.2.100:{port}-tcp:127.0.0.1:{port}"
-        ));
+        netdev.push_str(&format!(",guestfwd=tcp:10.0.2.100:{port}-tcp:127.0.0.1:{port}"));
     }
-    vec![
-        "-netdev".into(),
-        netdev,
-        "-device".into(),
-        "virtio-net-pci,netdev=n0,romfile=".into(),
-    ]
+    vec!["-netdev".into(), netdev, "-device".into(), "virtio-net-pci,netdev=n0,romfile=".into()]
 }
 
 /// Copies the serial log to stdout as it grows until QEMU exits (Some(status))
@@ -165,11 +156,7 @@ struct Tail {
 
 impl Tail {
     fn new(path: PathBuf) -> Self {
-        Tail {
-            path,
-            file: None,
-            pos: 0,
-        }
+        Tail { path, file: None, pos: 0 }
     }
 
     fn pump(&mut self) -> Result<()> {
@@ -204,9 +191,9 @@ fn verdict(log: &str, finished: Option<ExitStatus>, timeout: u64) -> Result<u8> 
         (_, Some(marker), _) => Err(GuestCrash(format!("console shows {marker:?}")).into()),
         (Some(code), None, _) => Ok(code),
         (None, None, None) => bail!("VM timed out after {timeout}s without reporting an exit code"),
-        (None, None, Some(status)) => bail!(
-            "VM did not come up or crashed: QEMU exited ({status}) without a {EXIT_MARKER} line"
-        ),
+        (None, None, Some(status)) => {
+            bail!("VM did not come up or crashed: QEMU exited ({status}) without a {EXIT_MARKER} line")
+        }
     }
 }
 
