@@ -5,6 +5,7 @@
 //!
 //! `guard-e2e [FILTER]` runs the tests; `guard-e2e do OP ARGS` is the workload side.
 
+mod demo;
 mod harness;
 mod ops;
 
@@ -28,6 +29,7 @@ const TESTS: &[Test] = &[
     ("a_held_agent_cannot_free_or_approve_itself", self_release_refused),
     ("concurrent_holds_in_threads_are_independent", concurrent_threads),
     ("approval_is_bound_to_the_object", approval_bound_to_object),
+    ("io_uring_asks_are_denied_at_once", io_uring_unholdable),
     ("trees_follow_forks_threads_and_daemons", tree_tracking),
     ("no_map_leak_after_many_short_processes", no_leak),
 ];
@@ -36,6 +38,16 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("do") {
         std::process::exit(ops::run(&args[1..]));
+    }
+    if args.first().map(String::as_str) == Some("demo") {
+        let interactive = args.iter().any(|a| a == "--interactive");
+        match demo::run(interactive) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("demo failed: {e:#}");
+                std::process::exit(1);
+            }
+        }
     }
     let filter = args.first().cloned().unwrap_or_default();
     harness::prepare();
@@ -605,5 +617,29 @@ fn no_leak() -> Result<()> {
     ensure!(watched <= 4, "{watched} tasks still in the watched map after {n} exits");
     println!("  {n} processes, {watched} watched tasks left");
     a.kill();
+    Ok(())
+}
+
+fn io_uring_unholdable() -> Result<()> {
+    harness::write_files(&["/tmp/t/ask/a", "/tmp/t/free"])?;
+    let l = Listeners::start()?;
+    let a = Agent::start(
+        "uring",
+        &ask_policy("60s", &l),
+        "guard-e2e do uring-open /tmp/t/free; guard-e2e do uring-open /tmp/t/ask/a",
+    )?;
+    let r = a.result()?;
+    ensure!(r.starts_with("RESULT ok"), "io_uring open of an unruled file: {r}");
+    // No hold: a stopped task cannot restart an io_uring request, so the ask is a deny now.
+    let r = a.result()?;
+    ensure!(r.starts_with("RESULT errno=1 "), "io_uring open under an ask rule: {r}");
+    let out = a.finish()?;
+    ensure!(
+        has(&out.records, |x| s(x, "reason") == "unholdable"
+            && s(x, "decision") == "deny"
+            && s(x, "object") == "/tmp/t/ask/a"),
+        "no unholdable record: {:#?}",
+        out.records
+    );
     Ok(())
 }

@@ -129,6 +129,7 @@ pub fn run(args: &[String]) -> i32 {
         "threads-open" => return threads_open(a(1).parse().unwrap_or(2), a(2)),
         "spawn-many" => return spawn_many(a(1).parse().unwrap_or(1000)),
         "redirect-open" => redirect_open(a(1), a(2)),
+        "uring-open" => io_uring_open(a(1)),
         "sleep" => {
             std::thread::sleep(Duration::from_millis(a(1).parse().unwrap_or(100)));
             Ok(())
@@ -157,10 +158,13 @@ fn threads_open(n: usize, path: &str) -> i32 {
     failed.min(1)
 }
 
-/// Forks and reaps N short-lived children (for the map-leak test).
+/// Creates and reaps N short-lived children (for the map-leak test). Most are vforks, which
+/// go through the same fork and exit tracepoints at a fraction of a fork's cost under
+/// emulation; every tenth is a full fork.
 fn spawn_many(n: usize) -> i32 {
-    for _ in 0..n {
-        match unsafe { libc::fork() } {
+    for i in 0..n {
+        let pid = if i % 10 == 0 { unsafe { libc::fork() } } else { vfork_and_exit() };
+        match pid {
             0 => unsafe { libc::_exit(0) },
             pid if pid > 0 => unsafe {
                 libc::waitpid(pid, std::ptr::null_mut(), 0);
@@ -169,6 +173,34 @@ fn spawn_many(n: usize) -> i32 {
         }
     }
     report(&format!("spawn-many {n}"), Ok(()))
+}
+
+/// vfork whose child exits at once without touching memory: written in assembly because a
+/// vfork child running compiled code would share (and could clobber) the parent's stack.
+fn vfork_and_exit() -> i32 {
+    let ret: i64;
+    // SAFETY: clone(CLONE_VM|CLONE_VFORK) suspends the parent until the child exits; the child
+    // only executes the exit syscall, in registers.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "mov eax, 60",
+            "xor edi, edi",
+            "syscall",
+            "2:",
+            inlateout("rax") libc::SYS_clone => ret,
+            in("rdi") (libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD) as i64,
+            in("rsi") 0i64,
+            in("rdx") 0i64,
+            in("r10") 0i64,
+            in("r8") 0i64,
+            lateout("rcx") _,
+            lateout("r11") _,
+        );
+    }
+    ret as i32
 }
 
 /// A child opens the path held in shared memory; while it is held, the parent rewrites that
@@ -239,4 +271,98 @@ fn exec_child(argv: &[String]) -> Result<(), Errno> {
             }
         }
     }
+}
+
+/// One IORING_OP_OPENAT through a raw io_uring (no liburing in the VM). The hook runs inside
+/// io_uring_enter or an io-wq worker, where a hold cannot restart anything: guard must decide
+/// at once.
+pub fn io_uring_open(path: &str) -> Result<(), Errno> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct SqOff {
+        head: u32,
+        tail: u32,
+        ring_mask: u32,
+        ring_entries: u32,
+        flags: u32,
+        dropped: u32,
+        array: u32,
+        resv1: u32,
+        user_addr: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct CqOff {
+        head: u32,
+        tail: u32,
+        ring_mask: u32,
+        ring_entries: u32,
+        overflow: u32,
+        cqes: u32,
+        flags: u32,
+        resv1: u32,
+        user_addr: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Params {
+        sq_entries: u32,
+        cq_entries: u32,
+        flags: u32,
+        sq_thread_cpu: u32,
+        sq_thread_idle: u32,
+        features: u32,
+        wq_fd: u32,
+        resv: [u32; 3],
+        sq_off: SqOff,
+        cq_off: CqOff,
+    }
+    let mut p = Params::default();
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4, &mut p as *mut Params) };
+    check(fd)?;
+    let fd = fd as i32;
+    let map = |len: usize, off: i64| unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            fd,
+            off,
+        ) as *mut u8
+    };
+    let sq_len = p.sq_off.array as usize + p.sq_entries as usize * 4;
+    let cq_len = p.cq_off.cqes as usize + p.cq_entries as usize * 16;
+    let sq = map(sq_len, 0);
+    let cq = map(cq_len, 0x8000000);
+    let sqes = map(p.sq_entries as usize * 64, 0x10000000);
+    if [sq, cq, sqes].iter().any(|m| *m as isize == -1) {
+        return Err(Errno::last());
+    }
+    let cpath = cstr(path);
+    unsafe {
+        let sqe = sqes as *mut u8;
+        std::ptr::write_bytes(sqe, 0, 64);
+        *sqe = 18; // IORING_OP_OPENAT
+        *(sqe.add(4) as *mut i32) = libc::AT_FDCWD;
+        *(sqe.add(16) as *mut u64) = cpath.as_ptr() as u64;
+        *(sqe.add(28) as *mut u32) = libc::O_RDONLY as u32;
+        let tail = sq.add(p.sq_off.tail as usize) as *mut u32;
+        let mask = *(sq.add(p.sq_off.ring_mask as usize) as *const u32);
+        let t = std::ptr::read_volatile(tail);
+        *(sq.add(p.sq_off.array as usize) as *mut u32).add((t & mask) as usize) = 0;
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        std::ptr::write_volatile(tail, t + 1);
+        check(libc::syscall(libc::SYS_io_uring_enter, fd, 1, 1, 1u32, std::ptr::null::<u8>(), 0))?;
+        let head = std::ptr::read_volatile(cq.add(p.cq_off.head as usize) as *const u32);
+        let cmask = *(cq.add(p.cq_off.ring_mask as usize) as *const u32);
+        let cqe = cq.add(p.cq_off.cqes as usize + (head & cmask) as usize * 16);
+        let res = *(cqe.add(8) as *const i32);
+        libc::close(fd);
+        if res < 0 {
+            return Err(Errno::from_raw(-res));
+        }
+        libc::close(res);
+    }
+    Ok(())
 }
