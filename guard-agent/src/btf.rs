@@ -172,6 +172,9 @@ impl Btf {
             mount_parent: self.offset("mount", "mnt_parent")?,
             mount_mountpoint: self.offset("mount", "mnt_mountpoint")?,
             vfsmount_root: self.offset("vfsmount", "mnt_root")?,
+            regs_si: self.offset("pt_regs", "si")?,
+            regs_dx: self.offset("pt_regs", "dx")?,
+            regs_orig_ax: self.offset("pt_regs", "orig_ax")?,
             _pad: 0,
         })
     }

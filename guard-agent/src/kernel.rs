@@ -113,10 +113,6 @@ impl Kernel {
                     p.load(name, &btf).map_err(|e| explain_load_error(name, &e))?;
                     p.attach().with_context(|| format!("attaching {name}"))?;
                 }
-                Program::TracePoint(p) => {
-                    p.load().map_err(|e| explain_load_error(name, &e))?;
-                    p.attach("syscalls", name).with_context(|| format!("attaching tracepoint syscalls/{name}"))?;
-                }
                 _ => bail!("unexpected program type for {name}"),
             }
         }

@@ -283,6 +283,9 @@ pub struct Offsets {
     pub mount_parent: u32,
     pub mount_mountpoint: u32,
     pub vfsmount_root: u32,
+    pub regs_si: u32,
+    pub regs_dx: u32,
+    pub regs_orig_ax: u32,
     pub _pad: u32,
 }
 

@@ -17,11 +17,14 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_current_uid_gid,
         bpf_ktime_get_ns,
-        generated::{bpf_d_path, bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_str, bpf_send_signal_thread},
+        generated::{
+            bpf_d_path, bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_str, bpf_send_signal_thread,
+            bpf_task_pt_regs,
+        },
     },
-    macros::{btf_tracepoint, lsm, map, tracepoint},
+    macros::{btf_tracepoint, lsm, map},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
-    programs::{BtfTracePointContext, LsmContext, TracePointContext},
+    programs::{BtfTracePointContext, LsmContext},
 };
 use core::ffi::c_void;
 use guard_common::*;
@@ -35,6 +38,11 @@ const PF_IO_WORKER: u32 = 0x10;
 const MODULE_ID: u32 = 2;
 /// ptrace modes: only attaching (not /proc reads) is a privileged operation.
 const PTRACE_MODE_ATTACH: u32 = 0x02;
+const NR_EXECVE: u64 = 59;
+const NR_EXECVEAT: u64 = 322;
+/// An ask inside io_uring_enter (inline submission) cannot be held: the -ERESTARTNOINTR would
+/// land in the completion queue.
+const NR_IO_URING_ENTER: u64 = 426;
 const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -58,6 +66,9 @@ static OFFSETS: Offsets = Offsets {
     mount_parent: 0,
     mount_mountpoint: 0,
     vfsmount_root: 0,
+    regs_si: 0,
+    regs_dx: 0,
+    regs_orig_ax: 0,
     _pad: 0,
 };
 
@@ -83,9 +94,6 @@ static GRACE: HashMap<u32, [u64; 2]> = HashMap::with_max_entries(8192, 0);
 static ZERO_ARGV: Array<Argv> = Array::with_max_entries(1, 0);
 #[map]
 static ARGV: HashMap<u32, Argv> = HashMap::with_max_entries(4096, 0);
-/// Threads of watched trees currently inside io_uring_enter.
-#[map]
-static IN_URING: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 /// [0] events lost because the ring buffer was full.
@@ -285,6 +293,18 @@ fn parent_tgid() -> u32 {
     }
 }
 
+/// The current syscall's registers (as the task entered the kernel).
+#[inline(always)]
+fn user_regs() -> *const u8 {
+    unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8 }
+}
+
+/// The number of the syscall being served (orig_ax).
+#[inline(always)]
+fn syscall_nr() -> u64 {
+    unsafe { read_kernel(user_regs().add(off(&offsets().regs_orig_ax))) }
+}
+
 #[inline(always)]
 fn task_flags() -> u32 {
     unsafe {
@@ -439,7 +459,7 @@ unsafe fn hold(s: &mut Scratch, w: &Watched, op: &Op, rule: u32, deadline_ns: u6
         }
     }
 
-    if !op.holdable || task_flags() & PF_IO_WORKER != 0 || IN_URING.get_ptr(&tid).is_some() {
+    if !op.holdable || task_flags() & PF_IO_WORKER != 0 || syscall_nr() == NR_IO_URING_ENTER {
         emit(s, w, kind::DECISION, op, Action::Deny as u8, reason::UNHOLDABLE, rule, 0, hash);
         return -EPERM;
     }
@@ -487,6 +507,11 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     if old_pid != tid {
         WATCHED.remove(&old_pid).ok();
         WATCHED.insert(&tid, &w, 0).ok();
+        // argv was captured under the thread's old id.
+        if let Some(a) = ARGV.get_ptr(&old_pid) {
+            unsafe { ARGV.insert(&tid, &*a, 0).ok() };
+        }
+        ARGV.remove(&old_pid).ok();
     }
     if let Some(s) = scratch() {
         let bprm: *const u8 = ctx.arg(2);
@@ -513,7 +538,6 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
         VERDICTS.remove(&tid).ok();
         GRACE.remove(&tid).ok();
         ARGV.remove(&tid).ok();
-        IN_URING.remove(&tid).ok();
         if tid == (pid_tgid >> 32) as u32 {
             if let Some(mut e) = EVENTS.reserve::<Event>(0) {
                 unsafe {
@@ -532,12 +556,12 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
 }
 
 /// Captures argv of a watched thread's execve for the exec rule's event and the records.
+/// Read from the syscall's own arguments (pt_regs) at bprm_check_security, while the old
+/// memory is still mapped: a syscall tracepoint would put every task on the host on the slow
+/// syscall path.
 #[inline(always)]
 fn capture_argv(argv: u64) {
     let tid = current_tid();
-    if watched().is_none() {
-        return;
-    }
     let Some(zero) = ZERO_ARGV.get(0) else { return };
     if ARGV.insert(&tid, zero, 0).is_err() {
         return;
@@ -555,36 +579,6 @@ fn capture_argv(argv: u64) {
     }
 }
 
-#[tracepoint]
-pub fn sys_enter_execve(ctx: TracePointContext) -> u32 {
-    if let Ok(argv) = unsafe { ctx.read_at::<u64>(24) } {
-        capture_argv(argv);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_execveat(ctx: TracePointContext) -> u32 {
-    if let Ok(argv) = unsafe { ctx.read_at::<u64>(32) } {
-        capture_argv(argv);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_io_uring_enter(_ctx: TracePointContext) -> u32 {
-    if watched().is_some() {
-        IN_URING.insert(&current_tid(), &1, 0).ok();
-    }
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_io_uring_enter(_ctx: TracePointContext) -> u32 {
-    IN_URING.remove(&current_tid()).ok();
-    0
-}
-
 // ---------------------------------------------------------------------------------------------
 // Exec and files
 
@@ -594,6 +588,13 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     let Some(s) = scratch() else { return 0 };
     unsafe {
         let bprm: *const u8 = ctx.arg(0);
+        let regs = user_regs();
+        let nr: u64 = read_kernel(regs.add(off(&offsets().regs_orig_ax)));
+        if nr == NR_EXECVE {
+            capture_argv(read_kernel(regs.add(off(&offsets().regs_si))));
+        } else if nr == NR_EXECVEAT {
+            capture_argv(read_kernel(regs.add(off(&offsets().regs_dx))));
+        }
         let file = *(bprm.add(off(&offsets().binprm_file)) as *const *const u8);
         if !d_path_into(s, file.add(off(&offsets().file_f_path))) {
             return 0;

@@ -40,7 +40,7 @@ fn run_kernel(series: Series, e2e_args: &[String]) -> Result<(), String> {
     let mut cmd = vec![E2E.to_owned()];
     // /cmd is shell text, so quote the filter arguments to pass them verbatim.
     cmd.extend(e2e_args.iter().map(|a| sh_quote(a)));
-    let vm_args = VmArgs { kernel: series, smp: 1, forward: Vec::new(), timeout: 900, no_build: true, cmd };
+    let vm_args = VmArgs { kernel: series, smp: 1, forward: Vec::new(), timeout: 2400, no_build: true, cmd };
     for attempt in 1..=2 {
         eprintln!("xtask: e2e on kernel {} (attempt {attempt})", series.name());
         match vm::run(&vm_args) {
