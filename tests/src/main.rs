@@ -5,6 +5,7 @@
 //!
 //! `guard-e2e [FILTER]` runs the tests; `guard-e2e do OP ARGS` is the workload side.
 
+mod bench;
 mod demo;
 mod harness;
 mod ops;
@@ -38,6 +39,27 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("do") {
         std::process::exit(ops::run(&args[1..]));
+    }
+    if args.first().map(String::as_str) == Some("bench-loop") {
+        let n = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(1000);
+        match bench::bench_loop(&args[1], n) {
+            Ok(us) => println!("BENCH {} {us:.3}", args[1]),
+            Err(e) => {
+                eprintln!("bench-loop: {e:#}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
+    if args.first().map(String::as_str) == Some("bench") {
+        let rounds = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(3);
+        match bench::run(rounds) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("bench failed: {e:#}");
+                std::process::exit(1);
+            }
+        }
     }
     if args.first().map(String::as_str) == Some("demo") {
         let interactive = args.iter().any(|a| a == "--interactive");

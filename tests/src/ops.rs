@@ -341,7 +341,7 @@ pub fn io_uring_open(path: &str) -> Result<(), Errno> {
     }
     let cpath = cstr(path);
     unsafe {
-        let sqe = sqes as *mut u8;
+        let sqe = sqes;
         std::ptr::write_bytes(sqe, 0, 64);
         *sqe = 18; // IORING_OP_OPENAT
         *(sqe.add(4) as *mut i32) = libc::AT_FDCWD;

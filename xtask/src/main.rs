@@ -31,17 +31,26 @@ enum Cmd {
     Vm(vm::VmArgs),
     /// Host tests, then the e2e suite inside QEMU on every test kernel.
     Test(e2e::TestArgs),
-    /// Interactive demo (not yet implemented).
-    Demo(Passthrough),
-    /// Benchmarks (not yet implemented).
-    Bench(Passthrough),
+    /// The whole loop in a VM: a scripted AI agent under guard, its held operations approved
+    /// and denied by a scripted approver, and the audit trail.
+    Demo(DemoArgs),
+    /// guard's overhead inside the VM: no agent, unwatched, watched (no match / allow rules).
+    Bench(BenchArgs),
 }
 
-/// Accepts any arguments so placeholder commands do not fail on parsing.
 #[derive(clap::Args)]
-struct Passthrough {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    args: Vec<String>,
+struct DemoArgs {
+    #[arg(long, value_enum, default_value = "6.12")]
+    kernel: kernel::Series,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    #[arg(long, value_enum, default_value = "6.12")]
+    kernel: kernel::Series,
+    /// Rounds of every mode, alternating.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
 }
 
 fn main() -> ExitCode {
@@ -63,9 +72,14 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
         Cmd::Build => compile::build().map(|()| 0),
         Cmd::Vm(args) => vm::run(&args),
         Cmd::Test(args) => e2e::run(&args),
-        Cmd::Demo(_) | Cmd::Bench(_) => {
-            eprintln!("not yet implemented");
-            Ok(2)
-        }
+        Cmd::Demo(a) => in_vm(a.kernel, vec!["/bin/guard-e2e".into(), "demo".into()], 900),
+        Cmd::Bench(a) => in_vm(a.kernel, vec!["/bin/guard-e2e".into(), "bench".into(), a.rounds.to_string()], 5400),
     }
+}
+
+/// Sets up, builds, and runs one guard-e2e command in a VM.
+fn in_vm(kernel: kernel::Series, cmd: Vec<String>, timeout: u64) -> Result<u8> {
+    setup::run()?;
+    compile::build()?;
+    vm::run(&vm::VmArgs { kernel, smp: 1, forward: Vec::new(), timeout, no_build: true, cmd })
 }
