@@ -117,7 +117,18 @@ fn unwatched(op: &str, n: u32) -> Result<f64> {
     let policy = "/tmp/t/bench-unwatched.toml";
     std::fs::write(policy, POLICY_ALLOW)?;
     let mut child = Command::new("guard-agent")
-        .args(["run", "--policy", policy, "--audit-log", "/tmp/t/bench-unwatched.jsonl", "--admin-socket", "/tmp/t/bench-unwatched.sock", "--", "sleep", "100000"])
+        .args([
+            "run",
+            "--policy",
+            policy,
+            "--audit-log",
+            "/tmp/t/bench-unwatched.jsonl",
+            "--admin-socket",
+            "/tmp/t/bench-unwatched.sock",
+            "--",
+            "sleep",
+            "100000",
+        ])
         .stderr(std::process::Stdio::piped())
         .spawn()?;
     let mut err = child.stderr.take();
@@ -162,7 +173,11 @@ pub fn run(rounds: usize) -> Result<i32> {
         let cells: Vec<String> = (0..MODES.len())
             .map(|mi| {
                 let m = median(&mut results[oi][mi].clone());
-                if mi == 0 { format!("{m:.2}") } else { format!("{m:.2} ({:.3}x)", m / base) }
+                if mi == 0 {
+                    format!("{m:.2}")
+                } else {
+                    format!("{m:.2} ({:.3}x)", m / base)
+                }
             })
             .collect();
         println!("| {op} | {} |", cells.join(" | "));
