@@ -15,8 +15,7 @@
 use aya_ebpf::{
     bindings::BPF_RB_FORCE_WAKEUP,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_current_uid_gid,
-        bpf_ktime_get_ns,
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_current_uid_gid, bpf_ktime_get_ns,
         generated::{
             bpf_d_path, bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_str, bpf_send_signal_thread,
             bpf_task_pt_regs,
@@ -287,9 +286,7 @@ fn parent_tgid() -> u32 {
     unsafe {
         let task = bpf_get_current_task_btf() as *const u8;
         let parent: u64 = read_kernel(task.add(off(&offsets().task_real_parent)));
-        read_kernel(
-            (parent as *const u8).add(off(&offsets().task_tgid)),
-        )
+        read_kernel((parent as *const u8).add(off(&offsets().task_tgid)))
     }
 }
 
@@ -378,7 +375,11 @@ unsafe fn fill_and_submit(
     if op.hook as u8 == Hook::Exec as u8 {
         if let Some(a) = ARGV.get_ptr(&(pid_tgid as u32)) {
             (*e).argc = (*a).argc as u8;
-            bpf_probe_read_kernel((*e).argv.as_mut_ptr() as *mut c_void, (MAX_ARGS * ARG_LEN) as u32, (*a).args.as_ptr() as *const c_void);
+            bpf_probe_read_kernel(
+                (*e).argv.as_mut_ptr() as *mut c_void,
+                (MAX_ARGS * ARG_LEN) as u32,
+                (*a).args.as_ptr() as *const c_void,
+            );
         } else {
             (*e).argv[0][0] = 0;
         }
@@ -421,13 +422,16 @@ unsafe fn hold(s: &mut Scratch, w: &Watched, op: &Op, rule: u32, deadline_ns: u6
     let now = bpf_ktime_get_ns();
     let ask = Action::Ask as u8;
 
-    // An approved creation covers the open of the file it created.
-    if let Some(g) = GRACE.get_ptr(&tid) {
-        let g = *g;
-        if g[0] == path_hash && now < g[1] {
-            GRACE.remove(&tid).ok();
-            emit(s, w, kind::DECISION, op, ask, reason::APPROVED, rule, 0, hash);
-            return 0;
+    // An approved creation covers the open of the file it created (O_CREAT opens pass
+    // path_mknod, then file_open on the new file), and nothing else.
+    if op.hook as u8 == Hook::FileOpen as u8 {
+        if let Some(g) = GRACE.get_ptr(&tid) {
+            let g = *g;
+            if g[0] == path_hash && now < g[1] {
+                GRACE.remove(&tid).ok();
+                emit(s, w, kind::DECISION, op, ask, reason::APPROVED, rule, 0, hash);
+                return 0;
+            }
         }
     }
 
@@ -440,7 +444,9 @@ unsafe fn hold(s: &mut Scratch, w: &Watched, op: &Op, rule: u32, deadline_ns: u6
                 if v.seq == h.seq && v.hash == hash {
                     HOLDS.remove(&tid).ok();
                     if v.allow == 1 {
-                        GRACE.insert(&tid, &[path_hash, now + GRACE_NS], 0).ok();
+                        if op.hook as u8 == Hook::PathMknod as u8 {
+                            GRACE.insert(&tid, &[path_hash, now + GRACE_NS], 0).ok();
+                        }
                         emit(s, w, kind::RESOLVED, op, ask, reason::APPROVED, rule, h.seq, hash);
                         return 0;
                     }
@@ -570,7 +576,9 @@ fn capture_argv(argv: u64) {
     unsafe {
         for i in 0..MAX_ARGS {
             let mut p: u64 = 0;
-            if bpf_probe_read_user(&mut p as *mut u64 as *mut c_void, 8, (argv + 8 * i as u64) as *const c_void) != 0 || p == 0 {
+            if bpf_probe_read_user(&mut p as *mut u64 as *mut c_void, 8, (argv + 8 * i as u64) as *const c_void) != 0
+                || p == 0
+            {
                 break;
             }
             bpf_probe_read_user_str((*a).args[i].as_mut_ptr() as *mut c_void, ARG_LEN as u32, p as *const c_void);
@@ -633,7 +641,14 @@ pub fn file_open(ctx: LsmContext) -> i32 {
 }
 
 #[inline(always)]
-unsafe fn path_hook(hook: Hook, class: u8, w: &Watched, s: &mut Scratch, vfsmnt_path: *const u8, dentry: *const u8) -> i32 {
+unsafe fn path_hook(
+    hook: Hook,
+    class: u8,
+    w: &Watched,
+    s: &mut Scratch,
+    vfsmnt_path: *const u8,
+    dentry: *const u8,
+) -> i32 {
     let mnt: u64 = read_kernel(vfsmnt_path.add(off(&offsets().path_mnt)));
     if !walk_into(s, mnt as *const u8, dentry) {
         return 0;
@@ -770,7 +785,11 @@ unsafe fn connect_unix(s: &mut Scratch, w: &Watched, addr: *const u8, addrlen: i
     if first == 0 {
         // Abstract socket: shown and matched as "@name".
         s.buf[0] = b'@';
-        bpf_probe_read_kernel(s.buf.as_mut_ptr().add(1) as *mut c_void, (n as u32 - 1) & 127, addr.add(3) as *const c_void);
+        bpf_probe_read_kernel(
+            s.buf.as_mut_ptr().add(1) as *mut c_void,
+            (n as u32 - 1) & 127,
+            addr.add(3) as *const c_void,
+        );
         s.len = n as u64;
     } else {
         let r = bpf_probe_read_kernel_str_bytes(addr.add(2), &mut s.buf[..109]);
@@ -804,7 +823,14 @@ fn label(s: &mut Scratch, text: &[u8]) {
 }
 
 #[inline(always)]
-unsafe fn singleton(w: &Watched, hook: Hook, aux: u64, name: &[u8], pick: fn(&PolicyConf) -> RuleRef, holdable: bool) -> i32 {
+unsafe fn singleton(
+    w: &Watched,
+    hook: Hook,
+    aux: u64,
+    name: &[u8],
+    pick: fn(&PolicyConf) -> RuleRef,
+    holdable: bool,
+) -> i32 {
     let Some(s) = scratch() else { return 0 };
     let Some(conf) = policy(w) else { return 0 };
     label(s, name);
