@@ -30,7 +30,7 @@ const TESTS: &[Test] = &[
     ("a_held_agent_cannot_free_or_approve_itself", self_release_refused),
     ("concurrent_holds_in_threads_are_independent", concurrent_threads),
     ("approval_is_bound_to_the_object", approval_bound_to_object),
-    ("io_uring_asks_are_denied_at_once", io_uring_unholdable),
+    ("unholdable_asks_are_denied_at_once", unholdable_asks),
     ("trees_follow_forks_threads_and_daemons", tree_tracking),
     ("no_map_leak_after_many_short_processes", no_leak),
 ];
@@ -642,26 +642,31 @@ fn no_leak() -> Result<()> {
     Ok(())
 }
 
-fn io_uring_unholdable() -> Result<()> {
+/// Where a hold cannot work it is not attempted: io_uring (nothing would restart the request)
+/// and capable() (its callers turn any error into a plain "no").
+fn unholdable_asks() -> Result<()> {
     harness::write_files(&["/tmp/t/ask/a", "/tmp/t/free"])?;
     let l = Listeners::start()?;
+    let policy = ask_policy("60s", &l) + "[[rule]]\nname = \"ask-time\"\naction = \"ask\"\ncapability = \"CAP_SYS_TIME\"\n";
     let a = Agent::start(
-        "uring",
-        &ask_policy("60s", &l),
-        "guard-e2e do uring-open /tmp/t/free; guard-e2e do uring-open /tmp/t/ask/a",
+        "unholdable",
+        &policy,
+        "guard-e2e do uring-open /tmp/t/free; guard-e2e do uring-open /tmp/t/ask/a; guard-e2e do settime",
     )?;
     let r = a.result()?;
     ensure!(r.starts_with("RESULT ok"), "io_uring open of an unruled file: {r}");
-    // No hold: a stopped task cannot restart an io_uring request, so the ask is a deny now.
     let r = a.result()?;
     ensure!(r.starts_with("RESULT errno=1 "), "io_uring open under an ask rule: {r}");
+    let r = a.result()?;
+    ensure!(r.starts_with("RESULT errno=1 "), "settime under an ask rule on CAP_SYS_TIME: {r}");
     let out = a.finish()?;
-    ensure!(
-        has(&out.records, |x| s(x, "reason") == "unholdable"
-            && s(x, "decision") == "deny"
-            && s(x, "object") == "/tmp/t/ask/a"),
-        "no unholdable record: {:#?}",
-        out.records
-    );
+    ensure!(!has(&out.records, |x| x["request_id"].is_string()), "something was held: {:#?}", out.records);
+    for object in ["/tmp/t/ask/a", "CAP_SYS_TIME"] {
+        ensure!(
+            has(&out.records, |x| s(x, "reason") == "unholdable" && s(x, "decision") == "deny" && s(x, "object") == object),
+            "no unholdable record for {object}: {:#?}",
+            out.records
+        );
+    }
     Ok(())
 }
