@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-const OPS: [(&str, u32); 3] = [("open", 20_000), ("exec", 300), ("connect", 2_000)];
+const OPS: [(&str, u32); 3] = [("open", 200_000), ("exec", 500), ("connect", 5_000)];
 const MODES: [&str; 4] = ["none", "unwatched", "watched-nomatch", "watched-allow"];
 const BENCH_FILE: &str = "/tmp/t/bench/file";
 

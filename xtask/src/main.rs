@@ -49,7 +49,7 @@ struct BenchArgs {
     #[arg(long, value_enum, default_value = "6.12")]
     kernel: kernel::Series,
     /// Rounds of every mode, alternating.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     rounds: u32,
 }
 
