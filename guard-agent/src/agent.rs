@@ -142,7 +142,29 @@ pub fn handle_event(state: &Shared, source: &Arc<dyn DecisionSource>, e: Event) 
             for id in gone {
                 if let Some(h) = st.holds.by_id.remove(&id) {
                     tracing::info!("hold {id} ended: process {} exited while held", e.tgid);
-                    let _ = h;
+                    // The operation never happened: a deny, whatever was decided meanwhile.
+                    let r = Record {
+                        time: events::now_rfc3339(),
+                        host: st.host.clone(),
+                        decision: "deny",
+                        reason: "exited".into(),
+                        rule: h.info.rule.clone(),
+                        action: "ask",
+                        hook: h.info.hook,
+                        pid: h.info.pid,
+                        tid: h.info.tid,
+                        ppid: h.info.ppid,
+                        uid: h.info.uid,
+                        exe: h.info.exe.clone(),
+                        argv: h.info.argv.clone(),
+                        object: h.info.object.clone(),
+                        request_id: Some(id),
+                        approver: h.decision.as_ref().and_then(|d| d.approver.clone()),
+                        comment: Some("the process exited while held".into()),
+                        held_ms: Some(h.started.elapsed().as_millis() as u64),
+                        lost: None,
+                    };
+                    st.audit.write(&r);
                 }
             }
         }

@@ -29,6 +29,7 @@ const TESTS: &[Test] = &[
     ("holds_expire_on_every_hook", holds_expire),
     ("a_held_agent_cannot_free_or_approve_itself", self_release_refused),
     ("concurrent_holds_in_threads_are_independent", concurrent_threads),
+    ("a_held_process_killed_is_recorded", held_process_killed),
     ("approval_is_bound_to_the_object", approval_bound_to_object),
     ("unholdable_asks_are_denied_at_once", unholdable_asks),
     ("trees_follow_forks_threads_and_daemons", tree_tracking),
@@ -647,7 +648,8 @@ fn no_leak() -> Result<()> {
 fn unholdable_asks() -> Result<()> {
     harness::write_files(&["/tmp/t/ask/a", "/tmp/t/free"])?;
     let l = Listeners::start()?;
-    let policy = ask_policy("60s", &l) + "[[rule]]\nname = \"ask-time\"\naction = \"ask\"\ncapability = \"CAP_SYS_TIME\"\n";
+    let policy =
+        ask_policy("60s", &l) + "[[rule]]\nname = \"ask-time\"\naction = \"ask\"\ncapability = \"CAP_SYS_TIME\"\n";
     let a = Agent::start(
         "unholdable",
         &policy,
@@ -663,10 +665,31 @@ fn unholdable_asks() -> Result<()> {
     ensure!(!has(&out.records, |x| x["request_id"].is_string()), "something was held: {:#?}", out.records);
     for object in ["/tmp/t/ask/a", "CAP_SYS_TIME"] {
         ensure!(
-            has(&out.records, |x| s(x, "reason") == "unholdable" && s(x, "decision") == "deny" && s(x, "object") == object),
+            has(&out.records, |x| s(x, "reason") == "unholdable"
+                && s(x, "decision") == "deny"
+                && s(x, "object") == object),
             "no unholdable record for {object}: {:#?}",
             out.records
         );
     }
+    Ok(())
+}
+
+fn held_process_killed() -> Result<()> {
+    harness::write_files(&["/tmp/t/ask/a"])?;
+    let l = Listeners::start()?;
+    let a = Agent::start("killed", &ask_policy("60s", &l), "guard-e2e do open-read /tmp/t/ask/a; echo AFTER")?;
+    let h = a.wait_hold("file_open")?;
+    let pid = h["pid"].as_i64().context("hold without pid")? as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)?;
+    a.line_starting("AFTER")?;
+    let out = a.finish()?;
+    ensure!(
+        has(&out.records, |x| s(x, "reason") == "exited"
+            && s(x, "decision") == "deny"
+            && s(x, "request_id") == s(&h, "id")),
+        "no record of the hold that ended with its process: {:#?}",
+        out.records
+    );
     Ok(())
 }
