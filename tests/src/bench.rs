@@ -94,15 +94,34 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// Every mode measures in a fresh `guard-e2e bench-loop` process, after the same settling time
+/// since the agent started (attaching programs makes the emulator retranslate kernel code for
+/// a while), so that only guard differs between modes.
+const SETTLE_SECS: u64 = 3;
+
+fn parse_bench(line: &str) -> Result<f64> {
+    line.split_whitespace().nth(2).and_then(|v| v.parse().ok()).context("bad BENCH line")
+}
+
+/// Runs `op` in a fresh process outside any tree.
+fn fresh(op: &str, n: u32) -> Result<f64> {
+    let out = Command::new("guard-e2e").args(["bench-loop", op, &n.to_string()]).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("bench-loop failed: {text} {}", String::from_utf8_lossy(&out.stderr));
+    }
+    parse_bench(text.lines().find(|l| l.starts_with("BENCH ")).unwrap_or(""))
+}
+
 /// Runs `op` inside a watched tree and reads its result line.
 fn watched(name: &str, policy: &str, op: &str, n: u32) -> Result<f64> {
-    let a = Agent::start(name, policy, &format!("guard-e2e bench-loop {op} {n}"))?;
+    let a = Agent::start(name, policy, &format!("sleep {SETTLE_SECS}; guard-e2e bench-loop {op} {n}"))?;
     let line = a.line_starting_within("BENCH ", Duration::from_secs(1200))?;
     let out = a.finish()?;
     if out.code != 0 {
         bail!("watched bench exited {}", out.code);
     }
-    line.split_whitespace().nth(2).and_then(|v| v.parse().ok()).context("bad BENCH line")
+    parse_bench(&line)
 }
 
 struct Background(Child);
@@ -144,7 +163,8 @@ fn unwatched(op: &str, n: u32) -> Result<f64> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bench_loop(op, n)
+    std::thread::sleep(Duration::from_secs(SETTLE_SECS));
+    fresh(op, n)
 }
 
 pub fn run(rounds: usize) -> Result<i32> {
@@ -156,7 +176,7 @@ pub fn run(rounds: usize) -> Result<i32> {
         for (oi, (op, n)) in OPS.iter().enumerate() {
             for (mi, mode) in MODES.iter().enumerate() {
                 let us = match *mode {
-                    "none" => bench_loop(op, *n)?,
+                    "none" => fresh(op, *n)?,
                     "unwatched" => unwatched(op, *n)?,
                     "watched-nomatch" => watched("bench-nomatch", POLICY_NOMATCH, op, *n)?,
                     _ => watched("bench-allow", POLICY_ALLOW, op, *n)?,
