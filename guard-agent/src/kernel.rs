@@ -17,6 +17,10 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gu
 /// the agent is the one that decides; the kernel only covers for an agent that is gone.
 pub const KERNEL_GRACE: Duration = Duration::from_secs(10);
 
+/// The most tasks all watched trees may hold: WATCHED's capacity (65,536) less a margin for
+/// forks that pass the check at the same moment.
+pub const MAX_TREE_TASKS: u64 = 65_536 - 512;
+
 /// The maps userspace reads and writes. The `Ebpf` handle keeps the programs attached.
 pub struct Kernel {
     _ebpf: Ebpf,
@@ -28,6 +32,7 @@ pub struct Kernel {
     pub holds: HashMap<MapData, u32, Hold>,
     pub verdicts: HashMap<MapData, u32, Verdict>,
     pub counters: PerCpuArray<MapData, u64>,
+    pub task_count: Array<MapData, u64>,
 }
 
 /// Why this kernel cannot enforce, in words a person can act on.
@@ -85,7 +90,7 @@ fn explain_load_error(name: &str, e: &ProgramError) -> anyhow::Error {
 
 impl Kernel {
     /// Loads and attaches every program. Nothing is left attached on failure.
-    pub fn load() -> Result<(Kernel, RingBuf<MapData>)> {
+    pub fn load(max_tasks: u64) -> Result<(Kernel, RingBuf<MapData>)> {
         let problems = explain_kernel();
         if OBJECT.is_empty() {
             bail!("{}", problems.join("; "));
@@ -93,14 +98,18 @@ impl Kernel {
         let offsets =
             OffsetBtf::from_sys_fs()?.guard_offsets().context("reading struct offsets from the kernel's BTF")?;
         let btf = Btf::from_sys_fs().context("loading the kernel's BTF")?;
-        let mut ebpf = EbpfLoader::new().override_global("OFFSETS", &offsets, true).load(OBJECT).map_err(|e| {
-            let base = anyhow!("cannot create the BPF maps: {e}");
-            if problems.is_empty() {
-                base
-            } else {
-                base.context(problems.join("; "))
-            }
-        })?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("OFFSETS", &offsets, true)
+            .override_global("MAX_TASKS", &max_tasks, true)
+            .load(OBJECT)
+            .map_err(|e| {
+                let base = anyhow!("cannot create the BPF maps: {e}");
+                if problems.is_empty() {
+                    base
+                } else {
+                    base.context(problems.join("; "))
+                }
+            })?;
         let names: Vec<String> = ebpf.programs_mut().map(|(n, _)| n.to_string()).collect();
         for name in &names {
             let prog = ebpf.program_mut(name).expect("listed");
@@ -126,6 +135,7 @@ impl Kernel {
             holds: HashMap::try_from(take(&mut ebpf, "HOLDS")?)?,
             verdicts: HashMap::try_from(take(&mut ebpf, "VERDICTS")?)?,
             counters: PerCpuArray::try_from(take(&mut ebpf, "COUNTERS")?)?,
+            task_count: Array::try_from(take(&mut ebpf, "TASK_COUNT")?)?,
             _ebpf: ebpf,
         };
         Ok((kernel, ring))
@@ -172,6 +182,9 @@ impl Kernel {
         self.watched
             .insert(tid, Watched { policy, _pad: [0; 3], root }, 0)
             .context("adding a process to the watched tree")?;
+        // The kernel keeps this count from here on; nothing of the tree runs yet to race with.
+        let n = self.task_count.get(&0, 0).unwrap_or(0);
+        self.task_count.set(0, n + 1, 0).context("counting the watched task")?;
         Ok(())
     }
 

@@ -35,6 +35,9 @@ enum Cmd {
         audit_log: PathBuf,
         #[arg(long, default_value = admin::DEFAULT_SOCKET)]
         admin_socket: PathBuf,
+        /// Forks in the tree beyond this many tasks fail with EAGAIN (so none runs unwatched).
+        #[arg(long, default_value_t = kernel::MAX_TREE_TASKS)]
+        max_tree_tasks: u64,
         #[arg(required = true, last = true)]
         cmd: Vec<String>,
     },
@@ -109,11 +112,11 @@ fn call(socket: &std::path::Path, req: admin::Request) -> Result<serde_json::Val
 
 fn dispatch(cmd: Cmd) -> Result<i32> {
     match cmd {
-        Cmd::Run { policy, server, audit_log, admin_socket, cmd } => {
+        Cmd::Run { policy, server, audit_log, admin_socket, max_tree_tasks, cmd } => {
             if server.is_some() {
                 bail!("--server is not available in this build yet: holds are answered locally with `guard-agent approve|deny`");
             }
-            run::run(&policy, &audit_log, &admin_socket, &cmd)
+            run::run(&policy, &audit_log, &admin_socket, max_tree_tasks, &cmd)
         }
         Cmd::Daemon { config } => {
             bail!("the daemon mode is not built yet (config {} not read); use `guard-agent run`", config.display())

@@ -41,7 +41,7 @@ pub fn doctor() -> i32 {
     for p in &problems {
         println!("  MISSING: {p}");
     }
-    match Kernel::load() {
+    match Kernel::load(kernel::MAX_TREE_TASKS) {
         Ok(_) => {
             println!("  ok: every LSM program loaded and attached; this kernel can enforce");
             0
@@ -84,10 +84,13 @@ fn spawn_blocked(cmd: &[String]) -> Result<(Pid, std::fs::File)> {
     }
 }
 
-pub fn run(policy_path: &Path, audit_path: &Path, socket: &Path, cmd: &[String]) -> Result<i32> {
+pub fn run(policy_path: &Path, audit_path: &Path, socket: &Path, max_tasks: u64, cmd: &[String]) -> Result<i32> {
+    if max_tasks == 0 || max_tasks > kernel::MAX_TREE_TASKS {
+        anyhow::bail!("--max-tree-tasks {max_tasks} is out of range: expected 1 to {}", kernel::MAX_TREE_TASKS);
+    }
     let policy = Policy::load(policy_path)?;
     let audit = AuditLog::open(audit_path)?;
-    let (mut kernel, ring) = Kernel::load()?;
+    let (mut kernel, ring) = Kernel::load(max_tasks)?;
     kernel.install_policy(RUN_POLICY, &policy)?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let listener = rt.block_on(admin::bind(socket))?;
@@ -237,6 +240,7 @@ fn admin_handler(
                 "policy": policy_file,
                 "rules": st.policy.rules.len(),
                 "watched_tasks": st.kernel.watched_count(),
+                "counted_tasks": st.kernel.task_count.get(&0, 0).unwrap_or(0),
                 "holds_waiting": st.holds.waiting().len(),
                 "holds_in_kernel": st.kernel.holds_in_kernel(),
                 "events_lost": st.kernel.lost_events(),

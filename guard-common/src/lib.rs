@@ -64,6 +64,7 @@ pub enum Hook {
     Ptrace = 14,
     Bpf = 15,
     PathMkdir = 16,
+    TaskAlloc = 17,
 }
 
 impl Hook {
@@ -86,6 +87,7 @@ impl Hook {
             14 => Ptrace,
             15 => Bpf,
             16 => PathMkdir,
+            17 => TaskAlloc,
             _ => return None,
         })
     }
@@ -109,6 +111,7 @@ impl Hook {
             Ptrace => "ptrace_access_check",
             Bpf => "bpf",
             PathMkdir => "path_mkdir",
+            TaskAlloc => "task_alloc",
         }
     }
 }

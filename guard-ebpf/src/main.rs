@@ -11,6 +11,7 @@
 #![no_std]
 #![no_main]
 #![allow(static_mut_refs)]
+#![feature(asm_experimental_arch)]
 
 use aya_ebpf::{
     bindings::BPF_RB_FORCE_WAKEUP,
@@ -71,8 +72,16 @@ static OFFSETS: Offsets = Offsets {
     _pad: 0,
 };
 
+/// Upper bound of tasks in all watched trees, set by the agent below WATCHED's capacity: a
+/// fork past it is refused (task_alloc), so no child can escape because the map is full.
+#[no_mangle]
+static MAX_TASKS: u64 = 0;
+
 #[map]
 static WATCHED: HashMap<u32, Watched> = HashMap::with_max_entries(65536, 0);
+/// [0] = entries in WATCHED, kept with every insert and remove.
+#[map]
+static TASK_COUNT: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 static PATH_RULES: LpmTrie<PathKey, RuleRef> = LpmTrie::with_max_entries(8192, 0);
 #[map]
@@ -494,12 +503,57 @@ unsafe fn hold(s: &mut Scratch, w: &Watched, op: &Op, rule: u32, deadline_ns: u6
 // ---------------------------------------------------------------------------------------------
 // Process trees
 
+#[inline(always)]
+fn count_add(delta: u64) {
+    if let Some(c) = TASK_COUNT.get_ptr_mut(0) {
+        // SAFETY: a map value lives as long as the map. core has no atomic RMW for the BPF
+        // target, so this is the instruction itself (BPF_ATOMIC add, "XADD").
+        unsafe { core::arch::asm!("lock *(u64 *)({0} + 0) += {1}", in(reg) c, in(reg) delta) };
+    }
+}
+
+#[inline(always)]
+fn watch_task(tid: u32, w: &Watched) {
+    if WATCHED.insert(&tid, w, BPF_NOEXIST).is_ok() {
+        count_add(1);
+    }
+}
+
+#[inline(always)]
+fn unwatch_task(tid: u32) -> bool {
+    if WATCHED.remove(&tid).is_ok() {
+        count_add(u64::MAX); // -1
+        return true;
+    }
+    false
+}
+
+const BPF_NOEXIST: u64 = 1;
+const EAGAIN: i32 = 11;
+
+/// Refuses a fork or clone in a watched tree that is at its task limit: past it, the child
+/// could not be tracked and would run unwatched.
+#[lsm(hook = "task_alloc")]
+pub fn task_alloc(_ctx: LsmContext) -> i32 {
+    let Some(w) = watched() else { return 0 };
+    let count = TASK_COUNT.get(0).copied().unwrap_or(0);
+    if count < unsafe { core::ptr::read_volatile(&MAX_TASKS) } {
+        return 0;
+    }
+    if let Some(s) = scratch() {
+        label(s, b"fork: tree at its task limit");
+        let op = Op { hook: Hook::TaskAlloc, aux: count, holdable: false, always_record: true };
+        unsafe { emit(s, &w, kind::DECISION, &op, Action::Deny as u8, reason::DEFAULT, 0, 0, 0) };
+    }
+    -EAGAIN
+}
+
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     let Some(w) = watched() else { return 0 };
     let child: *const u8 = ctx.arg(1);
     let pid: u32 = unsafe { read_kernel(child.add(off(&offsets().task_pid))) };
-    WATCHED.insert(&pid, &w, 0).ok();
+    watch_task(pid, &w);
     0
 }
 
@@ -511,8 +565,8 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     let w = unsafe { WATCHED.get(&old_pid).copied() };
     let Some(w) = w.or_else(watched) else { return 0 };
     if old_pid != tid {
-        WATCHED.remove(&old_pid).ok();
-        WATCHED.insert(&tid, &w, 0).ok();
+        unwatch_task(old_pid);
+        watch_task(tid, &w);
         // argv was captured under the thread's old id.
         if let Some(a) = ARGV.get_ptr(&old_pid) {
             unsafe { ARGV.insert(&tid, &*a, 0).ok() };
@@ -539,7 +593,7 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
 pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
-    if WATCHED.remove(&tid).is_ok() {
+    if unwatch_task(tid) {
         HOLDS.remove(&tid).ok();
         VERDICTS.remove(&tid).ok();
         GRACE.remove(&tid).ok();

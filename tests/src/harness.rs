@@ -80,23 +80,18 @@ pub struct Agent {
 impl Agent {
     /// Starts `guard-agent run` on `/bin/sh -c script` and waits until its socket is up.
     pub fn start(name: &str, policy: &str, script: &str) -> Result<Agent> {
+        Self::start_with(name, policy, script, &[])
+    }
+
+    /// As `start`, with extra `guard-agent run` flags.
+    pub fn start_with(name: &str, policy: &str, script: &str, flags: &[&str]) -> Result<Agent> {
         let (pol, log, sock) = paths(name);
         std::fs::write(&pol, policy)?;
         std::fs::remove_file(&log).ok();
         let mut child = Command::new("guard-agent")
-            .args([
-                "run",
-                "--policy",
-                &pol,
-                "--audit-log",
-                &log,
-                "--admin-socket",
-                &sock,
-                "--",
-                "/bin/sh",
-                "-c",
-                script,
-            ])
+            .args(["run", "--policy", &pol, "--audit-log", &log, "--admin-socket", &sock])
+            .args(flags)
+            .args(["--", "/bin/sh", "-c", script])
             .env("GUARD_SOCKET", &sock)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -34,6 +34,7 @@ const TESTS: &[Test] = &[
     ("unholdable_asks_are_denied_at_once", unholdable_asks),
     ("trees_follow_forks_threads_and_daemons", tree_tracking),
     ("no_map_leak_after_many_short_processes", no_leak),
+    ("a_tree_at_its_task_limit_cannot_fork_unwatched_children", task_limit),
 ];
 
 fn main() {
@@ -690,6 +691,30 @@ fn held_process_killed() -> Result<()> {
             && s(x, "request_id") == s(&h, "id")),
         "no record of the hold that ended with its process: {:#?}",
         out.records
+    );
+    Ok(())
+}
+
+fn task_limit() -> Result<()> {
+    // The shell and guard-e2e count too: 20 tasks leave room for 18 children at most.
+    let a = Agent::start_with(
+        "limit",
+        "default = \"allow\"\n",
+        "guard-e2e do fork-wide 40; guard-e2e do fork-wide 5",
+        &["--max-tree-tasks", "20"],
+    )?;
+    let r = a.result()?;
+    let num = |key: &str, line: &str| -> u32 {
+        line.split_whitespace().find_map(|w| w.strip_prefix(key)).and_then(|v| v.parse().ok()).unwrap_or(u32::MAX)
+    };
+    ensure!(num("eagain=", &r) > 0 && num("forked=", &r) <= 18 && num("other=", &r) == 0, "past the limit: {r}");
+    // Once they exit, the count is back down and forks work again.
+    let r = a.result()?;
+    ensure!(num("forked=", &r) == 5 && num("eagain=", &r) == 0, "after the children exited: {r}");
+    let out = a.finish()?;
+    ensure!(
+        has(&out.records, |x| s(x, "hook") == "task_alloc" && s(x, "decision") == "deny"),
+        "no record of the refused fork"
     );
     Ok(())
 }

@@ -128,6 +128,7 @@ pub fn run(args: &[String]) -> i32 {
         }
         "threads-open" => return threads_open(a(1).parse().unwrap_or(2), a(2)),
         "spawn-many" => return spawn_many(a(1).parse().unwrap_or(1000)),
+        "fork-wide" => return fork_wide(a(1).parse().unwrap_or(10)),
         "redirect-open" => redirect_open(a(1), a(2)),
         "uring-open" => io_uring_open(a(1)),
         "sleep" => {
@@ -365,4 +366,40 @@ pub fn io_uring_open(path: &str) -> Result<(), Errno> {
         libc::close(res);
     }
     Ok(())
+}
+
+/// Forks N children that all stay alive at once, then releases and reaps them; reports how many
+/// forks succeeded and how many failed with EAGAIN (the tree's task limit).
+fn fork_wide(n: usize) -> i32 {
+    let Ok((rd, wr)) = nix::unistd::pipe() else { return report("fork-wide", Err(Errno::last())) };
+    let (mut forked, mut eagain, mut other) = (0, 0, 0);
+    let mut children = vec![];
+    for _ in 0..n {
+        match unsafe { libc::fork() } {
+            0 => {
+                drop(wr);
+                let mut b = [0u8; 1];
+                let _ = std::io::Read::read(&mut std::fs::File::from(rd), &mut b);
+                unsafe { libc::_exit(0) };
+            }
+            pid if pid > 0 => {
+                forked += 1;
+                children.push(pid);
+            }
+            _ => {
+                if Errno::last() == Errno::EAGAIN {
+                    eagain += 1
+                } else {
+                    other += 1
+                }
+            }
+        }
+    }
+    drop(wr);
+    drop(rd);
+    for pid in children {
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    }
+    println!("RESULT ok fork-wide forked={forked} eagain={eagain} other={other}");
+    0
 }
