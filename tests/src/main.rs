@@ -639,6 +639,12 @@ fn no_leak() -> Result<()> {
     let watched = st["watched_tasks"].as_u64().unwrap_or(u64::MAX);
     // The shell and the sleep remain; every one of the N children is gone from the map.
     ensure!(watched <= 4, "{watched} tasks still in the watched map after {n} exits");
+    // The kernel's own count (which the task limit relies on) has not drifted.
+    ensure!(
+        st["counted_tasks"].as_u64() == Some(watched),
+        "task count {} but {watched} tasks in the map",
+        st["counted_tasks"]
+    );
     println!("  {n} processes, {watched} watched tasks left");
     a.kill();
     Ok(())
