@@ -8,7 +8,10 @@ use aya::{
     programs::{Program, ProgramError},
     Btf, Ebpf, EbpfLoader,
 };
-use guard_common::{Hold, NetRule, PathKey, PolicyConf, RuleRef, Verdict, Watched, MAX_CAPS, MAX_NET_RULES};
+use guard_common::{
+    ArgvRule, Hold, NetRule, PathKey, PolicyConf, RuleRef, Verdict, Watched, MAX_ARGV_RULES, MAX_ARGV_TOKENS, MAX_CAPS,
+    MAX_NET_RULES,
+};
 use std::time::Duration;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf.o"));
@@ -27,6 +30,7 @@ pub struct Kernel {
     pub watched: HashMap<MapData, u32, Watched>,
     pub path_rules: LpmTrie<MapData, PathKey, RuleRef>,
     pub net_rules: Array<MapData, NetRule>,
+    pub argv_rules: Array<MapData, ArgvRule>,
     pub cap_rules: Array<MapData, RuleRef>,
     pub policies: Array<MapData, PolicyConf>,
     pub holds: HashMap<MapData, u32, Hold>,
@@ -130,6 +134,7 @@ impl Kernel {
             watched: HashMap::try_from(take(&mut ebpf, "WATCHED")?)?,
             path_rules: LpmTrie::try_from(take(&mut ebpf, "PATH_RULES")?)?,
             net_rules: Array::try_from(take(&mut ebpf, "NET_RULES")?)?,
+            argv_rules: Array::try_from(take(&mut ebpf, "ARGV_RULES")?)?,
             cap_rules: Array::try_from(take(&mut ebpf, "CAP_RULES")?)?,
             policies: Array::try_from(take(&mut ebpf, "POLICIES")?)?,
             holds: HashMap::try_from(take(&mut ebpf, "HOLDS")?)?,
@@ -159,6 +164,19 @@ impl Kernel {
                 rule: 0,
             });
             self.net_rules.set(base + i, rule, 0).context("writing a network rule")?;
+        }
+        let base = id as u32 * MAX_ARGV_RULES;
+        for i in 0..MAX_ARGV_RULES {
+            let rule = c.argv.get(i as usize).copied().unwrap_or(ArgvRule {
+                path_hash: 0,
+                tokens: [0; MAX_ARGV_TOKENS],
+                rule: 0,
+                ntok: 0,
+                action: 0,
+                used: 0,
+                _pad: 0,
+            });
+            self.argv_rules.set(base + i, rule, 0).context("writing an exec argv rule")?;
         }
         for cap in 0..MAX_CAPS {
             let rr = c.caps.get(&(cap as u8)).copied().unwrap_or(RuleRef { rule: 0, action: 0, _pad: [0; 3] });

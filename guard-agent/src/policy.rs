@@ -3,7 +3,10 @@
 //! A policy is checked whole before anything is loaded: the first problem is reported with
 //! file:line:col and what was expected, and nothing reaches the kernel.
 
-use guard_common::{class, Action, NetRule, PathKey, RuleRef, MAX_NET_RULES, PATH_LEN};
+use guard_common::{
+    class, fnv1a, Action, ArgvRule, NetRule, PathKey, RuleRef, ARG_LEN, MAX_ARGV_RULES, MAX_ARGV_TOKENS, MAX_NET_RULES,
+    PATH_LEN,
+};
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::{collections::BTreeMap, net::IpAddr, ops::Range, path::Path, time::Duration};
@@ -29,9 +32,11 @@ pub enum Access {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Matcher {
-    /// Exact path, or a prefix when it ends in '/'.
+    /// Exact path, or a prefix when it ends in '/'; with `argv`, the exact path and tokens that
+    /// must all appear among the arguments.
     Exec {
         path: String,
+        argv: Vec<String>,
     },
     File {
         path: String,
@@ -93,6 +98,7 @@ struct RawRule {
 #[serde(deny_unknown_fields)]
 struct RawExec {
     path: Spanned<String>,
+    argv: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -232,10 +238,20 @@ impl Policy {
         };
         let mut rules = Vec::new();
         let mut net_rules = 0;
+        let mut argv_rules = 0;
         for r in raw.rule {
             let span = r.span();
             let r = r.into_inner();
+            let span_start = span.clone();
             let rule = compile_rule(&ctx, span, r)?;
+            if matches!(&rule.matcher, Matcher::Exec { argv, .. } if !argv.is_empty()) {
+                argv_rules += 1;
+                if argv_rules > MAX_ARGV_RULES {
+                    return Err(
+                        ctx.err(span_start, format!("at most {MAX_ARGV_RULES} exec rules with argv are supported"))
+                    );
+                }
+            }
             if matches!(rule.matcher, Matcher::Net { .. }) {
                 net_rules += 1;
                 if net_rules > MAX_NET_RULES {
@@ -269,6 +285,28 @@ fn check_abs_path(ctx: &Ctx, p: &Spanned<String>, what: &str) -> Result<String, 
     Ok(s.clone())
 }
 
+/// argv conditions: 1 to 4 whole arguments, on an exact path, for rules that restrict.
+fn check_argv(ctx: &Ctx, a: &Spanned<Vec<String>>, path: &str, action: Action) -> Result<Vec<String>, PolicyError> {
+    let tokens = a.get_ref();
+    if tokens.is_empty() || tokens.len() > MAX_ARGV_TOKENS {
+        return Err(ctx.err(a.span(), format!("argv takes 1 to {MAX_ARGV_TOKENS} arguments, got {}", tokens.len())));
+    }
+    if path.ends_with('/') {
+        return Err(ctx.err(a.span(), "argv conditions need an exact exec path, not a prefix"));
+    }
+    if action == Action::Allow {
+        // A program can hide arguments past the ones the kernel captures; an allow that
+        // depends on them could be tricked into allowing.
+        return Err(ctx.err(a.span(), "argv conditions are for deny, ask and audit rules, not allow"));
+    }
+    for t in tokens {
+        if t.is_empty() || t.len() >= ARG_LEN || t.contains('\0') {
+            return Err(ctx.err(a.span(), format!("argv token {t:?} must be 1 to {} bytes, without NUL", ARG_LEN - 1)));
+        }
+    }
+    Ok(tokens.clone())
+}
+
 fn compile_rule(ctx: &Ctx, span: Range<usize>, r: RawRule) -> Result<Rule, PolicyError> {
     let name = r.name.get_ref().trim().to_string();
     if name.is_empty() {
@@ -280,8 +318,13 @@ fn compile_rule(ctx: &Ctx, span: Range<usize>, r: RawRule) -> Result<Rule, Polic
     let mut matchers: Vec<(Range<usize>, Matcher)> = Vec::new();
     if let Some(e) = r.exec {
         let span = e.span();
-        let path = check_abs_path(ctx, &e.into_inner().path, "exec path")?;
-        matchers.push((span, Matcher::Exec { path }));
+        let e = e.into_inner();
+        let path = check_abs_path(ctx, &e.path, "exec path")?;
+        let argv = match e.argv {
+            None => vec![],
+            Some(a) => check_argv(ctx, &a, &path, action)?,
+        };
+        matchers.push((span, Matcher::Exec { path, argv }));
     }
     if let Some(f) = r.file {
         let span = f.span();
@@ -389,6 +432,8 @@ fn parse_cidr(s: &str) -> Option<IpNet> {
 #[derive(Default)]
 pub struct Compiled {
     pub paths: Vec<(PathKey, u32, RuleRef)>,
+    /// Exec rules with argv conditions, in file order.
+    pub argv: Vec<ArgvRule>,
     pub net: Vec<NetRule>,
     pub caps: BTreeMap<u8, RuleRef>,
     pub mount: Option<RuleRef>,
@@ -442,8 +487,23 @@ impl Policy {
         for (i, r) in self.rules.iter().enumerate() {
             let rr = rule_ref(i, r.action);
             match &r.matcher {
-                Matcher::Exec { path } => {
+                Matcher::Exec { path, argv } if argv.is_empty() => {
                     keys.extend(path_keys(path, &[class::EXEC], false).into_iter().map(|(c, k)| (c, k, i)))
+                }
+                Matcher::Exec { path, argv } => {
+                    let mut tokens = [0u64; MAX_ARGV_TOKENS];
+                    for (t, a) in tokens.iter_mut().zip(argv) {
+                        *t = fnv1a(a.as_bytes());
+                    }
+                    c.argv.push(ArgvRule {
+                        path_hash: fnv1a(path.as_bytes()),
+                        tokens,
+                        rule: rr.rule,
+                        ntok: argv.len() as u8,
+                        action: r.action as u8,
+                        used: 1,
+                        _pad: 0,
+                    });
                 }
                 Matcher::File { path, access } => {
                     let classes: &[u8] = match access {
@@ -617,6 +677,29 @@ file = { path = "/etc/ssh/", access = "read" }
         assert_eq!(find(b"/etc/"), Some(2));
         // "/etc/ssh/" sits under "/etc/" (rule 2), which comes first in the file.
         assert_eq!(find(b"/etc/ssh/"), Some(2));
+    }
+
+    #[test]
+    fn argv_conditions() {
+        let p = Policy::parse(
+            "p.toml",
+            "[[rule]]\nname = \"kdel\"\naction = \"ask\"\nexec = { path = \"/usr/bin/kubectl\", argv = [\"delete\"] }\n[[rule]]\nname = \"k\"\naction = \"audit\"\nexec = { path = \"/usr/bin/kubectl\" }\n",
+        )
+        .unwrap();
+        let c = p.compile(0);
+        assert_eq!(c.argv.len(), 1);
+        assert_eq!(c.argv[0].path_hash, fnv1a(b"/usr/bin/kubectl"));
+        assert_eq!(c.argv[0].tokens[0], fnv1a(b"delete"));
+        assert_eq!((c.argv[0].rule, c.argv[0].ntok), (1, 1));
+        // Only the plain exec rule is in the path trie.
+        assert_eq!(c.paths.len(), 1);
+        assert_eq!(c.paths[0].2.rule, 2);
+        let e = err("[[rule]]\nname = \"x\"\naction = \"allow\"\nexec = { path = \"/bin/x\", argv = [\"a\"] }\n");
+        assert!(e.starts_with("p.toml:4:34:") && e.contains("not allow"), "{e}");
+        let e = err("[[rule]]\nname = \"x\"\naction = \"deny\"\nexec = { path = \"/bin/\", argv = [\"a\"] }\n");
+        assert!(e.contains("exact exec path"), "{e}");
+        let e = err("[[rule]]\nname = \"x\"\naction = \"deny\"\nexec = { path = \"/bin/x\", argv = [] }\n");
+        assert!(e.contains("1 to 4 arguments"), "{e}");
     }
 
     #[test]

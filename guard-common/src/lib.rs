@@ -12,6 +12,9 @@ pub const PATH_LEN: usize = OBJECT_LEN - 2;
 /// argv captured at exec: this many arguments, each cut to ARG_LEN bytes.
 pub const MAX_ARGS: usize = 8;
 pub const ARG_LEN: usize = 64;
+/// Exec rules with argv conditions, checked in order, per policy; tokens per rule.
+pub const MAX_ARGV_RULES: u32 = 16;
+pub const MAX_ARGV_TOKENS: usize = 4;
 /// Network rules checked in order, per policy.
 pub const MAX_NET_RULES: u32 = 64;
 /// Capabilities known to the kernel (CAP_LAST_CAP is 40 on 6.x).
@@ -257,13 +260,42 @@ pub struct Event {
     pub argv: [[u8; ARG_LEN]; MAX_ARGS],
 }
 
-/// argv captured at sys_enter_execve for a watched thread.
+/// argv captured at exec for a watched thread.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Argv {
     pub argc: u32,
-    pub _pad: u32,
+    /// 1 when the program was given more arguments than were captured.
+    pub truncated: u32,
     pub args: [[u8; ARG_LEN]; MAX_ARGS],
+    /// `fnv1a` of each captured argument, for argv conditions.
+    pub hashes: [u64; MAX_ARGS],
+}
+
+/// An exec rule with argv conditions: the binary's exact resolved path (as its hash) and
+/// tokens that must all appear among argv[1..] (as hashes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ArgvRule {
+    pub path_hash: u64,
+    pub tokens: [u64; MAX_ARGV_TOKENS],
+    pub rule: u32,
+    pub ntok: u8,
+    pub action: u8,
+    pub used: u8,
+    pub _pad: u8,
+}
+
+/// FNV-1a, 64 bits: the hash the kernel side computes over paths and arguments.
+pub const fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < bytes.len() {
+        h ^= bytes[i] as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    h
 }
 
 /// Kernel struct offsets read from the running kernel's BTF at load time, passed as frozen
@@ -303,4 +335,5 @@ mod pod {
     unsafe impl aya::Pod for Hold {}
     unsafe impl aya::Pod for Verdict {}
     unsafe impl aya::Pod for Offsets {}
+    unsafe impl aya::Pod for ArgvRule {}
 }

@@ -87,6 +87,8 @@ static PATH_RULES: LpmTrie<PathKey, RuleRef> = LpmTrie::with_max_entries(8192, 0
 #[map]
 static NET_RULES: Array<NetRule> = Array::with_max_entries(MAX_POLICIES * MAX_NET_RULES, 0);
 #[map]
+static ARGV_RULES: Array<ArgvRule> = Array::with_max_entries(MAX_POLICIES * MAX_ARGV_RULES, 0);
+#[map]
 static CAP_RULES: Array<RuleRef> = Array::with_max_entries(MAX_POLICIES * MAX_CAPS, 0);
 #[map]
 static POLICIES: Array<PolicyConf> = Array::with_max_entries(MAX_POLICIES, 0);
@@ -628,17 +630,79 @@ fn capture_argv(argv: u64) {
     }
     let Some(a) = ARGV.get_ptr_mut(&tid) else { return };
     unsafe {
-        for i in 0..MAX_ARGS {
+        for i in 0..=MAX_ARGS {
             let mut p: u64 = 0;
             if bpf_probe_read_user(&mut p as *mut u64 as *mut c_void, 8, (argv + 8 * i as u64) as *const c_void) != 0
                 || p == 0
             {
                 break;
             }
+            if i == MAX_ARGS {
+                // More arguments than captured: argv conditions cannot see them all.
+                (*a).truncated = 1;
+                break;
+            }
             bpf_probe_read_user_str((*a).args[i].as_mut_ptr() as *mut c_void, ARG_LEN as u32, p as *const c_void);
+            (*a).hashes[i] = fnv_arg(&(*a).args[i]);
             (*a).argc = i as u32 + 1;
         }
     }
+}
+
+/// `fnv1a` of one captured argument, up to its NUL.
+#[inline(always)]
+fn fnv_arg(arg: &[u8; ARG_LEN]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0usize;
+    while i < ARG_LEN {
+        let b = arg[i];
+        if b == 0 {
+            break;
+        }
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    h
+}
+
+/// The first exec rule with argv conditions that matches, if it comes before `found` in the
+/// policy. A program given more arguments than were captured matches any argv condition on
+/// its path: what cannot be seen is not assumed harmless (allow rules cannot have argv).
+#[inline(always)]
+unsafe fn match_argv_rules(s: &Scratch, w: &Watched, found: RuleRef) -> RuleRef {
+    let Some(a) = ARGV.get_ptr(&current_tid()) else { return found };
+    let path_hash = hash_bytes(&s.buf, s.len, 0);
+    let base = (w.policy as u32 % MAX_POLICIES) * MAX_ARGV_RULES;
+    for i in 0..MAX_ARGV_RULES {
+        let Some(r) = ARGV_RULES.get(base + i) else { break };
+        if r.used == 0 || (found.rule != 0 && r.rule > found.rule) {
+            break;
+        }
+        if r.path_hash != path_hash {
+            continue;
+        }
+        let mut all = true;
+        for t in 0..MAX_ARGV_TOKENS {
+            if t >= r.ntok as usize {
+                break;
+            }
+            let mut seen = false;
+            // argv[0] is the program's own name, not an argument.
+            for j in 1..MAX_ARGS {
+                if j < (*a).argc as usize && (*a).hashes[j] == r.tokens[t] {
+                    seen = true;
+                }
+            }
+            if !seen {
+                all = false;
+            }
+        }
+        if all || (*a).truncated != 0 {
+            return RuleRef { rule: r.rule, action: r.action, _pad: [0; 3] };
+        }
+    }
+    found
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -662,6 +726,7 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
             return 0;
         }
         let found = lookup_path(s, w.policy, class::EXEC);
+        let found = match_argv_rules(s, &w, found);
         let op = Op { hook: Hook::Exec, aux: 0, holdable: true, always_record: false };
         decide(s, &w, &op, found)
     }

@@ -146,14 +146,27 @@ name = "no-forbidden"
 action = "deny"
 exec = { path = "/tmp/t/bin/forbidden" }
 [[rule]]
+name = "no-danger-flag"
+action = "deny"
+exec = { path = "/tmp/t/bin/watched-tool", argv = ["--danger"] }
+[[rule]]
 name = "audit-tool"
 action = "audit"
 exec = { path = "/tmp/t/bin/watched-tool" }
 "#;
-    let a = Agent::start("exec", policy, "guard-e2e do exec /tmp/t/bin/forbidden true; guard-e2e do exec /tmp/t/bin/innocent-link true; guard-e2e do exec /tmp/t/bin/watched-tool true --flag=1")?;
+    let a = Agent::start(
+        "exec",
+        policy,
+        "guard-e2e do exec /tmp/t/bin/forbidden true; guard-e2e do exec /tmp/t/bin/innocent-link true; \
+         guard-e2e do exec /tmp/t/bin/watched-tool true --flag=1; guard-e2e do exec /tmp/t/bin/watched-tool true --danger; \
+         guard-e2e do exec /tmp/t/bin/watched-tool 1 2 3 4 5 6 7 8 9",
+    )?;
     ensure!(a.result()?.starts_with("RESULT errno=1 "), "forbidden binary ran");
     ensure!(a.result()?.starts_with("RESULT errno=1 "), "a symlink got around an exec rule");
     ensure!(a.result()?.starts_with("RESULT ok"), "the audited tool was blocked");
+    ensure!(a.result()?.starts_with("RESULT errno=1 "), "an argv condition did not match");
+    // More arguments than the kernel captures: the argv rule applies rather than be evaded.
+    ensure!(a.result()?.starts_with("RESULT errno=1 "), "an argv condition was evaded with many arguments");
     let out = a.finish()?;
     let r = &out.records;
     ensure!(
@@ -170,6 +183,7 @@ exec = { path = "/tmp/t/bin/watched-tool" }
             && x["argv"] == serde_json::json!(["/tmp/t/bin/watched-tool", "true", "--flag=1"])),
         "no audit record with argv: {r:?}"
     );
+    ensure!(has(r, |x| s(x, "rule") == "no-danger-flag" && s(x, "decision") == "deny"), "no record of the argv deny");
     Ok(())
 }
 
