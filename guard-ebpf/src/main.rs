@@ -102,8 +102,11 @@ static GRACE: HashMap<u32, [u64; 2]> = HashMap::with_max_entries(8192, 0);
 /// One all-zero Argv to initialise entries from (it does not fit on the stack).
 #[map]
 static ZERO_ARGV: Array<Argv> = Array::with_max_entries(1, 0);
+/// One entry per watched thread that execs; as large as WATCHED and allocated on demand, so
+/// that a full map can never make argv conditions silently not apply.
 #[map]
-static ARGV: HashMap<u32, Argv> = HashMap::with_max_entries(4096, 0);
+static ARGV: HashMap<u32, Argv> = HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
+const BPF_F_NO_PREALLOC: u32 = 1;
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 /// [0] events lost because the ring buffer was full.
@@ -671,7 +674,8 @@ fn fnv_arg(arg: &[u8; ARG_LEN]) -> u64 {
 /// its path: what cannot be seen is not assumed harmless (allow rules cannot have argv).
 #[inline(always)]
 unsafe fn match_argv_rules(s: &Scratch, w: &Watched, found: RuleRef) -> RuleRef {
-    let Some(a) = ARGV.get_ptr(&current_tid()) else { return found };
+    // No captured argv (allocation failed): as with too many arguments, the condition applies.
+    let a = ARGV.get_ptr(&current_tid());
     let path_hash = hash_bytes(&s.buf, s.len, 0);
     let base = (w.policy as u32 % MAX_POLICIES) * MAX_ARGV_RULES;
     for i in 0..MAX_ARGV_RULES {
@@ -687,6 +691,7 @@ unsafe fn match_argv_rules(s: &Scratch, w: &Watched, found: RuleRef) -> RuleRef 
             if t >= r.ntok as usize {
                 break;
             }
+            let Some(a) = a else { break };
             let mut seen = false;
             // argv[0] is the program's own name, not an argument.
             for j in 1..MAX_ARGS {
@@ -698,7 +703,11 @@ unsafe fn match_argv_rules(s: &Scratch, w: &Watched, found: RuleRef) -> RuleRef 
                 all = false;
             }
         }
-        if all || (*a).truncated != 0 {
+        let unseen = match a {
+            Some(a) => (*a).truncated != 0,
+            None => true,
+        };
+        if all || unseen {
             return RuleRef { rule: r.rule, action: r.action, _pad: [0; 3] };
         }
     }
