@@ -70,12 +70,7 @@ impl State {
             info.ppid = e.ppid;
             self.procs.insert(e.tgid, info.clone());
         }
-        let (exe, argv) = if e.hook == Hook::Exec as u8 {
-            // For an exec decision the program is the one being started, not the caller.
-            (Some(object_text(e)), argv_of(e))
-        } else {
-            (info.exe, info.argv)
-        };
+        let (exe, argv) = program(e, info);
         let action = Action::from_u8(e.action).unwrap_or(Action::Deny);
         let denied = matches!(action, Action::Deny)
             || matches!(
@@ -103,6 +98,15 @@ impl State {
             held_ms: None,
             lost: None,
         }
+    }
+}
+
+/// The program an event is about: for an exec decision the one being started, not the caller.
+fn program(e: &Event, info: ProcInfo) -> (Option<String>, Vec<String>) {
+    if e.hook == Hook::Exec as u8 {
+        (Some(object_text(e)), argv_of(e))
+    } else {
+        (info.exe, info.argv)
     }
 }
 
@@ -176,11 +180,7 @@ pub fn handle_event(state: &Shared, source: &Arc<dyn DecisionSource>, e: Event) 
             let id = st.holds.new_id();
             let info = st.proc_info(e.tgid);
             let timeout = st.policy.ask_timeout;
-            let (exe, argv) = if e.hook == Hook::Exec as u8 {
-                (Some(object_text(&e)), argv_of(&e))
-            } else {
-                (info.exe.clone(), info.argv.clone())
-            };
+            let (exe, argv) = program(&e, info);
             let hold = HoldInfo {
                 id: id.clone(),
                 hook: hook_name(&e),
