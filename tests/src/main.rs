@@ -6,16 +6,18 @@
 //! `guard-e2e [FILTER]` runs the tests; `guard-e2e do OP ARGS` is the workload side.
 
 mod bench;
+mod daemon_tests;
 mod demo;
 mod harness;
 mod ops;
+mod server_tests;
 
 use anyhow::{ensure, Context, Result};
 use harness::{Agent, Listeners};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-type Test = (&'static str, fn() -> Result<()>);
+pub type Test = (&'static str, fn() -> Result<()>);
 
 const TESTS: &[Test] = &[
     ("doctor_says_this_kernel_can_enforce", doctor_ok),
@@ -77,7 +79,8 @@ fn main() {
     harness::prepare();
     let (mut passed, mut failed) = (0, 0);
     let mut failures = vec![];
-    for (name, test) in TESTS.iter().filter(|(n, _)| n.contains(&filter)) {
+    let all = TESTS.iter().chain(daemon_tests::TESTS).chain(server_tests::TESTS);
+    for (name, test) in all.filter(|(n, _)| n.contains(&filter)) {
         let start = Instant::now();
         println!("test {name} ...");
         match test() {

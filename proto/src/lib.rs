@@ -1,0 +1,23 @@
+//! The guard.v1 protocol, generated from `proto/guard/v1/*.proto`.
+
+#![allow(clippy::all, clippy::pedantic)]
+
+pub mod v1 {
+    tonic::include_proto!("guard.v1");
+}
+
+pub use v1::*;
+
+impl v1::State {
+    /// The short lower-case name people read in tables and records.
+    pub fn label(self) -> &'static str {
+        match self {
+            v1::State::Unspecified => "unspecified",
+            v1::State::Pending => "pending",
+            v1::State::Approved => "approved",
+            v1::State::Denied => "denied",
+            v1::State::Expired => "expired",
+            v1::State::Cancelled => "cancelled",
+        }
+    }
+}
