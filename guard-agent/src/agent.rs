@@ -3,7 +3,7 @@
 use crate::{
     audit::AuditLog,
     events::{self, argv_of, hook_name, object_text, reason_name, Record},
-    holds::{Decision, DecisionSource, HoldInfo, HoldTable, PendingHold},
+    holds::{Decision, DecisionSource, HoldInfo, HoldTable, Lineage, PendingHold, StatedReason},
     kernel::Kernel,
     policy::{action_name, Policy},
 };
@@ -30,14 +30,61 @@ pub struct State {
     pub procs: HashMap<u32, ProcInfo>,
     pub audit: AuditLog,
     pub host: String,
+    /// Shown on requests: the policy file's name.
+    pub policy_name: String,
     pub lost_reported: u64,
+    /// What the daemon adds: several policies, trees started by selectors, stated reasons.
+    pub trees: TreeState,
+}
+
+/// The daemon's view of its trees. Under `run` it stays empty and `State::policy` applies.
+#[derive(Default)]
+pub struct TreeState {
+    /// Policies by kernel id: (name, policy).
+    pub policies: HashMap<u8, (String, Policy)>,
+    /// Selector descriptions by rank (the kernel reports rank + 1 on a tree's first exec).
+    pub selectors: Vec<String>,
+    /// Watched trees by root pid.
+    pub trees: HashMap<u32, TreeInfo>,
+    /// The latest reason each tree stated, by root pid.
+    pub reasons: HashMap<u32, StatedReason>,
+}
+
+/// One watched tree, as `status` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TreeInfo {
+    pub root: u32,
+    pub tree_id: String,
+    /// How it came to be watched: the selector's description, "registered", "adopted".
+    pub selector: String,
+    pub policy_id: u8,
+    pub exe: Option<String>,
+    pub since: String,
 }
 
 pub type Shared = Arc<Mutex<State>>;
 
 impl State {
-    fn rule_name(&self, rule: u32) -> Option<String> {
-        (rule as usize).checked_sub(1).and_then(|i| self.policy.rules.get(i)).map(|r| r.name.clone())
+    /// The policy with kernel id `id`: the daemon's, or under `run` the only one.
+    pub fn policy_of(&self, id: u8) -> (&Policy, &str) {
+        match self.trees.policies.get(&id) {
+            Some((name, p)) => (p, name.as_str()),
+            None => (&self.policy, self.policy_name.as_str()),
+        }
+    }
+
+    fn rule_name(&self, policy: u8, rule: u32) -> Option<String> {
+        let (p, _) = self.policy_of(policy);
+        (rule as usize).checked_sub(1).and_then(|i| p.rules.get(i)).map(|r| r.name.clone())
+    }
+
+    /// The root of the tree a task belongs to, from the kernel's map while it lives.
+    pub fn tree_root(&self, tid: u32) -> Option<u32> {
+        self.kernel.watched.get(&tid, 0).ok().map(|w| w.root)
+    }
+
+    fn stated_reason(&self, root: Option<u32>) -> Option<StatedReason> {
+        root.and_then(|r| self.trees.reasons.get(&r).cloned())
     }
 
     fn proc_info(&mut self, pid: u32) -> ProcInfo {
@@ -51,11 +98,11 @@ impl State {
     }
 
     /// The chain of watched ancestors, nearest first.
-    fn ancestry(&mut self, mut pid: u32) -> Vec<String> {
+    fn lineage(&mut self, mut pid: u32) -> Vec<Lineage> {
         let mut out = vec![];
         for _ in 0..32 {
             let info = self.proc_info(pid);
-            out.push(format!("{pid} {}", info.exe.clone().unwrap_or_else(|| "?".into())));
+            out.push(Lineage { pid, ppid: info.ppid, exe: info.exe.clone(), argv: info.argv.clone() });
             if info.ppid == 0 || !self.procs.contains_key(&info.ppid) {
                 break;
             }
@@ -71,6 +118,7 @@ impl State {
             self.procs.insert(e.tgid, info.clone());
         }
         let (exe, argv) = program(e, info);
+        let root = self.tree_root(e.tid);
         let action = Action::from_u8(e.action).unwrap_or(Action::Deny);
         let denied = matches!(action, Action::Deny)
             || matches!(
@@ -82,7 +130,7 @@ impl State {
             host: self.host.clone(),
             decision: if denied { "deny" } else { "allow" },
             reason: reason_name(e.reason).to_string(),
-            rule: self.rule_name(e.rule),
+            rule: self.rule_name(e.policy, e.rule),
             action: action_name(action),
             hook: hook_name(e),
             pid: e.tgid,
@@ -97,6 +145,8 @@ impl State {
             comment: None,
             held_ms: None,
             lost: None,
+            policy: (!self.trees.policies.is_empty()).then(|| self.policy_of(e.policy).1.to_string()),
+            stated_reason: self.stated_reason(root),
         }
     }
 }
@@ -108,6 +158,20 @@ fn program(e: &Event, info: ProcInfo) -> (Option<String>, Vec<String>) {
     } else {
         (info.exe, info.argv)
     }
+}
+
+/// A user's name, or the uid as text when it has none.
+fn user_name(uid: u32) -> String {
+    nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| u.name).unwrap_or_else(|| uid.to_string())
+}
+
+/// "<pid>-<start time in clock ticks>": unique on this host even when pids are reused.
+pub fn tree_id(root: u32) -> String {
+    let start = std::fs::read_to_string(format!("/proc/{root}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").and_then(|(_, r)| r.split(' ').nth(19).map(str::to_owned)))
+        .unwrap_or_else(|| "0".into());
+    format!("{root}-{start}")
 }
 
 fn read_proc(pid: u32) -> ProcInfo {
@@ -167,6 +231,8 @@ pub fn handle_event(state: &Shared, source: &Arc<dyn DecisionSource>, e: Event) 
                         comment: Some("the process exited while held".into()),
                         held_ms: Some(h.started.elapsed().as_millis() as u64),
                         lost: None,
+                        policy: Some(h.info.policy.clone()),
+                        stated_reason: h.info.stated_reason.clone(),
                     };
                     st.audit.write(&r);
                 }
@@ -181,6 +247,8 @@ pub fn handle_event(state: &Shared, source: &Arc<dyn DecisionSource>, e: Event) 
             let info = st.proc_info(e.tgid);
             let timeout = st.policy.ask_timeout;
             let (exe, argv) = program(&e, info);
+            let lineage = st.lineage(e.tgid);
+            let root = lineage.last().map(|l| l.pid).unwrap_or(e.tgid);
             let hold = HoldInfo {
                 id: id.clone(),
                 hook: hook_name(&e),
@@ -192,7 +260,13 @@ pub fn handle_event(state: &Shared, source: &Arc<dyn DecisionSource>, e: Event) 
                 uid: e.uid,
                 exe,
                 argv,
-                ancestry: st.ancestry(e.tgid),
+                ancestry: lineage.iter().map(|l| format!("{} {}", l.pid, l.exe.as_deref().unwrap_or("?"))).collect(),
+                lineage,
+                cwd: std::fs::read_link(format!("/proc/{}/cwd", e.tgid)).ok().map(|p| p.display().to_string()),
+                user: user_name(e.uid),
+                tree_id: tree_id(root),
+                policy: st.policy_name.clone(),
+                stated_reason: None,
                 held_secs: 0,
                 timeout_secs: timeout.as_secs(),
             };
@@ -210,7 +284,10 @@ pub fn handle_event(state: &Shared, source: &Arc<dyn DecisionSource>, e: Event) 
             let decision = source.decide(hold);
             let state = state.clone();
             tokio::spawn(async move {
-                let d = tokio::time::timeout(timeout, decision).await.unwrap_or_else(|_| Decision::expired());
+                // Each source ends at the timeout with its own reason (expired, unreachable);
+                // this is only the backstop should one fail to.
+                let backstop = timeout + Duration::from_secs(2);
+                let d = tokio::time::timeout(backstop, decision).await.unwrap_or_else(|_| Decision::expired());
                 apply_decision(&state, &id, d).await;
             });
         }
@@ -316,6 +393,8 @@ pub fn report_lost(state: &Shared) {
             comment: Some("holds that could not be reported were denied in the kernel".into()),
             held_ms: None,
             lost: Some(n),
+            policy: None,
+            stated_reason: None,
         };
         st.audit.write(&r);
     }

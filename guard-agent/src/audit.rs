@@ -11,6 +11,9 @@ use std::{
 pub struct AuditLog {
     out: BufWriter<File>,
     written: u64,
+    /// A copy of each line for the central audit trail, when a server is configured.
+    forward: Option<tokio::sync::mpsc::Sender<String>>,
+    forward_dropped: u64,
 }
 
 impl AuditLog {
@@ -23,7 +26,7 @@ impl AuditLog {
             .append(true)
             .open(path)
             .with_context(|| format!("opening the audit log {}", path.display()))?;
-        Ok(Self { out: BufWriter::new(file), written: 0 })
+        Ok(Self { out: BufWriter::new(file), written: 0, forward: None, forward_dropped: 0 })
     }
 
     pub fn write(&mut self, r: &Record) {
@@ -34,10 +37,24 @@ impl AuditLog {
                 if let Err(e) = writeln!(self.out, "{line}") {
                     tracing::error!("audit log write failed: {e}");
                 }
+                // Never blocks enforcement: a full backlog (server away for long) loses only
+                // the central copy, and says so; this file keeps every record.
+                if let Some(tx) = &self.forward {
+                    if tx.try_send(line).is_err() {
+                        self.forward_dropped += 1;
+                        if self.forward_dropped.is_power_of_two() {
+                            tracing::warn!("{} records not sent to guard-server (backlog full)", self.forward_dropped);
+                        }
+                    }
+                }
                 self.written += 1;
             }
             Err(e) => tracing::error!("cannot serialise an audit record: {e}"),
         }
+    }
+
+    pub fn forward_to(&mut self, tx: tokio::sync::mpsc::Sender<String>) {
+        self.forward = Some(tx);
     }
 
     pub fn flush(&mut self) {

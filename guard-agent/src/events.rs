@@ -92,6 +92,12 @@ pub struct Record {
     pub held_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lost: Option<u64>,
+    /// The policy in force for the tree (daemon: its name in the config).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// What the agent inside the tree last said about why it acts (shown, never decides).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stated_reason: Option<crate::holds::StatedReason>,
 }
 
 pub fn now_rfc3339() -> String {

@@ -35,8 +35,41 @@ pub struct HoldInfo {
     pub argv: Vec<String>,
     /// Ancestry inside the watched tree, nearest first: "pid exe".
     pub ancestry: Vec<String>,
+    /// The same ancestry with each level's argv, nearest first (the acting process first).
+    pub lineage: Vec<Lineage>,
+    pub cwd: Option<String>,
+    /// The acting process's user, by name when it has one.
+    pub user: String,
+    /// The watched tree on this host, "<root pid>-<root start time>": grants are scoped to it.
+    pub tree_id: String,
+    /// Name of the policy in force for the tree.
+    pub policy: String,
+    /// What the agent inside the tree said about why it acts; shown, never decides.
+    pub stated_reason: Option<StatedReason>,
     pub held_secs: u64,
     pub timeout_secs: u64,
+}
+
+/// One level of a held process's ancestry.
+#[derive(Debug, Clone, Serialize)]
+pub struct Lineage {
+    pub pid: u32,
+    pub ppid: u32,
+    pub exe: Option<String>,
+    pub argv: Vec<String>,
+}
+
+/// A reason an AI agent gave for its next actions (tool, call id, one line, session).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct StatedReason {
+    #[serde(default)]
+    pub tool: String,
+    #[serde(default)]
+    pub call_id: String,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub session: String,
 }
 
 /// A source of decisions for holds: local (admin socket) here; the central server later.
@@ -62,14 +95,18 @@ impl DecisionSource for LocalDecisions {
     fn decide(&self, hold: HoldInfo) -> Pin<Box<dyn Future<Output = Decision> + Send>> {
         let (tx, rx) = oneshot::channel();
         self.waiting.lock().expect("lock").insert(hold.id.clone(), tx);
+        let limit = std::time::Duration::from_secs(hold.timeout_secs);
         // A dropped sender (agent shutting down) is a deny.
         Box::pin(async move {
-            rx.await.unwrap_or(Decision {
-                allow: false,
-                reason: "denied",
-                approver: None,
-                comment: Some("agent stopped".into()),
-            })
+            match tokio::time::timeout(limit, rx).await {
+                Err(_) => Decision::expired(),
+                Ok(d) => d.unwrap_or(Decision {
+                    allow: false,
+                    reason: "denied",
+                    approver: None,
+                    comment: Some("agent stopped".into()),
+                }),
+            }
         })
     }
 }

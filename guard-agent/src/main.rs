@@ -9,6 +9,7 @@ mod events;
 mod holds;
 mod kernel;
 mod policy;
+mod remote;
 mod run;
 
 use anyhow::{bail, Result};
@@ -28,9 +29,8 @@ enum Cmd {
     Run {
         #[arg(long)]
         policy: PathBuf,
-        /// Central approval service (not in this build yet: holds are answered locally).
-        #[arg(long)]
-        server: Option<String>,
+        #[command(flatten)]
+        server: remote::ServerArgs,
         #[arg(long, default_value = "/var/log/guard/audit.jsonl")]
         audit_log: PathBuf,
         #[arg(long, default_value = admin::DEFAULT_SOCKET)]
@@ -113,10 +113,8 @@ fn call(socket: &std::path::Path, req: admin::Request) -> Result<serde_json::Val
 fn dispatch(cmd: Cmd) -> Result<i32> {
     match cmd {
         Cmd::Run { policy, server, audit_log, admin_socket, max_tree_tasks, cmd } => {
-            if server.is_some() {
-                bail!("--server is not available in this build yet: holds are answered locally with `guard-agent approve|deny`");
-            }
-            run::run(&policy, &audit_log, &admin_socket, max_tree_tasks, &cmd)
+            let server = server.into_config()?;
+            run::run(&policy, &audit_log, &admin_socket, max_tree_tasks, server, &cmd)
         }
         Cmd::Daemon { config } => {
             bail!("the daemon mode is not built yet (config {} not read); use `guard-agent run`", config.display())

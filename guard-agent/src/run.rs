@@ -8,6 +8,7 @@ use crate::{
     holds::{Decision, DecisionSource, HoldTable, LocalDecisions},
     kernel::{self, Kernel},
     policy::Policy,
+    remote,
 };
 use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
@@ -84,7 +85,14 @@ fn spawn_blocked(cmd: &[String]) -> Result<(Pid, std::fs::File)> {
     }
 }
 
-pub fn run(policy_path: &Path, audit_path: &Path, socket: &Path, max_tasks: u64, cmd: &[String]) -> Result<i32> {
+pub fn run(
+    policy_path: &Path,
+    audit_path: &Path,
+    socket: &Path,
+    max_tasks: u64,
+    server: Option<remote::ServerConfig>,
+    cmd: &[String],
+) -> Result<i32> {
     if max_tasks == 0 || max_tasks > kernel::MAX_TREE_TASKS {
         anyhow::bail!("--max-tree-tasks {max_tasks} is out of range: expected 1 to {}", kernel::MAX_TREE_TASKS);
     }
@@ -108,17 +116,34 @@ pub fn run(policy_path: &Path, audit_path: &Path, socket: &Path, max_tasks: u64,
         procs: HashMap::new(),
         audit,
         host: events::hostname(),
+        policy_name: policy_name(policy_path),
         lost_reported: 0,
     }));
     let local = Arc::new(LocalDecisions::default());
-    let source: Arc<dyn DecisionSource> = local.clone();
+    // With a server, holds are decided centrally only: a local `guard-agent approve` would be
+    // a decision the approval service (separation of duties, its audit trail) never saw.
+    let remote = server
+        .map(|cfg| rt.block_on(async { remote::RemoteDecisions::start(cfg, vec![policy_name(policy_path)]) }))
+        .transpose()?;
+    let source: Arc<dyn DecisionSource> = match &remote {
+        Some(r) => Arc::new(r.clone()),
+        None => local.clone(),
+    };
+    if let Some(r) = &remote {
+        state.lock().expect("state lock").audit.forward_to(r.records());
+    }
+    let tree = agent::tree_id(pid);
     go.write_all(b"g").context("releasing the command")?;
     drop(go);
     tracing::info!("watching pid {pid}: {}", cmd.join(" "));
 
     let code = rt.block_on(async move {
         tokio::spawn(read_events(ring, state.clone(), source));
-        tokio::spawn(admin::serve(listener, admin_handler(state.clone(), local, policy_path.display().to_string())));
+        let server_status = remote.clone();
+        tokio::spawn(admin::serve(
+            listener,
+            admin_handler(state.clone(), local, policy_path.display().to_string(), server_status),
+        ));
         let cmd_exited = Arc::new(AtomicBool::new(false));
         tokio::spawn(forward_signals(child, cmd_exited.clone(), state.clone()));
         tokio::spawn(watch_lost(state.clone()));
@@ -140,6 +165,9 @@ pub fn run(policy_path: &Path, audit_path: &Path, socket: &Path, max_tasks: u64,
         }
         // Nothing may stay frozen once nobody is left to answer.
         agent::deny_all(&state, "denied").await;
+        if let Some(r) = &remote {
+            r.tree_exited(&tree).await;
+        }
         tokio::time::sleep(Duration::from_millis(300)).await;
         agent::report_lost(&state);
         state.lock().expect("state lock").audit.flush();
@@ -147,6 +175,11 @@ pub fn run(policy_path: &Path, audit_path: &Path, socket: &Path, max_tasks: u64,
     });
     std::fs::remove_file(socket).ok();
     Ok(code)
+}
+
+/// The name shown on requests: the policy file's stem ("coding-agent" for coding-agent.toml).
+pub fn policy_name(path: &Path) -> String {
+    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
 }
 
 fn wait_child(child: Pid) -> i32 {
@@ -221,6 +254,7 @@ fn admin_handler(
     state: Shared,
     local: Arc<LocalDecisions>,
     policy_file: String,
+    server: Option<Arc<remote::RemoteDecisions>>,
 ) -> impl Fn(&Peer, Request) -> Response + Send + Sync + Clone + 'static {
     move |peer: &Peer, req: Request| {
         if peer.uid != 0 {
@@ -245,7 +279,11 @@ fn admin_handler(
                 "holds_in_kernel": st.kernel.holds_in_kernel(),
                 "events_lost": st.kernel.lost_events(),
                 "records_written": st.audit.written(),
+                "server": server.as_ref().map(|s| s.describe()),
             })),
+            Request::Approve { .. } | Request::Deny { .. } if server.is_some() => Response::err(
+                "holds on this host are decided by guard-server (see `guard-agent status`); use guardctl".to_string(),
+            ),
             Request::Approve { id, comment } => answer(st, &local, &id, true, peer, comment),
             Request::Deny { id, reason } => answer(st, &local, &id, false, peer, reason),
         }

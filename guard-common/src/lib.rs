@@ -175,6 +175,69 @@ pub struct PolicyConf {
     pub ptrace: RuleRef,
     /// Kernel-side limit of a hold, in nanoseconds: past it the hook denies on its own.
     pub hold_deadline_ns: u64,
+    /// `fnv1a` of the policy's name; 0 = slot unused. A restarted daemon reads it back from
+    /// the pinned map to find which id each named policy has (trees keep their ids).
+    pub name_hash: u64,
+}
+
+/// Most tree selectors the kernel checks.
+pub const MAX_SELECTORS: u32 = 256;
+/// Cgroup levels checked for cgroup selectors (ancestors of the task's cgroup, root = 0).
+pub const MAX_CGROUP_LEVELS: i32 = 12;
+
+/// What a selector key matches on.
+pub mod selector {
+    /// `fnv1a` of the resolved path of the program (or script) being executed.
+    pub const EXE_PATH: u8 = 1;
+    /// `fnv1a` of the program's file name (last path component).
+    pub const EXE_NAME: u8 = 2;
+    /// A cgroup v2 id (the cgroup directory's inode number): the task's cgroup or an ancestor.
+    pub const CGROUP: u8 = 3;
+    /// The task's real uid after the exec.
+    pub const USER: u8 = 4;
+}
+
+/// Key of the SELECTORS map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SelKey {
+    pub kind: u8,
+    pub _pad: [u8; 7],
+    pub value: u64,
+}
+
+/// A tree selector: an exec by an unwatched task that matches starts a new watched tree.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Selector {
+    /// Lower wins when a task matches several (userspace orders by kind, then file order).
+    pub rank: u32,
+    pub policy: u8,
+    /// Argument tokens (hashes, as for exec rules) that must all appear in argv[1..].
+    pub ntok: u8,
+    pub _pad: [u8; 2],
+    pub tokens: [u64; MAX_ARGV_TOKENS],
+}
+
+/// Which selector kinds exist, so that an exec on a host without them costs one lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SelConf {
+    pub exe: u32,
+    pub cgroup: u32,
+    pub user: u32,
+    pub _pad: u32,
+}
+
+/// An exe selector matched at bprm_check_security, taken up at sched_process_exec if the
+/// exec is the same (same linux_binprm) and succeeded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PendingSel {
+    pub bprm: u64,
+    pub rank: u32,
+    pub policy: u8,
+    pub _pad: [u8; 3],
 }
 
 /// A watched task (thread id key).
@@ -336,4 +399,8 @@ mod pod {
     unsafe impl aya::Pod for Verdict {}
     unsafe impl aya::Pod for Offsets {}
     unsafe impl aya::Pod for ArgvRule {}
+    unsafe impl aya::Pod for SelKey {}
+    unsafe impl aya::Pod for Selector {}
+    unsafe impl aya::Pod for SelConf {}
+    unsafe impl aya::Pod for PendingSel {}
 }

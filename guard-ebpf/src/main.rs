@@ -18,12 +18,12 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_get_current_uid_gid, bpf_ktime_get_ns,
         generated::{
-            bpf_d_path, bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_str, bpf_send_signal_thread,
+            bpf_d_path, bpf_get_current_ancestor_cgroup_id, bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_str, bpf_send_signal_thread,
             bpf_task_pt_regs,
         },
     },
     macros::{btf_tracepoint, lsm, map},
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, LsmContext},
 };
 use core::ffi::c_void;
@@ -112,6 +112,16 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 /// [0] events lost because the ring buffer was full.
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
+/// Tree selectors (host daemon): an unwatched task whose exec matches one starts a new tree.
+#[map]
+static SELECTORS: HashMap<SelKey, Selector> = HashMap::with_max_entries(MAX_SELECTORS * 4, 0);
+/// [0] = how many selectors of each kind exist.
+#[map]
+static SEL_CONF: Array<SelConf> = Array::with_max_entries(1, 0);
+/// Exe selector matched at bprm_check_security, per thread, until sched_process_exec. LRU:
+/// an exec that failed after the check leaves an entry nobody takes.
+#[map]
+static PENDING_SEL: LruHashMap<u32, PendingSel> = LruHashMap::with_max_entries(8192, 0);
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
@@ -568,8 +578,22 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     let old_pid: u32 = ctx.arg(1);
     let tid = current_tid();
     let w = unsafe { WATCHED.get(&old_pid).copied() };
-    let Some(w) = w.or_else(watched) else { return 0 };
-    if old_pid != tid {
+    let bprm: *const u8 = ctx.arg(2);
+    // A task already in a tree stays in it; a selector only starts new trees.
+    let (w, new_tree) = match w.or_else(watched) {
+        Some(w) => (w, 0),
+        None => match unsafe { select_new_tree(old_pid, bprm as u64) } {
+            Some((w, rank1)) => {
+                watch_task(tid, &w);
+                if old_pid != tid {
+                    ARGV.remove(&old_pid).ok();
+                }
+                (w, rank1)
+            }
+            None => return 0,
+        },
+    };
+    if old_pid != tid && new_tree == 0 {
         unwatch_task(old_pid);
         watch_task(tid, &w);
         // argv was captured under the thread's old id.
@@ -579,14 +603,14 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
         ARGV.remove(&old_pid).ok();
     }
     if let Some(s) = scratch() {
-        let bprm: *const u8 = ctx.arg(2);
         unsafe {
             let file: u64 = read_kernel(bprm.add(off(&offsets().binprm_file)));
             let fpath = (file as *const u8).add(off(&offsets().file_f_path));
             if !walk_path_into(s, fpath) {
                 return 0;
             }
-            let op = Op { hook: Hook::Exec, aux: 0, holdable: false, always_record: true };
+            // aux: 0 for an exec inside a tree, selector rank + 1 for the exec that starts one.
+            let op = Op { hook: Hook::Exec, aux: new_tree as u64, holdable: false, always_record: true };
             emit(s, &w, kind::EXEC, &op, 0, 0, 0, 0, 0);
         }
     }
@@ -618,6 +642,168 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
         }
     }
     0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tree selectors: an exec by a task outside every tree may start a new watched tree. The
+// match happens in the exec itself, so the new program never runs an instruction unwatched.
+
+const NO_RANK: u32 = u32::MAX;
+
+/// `fnv1a` of the whole path and of its last component, in one pass.
+#[inline(always)]
+fn path_hashes(buf: &[u8; 512], len: u64) -> (u64, u64) {
+    let basis: u64 = 0xcbf2_9ce4_8422_2325;
+    let prime: u64 = 0x0000_0100_0000_01b3;
+    let (mut full, mut name) = (basis, basis);
+    let mut i = 0usize;
+    while i < 512 {
+        if i as u64 >= len {
+            break;
+        }
+        let b = buf[i] as u64;
+        full = (full ^ b).wrapping_mul(prime);
+        name = if b == b'/' as u64 { basis } else { (name ^ b).wrapping_mul(prime) };
+        i += 1;
+    }
+    (full, name)
+}
+
+/// Whether the exec's arguments contain every token of `sel`. Arguments that could not all be
+/// captured count as a match: a selector errs on the side of watching.
+#[inline(always)]
+unsafe fn argv_selects(sel: &Selector) -> bool {
+    if sel.ntok == 0 {
+        return true;
+    }
+    let tid = current_tid();
+    let regs = user_regs();
+    let nr: u64 = read_kernel(regs.add(off(&offsets().regs_orig_ax)));
+    if nr == NR_EXECVE {
+        capture_argv(read_kernel(regs.add(off(&offsets().regs_si))));
+    } else if nr == NR_EXECVEAT {
+        capture_argv(read_kernel(regs.add(off(&offsets().regs_dx))));
+    }
+    let Some(a) = ARGV.get_ptr(&tid) else { return true };
+    let mut all = (*a).truncated != 0;
+    if !all {
+        all = true;
+        for t in 0..MAX_ARGV_TOKENS {
+            if t >= sel.ntok as usize {
+                break;
+            }
+            let mut seen = false;
+            for j in 1..MAX_ARGS {
+                if j < (*a).argc as usize && (*a).hashes[j] == sel.tokens[t] {
+                    seen = true;
+                }
+            }
+            if !seen {
+                all = false;
+            }
+        }
+    }
+    ARGV.remove(&tid).ok();
+    all
+}
+
+/// At bprm_check_security of an unwatched task: remembers the best exe selector matching the
+/// resolved program path (a script's own path, or the binary's), for sched_process_exec.
+#[inline(always)]
+unsafe fn select_by_exe(ctx: &LsmContext) {
+    let Some(conf) = SEL_CONF.get(0) else { return };
+    if conf.exe == 0 {
+        return;
+    }
+    let Some(s) = scratch() else { return };
+    let bprm: *const u8 = ctx.arg(0);
+    let file = *(bprm.add(off(&offsets().binprm_file)) as *const *const u8);
+    if !d_path_into(s, file.add(off(&offsets().file_f_path))) {
+        return;
+    }
+    let (full, name) = path_hashes(&s.buf, s.len);
+    let mut rank = NO_RANK;
+    let mut policy = 0u8;
+    let mut key = SelKey { kind: selector::EXE_PATH, _pad: [0; 7], value: full };
+    if let Some(sel) = SELECTORS.get(&key) {
+        let sel = *sel;
+        if argv_selects(&sel) {
+            rank = sel.rank;
+            policy = sel.policy;
+        }
+    }
+    key.kind = selector::EXE_NAME;
+    key.value = name;
+    if let Some(sel) = SELECTORS.get(&key) {
+        let sel = *sel;
+        if sel.rank < rank && argv_selects(&sel) {
+            rank = sel.rank;
+            policy = sel.policy;
+        }
+    }
+    if rank == NO_RANK {
+        return;
+    }
+    let tid = current_tid();
+    if let Some(p) = PENDING_SEL.get_ptr(&tid) {
+        let p = *p;
+        // An earlier check of the same exec (the script before its interpreter) that won.
+        if p.bprm == bprm as u64 && p.rank <= rank {
+            return;
+        }
+    }
+    PENDING_SEL.insert(&tid, &PendingSel { bprm: bprm as u64, rank, policy, _pad: [0; 3] }, 0).ok();
+}
+
+/// At sched_process_exec of an unwatched task: the selector that starts a tree here, if any
+/// (exe, cgroup and user selectors; the lowest rank wins). Returns the tree and rank + 1.
+#[inline(always)]
+unsafe fn select_new_tree(old_pid: u32, bprm: u64) -> Option<(Watched, u32)> {
+    let conf = *SEL_CONF.get(0)?;
+    let mut rank = NO_RANK;
+    let mut policy = 0u8;
+    if conf.exe != 0 {
+        if let Some(p) = PENDING_SEL.get_ptr(&old_pid) {
+            let p = *p;
+            PENDING_SEL.remove(&old_pid).ok();
+            if p.bprm == bprm {
+                rank = p.rank;
+                policy = p.policy;
+            }
+        }
+    }
+    if conf.cgroup != 0 {
+        let mut level = 1;
+        while level < MAX_CGROUP_LEVELS {
+            let id = bpf_get_current_ancestor_cgroup_id(level);
+            if id == 0 {
+                break;
+            }
+            let key = SelKey { kind: selector::CGROUP, _pad: [0; 7], value: id };
+            if let Some(sel) = SELECTORS.get(&key) {
+                if sel.rank < rank {
+                    rank = sel.rank;
+                    policy = sel.policy;
+                }
+            }
+            level += 1;
+        }
+    }
+    if conf.user != 0 {
+        let uid = bpf_get_current_uid_gid() as u32;
+        let key = SelKey { kind: selector::USER, _pad: [0; 7], value: uid as u64 };
+        if let Some(sel) = SELECTORS.get(&key) {
+            if sel.rank < rank {
+                rank = sel.rank;
+                policy = sel.policy;
+            }
+        }
+    }
+    if rank == NO_RANK {
+        return None;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    Some((Watched { policy, _pad: [0; 3], root: tgid }, rank.wrapping_add(1)))
 }
 
 /// Captures argv of a watched thread's execve for the exec rule's event and the records.
@@ -719,7 +905,10 @@ unsafe fn match_argv_rules(s: &Scratch, w: &Watched, found: RuleRef) -> RuleRef 
 
 #[lsm(hook = "bprm_check_security")]
 pub fn bprm_check_security(ctx: LsmContext) -> i32 {
-    let Some(w) = watched() else { return 0 };
+    let Some(w) = watched() else {
+        unsafe { select_by_exe(&ctx) };
+        return 0;
+    };
     let Some(s) = scratch() else { return 0 };
     unsafe {
         let bprm: *const u8 = ctx.arg(0);

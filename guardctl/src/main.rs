@@ -1,1 +1,433 @@
-fn main() {}
+//! guardctl: answer guard's held operations from the command line (issue 3).
+//!
+//! Talks to guard-server's ReviewService and AuditService over mTLS with an approver
+//! certificate. Exit codes: 0 done, 1 usage or connection failure, 2 refused by the server.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use guard_proto::v1::audit_service_client::AuditServiceClient;
+use guard_proto::v1::review_service_client::ReviewServiceClient;
+use guard_proto::v1::{
+    AuditQuery, CancelRequestRequest, GetRequestRequest, ListRequestsRequest, Operation, Request, ReviewRequest,
+    State, WatchPendingRequest, WhoAmIRequest,
+};
+use guardctl::conn::{self, TlsFiles, TlsMaterial};
+use guardctl::failure::{self, EXIT_FAILURE};
+use guardctl::render::{self, now_ms};
+use guardctl::table::{keep_end, keep_start, Table};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(name = "guardctl", version, about = "Review and answer guard's held operations")]
+struct Cli {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// Print JSON (one object per line) instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args)]
+struct ConnArgs {
+    /// guard-server's URL.
+    #[arg(long, env = "GUARDCTL_SERVER", default_value = "https://127.0.0.1:7443", global = true)]
+    server: String,
+    /// CA certificate that signed the server's certificate (PEM).
+    #[arg(long, env = "GUARDCTL_CA", global = true)]
+    ca: Option<PathBuf>,
+    /// This approver's certificate (PEM).
+    #[arg(long, env = "GUARDCTL_CERT", global = true)]
+    cert: Option<PathBuf>,
+    /// This approver's private key (PEM).
+    #[arg(long, env = "GUARDCTL_KEY", global = true)]
+    key: Option<PathBuf>,
+    /// Directory written by `guard-server init-pki`: uses DIR/ca.crt and DIR/approver-NAME.crt/.key
+    /// (with --as NAME).
+    #[arg(long, value_name = "DIR", global = true, requires = "as_name")]
+    pki: Option<PathBuf>,
+    /// Approver name within --pki.
+    #[arg(long = "as", value_name = "NAME", global = true, requires = "pki")]
+    as_name: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Pending requests, oldest first.
+    Pending,
+    /// Pending requests, then every change as it happens, until Ctrl-C.
+    Watch,
+    /// Everything about one request.
+    Show { id: String },
+    /// Approve a request (one approval; some requests need several).
+    Approve {
+        id: String,
+        /// Also approve the same operation (host, tree, hook, object) without asking for this
+        /// long, or until the tree exits: 10m, 1h.
+        #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        grant: Option<Duration>,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Deny a request; the reason is shown to whoever asked.
+    Deny {
+        id: String,
+        #[arg(long, required = true)]
+        reason: String,
+    },
+    /// Cancel a pending request without deciding on the operation.
+    Cancel {
+        id: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Requests in any state, newest first.
+    List {
+        #[arg(long, value_enum)]
+        state: Vec<StateArg>,
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// The server's audit trail.
+    Audit {
+        /// Only events newer than this: 10m, 2h, 1d.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+        #[arg(long = "request", value_name = "ID")]
+        request: Option<String>,
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Who the server takes this certificate for.
+    Whoami,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StateArg {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+    Cancelled,
+}
+
+impl From<StateArg> for State {
+    fn from(s: StateArg) -> State {
+        match s {
+            StateArg::Pending => State::Pending,
+            StateArg::Approved => State::Approved,
+            StateArg::Denied => State::Denied,
+            StateArg::Expired => State::Expired,
+            StateArg::Cancelled => State::Cancelled,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    // clap exits 2 on usage errors; here 2 means "refused by the server", so usage is 1.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(EXIT_FAILURE) } else { ExitCode::SUCCESS };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("guardctl: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            if let Some(status) = err.downcast_ref::<tonic::Status>() {
+                eprintln!("{}", failure::describe_status(status));
+                ExitCode::from(failure::exit_code(status))
+            } else {
+                eprintln!("guardctl: {err:#}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        }
+    }
+}
+
+impl ConnArgs {
+    fn files(&self) -> Result<TlsFiles> {
+        let mut files = match (&self.pki, &self.as_name) {
+            (Some(dir), Some(name)) => TlsFiles::from_pki(dir, "approver-", name, "--pki/--as"),
+            _ => {
+                let missing: Vec<&str> = [("--ca", &self.ca), ("--cert", &self.cert), ("--key", &self.key)]
+                    .iter()
+                    .filter(|(_, v)| v.is_none())
+                    .map(|(f, _)| *f)
+                    .collect();
+                if missing.len() == 3 {
+                    bail!("no credentials: give --pki DIR --as NAME, or --ca, --cert and --key (or GUARDCTL_CA, GUARDCTL_CERT, GUARDCTL_KEY)");
+                }
+                if !missing.is_empty() {
+                    bail!("missing {} (or --pki DIR --as NAME)", missing.join(", "));
+                }
+                TlsFiles {
+                    ca: (PathBuf::new(), "--ca"),
+                    cert: (PathBuf::new(), "--cert"),
+                    key: (PathBuf::new(), "--key"),
+                }
+            }
+        };
+        // Explicit files override the --pki ones.
+        if let Some(p) = &self.ca {
+            files.ca = (p.clone(), "--ca");
+        }
+        if let Some(p) = &self.cert {
+            files.cert = (p.clone(), "--cert");
+        }
+        if let Some(p) = &self.key {
+            files.key = (p.clone(), "--key");
+        }
+        Ok(files)
+    }
+
+    async fn channel(&self) -> Result<Channel> {
+        let tls = TlsMaterial::load(&self.files()?)?;
+        conn::connect(&self.server, &tls).await
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let channel = cli.conn.channel().await?;
+    let mut review = ReviewServiceClient::new(channel.clone());
+    let json = cli.json;
+    match cli.cmd {
+        Cmd::Pending => {
+            let resp = review
+                .list_requests(ListRequestsRequest { states: vec![State::Pending as i32], host: String::new(), limit: 0 })
+                .await?
+                .into_inner();
+            let mut reqs = resp.requests;
+            reqs.sort_by_key(|r| r.created_ms);
+            if json {
+                print_json_lines(reqs.iter().map(render::request_json))?;
+            } else {
+                print_pending(&reqs);
+            }
+        }
+        Cmd::Watch => watch(&mut review, json).await?,
+        Cmd::Show { id } => {
+            let r = review.get_request(GetRequestRequest { id }).await?.into_inner();
+            if json {
+                print_json_lines(std::iter::once(render::request_json(&r)))?;
+            } else {
+                print!("{}", render::request_details(&r, now_ms()));
+            }
+        }
+        Cmd::Approve { id, grant, comment } => {
+            let grant_seconds = grant.map(|d| d.as_secs().max(1)).unwrap_or(0);
+            let req = ReviewRequest { id, approve: true, comment: comment.unwrap_or_default(), grant_seconds };
+            let r = review.review(req).await?.into_inner();
+            print_outcome(&r, json)?;
+        }
+        Cmd::Deny { id, reason } => {
+            if reason.trim().is_empty() {
+                bail!("--reason must not be empty: it is shown to whoever asked");
+            }
+            let r = review.review(ReviewRequest { id, approve: false, comment: reason, grant_seconds: 0 }).await?;
+            print_outcome(&r.into_inner(), json)?;
+        }
+        Cmd::Cancel { id, comment } => {
+            let r = review.cancel_request(CancelRequestRequest { id, comment: comment.unwrap_or_default() }).await?;
+            print_outcome(&r.into_inner(), json)?;
+        }
+        Cmd::List { state, host, limit } => {
+            let states = state.into_iter().map(|s| State::from(s) as i32).collect();
+            let resp = review
+                .list_requests(ListRequestsRequest { states, host: host.unwrap_or_default(), limit })
+                .await?
+                .into_inner();
+            if json {
+                print_json_lines(resp.requests.iter().map(render::request_json))?;
+            } else {
+                print_list(&resp.requests);
+            }
+        }
+        Cmd::Audit { since, request, host, limit } => {
+            let since_ms = since.map(|d| now_ms() - d.as_millis() as i64).unwrap_or(0);
+            let query = AuditQuery {
+                since_ms,
+                host: host.unwrap_or_default(),
+                request_id: request.unwrap_or_default(),
+                limit,
+            };
+            audit(AuditServiceClient::new(channel), query, json).await?;
+        }
+        Cmd::Whoami => {
+            let me = review.who_am_i(WhoAmIRequest {}).await?.into_inner();
+            if json {
+                print_json_lines(std::iter::once(serde_json::json!({"name": me.name, "role": me.role})))?;
+            } else {
+                println!("{} ({})", me.name, me.role);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_json_lines(values: impl Iterator<Item = serde_json::Value>) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    for v in values {
+        writeln!(out, "{v}")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn op(r: &Request) -> Operation {
+    r.operation.clone().unwrap_or_default()
+}
+
+fn print_pending(reqs: &[Request]) {
+    if reqs.is_empty() {
+        println!("no pending requests");
+        return;
+    }
+    let now = now_ms();
+    let mut t = Table::new(&["id", "age", "host", "user", "hook", "object", "rule", "stated reason", "approvals", "expires in"]);
+    for r in reqs {
+        let op = op(r);
+        let (got, need) = render::approvals(r);
+        t.row(vec![
+            r.id.clone(),
+            render::short_duration(now - r.created_ms),
+            r.host.clone(),
+            op.user.clone(),
+            op.hook.clone(),
+            keep_end(&op.object, 48),
+            op.rule.clone(),
+            keep_start(render::stated_reason(&op), 40),
+            format!("{got}/{need}"),
+            render::expires_in(r, now),
+        ]);
+    }
+    print!("{}", t.render());
+}
+
+fn print_list(reqs: &[Request]) {
+    if reqs.is_empty() {
+        println!("no requests");
+        return;
+    }
+    let now = now_ms();
+    let mut t = Table::new(&["id", "age", "host", "hook", "object", "rule", "state", "reason", "decided by"]);
+    for r in reqs {
+        let op = op(r);
+        let pending = r.state == State::Pending as i32;
+        t.row(vec![
+            r.id.clone(),
+            render::short_duration(now - r.created_ms),
+            r.host.clone(),
+            op.hook.clone(),
+            keep_end(&op.object, 48),
+            op.rule.clone(),
+            render::state_label(r).to_string(),
+            if pending { String::new() } else { r.reason.clone() },
+            r.decided_by.clone(),
+        ]);
+    }
+    print!("{}", t.render());
+}
+
+/// What a review or cancel left the request in.
+fn print_outcome(r: &Request, json: bool) -> Result<()> {
+    if json {
+        return print_json_lines(std::iter::once(render::request_json(r)));
+    }
+    let (got, need) = render::approvals(r);
+    if r.state == State::Pending as i32 {
+        println!("{}: pending, {got}/{need} approvals", r.id);
+    } else {
+        let by = if r.decided_by.is_empty() { String::new() } else { format!(" by {}", r.decided_by) };
+        println!("{}: {}{by}", r.id, render::state_label(r));
+    }
+    Ok(())
+}
+
+async fn watch(review: &mut ReviewServiceClient<Channel>, json: bool) -> Result<()> {
+    let mut stream = review.watch_pending(WatchPendingRequest {}).await?.into_inner();
+    let mut out = std::io::stdout();
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            msg = stream.message() => match msg? {
+                Some(ev) => {
+                    let line = if json { render::event_json(&ev).to_string() } else { render::event_line(&ev, now_ms()) };
+                    // A closed pipe (`guardctl watch | head`) ends the watch quietly.
+                    if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                        return Ok(());
+                    }
+                }
+                None => bail!("the server ended the watch"),
+            },
+        }
+    }
+}
+
+async fn audit(mut client: AuditServiceClient<Channel>, query: AuditQuery, json: bool) -> Result<()> {
+    let mut stream = client.query(query).await?.into_inner();
+    let mut t = Table::new(&["time", "seq", "host", "kind", "request", "event"]);
+    let mut out = std::io::stdout();
+    while let Some(ev) = stream.message().await.context("reading the audit stream")? {
+        if json {
+            writeln!(out, "{}", render::audit_json(&ev))?;
+        } else {
+            t.row(vec![
+                render::timestamp(ev.time_ms),
+                ev.seq.to_string(),
+                ev.host.clone(),
+                ev.kind.clone(),
+                ev.request_id.clone(),
+                audit_summary(&ev.json),
+            ]);
+        }
+    }
+    if !json {
+        if t.is_empty() {
+            println!("no audit events");
+        } else {
+            print!("{}", t.render());
+        }
+    }
+    Ok(())
+}
+
+/// The interesting fields of an audit event's JSON, `key=value` in a fixed order, then the rest.
+fn audit_summary(text: &str) -> String {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(text) else {
+        return keep_start(text, 100);
+    };
+    const FIRST: &[&str] = &["decision", "state", "reason", "approver", "rule", "hook", "object", "comment"];
+    const SKIP: &[&str] = &["time", "time_ms", "host", "request_id", "seq", "kind"];
+    let show = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => render::quote_arg(s),
+        other => other.to_string(),
+    };
+    let mut parts: Vec<String> = FIRST
+        .iter()
+        .filter_map(|k| map.get(*k).filter(|v| !v.is_null() && *v != "").map(|v| format!("{k}={}", show(v))))
+        .collect();
+    for (k, v) in &map {
+        if !FIRST.contains(&k.as_str()) && !SKIP.contains(&k.as_str()) && !v.is_null() && *v != "" {
+            parts.push(format!("{k}={}", show(v)));
+        }
+    }
+    keep_start(&parts.join(" "), 120)
+}

@@ -3,7 +3,7 @@
 use crate::kernel::Series;
 use crate::util::{self, sh_quote, workspace_root};
 use crate::vm::{self, GuestCrash, VmArgs};
-use crate::{compile, setup};
+use crate::{central, compile, setup};
 use anyhow::{bail, Result};
 use std::process::Command;
 
@@ -40,8 +40,18 @@ fn run_kernel(series: Series, e2e_args: &[String]) -> Result<(), String> {
     let mut cmd = vec![E2E.to_owned()];
     // /cmd is shell text, so quote the filter arguments to pass them verbatim.
     cmd.extend(e2e_args.iter().map(|a| sh_quote(a)));
-    let vm_args = VmArgs { kernel: series, smp: 1, forward: Vec::new(), timeout: 2400, no_build: true, cmd };
     for attempt in 1..=2 {
+        // Fresh services per boot: a retried kernel must not see the first attempt's requests.
+        let central = central::start(true).map_err(|e| format!("starting guard-server on the host: {e:#}"))?;
+        let vm_args = VmArgs {
+            kernel: series,
+            smp: 1,
+            forward: central.ports.clone(),
+            copy: central.copies.clone(),
+            timeout: 2400,
+            no_build: true,
+            cmd: cmd.clone(),
+        };
         eprintln!("xtask: e2e on kernel {} (attempt {attempt})", series.name());
         match vm::run(&vm_args) {
             Ok(0) => return Ok(()),

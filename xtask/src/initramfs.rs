@@ -21,6 +21,8 @@ pub struct Guest<'a> {
     pub cmd: &'a [String],
     /// Load virtio-net and configure eth0.
     pub network: bool,
+    /// Host files or directories to place at guest paths.
+    pub copy: &'a [(PathBuf, String)],
 }
 
 /// Stages the tree in `dir/root` and writes `dir/initramfs.gz`, returning its path.
@@ -31,6 +33,9 @@ pub fn build(dir: &Path, kernel: &Kernel, guest: &Guest) -> Result<PathBuf> {
     add_busybox(&root)?;
     add_guard_binaries(&root)?;
     add_modules(&root, kernel)?;
+    for (host, guest_path) in guest.copy {
+        copy_tree(host, &root.join(guest_path.trim_start_matches('/')))?;
+    }
     write_script(&root.join("init"), &init_script(guest.network))?;
     write_script(&root.join("cmd"), &cmd_script(guest.cmd))?;
     let out = dir.join("initramfs.gz");
@@ -178,6 +183,19 @@ fn cmd_script(cmd: &[String]) -> String {
     script.push_str(&cmd.join(" "));
     script.push('\n');
     script
+}
+
+fn copy_tree(src: &Path, dest: &Path) -> Result<()> {
+    if src.is_dir() {
+        fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+        for entry in fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
+            let entry = entry?;
+            copy_tree(&entry.path(), &dest.join(entry.file_name()))?;
+        }
+        Ok(())
+    } else {
+        copy_to(src, dest)
+    }
 }
 
 /// `cpio -o -H newc | gzip` over the staged tree, entries owned by root.

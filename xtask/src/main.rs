@@ -1,5 +1,6 @@
 //! Developer tasks for guard: host/toolchain setup, eBPF and workspace builds,
 //! QEMU runs of the agent against real kernels, and the end-to-end test matrix.
+mod central;
 mod compile;
 mod e2e;
 mod initramfs;
@@ -36,6 +37,9 @@ enum Cmd {
     Demo(DemoArgs),
     /// guard's overhead inside the VM: no agent, unwatched, watched (no match / allow rules).
     Bench(BenchArgs),
+    /// (internal) joins one forwarded guest connection to 127.0.0.1:PORT; QEMU runs it.
+    #[command(hide = true)]
+    Relay { port: u16 },
 }
 
 #[derive(clap::Args)]
@@ -75,6 +79,7 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
         Cmd::BuildEbpf => compile::build_ebpf().map(|()| 0),
         Cmd::Build => compile::build().map(|()| 0),
         Cmd::Vm(args) => vm::run(&args),
+        Cmd::Relay { port } => vm::relay(port),
         Cmd::Test(args) => e2e::run(&args),
         Cmd::Demo(a) => in_vm(a.kernel, 1, vec!["/bin/guard-e2e".into(), "demo".into()], 900),
         Cmd::Bench(a) => {
@@ -87,5 +92,5 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
 fn in_vm(kernel: kernel::Series, smp: u32, cmd: Vec<String>, timeout: u64) -> Result<u8> {
     setup::run()?;
     compile::build()?;
-    vm::run(&vm::VmArgs { kernel, smp, forward: Vec::new(), timeout, no_build: true, cmd })
+    vm::run(&vm::VmArgs { kernel, smp, forward: Vec::new(), copy: Vec::new(), timeout, no_build: true, cmd })
 }

@@ -23,6 +23,9 @@ pub struct VmArgs {
     /// Forward guest 10.0.2.100:PORT to host 127.0.0.1:PORT (repeatable); enables networking.
     #[arg(long = "forward", value_name = "PORT")]
     pub forward: Vec<u16>,
+    /// Copy a host file or directory into the guest: HOST=GUEST_PATH (repeatable).
+    #[arg(long = "copy", value_name = "HOST=GUEST", value_parser = parse_copy)]
+    pub copy: Vec<(PathBuf, String)>,
     /// Kill the VM and fail after this many seconds.
     #[arg(long, default_value_t = 900)]
     pub timeout: u64,
@@ -58,7 +61,7 @@ pub fn run(args: &VmArgs) -> Result<u8> {
     let dir = util::workspace_root().join("target/vm").join(args.kernel.name());
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let _lock = lock_dir(&dir)?;
-    let guest = Guest { cmd: &args.cmd, network: !args.forward.is_empty() };
+    let guest = Guest { cmd: &args.cmd, network: !args.forward.is_empty(), copy: &args.copy };
     let initrd = initramfs::build(&dir, &kernel, &guest)?;
     let log = dir.join("serial.log");
     eprintln!("xtask: booting {} (smp {}, timeout {}s)", kernel.package, args.smp, args.timeout);
@@ -72,14 +75,19 @@ pub fn run(args: &VmArgs) -> Result<u8> {
     verdict(&text, finished, args.timeout)
 }
 
-/// QEMU connects each guestfwd to the host port at startup and gives up if
-/// nothing listens there, which is an easy mistake to make.
 fn forward_hint(ports: &[u16]) -> String {
     if ports.is_empty() {
         return String::new();
     }
     let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
-    format!("; --forward needs a server already listening on 127.0.0.1 port(s) {}", ports.join(", "))
+    format!("; check the forwarded port(s) {}", ports.join(", "))
+}
+
+fn parse_copy(s: &str) -> Result<(PathBuf, String), String> {
+    match s.split_once('=') {
+        Some((host, guest)) if !host.is_empty() && guest.starts_with('/') => Ok((PathBuf::from(host), guest.into())),
+        _ => Err(format!("{s:?}: expected HOST_PATH=/GUEST/PATH")),
+    }
 }
 
 /// Concurrent runs for the same kernel would overwrite each other's initramfs
@@ -108,22 +116,42 @@ fn qemu_command(args: &VmArgs, kernel: &Kernel, initrd: &Path, log: &Path) -> Re
         .arg("-initrd")
         .arg(initrd)
         .args(["-append", CMDLINE])
-        .args(network_args(&args.forward))
+        .args(network_args(&args.forward)?)
         // QEMU must not touch our stdin (closed in CI, a terminal otherwise).
         .stdin(Stdio::null());
     cmd.spawn().with_context(|| format!("could not start `{}`", util::describe(&cmd)))
 }
 
 /// User-mode networking restricted to the forwarded ports, or no NIC at all.
-fn network_args(ports: &[u16]) -> Vec<String> {
+///
+/// Each guest connection to 10.0.2.100:PORT runs `xtask relay PORT`, which joins it to a new
+/// host connection to 127.0.0.1:PORT. (The `-tcp:` form of guestfwd is one chardev connected
+/// once at QEMU start: a second guest connection, or a reconnection, would not work.)
+fn network_args(ports: &[u16]) -> Result<Vec<String>> {
     if ports.is_empty() {
-        return vec!["-nic".into(), "none".into()];
+        return Ok(vec!["-nic".into(), "none".into()]);
     }
+    let me = std::env::current_exe().context("locating the xtask binary for the port relay")?;
     let mut netdev = String::from("user,id=n0,restrict=on");
     for port in ports {
-        netdev.push_str(&format!(",guestfwd=tcp:10.0.2.100:{port}-tcp:127.0.0.1:{port}"));
+        netdev.push_str(&format!(",guestfwd=tcp:10.0.2.100:{port}-cmd:{} relay {port}", me.display()));
     }
-    vec!["-netdev".into(), netdev, "-device".into(), "virtio-net-pci,netdev=n0,romfile=".into()]
+    Ok(vec!["-netdev".into(), netdev, "-device".into(), "virtio-net-pci,netdev=n0,romfile=".into()])
+}
+
+/// `xtask relay PORT`: stdin/stdout (one guest connection, from QEMU) <-> 127.0.0.1:PORT.
+pub fn relay(port: u16) -> Result<u8> {
+    use std::net::{Shutdown, TcpStream};
+    let sock = TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("relay: connecting to 127.0.0.1:{port}"))?;
+    let mut up = sock.try_clone()?;
+    let writer = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut up);
+        let _ = up.shutdown(Shutdown::Write);
+    });
+    let mut down = sock;
+    let _ = std::io::copy(&mut down, &mut std::io::stdout().lock());
+    let _ = writer.join();
+    Ok(0)
 }
 
 /// Copies the serial log to stdout as it grows until QEMU exits (Some(status))

@@ -1,0 +1,289 @@
+//! How requests, events and audit records look: JSON for machines (one object, field names as
+//! in guard.v1, states by their lower-case label), text for people.
+
+use guard_proto::v1::{AuditEvent, Operation, Process, Request, RequestEvent, Review, State};
+use serde_json::{json, Value};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+pub fn state_label(r: &Request) -> &'static str {
+    State::try_from(r.state).unwrap_or(State::Unspecified).label()
+}
+
+/// `45s`, `3m12s`, `2h05m`, `3d04h`: short enough for a table column.
+pub fn short_duration(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => {
+            let (m, r) = (s / 60, s % 60);
+            if r == 0 { format!("{m}m") } else { format!("{m}m{r:02}s") }
+        }
+        3600..86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+/// A Unix-milliseconds time as RFC 3339 UTC, or `-` when unset.
+pub fn timestamp(ms: i64) -> String {
+    if ms <= 0 {
+        return "-".into();
+    }
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms as u64)).to_string()
+}
+
+/// Approvals received out of approvals needed (at least one is always needed).
+pub fn approvals(r: &Request) -> (usize, u32) {
+    (r.reviews.iter().filter(|v| v.approve).count(), r.approvals_required.max(1))
+}
+
+/// `expires in` for a pending request, `-` otherwise.
+pub fn expires_in(r: &Request, now: i64) -> String {
+    if r.state != State::Pending as i32 || r.expires_ms <= 0 {
+        return "-".into();
+    }
+    if r.expires_ms <= now {
+        "now".into()
+    } else {
+        short_duration(r.expires_ms - now)
+    }
+}
+
+pub fn stated_reason(op: &Operation) -> &str {
+    op.stated_reason.as_ref().map(|s| s.reason.as_str()).unwrap_or("")
+}
+
+/// Shell-like quoting of one argument, for argv shown to people.
+pub fn quote_arg(a: &str) -> String {
+    let plain = !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    if plain {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', r"'\''"))
+    }
+}
+
+pub fn argv_text(p: &Process) -> String {
+    let mut s = p.argv.iter().map(|a| quote_arg(a)).collect::<Vec<_>>().join(" ");
+    if p.argv_truncated {
+        s.push_str(" …(truncated)");
+    }
+    s
+}
+
+fn process_json(p: &Process) -> Value {
+    json!({"pid": p.pid, "ppid": p.ppid, "uid": p.uid, "exe": p.exe, "argv": p.argv, "argv_truncated": p.argv_truncated})
+}
+
+fn review_json(v: &Review) -> Value {
+    json!({"approver": v.approver, "approve": v.approve, "comment": v.comment, "time_ms": v.time_ms,
+           "grant_seconds": v.grant_seconds})
+}
+
+pub fn operation_json(op: &Operation) -> Value {
+    let reason = op.stated_reason.as_ref().map(|s| {
+        json!({"tool": s.tool, "call_id": s.call_id, "reason": s.reason, "session": s.session})
+    });
+    json!({
+        "hook": op.hook, "object": op.object, "access": op.access, "rule": op.rule, "policy": op.policy,
+        "ancestry": op.ancestry.iter().map(process_json).collect::<Vec<_>>(),
+        "cwd": op.cwd, "user": op.user, "uid": op.uid, "tree_id": op.tree_id, "stated_reason": reason,
+    })
+}
+
+pub fn request_json(r: &Request) -> Value {
+    let (got, need) = approvals(r);
+    json!({
+        "id": r.id, "host": r.host, "state": state_label(r),
+        "operation": r.operation.as_ref().map(operation_json),
+        "created_ms": r.created_ms, "expires_ms": r.expires_ms, "decided_ms": r.decided_ms,
+        "approvals_required": r.approvals_required, "approvals": got, "approvals_needed": need,
+        "eligible_approvers": r.eligible_approvers,
+        "reviews": r.reviews.iter().map(review_json).collect::<Vec<_>>(),
+        "reason": r.reason, "decided_by": r.decided_by, "comment": r.comment,
+    })
+}
+
+pub fn event_json(e: &RequestEvent) -> Value {
+    json!({"kind": e.kind, "request": e.request.as_ref().map(request_json)})
+}
+
+/// The audit event with its embedded JSON parsed (kept as a string if it is not JSON).
+pub fn audit_json(e: &AuditEvent) -> Value {
+    let inner = serde_json::from_str::<Value>(&e.json).unwrap_or_else(|_| Value::String(e.json.clone()));
+    json!({"seq": e.seq, "time_ms": e.time_ms, "host": e.host, "kind": e.kind, "request_id": e.request_id,
+           "event": inner})
+}
+
+/// One line about a request event, for `watch`.
+pub fn event_line(e: &RequestEvent, now: i64) -> String {
+    let Some(r) = e.request.as_ref() else {
+        return format!("{} {:<9} (no request)", timestamp(now), e.kind);
+    };
+    let default_op = Operation::default();
+    let op = r.operation.as_ref().unwrap_or(&default_op);
+    let (got, need) = approvals(r);
+    let mut line = format!(
+        "{} {:<9} {} {:<9} host={} user={} {} {} rule={} approvals={got}/{need}",
+        timestamp(now),
+        e.kind,
+        r.id,
+        state_label(r),
+        r.host,
+        op.user,
+        op.hook,
+        quote_arg(&op.object),
+        op.rule
+    );
+    if r.state == State::Pending as i32 {
+        line.push_str(&format!(" expires_in={}", expires_in(r, now)));
+    }
+    if let Some(v) = r.reviews.last().filter(|_| e.kind == "reviewed") {
+        line.push_str(&format!(" by={} {}", v.approver, if v.approve { "approve" } else { "deny" }));
+    }
+    if !r.reason.is_empty() && r.state != State::Pending as i32 {
+        line.push_str(&format!(" reason={}", r.reason));
+    }
+    if !r.decided_by.is_empty() {
+        line.push_str(&format!(" decided_by={}", r.decided_by));
+    }
+    let stated = stated_reason(op);
+    if !stated.is_empty() && e.kind != "reviewed" && e.kind != "decided" {
+        line.push_str(&format!(" stated={}", quote_arg(stated)));
+    }
+    line
+}
+
+/// Everything about one request, for `show`.
+pub fn request_details(r: &Request, now: i64) -> String {
+    let default_op = Operation::default();
+    let op = r.operation.as_ref().unwrap_or(&default_op);
+    let mut out = String::new();
+    let mut field = |k: &str, v: &str| {
+        if !v.is_empty() {
+            out.push_str(&format!("{:<10} {v}\n", format!("{k}:")));
+        }
+    };
+    field("id", &r.id);
+    field("state", state_label(r));
+    field("host", &r.host);
+    let user = if op.user.is_empty() { String::new() } else { format!("{} (uid {})", op.user, op.uid) };
+    field("user", &user);
+    field("cwd", &op.cwd);
+    field("hook", &op.hook);
+    field("object", &op.object);
+    field("access", &op.access);
+    field("rule", &op.rule);
+    field("policy", &op.policy);
+    field("tree", &op.tree_id);
+    let (got, need) = approvals(r);
+    let eligible = if r.eligible_approvers.is_empty() {
+        "any approver".to_string()
+    } else {
+        r.eligible_approvers.join(", ")
+    };
+    field("approvals", &format!("{got}/{need} ({eligible})"));
+    if r.state != State::Pending as i32 {
+        field("reason", &r.reason);
+        field("decided by", &r.decided_by);
+    }
+    field("comment", &r.comment);
+
+    if let Some(s) = op.stated_reason.as_ref() {
+        out.push_str("stated reason (from the AI agent; never decides):\n");
+        if !s.reason.is_empty() {
+            out.push_str(&format!("  {}\n", s.reason));
+        }
+        for (k, v) in [("tool", &s.tool), ("call", &s.call_id), ("session", &s.session)] {
+            if !v.is_empty() {
+                out.push_str(&format!("  {k}: {v}\n"));
+            }
+        }
+    }
+
+    if !op.ancestry.is_empty() {
+        out.push_str("ancestry (root of the watched tree first; * acts):\n");
+        for (depth, p) in op.ancestry.iter().rev().enumerate() {
+            let indent = "   ".repeat(depth);
+            let branch = if depth == 0 { "" } else { "└─ " };
+            let acting = if depth + 1 == op.ancestry.len() { " *" } else { "" };
+            let cont = if depth == 0 { "" } else { "   " };
+            out.push_str(&format!("  {indent}{branch}pid {} uid {} {}{acting}\n", p.pid, p.uid, p.exe));
+            out.push_str(&format!("  {indent}{cont}  argv: {}\n", argv_text(p)));
+        }
+    }
+
+    if !r.reviews.is_empty() {
+        out.push_str("reviews:\n");
+        for v in &r.reviews {
+            let verdict = if v.approve { "approve" } else { "deny" };
+            let mut line = format!("  {} {verdict} at {}", v.approver, timestamp(v.time_ms));
+            if v.grant_seconds > 0 {
+                line.push_str(&format!(" grant {}", short_duration(v.grant_seconds as i64 * 1000)));
+            }
+            if !v.comment.is_empty() {
+                line.push_str(&format!(": {}", v.comment));
+            }
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+
+    out.push_str("timing:\n");
+    out.push_str(&format!("  created  {} ({} ago)\n", timestamp(r.created_ms), short_duration(now - r.created_ms)));
+    if r.state == State::Pending as i32 {
+        out.push_str(&format!("  expires  {} (in {})\n", timestamp(r.expires_ms), expires_in(r, now)));
+    } else if r.decided_ms > 0 {
+        let after = Duration::from_millis((r.decided_ms - r.created_ms).max(0) as u64);
+        out.push_str(&format!(
+            "  decided  {} ({} after creation)\n",
+            timestamp(r.decided_ms),
+            humantime::format_duration(after)
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_short() {
+        assert_eq!(short_duration(45_000), "45s");
+        assert_eq!(short_duration(192_000), "3m12s");
+        assert_eq!(short_duration(600_000), "10m");
+        assert_eq!(short_duration(2 * 3600_000 + 5 * 60_000), "2h05m");
+        assert_eq!(short_duration(-5), "0s");
+    }
+
+    #[test]
+    fn ancestry_tree_runs_from_root_to_actor() {
+        let proc = |pid, exe: &str, argv: &[&str]| Process {
+            pid,
+            exe: exe.into(),
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let r = Request {
+            id: "r1".into(),
+            state: State::Pending as i32,
+            operation: Some(Operation {
+                ancestry: vec![
+                    proc(30, "/usr/bin/rm", &["rm", "-rf", "/etc/my file"]),
+                    proc(20, "/usr/bin/python3", &["python3", "agent.py"]),
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let text = request_details(&r, 0);
+        let root = text.find("pid 20 uid 0 /usr/bin/python3\n").expect(&text);
+        let actor = text.find("└─ pid 30 uid 0 /usr/bin/rm *\n").expect(&text);
+        assert!(root < actor, "{text}");
+        assert!(text.contains("argv: rm -rf '/etc/my file'"), "{text}");
+    }
+}

@@ -1,0 +1,239 @@
+//! guardctl against a real guard-server: what approvers see and what their answers do to the
+//! agent's request stream.
+
+mod support;
+
+use guard_proto::v1::State;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_shows_the_request_and_approve_releases_the_agent() {
+    let server = Server::start();
+    let mut agent = server.agent().await;
+    let (created, mut stream) = submit(&mut agent, "/etc/hosts", "add a host entry for the test db", "hold-1").await;
+    assert_eq!(created.state, State::Pending as i32);
+    let id = created.id.clone();
+
+    let table = assert_ok(&server.ctl(&["pending"]));
+    let header = table.lines().next().unwrap_or_default();
+    for col in ["ID", "AGE", "HOST", "USER", "HOOK", "OBJECT", "RULE", "STATED REASON", "APPROVALS", "EXPIRES IN"] {
+        assert!(header.contains(col), "column {col} missing: {table}");
+    }
+    let row = table.lines().find(|l| l.starts_with(&id)).unwrap_or_else(|| panic!("{id} not listed:\n{table}"));
+    for cell in [HOST, "dev", "open", "/etc/hosts", "etc-writes", "add a host entry", "0/1"] {
+        assert!(row.contains(cell), "{cell} missing from the row: {row}");
+    }
+
+    let json = json_lines(&assert_ok(&server.ctl(&["pending", "--json"])));
+    let mine = json.iter().find(|v| v["id"] == id.as_str()).expect("request in pending --json");
+    assert_eq!(mine["state"], "pending");
+    assert_eq!(mine["host"], HOST);
+    assert_eq!(mine["operation"]["object"], "/etc/hosts");
+    assert_eq!(mine["operation"]["stated_reason"]["reason"], "add a host entry for the test db");
+
+    let shown = assert_ok(&server.ctl(&["show", &id]));
+    for text in [
+        "/home/dev/project",
+        "write",
+        "test-policy",
+        "pid 4200 uid 1000 /usr/bin/python3",
+        "argv: python3 agent.py --task 'fix config'",
+        "└─ pid 4242 uid 1000 /usr/bin/tee *",
+        "add a host entry for the test db",
+        "call-7",
+        "expires",
+    ] {
+        assert!(shown.contains(text), "show lacks {text:?}:\n{shown}");
+    }
+    // The root of the tree comes before the acting process.
+    assert!(shown.find("/usr/bin/python3").unwrap() < shown.find("/usr/bin/tee").unwrap(), "{shown}");
+
+    let out = assert_ok(&server.ctl(&["approve", &id, "--comment", "fine for the test"]));
+    assert!(out.contains(&id) && out.contains("approved"), "{out}");
+    let decided = next_state(&mut stream, State::Pending as i32).await;
+    assert_eq!(decided.state, State::Approved as i32, "{decided:?}");
+    assert!(decided.reviews.iter().any(|r| r.approver == APPROVER && r.approve), "{decided:?}");
+
+    // No longer pending: gone from `pending`, refused a second time.
+    let table = assert_ok(&server.ctl(&["pending"]));
+    assert!(!table.contains(&id), "{table}");
+    let again = server.ctl(&["approve", &id]);
+    assert_eq!(again.status.code(), Some(2), "double approve: {}", stderr(&again));
+    assert!(stderr(&again).starts_with("guardctl: FAILED_PRECONDITION: "), "{}", stderr(&again));
+
+    let shown = json_lines(&assert_ok(&server.ctl(&["show", &id, "--json"])));
+    assert_eq!(shown[0]["state"], "approved");
+    assert_eq!(shown[0]["reviews"][0]["approver"], APPROVER);
+    assert_eq!(shown[0]["reviews"][0]["comment"], "fine for the test");
+
+    let listed = json_lines(&assert_ok(&server.ctl(&["list", "--state", "approved", "--json"])));
+    assert!(listed.iter().any(|v| v["id"] == id.as_str()), "{listed:?}");
+    let listed = json_lines(&assert_ok(&server.ctl(&["list", "--state", "denied", "--json"])));
+    assert!(!listed.iter().any(|v| v["id"] == id.as_str()), "{listed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_needs_a_reason_and_the_agent_gets_it() {
+    let server = Server::start();
+    let mut agent = server.agent().await;
+    let (created, mut stream) = submit(&mut agent, "/etc/shadow", "", "hold-deny").await;
+    let id = created.id.clone();
+
+    let no_reason = server.ctl(&["deny", &id]);
+    assert_eq!(no_reason.status.code(), Some(1), "deny without --reason is a usage error");
+    assert!(stderr(&no_reason).contains("--reason"), "{}", stderr(&no_reason));
+
+    let out = assert_ok(&server.ctl(&["deny", &id, "--reason", "shadow is off limits"]));
+    assert!(out.contains("denied"), "{out}");
+    let decided = next_state(&mut stream, State::Pending as i32).await;
+    assert_eq!(decided.state, State::Denied as i32, "{decided:?}");
+    let says_why = decided.comment == "shadow is off limits"
+        || decided.reviews.iter().any(|r| !r.approve && r.comment == "shadow is off limits");
+    assert!(says_why, "the reason did not reach the agent: {decided:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_ends_the_request_cancelled() {
+    let server = Server::start();
+    let mut agent = server.agent().await;
+    let (created, mut stream) = submit(&mut agent, "/etc/motd", "", "hold-cancel").await;
+    assert_ok(&server.ctl(&["cancel", &created.id, "--comment", "asked twice"]));
+    let decided = next_state(&mut stream, State::Pending as i32).await;
+    assert_eq!(decided.state, State::Cancelled as i32, "{decided:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_exit_2_with_the_grpc_code() {
+    let server = Server::start();
+    let unknown = server.ctl(&["approve", "no-such-request"]);
+    assert_eq!(unknown.status.code(), Some(2), "{}", stderr(&unknown));
+    assert!(stderr(&unknown).starts_with("guardctl: NOT_FOUND: "), "{}", stderr(&unknown));
+
+    let show = server.ctl(&["show", "no-such-request"]);
+    assert_eq!(show.status.code(), Some(2));
+    assert!(stderr(&show).contains("NOT_FOUND"), "{}", stderr(&show));
+
+    // A host certificate is not an approver.
+    let as_agent = Command::new(env!("CARGO_BIN_EXE_guardctl"))
+        .args(["--server", &server.url, "pending"])
+        .arg("--ca")
+        .arg(server.pki.join("ca.crt"))
+        .arg("--cert")
+        .arg(server.pki.join(format!("agent-{HOST}.crt")))
+        .arg("--key")
+        .arg(server.pki.join(format!("agent-{HOST}.key")))
+        .output()
+        .unwrap();
+    assert_eq!(as_agent.status.code(), Some(2), "{}", stderr(&as_agent));
+    assert!(stderr(&as_agent).contains("PERMISSION_DENIED"), "{}", stderr(&as_agent));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whoami_names_the_certificate() {
+    let server = Server::start();
+    let me = json_lines(&assert_ok(&server.ctl_as(OTHER_APPROVER, &["whoami", "--json"])));
+    assert_eq!(me[0]["name"], OTHER_APPROVER);
+    assert_eq!(me[0]["role"], "approver");
+    assert_eq!(assert_ok(&server.ctl(&["whoami"])).trim(), format!("{APPROVER} (approver)"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_json_streams_creation_and_decision() {
+    let server = Server::start();
+    let mut agent = server.agent().await;
+    let (early, _early_stream) = submit(&mut agent, "/etc/early", "", "hold-early").await;
+
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_guardctl"))
+        .args(["--server", &server.url, "--as", APPROVER, "watch", "--json"])
+        .arg("--pki")
+        .arg(&server.pki)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    let out = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let v = serde_json::from_str(&line).unwrap_or_else(|e| panic!("watch printed non-JSON ({e}): {line}"));
+            if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |pred: &dyn Fn(&serde_json::Value) -> bool, what: &str| -> serde_json::Value {
+        loop {
+            let v = rx.recv_timeout(Duration::from_secs(15)).unwrap_or_else(|_| panic!("watch never showed {what}"));
+            if pred(&v) {
+                return v;
+            }
+        }
+    };
+    let snap = wait_for(&|v| v["request"]["id"] == early.id.as_str(), "the pending request");
+    assert_eq!(snap["kind"], "snapshot");
+
+    let (created, _stream) = submit(&mut agent, "/etc/later", "", "hold-later").await;
+    let ev = wait_for(&|v| v["request"]["id"] == created.id.as_str(), "the new request");
+    assert_eq!(ev["kind"], "created");
+    assert_eq!(ev["request"]["operation"]["object"], "/etc/later");
+
+    assert_ok(&server.ctl(&["approve", &created.id]));
+    let ev = wait_for(&|v| v["request"]["id"] == created.id.as_str() && v["kind"] == "decided", "the decision");
+    assert_eq!(ev["request"]["state"], "approved");
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_has_the_request_and_its_review() {
+    let server = Server::start();
+    let mut agent = server.agent().await;
+    let (created, mut stream) = submit(&mut agent, "/etc/audited", "", "hold-audit").await;
+    assert_ok(&server.ctl(&["deny", &created.id, "--reason", "no"]));
+    next_state(&mut stream, State::Pending as i32).await;
+
+    let events = json_lines(&assert_ok(&server.ctl(&["audit", "--request", &created.id, "--json"])));
+    assert!(!events.is_empty(), "no audit events for {}", created.id);
+    assert!(events.iter().all(|e| e["request_id"] == created.id.as_str()), "filter by request: {events:?}");
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert!(kinds.contains(&"request"), "{kinds:?}");
+    assert!(kinds.contains(&"review") || kinds.contains(&"decision"), "{kinds:?}");
+
+    let table = assert_ok(&server.ctl(&["audit", "--since", "10m", "--request", &created.id]));
+    assert!(table.starts_with("TIME"), "{table}");
+    assert!(table.contains(&created.id), "{table}");
+}
+
+#[test]
+fn credential_errors_name_the_file_and_flag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_guardctl"))
+        .args(["--server", "https://127.0.0.1:1", "--ca", "/nonexistent/ca.pem", "--cert", "/x.crt", "--key", "/x.key"])
+        .arg("pending")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("/nonexistent/ca.pem") && err.contains("--ca"), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_guardctl")).args(["--cert", "/x.crt", "pending"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("missing --ca, --key"), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_server_exits_1() {
+    let server = Server::start();
+    // A port nothing listens on, with valid credentials.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = Command::new(env!("CARGO_BIN_EXE_guardctl"))
+        .args(["--server", &format!("https://127.0.0.1:{port}"), "--as", APPROVER, "pending"])
+        .arg("--pki")
+        .arg(&server.pki)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
+}
