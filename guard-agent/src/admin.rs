@@ -21,6 +21,11 @@ pub enum Request {
     Approve { id: String, comment: Option<String> },
     Deny { id: String, reason: Option<String> },
     Status,
+    /// Daemon: watch a running process and its descendants as a new tree (`run --daemon`,
+    /// `watch --pid`). `how` says which command asked.
+    Register { pid: u32, policy: Option<String>, how: String },
+    /// Daemon: re-read the configuration now.
+    Reload,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -42,8 +42,9 @@ pub struct State {
 pub struct TreeState {
     /// Policies by kernel id: (name, policy).
     pub policies: HashMap<u8, (String, Policy)>,
-    /// Selector descriptions by rank (the kernel reports rank + 1 on a tree's first exec).
-    pub selectors: Vec<String>,
+    /// Selectors by rank, i.e. in winning order (the kernel reports rank + 1 on the exec
+    /// that starts a tree).
+    pub selectors: Vec<crate::config::SelectorConf>,
     /// Watched trees by root pid.
     pub trees: HashMap<u32, TreeInfo>,
     /// The latest reason each tree stated, by root pid.
@@ -58,6 +59,8 @@ pub struct TreeInfo {
     /// How it came to be watched: the selector's description, "registered", "adopted".
     pub selector: String,
     pub policy_id: u8,
+    /// Other selectors the root matched too, which lost (see config.rs for the rule).
+    pub also_matched: Vec<String>,
     pub exe: Option<String>,
     pub since: String,
 }
@@ -201,6 +204,50 @@ pub fn handle_event(state: &Shared, source: &Arc<dyn DecisionSource>, e: Event) 
             if info.ppid == 0 {
                 info.ppid = e.ppid;
             }
+            if e.aux != 0 {
+                // The exec that started a new tree (a selector matched in the kernel).
+                let rank = e.aux as usize - 1;
+                let selector =
+                    st.trees.selectors.get(rank).map(|s| s.describe()).unwrap_or_else(|| format!("selector rank {rank}"));
+                // From /proc while the process lives; from the event itself if it is gone.
+                let proc = crate::trees::read_proc(e.tgid).unwrap_or_else(|| crate::trees::Proc {
+                    pid: e.tgid,
+                    ppid: e.ppid,
+                    uid: e.uid,
+                    exe: info.exe.clone(),
+                    argv: info.argv.clone(),
+                    cgroup: None,
+                });
+                let also: Vec<String> = crate::trees::matching(&st.trees.selectors, &proc)
+                    .into_iter()
+                    .filter(|(r, _)| *r != rank)
+                    .map(|(_, s)| s.describe())
+                    .collect();
+                let (_, policy) = st.policy_of(e.policy);
+                tracing::info!(
+                    "new tree {}: {} ({}) selected by {selector}, policy {policy}{}",
+                    e.tgid,
+                    info.exe.as_deref().unwrap_or("?"),
+                    info.argv.join(" "),
+                    if also.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; it won over {} (exe > cgroup > user, then file order)", also.join(", "))
+                    }
+                );
+                let t = TreeInfo {
+                    root: e.tgid,
+                    tree_id: tree_id(e.tgid),
+                    selector,
+                    policy_id: e.policy,
+                    also_matched: also,
+                    exe: info.exe.clone(),
+                    since: events::now_rfc3339(),
+                };
+                st.trees.trees.insert(e.tgid, t);
+                // A pid reused by a new tree does not inherit an old tree's reason.
+                st.trees.reasons.remove(&e.tgid);
+            }
             st.procs.insert(e.tgid, info);
         }
         kind::EXIT => {
@@ -245,15 +292,19 @@ pub fn handle_event(state: &Shared, source: &Arc<dyn DecisionSource>, e: Event) 
         kind::HOLD => {
             let id = st.holds.new_id();
             let info = st.proc_info(e.tgid);
-            let timeout = st.policy.ask_timeout;
+            let (timeout, policy_name) = {
+                let (p, name) = st.policy_of(e.policy);
+                (p.ask_timeout, name.to_string())
+            };
             let (exe, argv) = program(&e, info);
             let lineage = st.lineage(e.tgid);
-            let root = lineage.last().map(|l| l.pid).unwrap_or(e.tgid);
+            let root = st.tree_root(e.tid).unwrap_or_else(|| lineage.last().map(|l| l.pid).unwrap_or(e.tgid));
+            let tree = st.trees.trees.get(&root).map(|t| t.tree_id.clone()).unwrap_or_else(|| tree_id(root));
             let hold = HoldInfo {
                 id: id.clone(),
                 hook: hook_name(&e),
                 object: object_text(&e),
-                rule: st.rule_name(e.rule),
+                rule: st.rule_name(e.policy, e.rule),
                 pid: e.tgid,
                 tid: e.tid,
                 ppid: e.ppid,
@@ -264,9 +315,9 @@ pub fn handle_event(state: &Shared, source: &Arc<dyn DecisionSource>, e: Event) 
                 lineage,
                 cwd: std::fs::read_link(format!("/proc/{}/cwd", e.tgid)).ok().map(|p| p.display().to_string()),
                 user: user_name(e.uid),
-                tree_id: tree_id(root),
-                policy: st.policy_name.clone(),
-                stated_reason: None,
+                tree_id: tree,
+                policy: policy_name,
+                stated_reason: st.stated_reason(Some(root)),
                 held_secs: 0,
                 timeout_secs: timeout.as_secs(),
             };

@@ -5,12 +5,16 @@ mod admin;
 mod agent;
 mod audit;
 mod btf;
+mod config;
+mod daemon;
 mod events;
 mod holds;
 mod kernel;
 mod policy;
+mod reasons;
 mod remote;
 mod run;
+mod trees;
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
@@ -27,8 +31,12 @@ struct Cli {
 enum Cmd {
     /// Watch CMD and every descendant under a policy; exit with CMD's status.
     Run {
+        /// The policy file; with --daemon, the name of a policy in the daemon's config.
+        #[arg(long, required_unless_present = "daemon")]
+        policy: Option<PathBuf>,
+        /// Ask the running daemon to watch CMD (no programs are loaded here).
         #[arg(long)]
-        policy: PathBuf,
+        daemon: bool,
         #[command(flatten)]
         server: remote::ServerArgs,
         #[arg(long, default_value = "/var/log/guard/audit.jsonl")]
@@ -43,9 +51,40 @@ enum Cmd {
     },
     /// The long-running host service.
     Daemon {
-        #[arg(long)]
+        #[arg(long, default_value = config::DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Ask the daemon to watch a running process and all its descendants.
+    Watch {
+        #[arg(long)]
+        pid: u32,
+        /// A policy name from the daemon's config (default: its registration_policy).
+        #[arg(long)]
+        policy: Option<String>,
+        #[arg(long, default_value = admin::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// From inside a watched tree: say why the agent is about to act (shown on its holds and
+    /// kept in its records; never decides anything).
+    Reason {
+        #[arg(long, default_value = "")]
+        tool: String,
+        #[arg(long, default_value = "")]
+        call_id: String,
+        #[arg(long, default_value = "")]
+        session: String,
+        /// Default: $GUARD_REASON_SOCKET, else /run/guard/reason.sock.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        text: String,
+    },
+    /// Make the daemon re-read its configuration (as SIGHUP does).
+    Reload {
+        #[arg(long, default_value = admin::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Check a daemon configuration (and its policy files) without loading anything.
+    CheckConfig { file: PathBuf },
     /// List holds waiting for a decision.
     Pending {
         #[arg(long, default_value = admin::DEFAULT_SOCKET)]
@@ -112,12 +151,39 @@ fn call(socket: &std::path::Path, req: admin::Request) -> Result<serde_json::Val
 
 fn dispatch(cmd: Cmd) -> Result<i32> {
     match cmd {
-        Cmd::Run { policy, server, audit_log, admin_socket, max_tree_tasks, cmd } => {
+        Cmd::Run { policy, daemon: true, admin_socket, cmd, .. } => {
+            let name = policy.map(|p| p.to_string_lossy().into_owned());
+            daemon::run_registered(&admin_socket, name, None, &cmd)
+        }
+        Cmd::Run { policy, daemon: false, server, audit_log, admin_socket, max_tree_tasks, cmd } => {
             let server = server.into_config()?;
+            let policy = policy.expect("required without --daemon");
             run::run(&policy, &audit_log, &admin_socket, max_tree_tasks, server, &cmd)
         }
-        Cmd::Daemon { config } => {
-            bail!("the daemon mode is not built yet (config {} not read); use `guard-agent run`", config.display())
+        Cmd::Daemon { config } => daemon::daemon(&config),
+        Cmd::Watch { pid, policy, socket } => {
+            let data = call(&socket, admin::Request::Register { pid, policy, how: "watch --pid".into() })?;
+            println!("watching pid {pid}: tree {}, policy {}, {} tasks", data["tree_id"], data["policy"], data["tasks"]);
+            Ok(0)
+        }
+        Cmd::Reason { tool, call_id, session, socket, text } => {
+            let r = holds::StatedReason { tool, call_id, reason: text, session };
+            let tree = reasons::send(socket.as_deref(), &r)?;
+            println!("reason recorded for tree {tree}");
+            Ok(0)
+        }
+        Cmd::Reload { socket } => {
+            let data = call(&socket, admin::Request::Reload)?;
+            println!("reloaded: {data}");
+            Ok(0)
+        }
+        Cmd::CheckConfig { file } => {
+            let c = config::Config::load(&file)?;
+            println!("{}: ok ({} policies, {} selectors)", file.display(), c.policies.len(), c.selectors.len());
+            for (rank, s) in c.selectors.iter().enumerate() {
+                println!("  rank {rank}: {} -> policy {}", s.describe(), s.policy);
+            }
+            Ok(0)
         }
         Cmd::Pending { socket, json } => {
             let data = call(&socket, admin::Request::Pending)?;
@@ -142,6 +208,8 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
             let data = call(&socket, admin::Request::Status)?;
             if json {
                 println!("{data}");
+            } else if data["mode"] == "daemon" {
+                daemon::print_status(&data);
             } else {
                 for (k, v) in data.as_object().into_iter().flatten() {
                     println!("{k:>16}: {v}");

@@ -55,7 +55,7 @@ pub fn doctor() -> i32 {
 }
 
 /// Starts CMD stopped on a pipe, so it is watched before its first instruction runs.
-fn spawn_blocked(cmd: &[String]) -> Result<(Pid, std::fs::File)> {
+pub(crate) fn spawn_blocked(cmd: &[String]) -> Result<(Pid, std::fs::File)> {
     let args: Vec<CString> = cmd
         .iter()
         .map(|a| CString::new(a.as_bytes()))
@@ -118,6 +118,7 @@ pub fn run(
         host: events::hostname(),
         policy_name: policy_name(policy_path),
         lost_reported: 0,
+        trees: Default::default(),
     }));
     let local = Arc::new(LocalDecisions::default());
     // With a server, holds are decided centrally only: a local `guard-agent approve` would be
@@ -182,7 +183,7 @@ pub fn policy_name(path: &Path) -> String {
     path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
 }
 
-fn wait_child(child: Pid) -> i32 {
+pub(crate) fn wait_child(child: Pid) -> i32 {
     loop {
         match waitpid(child, None) {
             Ok(WaitStatus::Exited(_, code)) => return code,
@@ -217,7 +218,7 @@ async fn forward_signals(child: Pid, cmd_exited: Arc<AtomicBool>, state: Shared)
     }
 }
 
-async fn watch_lost(state: Shared) {
+pub(crate) async fn watch_lost(state: Shared) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         agent::report_lost(&state);
@@ -225,7 +226,7 @@ async fn watch_lost(state: Shared) {
 }
 
 /// One reader for the ring buffer: drains every ready record, then flushes the log once.
-async fn read_events(ring: RingBuf<MapData>, state: Shared, source: Arc<dyn DecisionSource>) {
+pub(crate) async fn read_events(ring: RingBuf<MapData>, state: Shared, source: Arc<dyn DecisionSource>) {
     // SAFETY: the ring buffer owns its fd for as long as the AsyncFd holds it.
     let mut fd = match unsafe { AsyncFd::register(ring) } {
         Ok(fd) => fd,
@@ -286,11 +287,14 @@ fn admin_handler(
             ),
             Request::Approve { id, comment } => answer(st, &local, &id, true, peer, comment),
             Request::Deny { id, reason } => answer(st, &local, &id, false, peer, reason),
+            Request::Register { .. } | Request::Reload => {
+                Response::err("this is a `guard-agent run` agent; registration and reload are for `guard-agent daemon`")
+            }
         }
     }
 }
 
-fn answer(
+pub(crate) fn answer(
     st: std::sync::MutexGuard<'_, State>,
     local: &LocalDecisions,
     id: &str,

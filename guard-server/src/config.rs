@@ -130,8 +130,8 @@ struct RawAuto {
 
 impl ServerConfig {
     pub fn load(path: &Path) -> anyhow::Result<ServerConfig> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
         Ok(Self::parse(path, &text)?)
     }
 
@@ -191,9 +191,11 @@ impl ServerConfig {
         for r in &raw.require {
             let r = r.get_ref();
             let list = r.approvers.get_ref();
+            // Approvers need no [[approver]] entry (that is only for their unix_users): a
+            // certificate is enough. Empty names can only be typos.
             for a in list {
-                if !approvers.contains_key(a.get_ref()) {
-                    return Err(at(a.span(), format!("{:?} is not declared in an [[approver]]", a.get_ref())));
+                if a.get_ref().is_empty() {
+                    return Err(at(a.span(), "empty approver name".into()));
                 }
             }
             let names: Vec<String> = list.iter().map(|a| a.get_ref().clone()).collect();
@@ -215,7 +217,10 @@ impl ServerConfig {
         for a in &raw.auto {
             let a = a.get_ref();
             if requires.contains_key(a.rule.get_ref()) {
-                return Err(at(a.rule.span(), format!("rule {:?} is both in [[require]] and [[auto]]", a.rule.get_ref())));
+                return Err(at(
+                    a.rule.span(),
+                    format!("rule {:?} is both in [[require]] and [[auto]]", a.rule.get_ref()),
+                ));
             }
             if autos.insert(a.rule.get_ref().clone(), a.decision).is_some() {
                 return Err(at(a.rule.span(), format!("rule {:?} has two [[auto]] entries", a.rule.get_ref())));
@@ -293,11 +298,11 @@ mod tests {
         let err = parse(&format!("{TLS}default_timeout = \"soon\"\n")).unwrap_err();
         assert_eq!(err.line, 5, "{err}");
         let err = parse(&format!(
-            "{TLS}[[approver]]\nname = \"alice\"\n[[require]]\nrule = \"r\"\napprovals = 1\napprovers = [\"alice\", \"bob\"]\n"
+            "{TLS}[[approver]]\nname = \"alice\"\n[[require]]\nrule = \"r\"\napprovals = 1\napprovers = [\"alice\", \"\"]\n"
         ))
         .unwrap_err();
         assert_eq!(err.line, 10, "{err}");
-        assert!(err.message.contains("bob"), "{err}");
+        assert!(err.message.contains("empty"), "{err}");
         let err = parse(&format!(
             "{TLS}[[approver]]\nname = \"alice\"\n[[require]]\nrule = \"r\"\napprovals = 3\napprovers = [\"alice\"]\n"
         ))

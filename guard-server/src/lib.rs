@@ -1,0 +1,15 @@
+//! guard-server: the central approval service of guard. Agents submit held operations,
+//! approvers review them, everything lands in one audit trail; SQLite for one server,
+//! PostgreSQL for several replicas.
+pub mod audit;
+pub mod config;
+pub mod error;
+pub mod fanout;
+pub mod identity;
+pub mod ids;
+pub mod lifecycle;
+pub mod pki;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod testing;

@@ -1,1 +1,149 @@
-fn main() {}
+//! guard-server: `init-pki` makes the certificates, `serve` runs the approval service.
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use guard_server::config::{ServerConfig, DEFAULT_LISTEN};
+use guard_server::pki::{init_pki, PkiAction, PkiSpec};
+use guard_server::server;
+use guard_server::testing::pg::PgCluster;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long calls in flight may take to finish on SIGTERM/SIGINT.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+#[derive(Parser)]
+#[command(name = "guard-server", version, about = "guard's central approval service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create (or complete) a CA and the certificates of the server, agents and approvers.
+    InitPki {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Names the server is reached by (DNS or IP); localhost and 127.0.0.1 are always in.
+        #[arg(long = "server-name")]
+        server_names: Vec<String>,
+        /// A host (agent certificate agent-<H>.crt).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// An approver (certificate approver-<A>.crt).
+        #[arg(long = "approver")]
+        approvers: Vec<String>,
+    },
+    /// Run the server.
+    Serve {
+        /// The configuration file (TOML).
+        #[arg(long, conflicts_with = "pki", required_unless_present = "pki")]
+        config: Option<PathBuf>,
+        /// Without a config file: TLS from this init-pki directory, SQLite in its parent.
+        #[arg(long)]
+        pki: Option<PathBuf>,
+        /// sqlite:PATH or postgres://... (overrides the config file).
+        #[arg(long)]
+        database_url: Option<String>,
+        /// IP:PORT (overrides the config file).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Start a throwaway PostgreSQL cluster, print its URL, stop it on SIGTERM/SIGINT (benchmarks).
+    #[command(hide = true)]
+    DevPostgres {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 5432)]
+        port: u16,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::InitPki { dir, server_names, hosts, approvers } => {
+            for action in init_pki(&dir, &PkiSpec { server_names, hosts, approvers })? {
+                match action {
+                    PkiAction::Created(p) => println!("created {}", p.display()),
+                    PkiAction::Kept(p) => println!("kept    {}", p.display()),
+                }
+            }
+            Ok(())
+        }
+        Cmd::Serve { config, pki, database_url, listen } => {
+            let mut config = match (config, pki) {
+                (Some(file), _) => ServerConfig::load(&file)?,
+                (None, Some(dir)) => {
+                    let listen = listen.unwrap_or(DEFAULT_LISTEN.parse()?);
+                    ServerConfig::from_pki(&dir, listen, database_url.clone())
+                }
+                (None, None) => anyhow::bail!("give --config FILE or --pki DIR"),
+            };
+            if let Some(url) = database_url {
+                config.database_url = url;
+            }
+            if let Some(listen) = listen {
+                config.listen = listen;
+            }
+            runtime()?.block_on(serve(config))
+        }
+        Cmd::DevPostgres { dir, port } => {
+            let runtime = runtime()?;
+            // Before the URL is printed: whoever reads it may send SIGTERM at once.
+            let stop = runtime.block_on(async { StopSignal::install() })?;
+            let mut cluster = PgCluster::start(&dir, port)?;
+            println!("{}", cluster.url());
+            std::io::stdout().flush()?;
+            runtime.block_on(stop.wait());
+            cluster.stop()
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+async fn serve(config: ServerConfig) -> Result<()> {
+    // Handlers first: a SIGTERM sent as soon as the ready line is read must drain, not kill.
+    let stop = StopSignal::install()?;
+    let handle = server::start(&config).await?;
+    // Tests and scripts wait for this exact line.
+    println!("guard-server listening on {}", handle.addr());
+    std::io::stdout().flush()?;
+    stop.wait().await;
+    tracing::info!("stopping: draining for at most {DRAIN_DEADLINE:?}");
+    handle.shutdown(DRAIN_DEADLINE).await
+}
+
+/// SIGTERM or SIGINT, caught from the moment it is installed.
+struct StopSignal {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignal {
+    fn install() -> Result<StopSignal> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignal {
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}

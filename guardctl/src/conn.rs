@@ -43,7 +43,8 @@ impl TlsMaterial {
 }
 
 fn read_pem(path: &Path, flag: &str, what: &str) -> Result<Vec<u8>> {
-    let data = std::fs::read(path).with_context(|| format!("cannot read the {what} {} (from {flag})", path.display()))?;
+    let data =
+        std::fs::read(path).with_context(|| format!("cannot read the {what} {} (from {flag})", path.display()))?;
     if !data.windows(10).any(|w| w == b"-----BEGIN") {
         bail!("the {what} {} (from {flag}) is not PEM", path.display());
     }
@@ -56,7 +57,9 @@ pub fn parse_server(url: &str) -> Result<(Uri, String)> {
     let uri: Uri = text.parse().with_context(|| format!("--server {url:?} is not a URL"))?;
     match uri.scheme_str() {
         Some("https") => {}
-        Some(other) => bail!("--server {url:?}: scheme {other:?} is not supported; guard-server speaks https (mTLS) only"),
+        Some(other) => {
+            bail!("--server {url:?}: scheme {other:?} is not supported; guard-server speaks https (mTLS) only")
+        }
         None => bail!("--server {url:?} has no scheme"),
     }
     let host = uri.host().with_context(|| format!("--server {url:?} has no host"))?;
@@ -68,15 +71,12 @@ pub fn parse_server(url: &str) -> Result<(Uri, String)> {
 /// An endpoint for the server with mTLS configured; `connect()` it once per connection.
 pub fn endpoint(server: &str, tls: &TlsMaterial) -> Result<Endpoint> {
     let (uri, host) = parse_server(server)?;
-    let config = ClientTlsConfig::new()
-        .ca_certificate(tls.ca.clone())
-        .identity(tls.identity.clone())
-        .domain_name(host);
-    Ok(Endpoint::from(uri)
+    let config = ClientTlsConfig::new().ca_certificate(tls.ca.clone()).identity(tls.identity.clone()).domain_name(host);
+    Endpoint::from(uri)
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true)
         .tls_config(config)
-        .context("configuring TLS")?)
+        .context("configuring TLS")
 }
 
 /// Connects (TCP and TLS) now, so that an unreachable server is reported as such.

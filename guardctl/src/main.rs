@@ -8,8 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use guard_proto::v1::audit_service_client::AuditServiceClient;
 use guard_proto::v1::review_service_client::ReviewServiceClient;
 use guard_proto::v1::{
-    AuditQuery, CancelRequestRequest, GetRequestRequest, ListRequestsRequest, Operation, Request, ReviewRequest,
-    State, WatchPendingRequest, WhoAmIRequest,
+    AuditQuery, CancelRequestRequest, GetRequestRequest, ListRequestsRequest, Operation, Request, ReviewRequest, State,
+    WatchPendingRequest, WhoAmIRequest,
 };
 use guardctl::conn::{self, TlsFiles, TlsMaterial};
 use guardctl::failure::{self, EXIT_FAILURE};
@@ -49,10 +49,10 @@ struct ConnArgs {
     key: Option<PathBuf>,
     /// Directory written by `guard-server init-pki`: uses DIR/ca.crt and DIR/approver-NAME.crt/.key
     /// (with --as NAME).
-    #[arg(long, value_name = "DIR", global = true, requires = "as_name")]
+    #[arg(long, value_name = "DIR", global = true)]
     pki: Option<PathBuf>,
     /// Approver name within --pki.
-    #[arg(long = "as", value_name = "NAME", global = true, requires = "pki")]
+    #[arg(long = "as", value_name = "NAME", global = true)]
     as_name: Option<String>,
 }
 
@@ -164,8 +164,12 @@ fn main() -> ExitCode {
 
 impl ConnArgs {
     fn files(&self) -> Result<TlsFiles> {
+        // Checked here, not by clap: `requires` between global flags given on both sides of the
+        // subcommand is not reliable.
         let mut files = match (&self.pki, &self.as_name) {
             (Some(dir), Some(name)) => TlsFiles::from_pki(dir, "approver-", name, "--pki/--as"),
+            (Some(_), None) => bail!("--pki needs --as NAME (the approver whose certificate to use)"),
+            (None, Some(_)) => bail!("--as needs --pki DIR (the init-pki directory)"),
             _ => {
                 let missing: Vec<&str> = [("--ca", &self.ca), ("--cert", &self.cert), ("--key", &self.key)]
                     .iter()
@@ -211,7 +215,11 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Pending => {
             let resp = review
-                .list_requests(ListRequestsRequest { states: vec![State::Pending as i32], host: String::new(), limit: 0 })
+                .list_requests(ListRequestsRequest {
+                    states: vec![State::Pending as i32],
+                    host: String::new(),
+                    limit: 0,
+                })
                 .await?
                 .into_inner();
             let mut reqs = resp.requests;
@@ -254,20 +262,18 @@ async fn run(cli: Cli) -> Result<()> {
                 .list_requests(ListRequestsRequest { states, host: host.unwrap_or_default(), limit })
                 .await?
                 .into_inner();
+            let mut reqs = resp.requests;
+            reqs.sort_by_key(|r| std::cmp::Reverse(r.created_ms));
             if json {
-                print_json_lines(resp.requests.iter().map(render::request_json))?;
+                print_json_lines(reqs.iter().map(render::request_json))?;
             } else {
-                print_list(&resp.requests);
+                print_list(&reqs);
             }
         }
         Cmd::Audit { since, request, host, limit } => {
             let since_ms = since.map(|d| now_ms() - d.as_millis() as i64).unwrap_or(0);
-            let query = AuditQuery {
-                since_ms,
-                host: host.unwrap_or_default(),
-                request_id: request.unwrap_or_default(),
-                limit,
-            };
+            let query =
+                AuditQuery { since_ms, host: host.unwrap_or_default(), request_id: request.unwrap_or_default(), limit };
             audit(AuditServiceClient::new(channel), query, json).await?;
         }
         Cmd::Whoami => {
@@ -301,7 +307,18 @@ fn print_pending(reqs: &[Request]) {
         return;
     }
     let now = now_ms();
-    let mut t = Table::new(&["id", "age", "host", "user", "hook", "object", "rule", "stated reason", "approvals", "expires in"]);
+    let mut t = Table::new(&[
+        "id",
+        "age",
+        "host",
+        "user",
+        "hook",
+        "object",
+        "rule",
+        "stated reason",
+        "approvals",
+        "expires in",
+    ]);
     for r in reqs {
         let op = op(r);
         let (got, need) = render::approvals(r);
@@ -364,9 +381,12 @@ fn print_outcome(r: &Request, json: bool) -> Result<()> {
 async fn watch(review: &mut ReviewServiceClient<Channel>, json: bool) -> Result<()> {
     let mut stream = review.watch_pending(WatchPendingRequest {}).await?.into_inner();
     let mut out = std::io::stdout();
+    // One future for the whole watch, so a Ctrl-C between two messages is not missed.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = &mut ctrl_c => return Ok(()),
             msg = stream.message() => match msg? {
                 Some(ev) => {
                     let line = if json { render::event_json(&ev).to_string() } else { render::event_line(&ev, now_ms()) };

@@ -20,7 +20,11 @@ pub fn short_duration(ms: i64) -> String {
         0..60 => format!("{s}s"),
         60..3600 => {
             let (m, r) = (s / 60, s % 60);
-            if r == 0 { format!("{m}m") } else { format!("{m}m{r:02}s") }
+            if r == 0 {
+                format!("{m}m")
+            } else {
+                format!("{m}m{r:02}s")
+            }
         }
         3600..86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
         _ => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
@@ -84,9 +88,10 @@ fn review_json(v: &Review) -> Value {
 }
 
 pub fn operation_json(op: &Operation) -> Value {
-    let reason = op.stated_reason.as_ref().map(|s| {
-        json!({"tool": s.tool, "call_id": s.call_id, "reason": s.reason, "session": s.session})
-    });
+    let reason = op
+        .stated_reason
+        .as_ref()
+        .map(|s| json!({"tool": s.tool, "call_id": s.call_id, "reason": s.reason, "session": s.session}));
     json!({
         "hook": op.hook, "object": op.object, "access": op.access, "rule": op.rule, "policy": op.policy,
         "ancestry": op.ancestry.iter().map(process_json).collect::<Vec<_>>(),
@@ -180,11 +185,8 @@ pub fn request_details(r: &Request, now: i64) -> String {
     field("policy", &op.policy);
     field("tree", &op.tree_id);
     let (got, need) = approvals(r);
-    let eligible = if r.eligible_approvers.is_empty() {
-        "any approver".to_string()
-    } else {
-        r.eligible_approvers.join(", ")
-    };
+    let eligible =
+        if r.eligible_approvers.is_empty() { "any approver".to_string() } else { r.eligible_approvers.join(", ") };
     field("approvals", &format!("{got}/{need} ({eligible})"));
     if r.state != State::Pending as i32 {
         field("reason", &r.reason);
@@ -256,7 +258,7 @@ mod tests {
         assert_eq!(short_duration(45_000), "45s");
         assert_eq!(short_duration(192_000), "3m12s");
         assert_eq!(short_duration(600_000), "10m");
-        assert_eq!(short_duration(2 * 3600_000 + 5 * 60_000), "2h05m");
+        assert_eq!(short_duration(2 * 3_600_000 + 5 * 60_000), "2h05m");
         assert_eq!(short_duration(-5), "0s");
     }
 

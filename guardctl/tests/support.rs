@@ -206,7 +206,8 @@ pub async fn submit(
     reason: &str,
     hold_key: &str,
 ) -> (Request, Streaming<Request>) {
-    let req = SubmitRequest { operation: Some(operation(object, reason)), timeout_seconds: 300, hold_key: hold_key.into() };
+    let req =
+        SubmitRequest { operation: Some(operation(object, reason)), timeout_seconds: 300, hold_key: hold_key.into() };
     let mut stream = agent.submit(req).await.expect("Submit").into_inner();
     let first = tokio::time::timeout(Duration::from_secs(10), stream.message())
         .await

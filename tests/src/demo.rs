@@ -1,11 +1,11 @@
-//! `guard-e2e demo`: the whole loop, narrated. A scripted "AI agent" does ordinary work and a
-//! few dangerous things under guard; a scripted approver (or a person, with --interactive)
-//! approves some held operations and denies others; the audit trail is printed at the end.
+//! `guard-e2e demo`, the guest half of `cargo xtask demo`: a scripted "AI agent" does ordinary
+//! work and a few dangerous things under guard-agent, which is connected to guard-server on
+//! the host. The approver (scripted or a person) answers there with guardctl; this side
+//! prints what the agent saw and the host's local audit trail.
 
-use crate::harness::{self, Agent};
+use crate::harness;
 use anyhow::Result;
 use serde_json::Value;
-use std::io::{BufRead, Write};
 
 const POLICY: &str = r#"
 default = "allow"
@@ -52,60 +52,34 @@ say "asking the cloud metadata";   guard-e2e do connect 169.254.169.254:80
 say "editing the app config";      guard-e2e do open-write /srv/app/config/app.toml
 say "deploying";                   guard-e2e do exec /usr/local/bin/deploy --prod
 say "cleaning up old data";        guard-e2e do unlink /srv/app/data/customers.db
+say "cleaning up more";            guard-e2e do unlink /srv/app/data/orders.db
 say "done"
 "#;
 
-pub fn run(interactive: bool) -> Result<i32> {
+pub fn run() -> Result<i32> {
     harness::prepare();
     harness::write_files(&[
         "/srv/app/src/main.rs",
         "/srv/secrets/db-password",
         "/srv/app/config/app.toml",
         "/srv/app/data/customers.db",
+        "/srv/app/data/orders.db",
     ])?;
     std::fs::create_dir_all("/usr/local/bin")?;
     harness::copy_busybox("/usr/local/bin/deploy")?;
+    let server = crate::server_tests::env()?;
     println!(
-        "== guard demo: an AI agent works under guard on {}",
+        "== guard demo: an AI agent works under guard on {}, holds decided by guard-server on the host",
         std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim()
     );
     println!("== policy:\n{POLICY}");
-    let a = Agent::start("demo", POLICY, AGENT_SCRIPT)?;
-    // The scripted approver: approve the config edit, deny the deploy and the deletion.
-    let plan = [("file_open", true), ("bprm_check_security", false), ("path_unlink", false)];
-    for (hook, approve) in plan {
-        let h = a.wait_hold(hook)?;
-        let id = h["id"].as_str().unwrap_or_default().to_string();
-        println!(
-            "\n== HELD #{id}: {} wants {} on {}",
-            h["exe"].as_str().unwrap_or("?"),
-            h["hook"].as_str().unwrap_or("?"),
-            h["object"].as_str().unwrap_or("?")
-        );
-        println!("   rule: {}   argv: {}   ancestry: {}", h["rule"].as_str().unwrap_or("?"), h["argv"], h["ancestry"]);
-        let yes = if interactive { ask_person()? } else { approve };
-        if yes {
-            println!("   approver: approve #{id}");
-            a.approve(&id)?;
-        } else {
-            println!("   approver: deny #{id}");
-            a.deny(&id)?;
-        }
-    }
-    let out = a.finish()?;
-    println!("\n== audit trail ({} records):", out.records.len());
+    let a = server.start("demo", POLICY, AGENT_SCRIPT)?;
+    let out = a.finish_within(std::time::Duration::from_secs(1500))?;
+    println!("\n== this host's audit log ({} records):", out.records.len());
     for r in &out.records {
         println!("{}", summary(r));
     }
     Ok(out.code)
-}
-
-fn ask_person() -> Result<bool> {
-    print!("   approve? [y/N] ");
-    std::io::stdout().flush()?;
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
-    Ok(line.trim().eq_ignore_ascii_case("y"))
 }
 
 fn summary(r: &Value) -> String {

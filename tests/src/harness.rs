@@ -202,8 +202,12 @@ impl Agent {
     }
 
     /// Waits for the agent (and so the workload) to end; returns its records.
-    pub fn finish(mut self) -> Result<Output> {
-        let deadline = Instant::now() + WAIT;
+    pub fn finish(self) -> Result<Output> {
+        self.finish_within(WAIT)
+    }
+
+    pub fn finish_within(mut self, wait: Duration) -> Result<Output> {
+        let deadline = Instant::now() + wait;
         loop {
             if let Some(st) = self.child.try_wait()? {
                 return Ok(Output {
@@ -317,5 +321,243 @@ impl Drop for Outsider {
     fn drop(&mut self) {
         self.0.kill().ok();
         self.0.wait().ok();
+    }
+}
+
+/// A `guard-agent daemon` under test, with its own config, sockets, audit log and pin
+/// directory (removed on drop, which detaches its programs: no test leaves enforcement behind).
+pub struct DaemonUnderTest {
+    child: Option<Child>,
+    pub config: String,
+    pub sock: String,
+    pub reason_sock: String,
+    pub log: String,
+    pub pins: String,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl DaemonUnderTest {
+    /// Writes `policies` (name, text) and a config with `selectors` (TOML text appended after
+    /// the generated header), starts the daemon and waits for its socket.
+    pub fn start(name: &str, policies: &[(&str, &str)], selectors: &str) -> Result<Self> {
+        let dir = format!("{DIR}/{name}");
+        std::fs::create_dir_all(&dir)?;
+        let mut config = format!(
+            "audit_log = \"{dir}/audit.jsonl\"\nadmin_socket = \"{dir}/agent.sock\"\nreason_socket = \"{dir}/reason.sock\"\npin_dir = \"/sys/fs/bpf/{name}\"\n"
+        );
+        let mut table = String::from("[policies]\n");
+        for (pname, text) in policies {
+            std::fs::write(format!("{dir}/{pname}.toml"), text)?;
+            table.push_str(&format!("{pname} = \"{pname}.toml\"\n"));
+        }
+        config.push_str(selectors.split("[[selector]]").next().unwrap_or(""));
+        config.push_str(&table);
+        if let Some(i) = selectors.find("[[selector]]") {
+            config.push_str(&selectors[i..]);
+        }
+        let cfg_path = format!("{dir}/agent.toml");
+        std::fs::write(&cfg_path, &config)?;
+        std::fs::remove_file(format!("{dir}/audit.jsonl")).ok();
+        let mut d = DaemonUnderTest {
+            child: None,
+            sock: format!("{dir}/agent.sock"),
+            reason_sock: format!("{dir}/reason.sock"),
+            log: format!("{dir}/audit.jsonl"),
+            pins: format!("/sys/fs/bpf/{name}"),
+            config: cfg_path,
+            stderr: Default::default(),
+        };
+        d.launch()?;
+        Ok(d)
+    }
+
+    fn launch(&mut self) -> Result<()> {
+        std::fs::remove_file(&self.sock).ok();
+        let mut child = Command::new("guard-agent")
+            .args(["daemon", "--config", &self.config])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting guard-agent daemon")?;
+        let err = child.stderr.take().expect("piped");
+        let sink = self.stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if std::env::var("GUARD_E2E_VERBOSE").is_ok() {
+                    eprintln!("    daemon: {line}");
+                }
+                let mut s = sink.lock().expect("lock");
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        while !std::path::Path::new(&self.sock).exists() {
+            if let Some(st) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("the daemon exited ({st}); stderr:\n{}", self.stderr());
+            }
+            if Instant::now() > deadline {
+                bail!("the daemon never opened its socket; stderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("lock").clone()
+    }
+
+    /// Waits until the daemon's log contains `needle`.
+    pub fn wait_log(&self, needle: &str, wait: Duration) -> Result<()> {
+        let deadline = Instant::now() + wait;
+        while !self.stderr().contains(needle) {
+            if Instant::now() > deadline {
+                bail!("the daemon never logged {needle:?}; stderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// SIGTERM and wait: the pins stay (trees stay enforced by the kernel).
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while c.try_wait()?.is_none() {
+                if Instant::now() > deadline {
+                    c.kill().ok();
+                    bail!("the daemon did not stop on SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop()?;
+        self.launch()
+    }
+
+    /// Runs `guard-agent ARGS --socket <admin socket>`.
+    pub fn ctl(&self, args: &[&str]) -> Result<std::process::Output> {
+        Ok(Command::new("guard-agent").args(args).args(["--socket", &self.sock]).output()?)
+    }
+
+    pub fn status(&self) -> Result<Value> {
+        let out = self.ctl(&["status", "--json"])?;
+        if !out.status.success() {
+            bail!("status failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// The tree rooted at `root` in `status`, waiting for it to appear.
+    pub fn tree(&self, root: u32) -> Result<Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let st = self.status()?;
+            if let Some(t) = st["trees"].as_array().into_iter().flatten().find(|t| t["root"] == root) {
+                return Ok(t.clone());
+            }
+            if Instant::now() > deadline {
+                bail!("no tree with root {root} in status: {st}\nstderr:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn records(&self) -> Vec<Value> {
+        read_records(&self.log)
+    }
+
+    /// Waits for a record that satisfies `pred`.
+    pub fn wait_record(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(r) = self.records().into_iter().find(&pred) {
+                return Ok(r);
+            }
+            if Instant::now() > deadline {
+                bail!("no record {what}; records: {:?}\nstderr:\n{}", self.records(), self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn pending(&self) -> Result<Vec<Value>> {
+        let out = self.ctl(&["pending", "--json"])?;
+        let v: Value = serde_json::from_slice(&out.stdout)?;
+        v.as_array().cloned().ok_or_else(|| anyhow!("pending is not a list: {v}"))
+    }
+}
+
+impl Drop for DaemonUnderTest {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().ok();
+            c.wait().ok();
+        }
+        if let Ok(files) = std::fs::read_dir(&self.pins) {
+            for build in files.flatten() {
+                for f in std::fs::read_dir(build.path()).into_iter().flatten().flatten() {
+                    std::fs::remove_file(f.path()).ok();
+                }
+                std::fs::remove_dir(build.path()).ok();
+            }
+        }
+        std::fs::remove_dir(&self.pins).ok();
+    }
+}
+
+/// A workload started in the background; its output is collected when it ends.
+pub struct Workload(pub Child);
+
+impl Workload {
+    pub fn spawn(cmd: &mut Command) -> Result<Self> {
+        Ok(Workload(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Waits for the end; returns (exit code, stdout).
+    pub fn finish(mut self) -> Result<(i32, String)> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(st) = self.0.try_wait()? {
+                let mut out = String::new();
+                if let Some(mut o) = self.0.stdout.take() {
+                    o.read_to_string(&mut out)?;
+                }
+                let mut err = String::new();
+                if let Some(mut e) = self.0.stderr.take() {
+                    e.read_to_string(&mut err)?;
+                }
+                if !err.is_empty() {
+                    out.push_str("\nSTDERR: ");
+                    out.push_str(&err);
+                }
+                return Ok((st.code().unwrap_or(-1), out));
+            }
+            if Instant::now() > deadline {
+                self.0.kill().ok();
+                bail!("a workload did not end");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.0.kill().ok();
+            self.0.wait().ok();
+        }
     }
 }

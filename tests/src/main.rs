@@ -66,8 +66,7 @@ fn main() {
         }
     }
     if args.first().map(String::as_str) == Some("demo") {
-        let interactive = args.iter().any(|a| a == "--interactive");
-        match demo::run(interactive) {
+        match demo::run() {
             Ok(code) => std::process::exit(code),
             Err(e) => {
                 eprintln!("demo failed: {e:#}");

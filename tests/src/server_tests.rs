@@ -24,13 +24,13 @@ pub const TESTS: &[Test] = &[
 
 const WAIT: Duration = Duration::from_secs(120);
 
-struct Env {
+pub struct Env {
     server: String,
     pki: String,
     host: String,
 }
 
-fn env() -> Result<Env> {
+pub fn env() -> Result<Env> {
     let get = |k: &str| std::env::var(k).map_err(|_| anyhow!("{k} is not set: run under `cargo xtask test`"));
     Ok(Env { server: get("GUARD_E2E_SERVER")?, pki: get("GUARD_E2E_PKI")?, host: get("GUARD_E2E_HOST")? })
 }
@@ -49,7 +49,7 @@ impl Env {
         ]
     }
 
-    fn start(&self, name: &str, policy: &str, script: &str) -> Result<Agent> {
+    pub fn start(&self, name: &str, policy: &str, script: &str) -> Result<Agent> {
         self.start_on(&self.server.clone(), name, policy, script)
     }
 

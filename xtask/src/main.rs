@@ -2,9 +2,11 @@
 //! QEMU runs of the agent against real kernels, and the end-to-end test matrix.
 mod central;
 mod compile;
+mod demo;
 mod e2e;
 mod initramfs;
 mod kernel;
+mod server_bench;
 mod setup;
 mod util;
 mod vm;
@@ -35,7 +37,8 @@ enum Cmd {
     /// The whole loop in a VM: a scripted AI agent under guard, its held operations approved
     /// and denied by a scripted approver, and the audit trail.
     Demo(DemoArgs),
-    /// guard's overhead inside the VM: no agent, unwatched, watched (no match / allow rules).
+    /// guard's overhead inside the VM: no agent, unwatched, watched (no match / allow rules);
+    /// then guard-server's decision latency and throughput under load (SQLite, PostgreSQL).
     Bench(BenchArgs),
     /// (internal) joins one forwarded guest connection to 127.0.0.1:PORT; QEMU runs it.
     #[command(hide = true)]
@@ -46,6 +49,9 @@ enum Cmd {
 struct DemoArgs {
     #[arg(long, value_enum, default_value = "6.12")]
     kernel: kernel::Series,
+    /// A person decides each held operation at this terminal (instead of the scripted approver).
+    #[arg(long)]
+    interactive: bool,
 }
 
 #[derive(clap::Args)]
@@ -59,6 +65,8 @@ struct BenchArgs {
     /// workload do not then share one emulated CPU; the 2-vCPU crash risk is for tests).
     #[arg(long, default_value_t = 2)]
     smp: u32,
+    #[command(flatten)]
+    server: server_bench::ServerBenchArgs,
 }
 
 fn main() -> ExitCode {
@@ -81,9 +89,18 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
         Cmd::Vm(args) => vm::run(&args),
         Cmd::Relay { port } => vm::relay(port),
         Cmd::Test(args) => e2e::run(&args),
-        Cmd::Demo(a) => in_vm(a.kernel, 1, vec!["/bin/guard-e2e".into(), "demo".into()], 900),
+        Cmd::Demo(a) => demo::run(a.kernel, a.interactive),
         Cmd::Bench(a) => {
-            in_vm(a.kernel, a.smp, vec!["/bin/guard-e2e".into(), "bench".into(), a.rounds.to_string()], 5400)
+            // The VM bench, then guard-server under load on the host (or only one of them).
+            let code = if a.server.server_only {
+                0
+            } else {
+                in_vm(a.kernel, a.smp, vec!["/bin/guard-e2e".into(), "bench".into(), a.rounds.to_string()], 5400)?
+            };
+            if !a.server.no_server {
+                server_bench::run(&a.server)?;
+            }
+            Ok(code)
         }
     }
 }

@@ -49,6 +49,9 @@ struct Args {
     json: bool,
 }
 
+/// How long one request may wait for its decision before it counts as an error.
+const DECISION_WAIT: Duration = Duration::from_secs(10);
+
 /// What one agent measured.
 #[derive(Default)]
 struct AgentResult {
@@ -58,11 +61,21 @@ struct AgentResult {
     first_error: Option<String>,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let args = Args::parse();
     raise_nofile(args.agents as u64 * 2 + 64);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(run(args))
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run(args)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("guard-loadgen: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 /// Each connection is a socket; the default soft limit (often 1024) is too low for 1000.
@@ -177,7 +190,7 @@ async fn run(args: Args) -> Result<()> {
         println!("{v}");
     } else {
         println!(
-            "agents {} (connected in {:.2}s, {failed_agents} failed)  duration {elapsed:.2}s  decisions {decisions}  \
+            "agents {} (connected in {:.2}s, {failed_agents} without any decision)  duration {elapsed:.2}s  decisions {decisions}  \
              {rate:.0}/s  p50 {p50}µs  p99 {p99}µs  max {max}µs  not approved {}  errors {}",
             args.agents,
             connect_time.as_secs_f64(),
@@ -196,7 +209,13 @@ async fn run(args: Args) -> Result<()> {
 
 /// One agent: submit, wait for APPROVED, repeat until told to stop. Errors are counted, not
 /// fatal, so that one overloaded moment does not void a run; the first one is kept.
-async fn agent_loop(mut client: AgentServiceClient<Channel>, agent: usize, nonce: u128, rule: &str, stop: &AtomicBool) -> AgentResult {
+async fn agent_loop(
+    mut client: AgentServiceClient<Channel>,
+    agent: usize,
+    nonce: u128,
+    rule: &str,
+    stop: &AtomicBool,
+) -> AgentResult {
     let mut res = AgentResult::default();
     let mut seq: u64 = 0;
     let pid = 10_000 + agent as u32;
@@ -226,7 +245,12 @@ async fn agent_loop(mut client: AgentServiceClient<Channel>, agent: usize, nonce
             hold_key: format!("loadgen-{nonce}-{agent}-{seq}"),
         };
         let t0 = Instant::now();
-        match submit_until_approved(&mut client, req).await {
+        // A request the server does not decide at once (no auto rule for --rule) must not hang
+        // the run.
+        let outcome = tokio::time::timeout(DECISION_WAIT, submit_until_approved(&mut client, req))
+            .await
+            .unwrap_or_else(|_| Err(format!("no decision within {DECISION_WAIT:?} (is --rule auto-approved?)")));
+        match outcome {
             Ok(true) => res.latencies_us.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32),
             Ok(false) => res.not_approved += 1,
             Err(e) => {

@@ -1,0 +1,407 @@
+//! The daemon's configuration file: named policies, tree selectors, sockets, the server.
+//!
+//! ```toml
+//! audit_log = "/var/log/guard/audit.jsonl"
+//! registration_policy = "coding-agent"      # for `run --daemon` / `watch --pid` without --policy
+//!
+//! [policies]                                 # name = policy file (relative to this file)
+//! coding-agent = "policies/coding-agent.toml"
+//! ops-agent = "policies/ops-agent.toml"
+//!
+//! [[selector]]
+//! name = "claude"                            # optional; shown in status and logs
+//! policy = "coding-agent"
+//! exe = "/usr/local/bin/claude"              # a path (resolved), or a file name: exe = "claude"
+//! argv = ["--agent"]                         # optional: tokens that must all be arguments
+//!
+//! [[selector]]
+//! policy = "ops-agent"
+//! cgroup = "agents.slice"                    # cgroup v2 path under /sys/fs/cgroup, descendants too
+//!
+//! [[selector]]
+//! policy = "ops-agent"
+//! user = "svc-deploy"                        # or a uid
+//!
+//! [server]                                   # optional: holds decided by guard-server
+//! url = "https://guard.example:7443"
+//! ca = "/etc/guard/ca.pem"
+//! cert = "/etc/guard/agent.pem"
+//! key = "/etc/guard/agent.key"
+//! ```
+//!
+//! Overlaps: a process that matches several selectors is watched under the one that wins by
+//! kind, then file order: explicit registration (`run --daemon`, `watch --pid`) > exe >
+//! cgroup > user; among selectors of one kind, the first in the file. A process already in a
+//! tree stays in it: selectors only start new trees.
+
+use crate::{
+    policy::{Policy, PolicyError},
+    remote::ServerConfig,
+};
+use guard_common::{selector, SelKey, Selector, ARG_LEN, MAX_ARGV_TOKENS, MAX_SELECTORS};
+use serde::Deserialize;
+use std::{
+    collections::BTreeMap,
+    ops::Range,
+    path::{Path, PathBuf},
+};
+use toml::Spanned;
+
+pub const DEFAULT_CONFIG: &str = "/etc/guard/agent.toml";
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/guard";
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    audit_log: Option<PathBuf>,
+    admin_socket: Option<PathBuf>,
+    reason_socket: Option<PathBuf>,
+    pin_dir: Option<PathBuf>,
+    max_tree_tasks: Option<Spanned<u64>>,
+    registration_policy: Option<Spanned<String>>,
+    #[serde(default)]
+    policies: BTreeMap<String, Spanned<PathBuf>>,
+    #[serde(default, rename = "selector")]
+    selectors: Vec<Spanned<RawSelector>>,
+    server: Option<ServerConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSelector {
+    name: Option<String>,
+    policy: Spanned<String>,
+    exe: Option<Spanned<String>>,
+    argv: Option<Spanned<Vec<String>>>,
+    cgroup: Option<Spanned<String>>,
+    user: Option<Spanned<toml::Value>>,
+}
+
+/// What a selector matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Match {
+    /// The resolved path of the program or script executed.
+    ExePath(String),
+    /// The program's file name.
+    ExeName(String),
+    /// A cgroup v2 path relative to the cgroup root ("/agents.slice"), and its descendants.
+    Cgroup(String),
+    User(u32),
+}
+
+impl Match {
+    /// Lower wins: registration (not a selector) > exe > cgroup > user.
+    fn kind_rank(&self) -> u32 {
+        match self {
+            Match::ExePath(_) | Match::ExeName(_) => 0,
+            Match::Cgroup(_) => 1,
+            Match::User(_) => 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SelectorConf {
+    pub name: String,
+    pub policy: String,
+    pub matcher: Match,
+    pub argv: Vec<String>,
+    /// Position in the file (1-based), for messages.
+    pub index: usize,
+}
+
+impl SelectorConf {
+    pub fn describe(&self) -> String {
+        let what = match &self.matcher {
+            Match::ExePath(p) => format!("exe {p}"),
+            Match::ExeName(n) => format!("exe name {n}"),
+            Match::Cgroup(c) => format!("cgroup {c}"),
+            Match::User(u) => format!("user {u}"),
+        };
+        let argv = if self.argv.is_empty() { String::new() } else { format!(" argv {:?}", self.argv) };
+        format!("selector #{} {:?} ({what}{argv})", self.index, self.name)
+    }
+}
+
+pub struct NamedPolicy {
+    pub name: String,
+    pub file: PathBuf,
+    pub policy: Policy,
+}
+
+pub struct Config {
+    pub file: PathBuf,
+    pub audit_log: PathBuf,
+    pub admin_socket: PathBuf,
+    pub reason_socket: PathBuf,
+    pub pin_dir: PathBuf,
+    pub max_tree_tasks: u64,
+    pub registration_policy: Option<String>,
+    pub policies: Vec<NamedPolicy>,
+    /// In winning order (kind, then file order): the position is the kernel's rank.
+    pub selectors: Vec<SelectorConf>,
+    pub server: Option<ServerConfig>,
+}
+
+struct Ctx<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, span: Range<usize>, msg: impl Into<String>) -> PolicyError {
+        let upto = &self.text[..span.start.min(self.text.len())];
+        let line = upto.matches('\n').count() + 1;
+        let col = upto.len() - upto.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+        PolicyError { file: self.file.into(), line, col, msg: msg.into() }
+    }
+}
+
+impl Config {
+    /// Reads and checks the whole configuration, every policy file included.
+    pub fn load(path: &Path) -> Result<Config, PolicyError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+            file: file.clone(),
+            line: 0,
+            col: 0,
+            msg: format!("cannot read the configuration: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, PolicyError> {
+        let file = path.display().to_string();
+        let ctx = Ctx { file: &file, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ctx.err(e.span().unwrap_or(0..0), e.message()))?;
+        let base = path.parent().unwrap_or(Path::new("/"));
+        if raw.policies.is_empty() {
+            return Err(ctx.err(0..0, "no [policies]: name at least one policy file (name = \"file.toml\")"));
+        }
+        if raw.policies.len() > crate::kernel::MAX_POLICIES as usize {
+            return Err(ctx.err(0..0, format!("at most {} policies are supported", crate::kernel::MAX_POLICIES)));
+        }
+        let mut policies = vec![];
+        for (name, f) in &raw.policies {
+            if name.is_empty() || name.len() > 64 {
+                return Err(ctx.err(f.span(), "a policy name must be 1 to 64 characters"));
+            }
+            let pf = base.join(f.get_ref());
+            // A policy's own errors carry its own file:line:col.
+            let policy = Policy::load(&pf)?;
+            policies.push(NamedPolicy { name: name.clone(), file: pf, policy });
+        }
+        let known = |s: &Spanned<String>| -> Result<String, PolicyError> {
+            if raw.policies.contains_key(s.get_ref()) {
+                Ok(s.get_ref().clone())
+            } else {
+                let names: Vec<&String> = raw.policies.keys().collect();
+                Err(ctx.err(s.span(), format!("unknown policy {:?}: expected one of {names:?}", s.get_ref())))
+            }
+        };
+        let registration_policy = raw.registration_policy.as_ref().map(known).transpose()?;
+        let mut selectors = vec![];
+        for (i, s) in raw.selectors.iter().enumerate() {
+            let span = s.span();
+            let s = s.get_ref();
+            let policy = known(&s.policy)?;
+            let n = s.exe.is_some() as u8 + s.cgroup.is_some() as u8 + s.user.is_some() as u8;
+            if n != 1 {
+                return Err(ctx.err(span, "a selector needs exactly one of exe, cgroup or user"));
+            }
+            let argv = match &s.argv {
+                None => vec![],
+                Some(a) => {
+                    if s.exe.is_none() {
+                        return Err(ctx.err(a.span(), "argv is only for exe selectors"));
+                    }
+                    let v = a.get_ref().clone();
+                    if v.is_empty() || v.len() > MAX_ARGV_TOKENS {
+                        return Err(ctx.err(a.span(), format!("argv takes 1 to {MAX_ARGV_TOKENS} arguments")));
+                    }
+                    if let Some(t) = v.iter().find(|t| t.is_empty() || t.len() >= ARG_LEN || t.contains('\0')) {
+                        return Err(ctx.err(
+                            a.span(),
+                            format!("argv token {t:?} must be 1 to {} bytes, without NUL", ARG_LEN - 1),
+                        ));
+                    }
+                    v
+                }
+            };
+            let matcher = if let Some(e) = &s.exe {
+                let v = e.get_ref();
+                if v.is_empty() || v.contains('\0') {
+                    return Err(ctx.err(e.span(), "exe must be a path or a file name"));
+                }
+                if v.contains('/') {
+                    if !v.starts_with('/') {
+                        return Err(ctx.err(e.span(), format!("exe {v:?} is relative: give an absolute path")));
+                    }
+                    // The kernel compares the resolved path: resolve symlinks now.
+                    let resolved = std::fs::canonicalize(v).map(|p| p.display().to_string()).unwrap_or(v.clone());
+                    Match::ExePath(resolved)
+                } else {
+                    Match::ExeName(v.clone())
+                }
+            } else if let Some(c) = &s.cgroup {
+                let v = c.get_ref().trim_end_matches('/');
+                let rel = v.strip_prefix(CGROUP_ROOT).unwrap_or(v);
+                let rel = if rel.starts_with('/') { rel.to_string() } else { format!("/{rel}") };
+                if rel == "/" || rel.split('/').any(|p| p == "." || p == "..") {
+                    return Err(ctx.err(
+                        c.span(),
+                        format!("cgroup {v:?}: expected a cgroup below the root, e.g. \"agents.slice\""),
+                    ));
+                }
+                Match::Cgroup(rel)
+            } else if let Some(u) = &s.user {
+                let uid = match u.get_ref() {
+                    toml::Value::Integer(n) if (0..u32::MAX as i64).contains(n) => *n as u32,
+                    toml::Value::String(name) => match nix::unistd::User::from_name(name) {
+                        Ok(Some(u)) => u.uid.as_raw(),
+                        _ => match name.parse::<u32>() {
+                            Ok(n) => n,
+                            Err(_) => return Err(ctx.err(u.span(), format!("no user named {name:?} on this host"))),
+                        },
+                    },
+                    _ => return Err(ctx.err(u.span(), "user must be a user name or a uid")),
+                };
+                Match::User(uid)
+            } else {
+                unreachable!("checked above")
+            };
+            let name = s.name.clone().unwrap_or_else(|| format!("selector-{}", i + 1));
+            selectors.push(SelectorConf { name, policy, matcher, argv, index: i + 1 });
+        }
+        if selectors.len() > MAX_SELECTORS as usize {
+            return Err(ctx.err(0..0, format!("at most {MAX_SELECTORS} selectors are supported")));
+        }
+        // Stable: file order is kept within a kind.
+        selectors.sort_by_key(|s| s.matcher.kind_rank());
+        let max_tree_tasks = match raw.max_tree_tasks {
+            None => crate::kernel::MAX_TREE_TASKS,
+            Some(n) if *n.get_ref() == 0 || *n.get_ref() > crate::kernel::MAX_TREE_TASKS => {
+                return Err(ctx.err(
+                    n.span(),
+                    format!("max_tree_tasks must be 1 to {}", crate::kernel::MAX_TREE_TASKS),
+                ))
+            }
+            Some(n) => *n.get_ref(),
+        };
+        Ok(Config {
+            file: path.to_path_buf(),
+            audit_log: raw.audit_log.unwrap_or_else(|| "/var/log/guard/audit.jsonl".into()),
+            admin_socket: raw.admin_socket.unwrap_or_else(|| crate::admin::DEFAULT_SOCKET.into()),
+            reason_socket: raw.reason_socket.unwrap_or_else(|| crate::reasons::DEFAULT_SOCKET.into()),
+            pin_dir: raw.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
+            max_tree_tasks,
+            registration_policy,
+            policies,
+            selectors,
+            server: raw.server,
+        })
+    }
+
+    /// Files whose change triggers a reload.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.file.clone()];
+        v.extend(self.policies.iter().map(|p| p.file.clone()));
+        v
+    }
+
+    /// The policy for a registration that names none.
+    pub fn default_registration_policy(&self) -> Option<&str> {
+        self.registration_policy
+            .as_deref()
+            .or_else(|| (self.policies.len() == 1).then(|| self.policies[0].name.as_str()))
+    }
+
+    /// The kernel's selector table. `policy_id` maps names to kernel ids. Cgroups that do not
+    /// exist (yet) are left out and listed in the second value.
+    pub fn kernel_selectors(&self, policy_id: &dyn Fn(&str) -> Option<u8>) -> (Vec<(SelKey, Selector)>, Vec<String>) {
+        let mut out: Vec<(SelKey, Selector)> = vec![];
+        let mut missing = vec![];
+        for (rank, s) in self.selectors.iter().enumerate() {
+            let Some(policy) = policy_id(&s.policy) else { continue };
+            let (kind, value) = match &s.matcher {
+                Match::ExePath(p) => (selector::EXE_PATH, guard_common::fnv1a(p.as_bytes())),
+                Match::ExeName(n) => (selector::EXE_NAME, guard_common::fnv1a(n.as_bytes())),
+                Match::Cgroup(c) => match cgroup_id(c) {
+                    Some(id) => (selector::CGROUP, id),
+                    None => {
+                        missing.push(c.clone());
+                        continue;
+                    }
+                },
+                Match::User(u) => (selector::USER, *u as u64),
+            };
+            let key = SelKey { kind, _pad: [0; 7], value };
+            // Same key twice: the first (winning) one stays.
+            if out.iter().any(|(k, _)| *k == key) {
+                continue;
+            }
+            let mut tokens = [0u64; MAX_ARGV_TOKENS];
+            for (t, a) in tokens.iter_mut().zip(&s.argv) {
+                *t = guard_common::fnv1a(a.as_bytes());
+            }
+            let sel = Selector { rank: rank as u32, policy, ntok: s.argv.len() as u8, _pad: [0; 2], tokens };
+            out.push((key, sel));
+        }
+        (out, missing)
+    }
+}
+
+/// A cgroup v2 id: the inode number of its directory.
+pub fn cgroup_id(rel: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("{CGROUP_ROOT}{rel}")).ok().filter(|m| m.is_dir()).map(|m| m.ino())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(dir: &Path, text: &str) -> Result<Config, PolicyError> {
+        Config::parse(&dir.join("agent.toml"), text)
+    }
+
+    #[test]
+    fn selectors_order_and_errors() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a.toml"), "default = \"allow\"\n").unwrap();
+        std::fs::write(d.path().join("b.toml"), "default = \"deny\"\n").unwrap();
+        let c = parse(
+            d.path(),
+            r#"
+[policies]
+a = "a.toml"
+b = "b.toml"
+[[selector]]
+policy = "b"
+user = 1234
+[[selector]]
+policy = "a"
+cgroup = "agents.slice"
+[[selector]]
+policy = "a"
+exe = "claude"
+argv = ["--agent"]
+"#,
+        )
+        .unwrap();
+        let kinds: Vec<&Match> = c.selectors.iter().map(|s| &s.matcher).collect();
+        assert_eq!(kinds, vec![&Match::ExeName("claude".into()), &Match::Cgroup("/agents.slice".into()), &Match::User(1234)]);
+        assert_eq!(c.selectors[1].index, 2);
+        let e = parse(d.path(), "[policies]\na = \"a.toml\"\n[[selector]]\npolicy = \"x\"\nuser = 1\n").err().unwrap();
+        assert_eq!((e.line, e.col), (4, 10), "{e}");
+        let e = parse(d.path(), "[policies]\na = \"a.toml\"\n[[selector]]\npolicy = \"a\"\nuser = 1\nexe = \"x\"\n")
+            .err()
+            .unwrap();
+        assert!(e.msg.contains("exactly one"), "{e}");
+        let e = parse(d.path(), "[policies]\na = \"missing.toml\"\n").err().unwrap();
+        assert!(e.file.ends_with("missing.toml"), "{e}");
+        let e = parse(d.path(), "[policies]\na = \"a.toml\"\n[[selector]]\npolicy = \"a\"\ncgroup = \"/\"\n").err().unwrap();
+        assert!(e.msg.contains("below the root"), "{e}");
+    }
+}

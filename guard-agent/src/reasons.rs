@@ -1,0 +1,125 @@
+//! Stated reasons: a process inside a watched tree tells guard why it is about to act (tool,
+//! call id, one line, session). The reason is shown on the tree's holds and kept in its
+//! records; it never decides anything.
+//!
+//! The socket is open to every local process (mode 0666), and who may write what is decided
+//! by the kernel's own answer to "who is this": the peer's pid from SO_PEERCRED must be a task
+//! in a watched tree, and the reason is bound to that tree. A process outside every tree is
+//! refused; a process can never set another tree's reason.
+
+use crate::{agent::Shared, holds::StatedReason};
+use anyhow::{bail, Context, Result};
+use std::{os::unix::fs::PermissionsExt, path::Path};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+};
+
+pub const DEFAULT_SOCKET: &str = "/run/guard/reason.sock";
+/// Set in the environment of `run --daemon` commands; clients use it before the default.
+pub const SOCKET_ENV: &str = "GUARD_REASON_SOCKET";
+const MAX_FIELD: usize = 256;
+const MAX_REASON: usize = 1024;
+
+pub async fn bind(path: &Path) -> Result<UnixListener> {
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            bail!("another guard-agent already serves {}", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("binding the reason socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
+/// Keeps what people can read: one line, bounded, no control characters.
+fn clean(s: &str, max: usize) -> String {
+    let s: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let mut s = s.trim().to_string();
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+/// The tree (root pid) a peer process belongs to, if it is watched.
+fn tree_of(state: &Shared, pid: u32) -> Option<u32> {
+    let st = state.lock().expect("state lock");
+    if let Some(root) = st.tree_root(pid) {
+        return Some(root);
+    }
+    // The thread group leader may be gone while other threads live.
+    let tids: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    tids.into_iter().find_map(|t| st.tree_root(t))
+}
+
+pub async fn serve(listener: UnixListener, state: Shared) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let pid = stream.peer_cred().ok().and_then(|c| c.pid());
+            let (r, mut w) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = BufReader::new(r.take(8 * 1024));
+            let answer = match reader.read_line(&mut line).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => handle(&state, pid, &line),
+            };
+            let out = match answer {
+                Ok(root) => format!("{{\"ok\":true,\"tree\":{root}}}\n"),
+                Err(e) => format!("{}\n", serde_json::json!({"ok": false, "error": format!("{e:#}")})),
+            };
+            w.write_all(out.as_bytes()).await.ok();
+        });
+    }
+}
+
+fn handle(state: &Shared, pid: Option<i32>, line: &str) -> Result<u32> {
+    let Some(pid) = pid.filter(|p| *p > 0) else { bail!("refused: the caller's pid is unknown") };
+    let Some(root) = tree_of(state, pid as u32) else {
+        tracing::warn!("reason from pid {pid} refused: not in a watched tree");
+        bail!("refused: pid {pid} is not in a watched tree (only a watched agent can state its reasons)");
+    };
+    let r: StatedReason = serde_json::from_str(line).context("bad reason: expected JSON {tool, call_id, reason, session}")?;
+    let r = StatedReason {
+        tool: clean(&r.tool, MAX_FIELD),
+        call_id: clean(&r.call_id, MAX_FIELD),
+        reason: clean(&r.reason, MAX_REASON),
+        session: clean(&r.session, MAX_FIELD),
+    };
+    tracing::info!("tree {root}: pid {pid} states tool={:?} call_id={:?}: {}", r.tool, r.call_id, r.reason);
+    state.lock().expect("state lock").trees.reasons.insert(root, r);
+    Ok(root)
+}
+
+/// `guard-agent reason`: sends one reason for the caller's own tree.
+pub fn send(socket: Option<&Path>, r: &StatedReason) -> Result<u32> {
+    let path = match socket {
+        Some(p) => p.to_path_buf(),
+        None => std::env::var_os(SOCKET_ENV).map(Into::into).unwrap_or_else(|| DEFAULT_SOCKET.into()),
+    };
+    let mut s = std::os::unix::net::UnixStream::connect(&path)
+        .with_context(|| format!("cannot reach guard's reason socket {}", path.display()))?;
+    use std::io::{BufRead, Write};
+    let mut line = serde_json::to_string(r)?;
+    line.push('\n');
+    s.write_all(line.as_bytes())?;
+    let mut answer = String::new();
+    std::io::BufReader::new(s).read_line(&mut answer)?;
+    let v: serde_json::Value = serde_json::from_str(&answer).context("the daemon's answer is not JSON")?;
+    if v["ok"] != true {
+        bail!("{}", v["error"].as_str().unwrap_or("refused"));
+    }
+    Ok(v["tree"].as_u64().unwrap_or(0) as u32)
+}

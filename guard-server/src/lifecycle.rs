@@ -1,0 +1,233 @@
+//! The rules of a request's life, as pure functions: what a valid submission is, how a new
+//! request starts (timeout, approvals, auto rule), and what a review may do. The store runs
+//! `judge_review` inside its transaction, on the row as it is under the lock.
+use crate::config::{AutoDecision, Policy};
+use crate::error::{GuardError, GuardResult};
+use crate::store::{Decision, NewRequest, ReviewEffect};
+use guard_proto::v1::{Request, ReviewRequest, State, SubmitRequest};
+use tonic_types::FieldViolation;
+
+/// Whole gRPC message, enforced by tonic before decoding.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+pub const MAX_OBJECT_BYTES: usize = 4096;
+pub const MAX_ANCESTRY: usize = 64;
+pub const MAX_ARGV: usize = 64;
+pub const MAX_ARG_BYTES: usize = 4096;
+/// Paths (exe, cwd) and free text (stated reason, comments).
+pub const MAX_TEXT_BYTES: usize = 4096;
+/// Short names: hook, rule, policy, access, user, tree id, hold key.
+pub const MAX_NAME_BYTES: usize = 256;
+pub const MAX_RECORDS_PER_CALL: usize = 1000;
+/// A grant longer than a day is a policy rule, not a review.
+pub const MAX_GRANT_SECONDS: u64 = 24 * 60 * 60;
+
+/// Collects every problem of a message at once, so the caller fixes them in one go.
+#[derive(Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+
+    /// Length and content of one string field. NUL is refused because PostgreSQL's TEXT
+    /// cannot hold it (and no path or name contains one).
+    pub fn text(&mut self, field: &str, value: &str, max: usize, required: bool) {
+        if required && value.is_empty() {
+            self.add(field, "required");
+        } else if value.len() > max {
+            self.add(field, format!("{} bytes, at most {max}", value.len()));
+        } else if value.contains('\0') {
+            self.add(field, "contains a NUL byte");
+        }
+    }
+
+    pub fn into_result(self) -> GuardResult<()> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(GuardError::InvalidArgument(self.0))
+        }
+    }
+}
+
+pub fn validate_submit(req: &SubmitRequest) -> GuardResult<()> {
+    let mut v = Violations::default();
+    v.text("hold_key", &req.hold_key, MAX_NAME_BYTES, false);
+    let Some(op) = &req.operation else {
+        v.add("operation", "required");
+        return v.into_result();
+    };
+    v.text("operation.hook", &op.hook, MAX_NAME_BYTES, true);
+    v.text("operation.object", &op.object, MAX_OBJECT_BYTES, true);
+    for (field, value) in [
+        ("operation.access", &op.access),
+        ("operation.rule", &op.rule),
+        ("operation.policy", &op.policy),
+        ("operation.user", &op.user),
+        ("operation.tree_id", &op.tree_id),
+    ] {
+        v.text(field, value, MAX_NAME_BYTES, false);
+    }
+    v.text("operation.cwd", &op.cwd, MAX_TEXT_BYTES, false);
+    if op.ancestry.len() > MAX_ANCESTRY {
+        v.add("operation.ancestry", format!("{} entries, at most {MAX_ANCESTRY}", op.ancestry.len()));
+    } else {
+        for (i, p) in op.ancestry.iter().enumerate() {
+            v.text(&format!("operation.ancestry[{i}].exe"), &p.exe, MAX_TEXT_BYTES, false);
+            if p.argv.len() > MAX_ARGV {
+                v.add(format!("operation.ancestry[{i}].argv"), format!("{} entries, at most {MAX_ARGV}", p.argv.len()));
+                continue;
+            }
+            for (j, arg) in p.argv.iter().enumerate() {
+                v.text(&format!("operation.ancestry[{i}].argv[{j}]"), arg, MAX_ARG_BYTES, false);
+            }
+        }
+    }
+    if let Some(s) = &op.stated_reason {
+        v.text("operation.stated_reason.tool", &s.tool, MAX_NAME_BYTES, false);
+        v.text("operation.stated_reason.call_id", &s.call_id, MAX_NAME_BYTES, false);
+        v.text("operation.stated_reason.session", &s.session, MAX_NAME_BYTES, false);
+        v.text("operation.stated_reason.reason", &s.reason, MAX_TEXT_BYTES, false);
+    }
+    v.into_result()
+}
+
+/// How long the server keeps a request pending: the agent's hold time, or the default,
+/// never past `max_timeout`.
+pub fn timeout_ms(policy: &Policy, timeout_seconds: u64) -> i64 {
+    let asked =
+        if timeout_seconds == 0 { policy.default_timeout } else { std::time::Duration::from_secs(timeout_seconds) };
+    i64::try_from(asked.min(policy.max_timeout).as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The request a (validated) submission creates.
+pub fn plan_submit(policy: &Policy, host: &str, id: String, req: SubmitRequest, now_ms: i64) -> NewRequest {
+    let operation = req.operation.unwrap_or_default();
+    let (approvals_required, eligible_approvers) = match policy.requires.get(&operation.rule) {
+        Some(r) => (r.approvals, r.approvers.clone()),
+        None => (1, Vec::new()),
+    };
+    let auto = policy.autos.get(&operation.rule).map(|d| Decision {
+        state: match d {
+            AutoDecision::Approve => State::Approved,
+            AutoDecision::Deny => State::Denied,
+        },
+        reason: "auto".into(),
+        decided_by: format!("auto:{}", operation.rule),
+        comment: String::new(),
+        decided_ms: now_ms,
+    });
+    NewRequest {
+        id,
+        host: host.to_string(),
+        hold_key: Some(req.hold_key).filter(|k| !k.is_empty()),
+        created_ms: now_ms,
+        expires_ms: now_ms.saturating_add(timeout_ms(policy, req.timeout_seconds)),
+        approvals_required,
+        eligible_approvers,
+        auto,
+        operation,
+    }
+}
+
+/// Checks of a review that need no database: run before the transaction.
+pub fn validate_review(req: &ReviewRequest) -> GuardResult<()> {
+    let mut v = Violations::default();
+    v.text("comment", &req.comment, MAX_TEXT_BYTES, false);
+    if !req.approve && req.grant_seconds > 0 {
+        v.add("grant_seconds", "a grant goes only with an approval");
+    }
+    if req.grant_seconds > MAX_GRANT_SECONDS {
+        v.add("grant_seconds", format!("at most {MAX_GRANT_SECONDS}"));
+    }
+    v.into_result()
+}
+
+/// What `approver`'s review does to `request` (as it is under the store's lock).
+pub fn judge_review(
+    policy: &Policy,
+    approver: &str,
+    review: &ReviewRequest,
+    request: &Request,
+    now_ms: i64,
+) -> GuardResult<ReviewEffect> {
+    let state = State::try_from(request.state).unwrap_or(State::Unspecified);
+    let subject = format!("request/{}", request.id);
+    if state != State::Pending {
+        return Err(GuardError::precondition(
+            "STATE",
+            subject,
+            format!("request {} is {}, no longer pending", request.id, state.label()),
+        ));
+    }
+    if request.reviews.iter().any(|r| r.approver == approver) {
+        return Err(GuardError::precondition(
+            "ALREADY_REVIEWED",
+            subject,
+            format!("{approver} already reviewed request {}", request.id),
+        ));
+    }
+    if !request.eligible_approvers.is_empty() && !request.eligible_approvers.iter().any(|a| a == approver) {
+        return Err(GuardError::PermissionDenied(format!(
+            "{approver} is not among the approvers of rule {:?}: {}",
+            request.operation.as_ref().map(|o| o.rule.as_str()).unwrap_or_default(),
+            request.eligible_approvers.join(", ")
+        )));
+    }
+    let op = request.operation.clone().unwrap_or_default();
+    let uid = op.uid.to_string();
+    let own_users = policy.approvers.get(approver).map(|a| a.unix_users.as_slice()).unwrap_or_default();
+    let own = (!op.user.is_empty() && op.user == approver)
+        || own_users.iter().any(|u| !u.is_empty() && (*u == op.user || *u == uid));
+    if own {
+        return Err(GuardError::PermissionDenied(format!(
+            "request {} comes from a tree running as {} (uid {}), which is {approver}'s own: another approver must review it",
+            request.id, op.user, op.uid
+        )));
+    }
+
+    if !review.approve {
+        return Ok(ReviewEffect {
+            decision: Some(decided(State::Denied, "denied", approver, review, now_ms)),
+            grant_until_ms: None,
+        });
+    }
+    let mut approvers: Vec<&str> = request.reviews.iter().filter(|r| r.approve).map(|r| r.approver.as_str()).collect();
+    approvers.push(approver);
+    approvers.sort_unstable();
+    approvers.dedup();
+    let needed = request.approvals_required.max(1) as usize;
+    if approvers.len() < needed {
+        return Ok(ReviewEffect { decision: None, grant_until_ms: None });
+    }
+    let grant_until_ms = if review.grant_seconds > 0 {
+        if op.tree_id.is_empty() {
+            return Err(GuardError::invalid("grant_seconds", "the request has no tree_id to scope a grant to"));
+        }
+        let ms = i64::try_from(review.grant_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+        Some(now_ms.saturating_add(ms))
+    } else {
+        None
+    };
+    Ok(ReviewEffect { decision: Some(decided(State::Approved, "approved", approver, review, now_ms)), grant_until_ms })
+}
+
+fn decided(state: State, reason: &str, approver: &str, review: &ReviewRequest, now_ms: i64) -> Decision {
+    Decision {
+        state,
+        reason: reason.into(),
+        decided_by: approver.into(),
+        comment: review.comment.clone(),
+        decided_ms: now_ms,
+    }
+}
+
+pub fn is_final(state: i32) -> bool {
+    !matches!(State::try_from(state), Ok(State::Pending) | Ok(State::Unspecified) | Err(_))
+}
+
+pub fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,98 @@
+//! Assembles and runs the server: TLS, store, sweeper, services; and drains on shutdown.
+use crate::config::ServerConfig;
+use crate::fanout::Fanout;
+use crate::lifecycle::{now_ms, MAX_MESSAGE_BYTES};
+use crate::service::{agent::AgentApi, audit::AuditApi, review::ReviewApi, Shared};
+use crate::store;
+use anyhow::{Context, Result};
+use guard_proto::v1::agent_service_server::AgentServiceServer;
+use guard_proto::v1::audit_service_server::AuditServiceServer;
+use guard_proto::v1::review_service_server::ReviewServiceServer;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+/// How often pending requests past their time are expired.
+const SWEEP_EVERY: Duration = Duration::from_millis(200);
+
+/// A running server.
+pub struct ServerHandle {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    serve: JoinHandle<Result<(), tonic::transport::Error>>,
+    sweeper: JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// The address it listens on (the real port when started on port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Ends the streams, lets calls in flight finish for up to `deadline`, then stops.
+    pub async fn shutdown(self, deadline: Duration) -> Result<()> {
+        let _ = self.stop.send(true);
+        self.sweeper.abort();
+        let mut serve = self.serve;
+        match tokio::time::timeout(deadline, &mut serve).await {
+            Ok(joined) => joined.context("server task failed")?.context("server failed"),
+            Err(_) => {
+                serve.abort();
+                tracing::warn!("connections still open after {deadline:?}: closed");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Opens the store, binds the listener and serves in the background.
+pub async fn start(config: &ServerConfig) -> Result<ServerHandle> {
+    let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    let identity = Identity::from_pem(read(&config.tls.cert)?, read(&config.tls.key)?);
+    // Clients must present a certificate from our CA: client_auth_optional stays false.
+    let tls = ServerTlsConfig::new().identity(identity).client_ca_root(Certificate::from_pem(read(&config.tls.ca)?));
+
+    let fanout = Fanout::default();
+    let store = store::open(&config.database_url, fanout.clone()).await?;
+    let (stop, shutdown) = watch::channel(false);
+    let shared = Shared { store: store.clone(), policy: Arc::new(config.policy.clone()), fanout, shutdown };
+
+    let sweeper = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = store.expire_due(now_ms()).await {
+                tracing::warn!("expiry sweep: {e}");
+            }
+        }
+    });
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+
+    let router = Server::builder()
+        .tls_config(tls)
+        .context("TLS configuration")?
+        .add_service(
+            AgentServiceServer::new(AgentApi::new(shared.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            ReviewServiceServer::new(ReviewApi::new(shared.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            AuditServiceServer::new(AuditApi::new(shared.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        );
+    let mut stopped = shared.shutdown.clone();
+    let serve = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    }));
+    Ok(ServerHandle { addr, stop, serve, sweeper })
+}

@@ -1,0 +1,147 @@
+//! AgentService: called by guard-agent with a host certificate. The host of every call is
+//! the certificate's CN; a host only ever sees its own requests.
+use super::streams::{follow, BoxStream};
+use super::Shared;
+use crate::error::GuardError;
+use crate::identity::{require, Role};
+use crate::lifecycle::{self, now_ms, Violations, MAX_RECORDS_PER_CALL};
+use crate::store::{Decision, Finish, HostInfo};
+use crate::{ids, lifecycle::MAX_NAME_BYTES};
+use guard_proto::v1::agent_service_server::AgentService;
+use guard_proto::v1::{
+    AwaitRequest, RegisterRequest, RegisterResponse, ReportRecordsRequest, ReportRecordsResponse, Request, State,
+    SubmitRequest, TreeExitedRequest, TreeExitedResponse, WithdrawRequest,
+};
+use tonic::{Response, Status};
+
+pub struct AgentApi {
+    shared: Shared,
+}
+
+impl AgentApi {
+    pub fn new(shared: Shared) -> Self {
+        AgentApi { shared }
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn not_found(id: &str) -> Status {
+    GuardError::NotFound(format!("no request {id:?} from this host")).into()
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    async fn register(&self, request: tonic::Request<RegisterRequest>) -> Reply<RegisterResponse> {
+        let host = require(&request, Role::Agent)?.name;
+        let r = request.into_inner();
+        let mut v = Violations::default();
+        v.text("agent_version", &r.agent_version, MAX_NAME_BYTES, false);
+        v.text("kernel", &r.kernel, MAX_NAME_BYTES, false);
+        if r.policies.len() > 256 {
+            v.add("policies", "at most 256 entries");
+        }
+        for (i, p) in r.policies.iter().enumerate() {
+            v.text(&format!("policies[{i}]"), p, MAX_NAME_BYTES, false);
+        }
+        v.into_result()?;
+        let now = now_ms();
+        let info = HostInfo {
+            host: host.clone(),
+            agent_version: r.agent_version,
+            kernel: r.kernel,
+            policies: r.policies,
+            seen_ms: now,
+        };
+        self.shared.store.register_host(info).await?;
+        Ok(Response::new(RegisterResponse { host, server_time_ms: now }))
+    }
+
+    type SubmitStream = BoxStream<Request>;
+
+    async fn submit(&self, request: tonic::Request<SubmitRequest>) -> Reply<Self::SubmitStream> {
+        let host = require(&request, Role::Agent)?.name;
+        let submit = request.into_inner();
+        lifecycle::validate_submit(&submit)?;
+        let id = ids::new_request_id().map_err(|_| GuardError::Internal("system randomness failed".into()))?;
+        let new = lifecycle::plan_submit(&self.shared.policy, &host, id, submit, now_ms());
+        // Subscribe before the request exists: a decision right after creation is not missed.
+        let rx = self.shared.fanout.subscribe();
+        let created = self.shared.store.submit(new).await?;
+        Ok(Response::new(follow(self.shared.clone(), rx, created)))
+    }
+
+    type AwaitStream = BoxStream<Request>;
+
+    async fn r#await(&self, request: tonic::Request<AwaitRequest>) -> Reply<Self::AwaitStream> {
+        let host = require(&request, Role::Agent)?.name;
+        let id = request.into_inner().id;
+        if !ids::looks_like_request_id(&id) {
+            return Err(not_found(&id));
+        }
+        let rx = self.shared.fanout.subscribe();
+        let current = self.shared.store.get(&id, now_ms()).await?.filter(|r| r.host == host);
+        let current = current.ok_or_else(|| not_found(&id))?;
+        Ok(Response::new(follow(self.shared.clone(), rx, current)))
+    }
+
+    async fn withdraw(&self, request: tonic::Request<WithdrawRequest>) -> Reply<Request> {
+        let host = require(&request, Role::Agent)?.name;
+        let WithdrawRequest { id, why } = request.into_inner();
+        let (state, reason) = match why.as_str() {
+            "timeout" => (State::Expired, "expired"),
+            "process-exited" | "agent-stopped" => (State::Cancelled, "cancelled"),
+            _ => return Err(GuardError::invalid("why", "one of timeout, process-exited, agent-stopped").into()),
+        };
+        if !ids::looks_like_request_id(&id) {
+            return Err(not_found(&id));
+        }
+        let decision = Decision {
+            state,
+            reason: reason.into(),
+            decided_by: format!("agent:{host}"),
+            comment: why,
+            decided_ms: now_ms(),
+        };
+        // Already decided (e.g. approved just before the agent gave up): the agent gets the
+        // request as it is and can act on the real outcome.
+        match self.shared.store.finish(&id, Some(&host), decision).await? {
+            Finish::Ended(r) | Finish::AlreadyEnded(r) => Ok(Response::new(r)),
+        }
+    }
+
+    async fn tree_exited(&self, request: tonic::Request<TreeExitedRequest>) -> Reply<TreeExitedResponse> {
+        let host = require(&request, Role::Agent)?.name;
+        let tree_id = request.into_inner().tree_id;
+        let mut v = Violations::default();
+        v.text("tree_id", &tree_id, MAX_NAME_BYTES, true);
+        v.into_result()?;
+        let grants_ended = self.shared.store.end_grants(&host, &tree_id, now_ms()).await?;
+        Ok(Response::new(TreeExitedResponse { grants_ended }))
+    }
+
+    async fn report_records(&self, request: tonic::Request<ReportRecordsRequest>) -> Reply<ReportRecordsResponse> {
+        let host = require(&request, Role::Agent)?.name;
+        let records = request.into_inner().records;
+        if records.len() > MAX_RECORDS_PER_CALL {
+            return Err(GuardError::invalid(
+                "records",
+                format!("{} records, at most {MAX_RECORDS_PER_CALL} per call", records.len()),
+            )
+            .into());
+        }
+        let mut v = Violations::default();
+        let mut jsons = Vec::with_capacity(records.len());
+        for (i, r) in records.iter().enumerate() {
+            match serde_json::from_str::<serde_json::Value>(&r.json) {
+                // Stored re-serialized: one line, no NUL escapes surprises for the database.
+                Ok(value @ serde_json::Value::Object(_)) => jsons.push(value.to_string()),
+                Ok(_) => v.add(format!("records[{i}].json"), "not a JSON object"),
+                Err(e) => v.add(format!("records[{i}].json"), format!("not JSON: {e}")),
+            }
+        }
+        v.into_result()?;
+        let accepted = self.shared.store.append_records(&host, jsons, now_ms()).await?;
+        Ok(Response::new(ReportRecordsResponse { accepted }))
+    }
+}

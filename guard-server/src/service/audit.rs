@@ -1,0 +1,41 @@
+//! AuditService: the server's trail, for approvers.
+use super::streams::BoxStream;
+use super::Shared;
+use crate::identity::{require, Role};
+use crate::lifecycle::{Violations, MAX_NAME_BYTES};
+use crate::store::AuditFilter;
+use guard_proto::v1::audit_service_server::AuditService;
+use guard_proto::v1::{AuditEvent, AuditQuery};
+use tonic::{Response, Status};
+
+pub struct AuditApi {
+    shared: Shared,
+}
+
+impl AuditApi {
+    pub fn new(shared: Shared) -> Self {
+        AuditApi { shared }
+    }
+}
+
+#[tonic::async_trait]
+impl AuditService for AuditApi {
+    type QueryStream = BoxStream<AuditEvent>;
+
+    async fn query(&self, request: tonic::Request<AuditQuery>) -> Result<Response<Self::QueryStream>, Status> {
+        require(&request, Role::Approver)?;
+        let q = request.into_inner();
+        let mut v = Violations::default();
+        v.text("host", &q.host, MAX_NAME_BYTES, false);
+        v.text("request_id", &q.request_id, MAX_NAME_BYTES, false);
+        v.into_result()?;
+        let filter = AuditFilter {
+            since_ms: q.since_ms,
+            host: Some(q.host).filter(|h| !h.is_empty()),
+            request_id: Some(q.request_id).filter(|r| !r.is_empty()),
+            limit: q.limit,
+        };
+        let events = self.shared.store.audit(&filter).await?;
+        Ok(Response::new(Box::pin(tokio_stream::iter(events.into_iter().map(Ok)))))
+    }
+}

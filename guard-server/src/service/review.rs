@@ -1,0 +1,129 @@
+//! ReviewService: called by approvers (guardctl, the console) with an approver certificate.
+use super::streams::{watch_pending, BoxStream};
+use super::Shared;
+use crate::error::GuardError;
+use crate::identity::{caller, require, Role};
+use crate::ids;
+use crate::lifecycle::{self, now_ms, MAX_NAME_BYTES};
+use crate::store::{Decision, Finish, ListFilter};
+use guard_proto::v1::review_service_server::ReviewService;
+use guard_proto::v1::{
+    CancelRequestRequest, GetRequestRequest, ListRequestsRequest, ListRequestsResponse, Request, RequestEvent, Review,
+    ReviewRequest, State, WatchPendingRequest, WhoAmIRequest, WhoAmIResponse,
+};
+use tonic::{Response, Status};
+
+pub struct ReviewApi {
+    shared: Shared,
+}
+
+impl ReviewApi {
+    pub fn new(shared: Shared) -> Self {
+        ReviewApi { shared }
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn not_found(id: &str) -> Status {
+    GuardError::NotFound(format!("no request {id:?}")).into()
+}
+
+#[tonic::async_trait]
+impl ReviewService for ReviewApi {
+    type WatchPendingStream = BoxStream<RequestEvent>;
+
+    async fn watch_pending(&self, request: tonic::Request<WatchPendingRequest>) -> Reply<Self::WatchPendingStream> {
+        require(&request, Role::Approver)?;
+        Ok(Response::new(watch_pending(self.shared.clone())))
+    }
+
+    async fn list_requests(&self, request: tonic::Request<ListRequestsRequest>) -> Reply<ListRequestsResponse> {
+        require(&request, Role::Approver)?;
+        let r = request.into_inner();
+        let mut states = Vec::with_capacity(r.states.len());
+        for (i, s) in r.states.iter().enumerate() {
+            match State::try_from(*s) {
+                Ok(State::Unspecified) | Err(_) => {
+                    return Err(GuardError::invalid(format!("states[{i}]"), format!("unknown state {s}")).into())
+                }
+                Ok(state) => states.push(state),
+            }
+        }
+        let mut v = lifecycle::Violations::default();
+        v.text("host", &r.host, MAX_NAME_BYTES, false);
+        v.into_result()?;
+        let filter = ListFilter { states, host: Some(r.host).filter(|h| !h.is_empty()), limit: r.limit };
+        let requests = self.shared.store.list(&filter).await?;
+        Ok(Response::new(ListRequestsResponse { requests }))
+    }
+
+    async fn get_request(&self, request: tonic::Request<GetRequestRequest>) -> Reply<Request> {
+        require(&request, Role::Approver)?;
+        let id = request.into_inner().id;
+        if !ids::looks_like_request_id(&id) {
+            return Err(not_found(&id));
+        }
+        let found = self.shared.store.get(&id, now_ms()).await?;
+        Ok(Response::new(found.ok_or_else(|| not_found(&id))?))
+    }
+
+    async fn review(&self, request: tonic::Request<ReviewRequest>) -> Reply<Request> {
+        let approver = require(&request, Role::Approver)?.name;
+        let input = request.into_inner();
+        if !ids::looks_like_request_id(&input.id) {
+            return Err(not_found(&input.id));
+        }
+        lifecycle::validate_review(&input)?;
+        let now = now_ms();
+        let review = Review {
+            approver: approver.clone(),
+            approve: input.approve,
+            comment: input.comment.clone(),
+            time_ms: now,
+            grant_seconds: input.grant_seconds,
+        };
+        let id = input.id.clone();
+        let policy = self.shared.policy.clone();
+        let judge = move |current: &Request| lifecycle::judge_review(&policy, &approver, &input, current, now);
+        let reviewed = self.shared.store.review(&id, review, &judge).await?;
+        Ok(Response::new(reviewed))
+    }
+
+    async fn cancel_request(&self, request: tonic::Request<CancelRequestRequest>) -> Reply<Request> {
+        let approver = require(&request, Role::Approver)?.name;
+        let CancelRequestRequest { id, comment } = request.into_inner();
+        if !ids::looks_like_request_id(&id) {
+            return Err(not_found(&id));
+        }
+        let mut v = lifecycle::Violations::default();
+        v.text("comment", &comment, lifecycle::MAX_TEXT_BYTES, false);
+        v.into_result()?;
+        let decision = Decision {
+            state: State::Cancelled,
+            reason: "cancelled".into(),
+            decided_by: approver,
+            comment,
+            decided_ms: now_ms(),
+        };
+        match self.shared.store.finish(&id, None, decision).await? {
+            Finish::Ended(r) => Ok(Response::new(r)),
+            Finish::AlreadyEnded(r) => {
+                let state = State::try_from(r.state).unwrap_or(State::Unspecified);
+                Err(GuardError::precondition(
+                    "STATE",
+                    format!("request/{id}"),
+                    format!("request {id} is {}, no longer pending", state.label()),
+                )
+                .into())
+            }
+        }
+    }
+
+    /// Open to both roles (the answer says which one the caller has): it is how a client
+    /// checks its certificate is the one it meant to use.
+    async fn who_am_i(&self, request: tonic::Request<WhoAmIRequest>) -> Reply<WhoAmIResponse> {
+        let me = caller(&request)?;
+        Ok(Response::new(WhoAmIResponse { name: me.name, role: me.role.label().into() }))
+    }
+}

@@ -1,0 +1,124 @@
+//! Storage of requests, reviews, grants, hosts and the audit trail, behind one trait so the
+//! services do not know which database they run on. Each method is one transaction: the
+//! rules of the lifecycle are applied inside it (see `Judge`), so several replicas on one
+//! PostgreSQL never decide the same request twice.
+//!
+//! Both backends share the SQL in `sql.rs` (sqlx's `Any` driver, `$N` placeholders that
+//! SQLite and PostgreSQL both accept); `sqlite.rs` and `postgres.rs` hold what differs:
+//! opening, locking, and change notification across replicas.
+mod codec;
+pub mod postgres;
+mod sql;
+pub mod sqlite;
+
+use crate::error::GuardResult;
+use crate::fanout::Fanout;
+use async_trait::async_trait;
+use guard_proto::v1::{AuditEvent, Operation, Request, Review, State};
+use std::sync::Arc;
+
+pub use sql::SqlStore;
+
+/// A request to create, as the lifecycle planned it.
+#[derive(Debug, Clone)]
+pub struct NewRequest {
+    pub id: String,
+    pub host: String,
+    /// `None`: no idempotency key, every submit creates a request.
+    pub hold_key: Option<String>,
+    pub operation: Operation,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    pub approvals_required: u32,
+    pub eligible_approvers: Vec<String>,
+    /// Decision of an `[[auto]]` rule, applied when no grant covers the operation.
+    pub auto: Option<Decision>,
+}
+
+/// How a request ends.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub state: State,
+    pub reason: String,
+    pub decided_by: String,
+    pub comment: String,
+    pub decided_ms: i64,
+}
+
+/// What a review does, decided by the lifecycle from the request as it is in the
+/// transaction.
+#[derive(Debug, Clone)]
+pub struct ReviewEffect {
+    pub decision: Option<Decision>,
+    /// A grant for the same (host, tree, hook, object) until this time.
+    pub grant_until_ms: Option<i64>,
+}
+
+/// The lifecycle's rule for one review, run inside the store's transaction on the locked row.
+pub type Judge = dyn Fn(&Request) -> GuardResult<ReviewEffect> + Send + Sync;
+
+/// Result of ending a request from outside a review (withdraw, cancel).
+#[derive(Debug)]
+pub enum Finish {
+    Ended(Request),
+    /// It had already ended; here it is as it is.
+    AlreadyEnded(Request),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub states: Vec<State>,
+    pub host: Option<String>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub since_ms: i64,
+    pub host: Option<String>,
+    pub request_id: Option<String>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HostInfo {
+    pub host: String,
+    pub agent_version: String,
+    pub kernel: String,
+    pub policies: Vec<String>,
+    pub seen_ms: i64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Creates the request (decided at once when a grant or the auto rule covers it), or
+    /// returns the existing one with the same (host, hold_key).
+    async fn submit(&self, new: NewRequest) -> GuardResult<Request>;
+    /// The request, expired first if it is pending past its time.
+    async fn get(&self, id: &str, now_ms: i64) -> GuardResult<Option<Request>>;
+    async fn list(&self, filter: &ListFilter) -> GuardResult<Vec<Request>>;
+    /// Records `review` if `judge` accepts it on the locked request. NOT_FOUND when absent.
+    async fn review(&self, id: &str, review: Review, judge: &Judge) -> GuardResult<Request>;
+    /// Ends a pending request; `host` restricts it to that host's requests (else NOT_FOUND).
+    async fn finish(&self, id: &str, host: Option<&str>, decision: Decision) -> GuardResult<Finish>;
+    /// Expires every pending request past its time; returns how many.
+    async fn expire_due(&self, now_ms: i64) -> GuardResult<usize>;
+    /// Ends the host's grants for a tree; returns how many.
+    async fn end_grants(&self, host: &str, tree_id: &str, now_ms: i64) -> GuardResult<u32>;
+    /// Appends agent records (already validated JSON objects) to the audit trail.
+    async fn append_records(&self, host: &str, records: Vec<String>, now_ms: i64) -> GuardResult<u32>;
+    async fn audit(&self, filter: &AuditFilter) -> GuardResult<Vec<AuditEvent>>;
+    async fn register_host(&self, info: HostInfo) -> GuardResult<()>;
+}
+
+/// Opens the store named by `url` (`sqlite:...` or `postgres://...`), creating its schema,
+/// and for PostgreSQL starts listening to the other replicas' changes.
+pub async fn open(url: &str, fanout: Fanout) -> anyhow::Result<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::open(url, fanout).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::open(url, fanout).await?))
+    } else {
+        anyhow::bail!("unsupported database url {url:?}: use sqlite:PATH or postgres://...")
+    }
+}

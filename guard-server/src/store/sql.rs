@@ -1,0 +1,708 @@
+//! The SQL shared by both backends. Every write runs in one transaction that first takes
+//! the lock it needs (SQLite: `BEGIN IMMEDIATE`, the database write lock; PostgreSQL: the
+//! request's row with `FOR UPDATE`), then reads, judges and writes, so the decision and the
+//! rows it is based on cannot drift apart, whatever the number of replicas.
+use super::codec::{operation_from_json, operation_to_json, state_from_label, state_label};
+use super::{AuditFilter, Decision, Finish, HostInfo, Judge, ListFilter, NewRequest, Store};
+use crate::audit::{self, AuditEntry, KIND_DECISION, KIND_RECORD, KIND_REQUEST, KIND_REVIEW};
+use crate::error::{GuardError, GuardResult};
+use crate::fanout::Fanout;
+use crate::ids;
+use async_trait::async_trait;
+use guard_proto::v1::{AuditEvent, Request, Review, State};
+use sqlx::any::AnyRow;
+use sqlx::{Any, AssertSqlSafe, Row, Transaction};
+use sqlx::{AnyConnection, AnyPool};
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct SqlStore {
+    pool: AnyPool,
+    backend: Backend,
+    fanout: Fanout,
+    /// A task that lives as long as the store (PostgreSQL's LISTEN relay).
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for SqlStore {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+type Tx = Transaction<'static, Any>;
+
+const REQUEST_COLUMNS: &str = "id, host, operation, state, created_ms, expires_ms, decided_ms, \
+     approvals_required, eligible_approvers, reason, decided_by, comment";
+
+/// Most rows a list or an audit query returns in one call.
+const MAX_ROWS: u32 = 10_000;
+
+/// The schema, in the SQL both backends accept (TEXT, BIGINT). Times are Unix ms.
+pub const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS requests (
+        id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        hold_key TEXT,
+        operation TEXT NOT NULL,
+        hook TEXT NOT NULL,
+        object TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        tree_id TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        expires_ms BIGINT NOT NULL,
+        decided_ms BIGINT NOT NULL DEFAULT 0,
+        approvals_required BIGINT NOT NULL,
+        eligible_approvers TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        decided_by TEXT NOT NULL DEFAULT '',
+        comment TEXT NOT NULL DEFAULT '',
+        UNIQUE (host, hold_key)
+    )",
+    "CREATE INDEX IF NOT EXISTS requests_pending ON requests (state, expires_ms)",
+    "CREATE INDEX IF NOT EXISTS requests_host ON requests (host, created_ms)",
+    "CREATE TABLE IF NOT EXISTS reviews (
+        request_id TEXT NOT NULL REFERENCES requests (id),
+        approver TEXT NOT NULL,
+        approve BIGINT NOT NULL,
+        comment TEXT NOT NULL,
+        time_ms BIGINT NOT NULL,
+        grant_seconds BIGINT NOT NULL,
+        PRIMARY KEY (request_id, approver)
+    )",
+    "CREATE TABLE IF NOT EXISTS grants (
+        id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        tree_id TEXT NOT NULL,
+        hook TEXT NOT NULL,
+        object TEXT NOT NULL,
+        approver TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        expires_ms BIGINT NOT NULL,
+        ended_ms BIGINT
+    )",
+    "CREATE INDEX IF NOT EXISTS grants_match ON grants (host, tree_id, hook, object)",
+    // Append-only. `hash` = SHA-256(prev_hash || json): a chain a verifier can walk later.
+    "CREATE TABLE IF NOT EXISTS audit (
+        seq BIGINT PRIMARY KEY,
+        time_ms BIGINT NOT NULL,
+        host TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        json TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS audit_time ON audit (time_ms)",
+    "CREATE INDEX IF NOT EXISTS audit_request ON audit (request_id)",
+    // The chain's head in one row: appenders serialize on it, so seq has no gaps and every
+    // row links to the one before it even with several replicas.
+    "CREATE TABLE IF NOT EXISTS audit_head (id BIGINT PRIMARY KEY, seq BIGINT NOT NULL, hash TEXT NOT NULL)",
+    "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '') ON CONFLICT DO NOTHING",
+    "CREATE TABLE IF NOT EXISTS hosts (
+        host TEXT PRIMARY KEY,
+        agent_version TEXT NOT NULL,
+        kernel TEXT NOT NULL,
+        policies TEXT NOT NULL,
+        seen_ms BIGINT NOT NULL
+    )",
+];
+
+fn request_from_row(row: &AnyRow) -> GuardResult<Request> {
+    let id: String = row.try_get("id")?;
+    let corrupt = |what: &str| GuardError::Internal(format!("request {id}: bad {what} in the database"));
+    let operation: String = row.try_get("operation")?;
+    let operation = operation_from_json(&operation).map_err(|_| corrupt("operation"))?;
+    let state: String = row.try_get("state")?;
+    let state = state_from_label(&state).ok_or_else(|| corrupt("state"))?;
+    let eligible: String = row.try_get("eligible_approvers")?;
+    let eligible: Vec<String> = serde_json::from_str(&eligible).map_err(|_| corrupt("eligible_approvers"))?;
+    let approvals: i64 = row.try_get("approvals_required")?;
+    Ok(Request {
+        host: row.try_get("host")?,
+        operation: Some(operation),
+        state: state as i32,
+        created_ms: row.try_get("created_ms")?,
+        expires_ms: row.try_get("expires_ms")?,
+        decided_ms: row.try_get("decided_ms")?,
+        approvals_required: u32::try_from(approvals).map_err(|_| corrupt("approvals_required"))?,
+        eligible_approvers: eligible,
+        reviews: Vec::new(),
+        reason: row.try_get("reason")?,
+        decided_by: row.try_get("decided_by")?,
+        comment: row.try_get("comment")?,
+        id,
+    })
+}
+
+fn review_from_row(row: &AnyRow) -> GuardResult<(String, Review)> {
+    let approve: i64 = row.try_get("approve")?;
+    let grant_seconds: i64 = row.try_get("grant_seconds")?;
+    Ok((
+        row.try_get("request_id")?,
+        Review {
+            approver: row.try_get("approver")?,
+            approve: approve != 0,
+            comment: row.try_get("comment")?,
+            time_ms: row.try_get("time_ms")?,
+            grant_seconds: u64::try_from(grant_seconds).unwrap_or(0),
+        },
+    ))
+}
+
+fn state_of(request: &Request) -> State {
+    State::try_from(request.state).unwrap_or(State::Unspecified)
+}
+
+fn apply(request: &mut Request, decision: &Decision) {
+    request.state = decision.state as i32;
+    request.reason = decision.reason.clone();
+    request.decided_by = decision.decided_by.clone();
+    request.comment = decision.comment.clone();
+    request.decided_ms = decision.decided_ms;
+}
+
+/// `$1, $2, ...` from `first` for `n` values.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+async fn load_reviews(conn: &mut AnyConnection, requests: &mut [Request]) -> GuardResult<()> {
+    if requests.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "SELECT request_id, approver, approve, comment, time_ms, grant_seconds FROM reviews \
+         WHERE request_id IN ({}) ORDER BY time_ms, approver",
+        placeholders(1, requests.len())
+    );
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for r in requests.iter() {
+        query = query.bind(r.id.clone());
+    }
+    let mut by_id: HashMap<String, Vec<Review>> = HashMap::new();
+    for row in query.fetch_all(&mut *conn).await? {
+        let (id, review) = review_from_row(&row)?;
+        by_id.entry(id).or_default().push(review);
+    }
+    for r in requests.iter_mut() {
+        r.reviews = by_id.remove(&r.id).unwrap_or_default();
+    }
+    Ok(())
+}
+
+async fn load_request(conn: &mut AnyConnection, id: &str) -> GuardResult<Option<Request>> {
+    let sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = $1");
+    let Some(row) = sqlx::query(AssertSqlSafe(sql)).bind(id.to_string()).fetch_optional(&mut *conn).await? else {
+        return Ok(None);
+    };
+    let mut requests = [request_from_row(&row)?];
+    load_reviews(conn, &mut requests).await?;
+    let [request] = requests;
+    Ok(Some(request))
+}
+
+/// Appends `entries` to the audit chain, in order, inside `tx`.
+async fn append_audit(tx: &mut Tx, backend: Backend, entries: &[AuditEntry]) -> GuardResult<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    // PostgreSQL: FOR UPDATE makes concurrent appenders wait and then see the new head.
+    // SQLite: the transaction already holds the database write lock.
+    let lock = if backend == Backend::Postgres { " FOR UPDATE" } else { "" };
+    let head = sqlx::query(AssertSqlSafe(format!("SELECT seq, hash FROM audit_head WHERE id = 1{lock}")))
+        .fetch_one(&mut **tx)
+        .await?;
+    let mut seq: i64 = head.try_get("seq")?;
+    let mut hash: String = head.try_get("hash")?;
+    for e in entries {
+        seq += 1;
+        let next = audit::chain_hash(&hash, &e.json);
+        sqlx::query(
+            "INSERT INTO audit (seq, time_ms, host, kind, request_id, json, prev_hash, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(seq)
+        .bind(e.time_ms)
+        .bind(e.host.clone())
+        .bind(e.kind.to_string())
+        .bind(e.request_id.clone())
+        .bind(e.json.clone())
+        .bind(hash.clone())
+        .bind(next.clone())
+        .execute(&mut **tx)
+        .await?;
+        hash = next;
+    }
+    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+        .bind(seq)
+        .bind(hash)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+impl SqlStore {
+    pub fn new(pool: AnyPool, backend: Backend, fanout: Fanout) -> SqlStore {
+        SqlStore { pool, backend, fanout, task: None }
+    }
+
+    pub fn with_task(mut self, task: tokio::task::JoinHandle<()>) -> SqlStore {
+        self.task = Some(task);
+        self
+    }
+
+    async fn begin_write(&self) -> GuardResult<Tx> {
+        Ok(match self.backend {
+            // Take the write lock now rather than on the first write, so a transaction that
+            // read first never fails with SQLITE_BUSY on upgrade (busy_timeout waits here).
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    /// Locks the request's row for the rest of the transaction (PostgreSQL); SQLite's
+    /// write transaction is already exclusive.
+    async fn lock_request(&self, tx: &mut Tx, id: &str) -> GuardResult<()> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT id FROM requests WHERE id = $1 FOR UPDATE")
+                .bind(id.to_string())
+                .fetch_optional(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Commits and tells every stream (here, and on the other replicas) which requests changed.
+    async fn commit(&self, mut tx: Tx, changed: &[&str]) -> GuardResult<()> {
+        if self.backend == Backend::Postgres {
+            for id in changed {
+                // NOTIFY takes no bind parameters; ids are our own base32 alphabet, checked
+                // here so nothing else can be spliced in.
+                if ids::looks_like_request_id(id) {
+                    let sql = format!("NOTIFY {}, '{id}'", super::postgres::CHANNEL);
+                    sqlx::query(AssertSqlSafe(sql)).execute(&mut *tx).await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        for id in changed {
+            self.fanout.publish_id(id);
+        }
+        Ok(())
+    }
+
+    /// Expires `request` (pending, past its time) inside `tx`.
+    async fn expire_in(&self, tx: &mut Tx, request: &mut Request, now_ms: i64) -> GuardResult<()> {
+        let decision = expired(now_ms);
+        let done = set_decision(tx, &request.id, &decision).await?;
+        if done {
+            apply(request, &decision);
+            append_audit(tx, self.backend, &[audit::entry(KIND_DECISION, now_ms, request, None)]).await?;
+        }
+        Ok(())
+    }
+}
+
+fn expired(now_ms: i64) -> Decision {
+    Decision {
+        state: State::Expired,
+        reason: "expired".into(),
+        decided_by: String::new(),
+        comment: String::new(),
+        decided_ms: now_ms,
+    }
+}
+
+/// Ends a pending request. False when it was not pending (someone else ended it first).
+async fn set_decision(tx: &mut Tx, id: &str, d: &Decision) -> GuardResult<bool> {
+    let done = sqlx::query(
+        "UPDATE requests SET state = $1, reason = $2, decided_by = $3, comment = $4, decided_ms = $5 \
+         WHERE id = $6 AND state = 'pending'",
+    )
+    .bind(state_label(d.state).to_string())
+    .bind(d.reason.clone())
+    .bind(d.decided_by.clone())
+    .bind(d.comment.clone())
+    .bind(d.decided_ms)
+    .bind(id.to_string())
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+async fn find_by_hold_key(tx: &mut Tx, host: &str, key: &str) -> GuardResult<Option<String>> {
+    let row = sqlx::query("SELECT id FROM requests WHERE host = $1 AND hold_key = $2")
+        .bind(host.to_string())
+        .bind(key.to_string())
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(match row {
+        Some(row) => Some(row.try_get("id")?),
+        None => None,
+    })
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn submit(&self, new: NewRequest) -> GuardResult<Request> {
+        let mut tx = self.begin_write().await?;
+        if let Some(key) = &new.hold_key {
+            if let Some(id) = find_by_hold_key(&mut tx, &new.host, key).await? {
+                tx.rollback().await?;
+                return self.get(&id, new.created_ms).await?.ok_or_else(|| GuardError::Internal("vanished".into()));
+            }
+        }
+        let op = new.operation.clone();
+        let mut request = Request {
+            id: new.id.clone(),
+            host: new.host.clone(),
+            operation: Some(op.clone()),
+            state: State::Pending as i32,
+            created_ms: new.created_ms,
+            expires_ms: new.expires_ms,
+            decided_ms: 0,
+            approvals_required: new.approvals_required,
+            eligible_approvers: new.eligible_approvers.clone(),
+            reviews: Vec::new(),
+            reason: String::new(),
+            decided_by: String::new(),
+            comment: String::new(),
+        };
+
+        // A live grant for this very operation in this very tree decides it at once.
+        let grant = if op.tree_id.is_empty() {
+            None
+        } else {
+            sqlx::query(
+                "SELECT id, approver FROM grants WHERE host = $1 AND tree_id = $2 AND hook = $3 AND object = $4 \
+                 AND ended_ms IS NULL AND expires_ms > $5 ORDER BY expires_ms DESC LIMIT 1",
+            )
+            .bind(new.host.clone())
+            .bind(op.tree_id.clone())
+            .bind(op.hook.clone())
+            .bind(op.object.clone())
+            .bind(new.created_ms)
+            .fetch_optional(&mut *tx)
+            .await?
+        };
+        let decision = match grant {
+            Some(row) => {
+                let grant_id: String = row.try_get("id")?;
+                let approver: String = row.try_get("approver")?;
+                Some(Decision {
+                    state: State::Approved,
+                    reason: "grant".into(),
+                    decided_by: approver,
+                    comment: format!("grant {grant_id}"),
+                    decided_ms: new.created_ms,
+                })
+            }
+            None => new.auto.clone(),
+        };
+        if let Some(d) = &decision {
+            apply(&mut request, d);
+        }
+
+        let inserted = sqlx::query(
+            "INSERT INTO requests (id, host, hold_key, operation, hook, object, rule, tree_id, state, created_ms, \
+             expires_ms, decided_ms, approvals_required, eligible_approvers, reason, decided_by, comment) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+             ON CONFLICT (host, hold_key) DO NOTHING",
+        )
+        .bind(request.id.clone())
+        .bind(request.host.clone())
+        .bind(new.hold_key.clone())
+        .bind(operation_to_json(&op))
+        .bind(op.hook.clone())
+        .bind(op.object.clone())
+        .bind(op.rule.clone())
+        .bind(op.tree_id.clone())
+        .bind(state_label(state_of(&request)).to_string())
+        .bind(request.created_ms)
+        .bind(request.expires_ms)
+        .bind(request.decided_ms)
+        .bind(i64::from(request.approvals_required))
+        .bind(serde_json::to_string(&request.eligible_approvers).unwrap_or_else(|_| "[]".into()))
+        .bind(request.reason.clone())
+        .bind(request.decided_by.clone())
+        .bind(request.comment.clone())
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            // A concurrent submit with the same hold key won (PostgreSQL waited for it).
+            tx.rollback().await?;
+            let mut conn = self.pool.acquire().await?;
+            let key = new.hold_key.as_deref().unwrap_or_default();
+            let row = sqlx::query("SELECT id FROM requests WHERE host = $1 AND hold_key = $2")
+                .bind(new.host.clone())
+                .bind(key.to_string())
+                .fetch_one(&mut *conn)
+                .await?;
+            let id: String = row.try_get("id")?;
+            return load_request(&mut conn, &id).await?.ok_or_else(|| GuardError::Internal("vanished".into()));
+        }
+
+        let mut entries = vec![audit::entry(KIND_REQUEST, new.created_ms, &request, None)];
+        if decision.is_some() {
+            entries.push(audit::entry(KIND_DECISION, new.created_ms, &request, None));
+        }
+        append_audit(&mut tx, self.backend, &entries).await?;
+        self.commit(tx, &[&request.id]).await?;
+        Ok(request)
+    }
+
+    async fn get(&self, id: &str, now_ms: i64) -> GuardResult<Option<Request>> {
+        let mut conn = self.pool.acquire().await?;
+        let Some(request) = load_request(&mut conn, id).await? else {
+            return Ok(None);
+        };
+        if state_of(&request) != State::Pending || request.expires_ms > now_ms {
+            return Ok(Some(request));
+        }
+        drop(conn);
+        // Past its time and the sweeper has not run yet: expire it now, under the lock.
+        let mut tx = self.begin_write().await?;
+        self.lock_request(&mut tx, id).await?;
+        let Some(mut request) = load_request(&mut tx, id).await? else {
+            return Ok(None);
+        };
+        if state_of(&request) == State::Pending && request.expires_ms <= now_ms {
+            self.expire_in(&mut tx, &mut request, now_ms).await?;
+            self.commit(tx, &[id]).await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(Some(request))
+    }
+
+    async fn list(&self, filter: &ListFilter) -> GuardResult<Vec<Request>> {
+        let mut sql = format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE 1 = 1");
+        let mut n = 0;
+        if !filter.states.is_empty() {
+            sql += &format!(" AND state IN ({})", placeholders(n + 1, filter.states.len()));
+            n += filter.states.len();
+        }
+        if filter.host.is_some() {
+            sql += &format!(" AND host = ${}", n + 1);
+        }
+        let limit = if filter.limit == 0 { MAX_ROWS } else { filter.limit.min(MAX_ROWS) };
+        sql += &format!(" ORDER BY created_ms DESC, id LIMIT {limit}");
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for s in &filter.states {
+            query = query.bind(state_label(*s).to_string());
+        }
+        if let Some(host) = &filter.host {
+            query = query.bind(host.clone());
+        }
+        let mut conn = self.pool.acquire().await?;
+        let rows = query.fetch_all(&mut *conn).await?;
+        let mut requests = rows.iter().map(request_from_row).collect::<GuardResult<Vec<_>>>()?;
+        load_reviews(&mut conn, &mut requests).await?;
+        Ok(requests)
+    }
+
+    async fn review(&self, id: &str, review: Review, judge: &Judge) -> GuardResult<Request> {
+        let now_ms = review.time_ms;
+        let mut tx = self.begin_write().await?;
+        self.lock_request(&mut tx, id).await?;
+        let Some(mut request) = load_request(&mut tx, id).await? else {
+            return Err(GuardError::NotFound(format!("no request {id:?}")));
+        };
+        let mut expired_now = false;
+        if state_of(&request) == State::Pending && request.expires_ms <= now_ms {
+            self.expire_in(&mut tx, &mut request, now_ms).await?;
+            expired_now = true;
+        }
+        let effect = match judge(&request) {
+            Ok(effect) => effect,
+            Err(err) => {
+                // Keep the expiry we just found (it is true whatever the reviewer wanted).
+                if expired_now {
+                    self.commit(tx, &[id]).await?;
+                } else {
+                    tx.rollback().await?;
+                }
+                return Err(err);
+            }
+        };
+        sqlx::query(
+            "INSERT INTO reviews (request_id, approver, approve, comment, time_ms, grant_seconds) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id.to_string())
+        .bind(review.approver.clone())
+        .bind(i64::from(review.approve))
+        .bind(review.comment.clone())
+        .bind(review.time_ms)
+        .bind(i64::try_from(review.grant_seconds).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+        request.reviews.push(review.clone());
+        let mut entries = vec![audit::entry(KIND_REVIEW, now_ms, &request, Some(&review))];
+        if let Some(decision) = &effect.decision {
+            if !set_decision(&mut tx, id, decision).await? {
+                // Cannot happen under the lock; refuse rather than record a review twice.
+                tx.rollback().await?;
+                return Err(GuardError::Internal(format!("request {id} changed under its lock")));
+            }
+            apply(&mut request, decision);
+            entries.push(audit::entry(KIND_DECISION, now_ms, &request, None));
+        }
+        if let (Some(until), Some(op)) = (effect.grant_until_ms, &request.operation) {
+            let grant_id = ids::new_request_id().map_err(|_| GuardError::Internal("no randomness".into()))?;
+            sqlx::query(
+                "INSERT INTO grants (id, host, tree_id, hook, object, approver, request_id, created_ms, expires_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(grant_id)
+            .bind(request.host.clone())
+            .bind(op.tree_id.clone())
+            .bind(op.hook.clone())
+            .bind(op.object.clone())
+            .bind(review.approver.clone())
+            .bind(id.to_string())
+            .bind(now_ms)
+            .bind(until)
+            .execute(&mut *tx)
+            .await?;
+        }
+        append_audit(&mut tx, self.backend, &entries).await?;
+        self.commit(tx, &[id]).await?;
+        Ok(request)
+    }
+
+    async fn finish(&self, id: &str, host: Option<&str>, decision: Decision) -> GuardResult<Finish> {
+        let mut tx = self.begin_write().await?;
+        self.lock_request(&mut tx, id).await?;
+        let request = load_request(&mut tx, id).await?;
+        let Some(mut request) = request.filter(|r| host.is_none_or(|h| r.host == h)) else {
+            tx.rollback().await?;
+            return Err(GuardError::NotFound(format!("no request {id:?}")));
+        };
+        if state_of(&request) != State::Pending {
+            tx.rollback().await?;
+            return Ok(Finish::AlreadyEnded(request));
+        }
+        set_decision(&mut tx, id, &decision).await?;
+        apply(&mut request, &decision);
+        append_audit(&mut tx, self.backend, &[audit::entry(KIND_DECISION, decision.decided_ms, &request, None)])
+            .await?;
+        self.commit(tx, &[id]).await?;
+        Ok(Finish::Ended(request))
+    }
+
+    async fn expire_due(&self, now_ms: i64) -> GuardResult<usize> {
+        // A cheap read first: most sweeps find nothing and should not take the write lock.
+        let due = sqlx::query("SELECT id FROM requests WHERE state = 'pending' AND expires_ms <= $1 LIMIT 1")
+            .bind(now_ms)
+            .fetch_optional(&self.pool)
+            .await?;
+        if due.is_none() {
+            return Ok(0);
+        }
+        let mut tx = self.begin_write().await?;
+        // Conditional on `pending`: with several replicas sweeping, each row is expired (and
+        // audited) by exactly one of them.
+        let sql = format!(
+            "UPDATE requests SET state = 'expired', reason = 'expired', decided_by = '', comment = '', decided_ms = $1 \
+             WHERE state = 'pending' AND expires_ms <= $1 RETURNING {REQUEST_COLUMNS}"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql)).bind(now_ms).fetch_all(&mut *tx).await?;
+        let requests = rows.iter().map(request_from_row).collect::<GuardResult<Vec<_>>>()?;
+        let entries: Vec<AuditEntry> = requests.iter().map(|r| audit::entry(KIND_DECISION, now_ms, r, None)).collect();
+        append_audit(&mut tx, self.backend, &entries).await?;
+        let ids: Vec<&str> = requests.iter().map(|r| r.id.as_str()).collect();
+        self.commit(tx, &ids).await?;
+        Ok(requests.len())
+    }
+
+    async fn end_grants(&self, host: &str, tree_id: &str, now_ms: i64) -> GuardResult<u32> {
+        let done = sqlx::query("UPDATE grants SET ended_ms = $1 WHERE host = $2 AND tree_id = $3 AND ended_ms IS NULL")
+            .bind(now_ms)
+            .bind(host.to_string())
+            .bind(tree_id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(u32::try_from(done.rows_affected()).unwrap_or(u32::MAX))
+    }
+
+    async fn append_records(&self, host: &str, records: Vec<String>, now_ms: i64) -> GuardResult<u32> {
+        let n = records.len();
+        let entries: Vec<AuditEntry> = records
+            .into_iter()
+            .map(|json| AuditEntry {
+                time_ms: now_ms,
+                host: host.to_string(),
+                kind: KIND_RECORD,
+                request_id: String::new(),
+                json,
+            })
+            .collect();
+        let mut tx = self.begin_write().await?;
+        append_audit(&mut tx, self.backend, &entries).await?;
+        tx.commit().await?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    async fn audit(&self, filter: &AuditFilter) -> GuardResult<Vec<AuditEvent>> {
+        let mut sql = String::from("SELECT seq, time_ms, host, kind, request_id, json FROM audit WHERE time_ms >= $1");
+        let mut n = 1;
+        if filter.host.is_some() {
+            n += 1;
+            sql += &format!(" AND host = ${n}");
+        }
+        if filter.request_id.is_some() {
+            n += 1;
+            sql += &format!(" AND request_id = ${n}");
+        }
+        let limit = if filter.limit == 0 { MAX_ROWS } else { filter.limit.min(MAX_ROWS) };
+        sql += &format!(" ORDER BY seq LIMIT {limit}");
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(filter.since_ms);
+        if let Some(host) = &filter.host {
+            query = query.bind(host.clone());
+        }
+        if let Some(id) = &filter.request_id {
+            query = query.bind(id.clone());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                let seq: i64 = row.try_get("seq")?;
+                Ok(AuditEvent {
+                    seq: u64::try_from(seq).unwrap_or(0),
+                    time_ms: row.try_get("time_ms")?,
+                    host: row.try_get("host")?,
+                    kind: row.try_get("kind")?,
+                    request_id: row.try_get("request_id")?,
+                    json: row.try_get("json")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn register_host(&self, info: HostInfo) -> GuardResult<()> {
+        sqlx::query(
+            "INSERT INTO hosts (host, agent_version, kernel, policies, seen_ms) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (host) DO UPDATE SET agent_version = excluded.agent_version, kernel = excluded.kernel, \
+             policies = excluded.policies, seen_ms = excluded.seen_ms",
+        )
+        .bind(info.host)
+        .bind(info.agent_version)
+        .bind(info.kernel)
+        .bind(serde_json::to_string(&info.policies).unwrap_or_else(|_| "[]".into()))
+        .bind(info.seen_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

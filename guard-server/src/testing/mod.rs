@@ -1,0 +1,2 @@
+//! Helpers for tests and benchmarks that need real infrastructure (not mocks).
+pub mod pg;

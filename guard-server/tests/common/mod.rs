@@ -1,0 +1,174 @@
+//! Test harness: a fresh PKI in a temp dir, the real server on 127.0.0.1:0, real tonic
+//! clients over mTLS.
+#![allow(dead_code)]
+use guard_proto::v1::agent_service_client::AgentServiceClient;
+use guard_proto::v1::audit_service_client::AuditServiceClient;
+use guard_proto::v1::review_service_client::ReviewServiceClient;
+use guard_proto::v1::{Operation, Process, Request, State, SubmitRequest};
+use guard_server::config::ServerConfig;
+use guard_server::pki::{init_pki, PkiSpec};
+use guard_server::server::{self, ServerHandle};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio_stream::StreamExt;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::Streaming;
+
+pub const HOSTS: &[&str] = &["h1", "h2"];
+pub const APPROVERS: &[&str] = &["alice", "bob", "carol", "mallory"];
+
+pub const CONFIG: &str = r#"
+listen = "127.0.0.1:0"
+default_timeout = "30s"
+[tls]
+ca = "pki/ca.crt"
+cert = "pki/server.crt"
+key = "pki/server.key"
+[[approver]]
+name = "alice"
+unix_users = ["alice", "1000"]
+[[approver]]
+name = "bob"
+unix_users = ["bob"]
+[[approver]]
+name = "carol"
+[[require]]
+rule = "prod-deploy"
+approvals = 2
+approvers = ["alice", "bob", "carol"]
+[[auto]]
+rule = "bench-auto"
+decision = "approve"
+[[auto]]
+rule = "auto-deny"
+decision = "deny"
+"#;
+
+/// A directory with a PKI and a config file, shared by the replicas of one test.
+pub struct Site {
+    pub dir: tempfile::TempDir,
+}
+
+impl Site {
+    pub fn new() -> Site {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = PkiSpec {
+            server_names: vec![],
+            hosts: HOSTS.iter().map(|s| s.to_string()).collect(),
+            approvers: APPROVERS.iter().map(|s| s.to_string()).collect(),
+        };
+        init_pki(&dir.path().join("pki"), &spec).expect("init-pki");
+        std::fs::write(dir.path().join("server.toml"), CONFIG).expect("config");
+        Site { dir }
+    }
+
+    pub fn pki(&self) -> PathBuf {
+        self.dir.path().join("pki")
+    }
+
+    /// Starts a server on this site; `database_url` overrides the config's SQLite default.
+    pub async fn start(&self, database_url: Option<&str>) -> Server {
+        let mut config = ServerConfig::load(&self.dir.path().join("server.toml")).expect("config loads");
+        if let Some(url) = database_url {
+            config.database_url = url.to_string();
+        }
+        let handle = server::start(&config).await.expect("server starts");
+        Server { handle: Some(handle), pki: self.pki() }
+    }
+}
+
+pub struct Server {
+    handle: Option<ServerHandle>,
+    pki: PathBuf,
+}
+
+impl Server {
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.handle.as_ref().expect("running").addr()
+    }
+
+    pub async fn channel(&self, stem: &str) -> Channel {
+        channel_with(self.addr(), &self.pki, &self.pki, stem).await.expect("connect")
+    }
+
+    pub async fn agent(&self, host: &str) -> AgentServiceClient<Channel> {
+        AgentServiceClient::new(self.channel(&format!("agent-{host}")).await)
+    }
+
+    pub async fn approver(&self, name: &str) -> ReviewServiceClient<Channel> {
+        ReviewServiceClient::new(self.channel(&format!("approver-{name}")).await)
+    }
+
+    pub async fn auditor(&self, name: &str) -> AuditServiceClient<Channel> {
+        AuditServiceClient::new(self.channel(&format!("approver-{name}")).await)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown(Duration::from_secs(5)).await.expect("clean shutdown");
+        }
+    }
+}
+
+/// A channel trusting `ca_dir`'s CA, presenting `cert_dir/<stem>.crt`.
+pub async fn channel_with(
+    addr: std::net::SocketAddr,
+    ca_dir: &Path,
+    cert_dir: &Path,
+    stem: &str,
+) -> Result<Channel, tonic::transport::Error> {
+    let read = |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(ca_dir.join("ca.crt"))))
+        .identity(Identity::from_pem(
+            read(cert_dir.join(format!("{stem}.crt"))),
+            read(cert_dir.join(format!("{stem}.key"))),
+        ))
+        .domain_name("localhost");
+    Channel::from_shared(format!("https://{addr}")).expect("uri").tls_config(tls)?.connect().await
+}
+
+/// An operation as an agent would send it.
+pub fn op(rule: &str, tree: &str, user: &str, uid: u32, object: &str) -> Operation {
+    Operation {
+        hook: "exec".into(),
+        object: object.into(),
+        rule: rule.into(),
+        policy: "test".into(),
+        user: user.into(),
+        uid,
+        tree_id: tree.into(),
+        ancestry: vec![Process {
+            pid: 4242,
+            ppid: 4200,
+            uid,
+            exe: object.into(),
+            argv: vec![object.into(), "--now".into()],
+            argv_truncated: false,
+        }],
+        ..Default::default()
+    }
+}
+
+pub fn submit(operation: Operation, timeout_seconds: u64, hold_key: &str) -> SubmitRequest {
+    SubmitRequest { operation: Some(operation), timeout_seconds, hold_key: hold_key.into() }
+}
+
+/// The next message of a request stream, within a few seconds.
+pub async fn next(stream: &mut Streaming<Request>) -> Request {
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("a message within 10s")
+        .expect("stream not ended")
+        .expect("not an error")
+}
+
+/// The stream ends (after its final state).
+pub async fn ends(stream: &mut Streaming<Request>) {
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("ends within 10s");
+    assert!(end.is_none(), "stream should end after the final state, got {end:?}");
+}
+
+pub fn state(r: &Request) -> State {
+    State::try_from(r.state).expect("known state")
+}
