@@ -4,10 +4,12 @@
 //! changes, and talks to the server when one is configured.
 //!
 //! Restarts: maps and links are pinned under `pin_dir/<build>`. While no daemon runs the
-//! kernel keeps enforcing allow/deny on every tree and keeps starting trees by selector; an ask
-//! has nobody to report to and is denied at once (its event cannot be delivered) or, if held
-//! before the daemon stopped, when the next daemon starts. A restarted daemon finds the same
-//! maps, re-installs its policies in the same slots (by name), and re-adopts the trees.
+//! kernel keeps enforcing allow/deny on every tree and keeps starting trees by selector, and
+//! its events (records, new holds) wait in the pinned ring buffer. An ask made meanwhile holds
+//! its thread until the next daemon reads that event and shows it like any other hold. Holds
+//! the previous daemon had already read (it stopped or died while they waited) cannot be shown
+//! again: the next daemon denies them and resumes their threads. A restarted daemon finds the
+//! same maps, re-installs its policies in the same slots (by name), and re-adopts the trees.
 //!
 //! Reload: the new configuration is checked whole first; an invalid one keeps the old one in
 //! force and says why (file:line:col). Policies are rewritten in their slots, so new operations
@@ -50,14 +52,13 @@ struct Daemon {
 pub fn daemon(config_path: &Path) -> Result<i32> {
     let cfg = Config::load(config_path).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     let audit = AuditLog::open(&cfg.audit_log)?;
-    let (mut kernel, ring, pins) = Kernel::load_pinned(cfg.max_tree_tasks, &cfg.pin_dir)?;
+    let (kernel, ring, pins) = Kernel::load_pinned(cfg.max_tree_tasks, &cfg.pin_dir)?;
     tracing::info!(
         "programs {} (pins in {}){}",
         if pins.reused_programs { "kept attached from an earlier daemon" } else { "loaded and attached" },
         pins.dir.display(),
         if pins.migrated_tasks > 0 { format!("; {} tasks carried over from another build", pins.migrated_tasks) } else { String::new() }
     );
-    release_orphaned_holds(&mut kernel);
     let ids = assign_ids(&kernel, &cfg, &HashMap::new())?;
     let first = &cfg.policies[0];
     let state: Shared = Arc::new(Mutex::new(State {
@@ -115,6 +116,7 @@ pub fn daemon(config_path: &Path) -> Result<i32> {
         tokio::spawn(run::watch_lost(state.clone()));
         tokio::spawn(reload_on_change(d.clone()));
         tokio::spawn(sweep(d.clone()));
+        tokio::spawn(release_orphaned_holds(state.clone()));
         notify_ready();
         tracing::info!("guard daemon ready");
         wait_for_stop().await;
@@ -159,15 +161,28 @@ fn notify_ready() {
     }
 }
 
-/// Holds left in the kernel by a daemon that died: nobody knows what they were about any more
-/// and their threads stay stopped until resumed. Deny them and let the threads go.
-fn release_orphaned_holds(kernel: &mut Kernel) {
-    let held: Vec<(u32, guard_common::Hold)> = kernel.holds.iter().flatten().collect();
-    for (tid, h) in held {
-        tracing::warn!("denying a hold of thread {tid} left by an earlier daemon");
-        if kernel.set_verdict(tid, h.seq, h.hash, false).is_ok() {
-            nix::sys::signal::kill(Pid::from_raw(tid as i32), Signal::SIGCONT).ok();
+/// Holds in the kernel that no event of this daemon announced (the previous daemon read it,
+/// then stopped): nobody can be shown what they are about, and their threads stay stopped
+/// until resumed. Once the ring buffer's backlog has been read, deny them and resume them.
+async fn release_orphaned_holds(state: Shared) {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let orphans: Vec<u32> = {
+        let mut st = state.lock().expect("state lock");
+        let held: Vec<(u32, guard_common::Hold)> = st.kernel.holds.iter().flatten().collect();
+        let mut out = vec![];
+        for (tid, h) in held {
+            if st.holds.find(tid, h.seq).is_some() {
+                continue;
+            }
+            tracing::warn!("denying a hold of thread {tid} that an earlier daemon had taken (it stopped while it waited)");
+            if st.kernel.set_verdict(tid, h.seq, h.hash, false).is_ok() {
+                out.push(tid);
+            }
         }
+        out
+    };
+    for tid in orphans {
+        nix::sys::signal::kill(Pid::from_raw(tid as i32), Signal::SIGCONT).ok();
     }
 }
 

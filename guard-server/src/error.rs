@@ -4,7 +4,8 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, PreconditionViolation, StatusExt};
 
-#[derive(Debug, thiserror::Error)]
+/// Clone: one failed group commit answers every submission of its batch.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum GuardError {
     #[error("invalid argument: {}", describe_fields(.0))]
     InvalidArgument(Vec<FieldViolation>),

@@ -257,7 +257,8 @@ fn restart_readopts() -> Result<()> {
     let dir = "/tmp/t/drst";
     std::fs::create_dir_all(dir)?;
     let secret = format!("{dir}/secret");
-    crate::harness::write_files(&[&secret])?;
+    let held = format!("{dir}/held");
+    crate::harness::write_files(&[&secret, &held])?;
     for g in ["go1", "go2", "go3"] {
         std::fs::remove_file(format!("{dir}/{g}")).ok();
     }
@@ -272,7 +273,11 @@ fn restart_readopts() -> Result<()> {
             .gid(4245),
     )?;
     std::thread::sleep(Duration::from_millis(300));
-    let mut d = DaemonUnderTest::start("drst", &[("svc", &deny_read("svc-no-secret", &secret))], "[[selector]]\npolicy = \"svc\"\nuser = 4245\n")?;
+    let policy = format!(
+        "{}[[rule]]\nname = \"svc-ask\"\naction = \"ask\"\nfile = {{ path = \"{held}\", access = \"read\" }}\n",
+        deny_read("svc-no-secret", &secret)
+    );
+    let mut d = DaemonUnderTest::start("drst", &[("svc", &policy)], "[[selector]]\npolicy = \"svc\"\nuser = 4245\n")?;
     let t = d.tree(w.pid())?;
     ensure!(s(&t, "selector").contains("found running"), "pre-existing tree: {t}");
     touch(&format!("{dir}/go1"))?;
@@ -283,6 +288,8 @@ fn restart_readopts() -> Result<()> {
     touch(&format!("{dir}/go2"))?;
     let out = run(Command::new(E2E).args(["do", "open-read", &secret]).uid(4245).gid(4245))?;
     ensure!(has_line(&out, &format!("RESULT errno=1 open-read {secret}")), "new tree while no daemon runs: {out}");
+    // An ask while no daemon runs: held until the next daemon shows it.
+    let asker = Workload::spawn(Command::new(E2E).args(["do", "open-read", &held]).uid(4245).gid(4245))?;
     std::thread::sleep(Duration::from_millis(500));
 
     // A restarted daemon keeps the programs, re-adopts the tree, and records its operations.
@@ -291,6 +298,18 @@ fn restart_readopts() -> Result<()> {
     d.wait_log("kept attached from an earlier daemon", Duration::from_secs(30))?;
     let t = d.tree(w.pid())?;
     ensure!(s(&t, "selector").contains("re-adopted") && s(&t, "policy") == "svc", "re-adopted tree: {t}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let h = loop {
+        if let Some(h) = d.pending()?.into_iter().find(|h| s(h, "object") == held) {
+            break h;
+        }
+        ensure!(Instant::now() < deadline, "the hold made while no daemon ran was not shown; stderr:\n{}", d.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = d.ctl(&["approve", s(&h, "id")])?;
+    ensure!(out.status.success(), "approve: {}", String::from_utf8_lossy(&out.stderr));
+    let (_, out) = asker.finish()?;
+    ensure!(has_line(&out, &format!("RESULT ok open-read {held}")), "the hold made while no daemon ran: {out}");
     touch(&format!("{dir}/go3"))?;
     let (_, out) = w.finish()?;
     let denied = out.lines().filter(|l| l.trim() == format!("RESULT errno=1 open-read {secret}")).count();
@@ -316,7 +335,7 @@ fn stated_reasons() -> Result<()> {
         "{}[[rule]]\nname = \"ask-held\"\naction = \"ask\"\nfile = {{ path = \"{held}\", access = \"read\" }}\n",
         deny_read("no-secret", &secret)
     );
-    let d = DaemonUnderTest::start("drsn", &[("agent", &policy)], "")?;
+    let d = DaemonUnderTest::start("drsn", &[("coder", &policy)], "")?;
     let go = format!("{dir}/go");
     std::fs::remove_file(&go).ok();
     let script = format!(
@@ -359,7 +378,7 @@ fn stated_reasons() -> Result<()> {
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    ensure!(s(&h["stated_reason"], "call_id") == "call-7" && s(&h, "policy") == "agent", "hold's stated reason: {h}");
+    ensure!(s(&h["stated_reason"], "call_id") == "call-7" && s(&h, "policy") == "coder", "hold's stated reason: {h}");
     let out = d.ctl(&["approve", s(&h, "id")])?;
     ensure!(out.status.success(), "approve: {}", String::from_utf8_lossy(&out.stderr));
     let (_, out) = a.finish()?;

@@ -246,7 +246,16 @@ fn render(rows: &[Row], seconds: u64) -> String {
     let _ = writeln!(
         s,
         "{:<9} {:>6} {:>9} {:>9} {:>9} {:>12} {:>9} {:>7}   {:<16} {:<16}",
-        "backend", "agents", "p50 µs", "p99 µs", "max µs", "decisions/s", "decided", "errors", "p99 < 2 ms?", "10,000/s?"
+        "backend",
+        "agents",
+        "p50 µs",
+        "p99 µs",
+        "max µs",
+        "decisions/s",
+        "decided",
+        "errors",
+        "p99 < 2 ms?",
+        "10,000/s?"
     );
     for r in rows {
         match &r.result {
@@ -269,7 +278,7 @@ fn render(rows: &[Row], seconds: u64) -> String {
         }
     }
     let _ = writeln!(s, "targets (issue 3): p99 < {} µs, {} decisions/s", TARGET_P99_US, TARGET_RATE as u64);
-    s
+    s.lines().map(|l| format!("{}\n", l.trim_end())).collect()
 }
 
 fn start_postgres(server: &Path, dir: &Path, children: &mut Children) -> Result<String> {
@@ -325,7 +334,6 @@ fn wait_for_line(log: &Path, needle: &str, name: &str, child: &mut Child) -> Res
         std::thread::sleep(Duration::from_millis(100));
     }
 }
-
 
 #[cfg(test)]
 mod tests {
