@@ -18,12 +18,22 @@ pub const DEFAULT_SOCKET: &str = "/run/guard/agent.sock";
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
     Pending,
-    Approve { id: String, comment: Option<String> },
-    Deny { id: String, reason: Option<String> },
+    Approve {
+        id: String,
+        comment: Option<String>,
+    },
+    Deny {
+        id: String,
+        reason: Option<String>,
+    },
     Status,
     /// Daemon: watch a running process and its descendants as a new tree (`run --daemon`,
     /// `watch --pid`). `how` says which command asked.
-    Register { pid: u32, policy: Option<String>, how: String },
+    Register {
+        pid: u32,
+        policy: Option<String>,
+        how: String,
+    },
     /// Daemon: re-read the configuration now.
     Reload,
 }

@@ -106,7 +106,9 @@ impl State {
         for _ in 0..32 {
             let info = self.proc_info(pid);
             out.push(Lineage { pid, ppid: info.ppid, exe: info.exe.clone(), argv: info.argv.clone() });
-            if info.ppid == 0 || !self.procs.contains_key(&info.ppid) {
+            // Up to the tree's root: a parent that forked without exec (a shell running a
+            // builtin or a subshell) is still in the tree, though no exec event named it.
+            if info.ppid == 0 || !(self.procs.contains_key(&info.ppid) || self.kernel.is_watched(info.ppid)) {
                 break;
             }
             pid = info.ppid;
@@ -207,8 +209,12 @@ pub fn handle_event(state: &Shared, source: &Arc<dyn DecisionSource>, e: Event) 
             if e.aux != 0 {
                 // The exec that started a new tree (a selector matched in the kernel).
                 let rank = e.aux as usize - 1;
-                let selector =
-                    st.trees.selectors.get(rank).map(|s| s.describe()).unwrap_or_else(|| format!("selector rank {rank}"));
+                let selector = st
+                    .trees
+                    .selectors
+                    .get(rank)
+                    .map(|s| s.describe())
+                    .unwrap_or_else(|| format!("selector rank {rank}"));
                 // From /proc while the process lives; from the event itself if it is gone.
                 let proc = crate::trees::read_proc(e.tgid).unwrap_or_else(|| crate::trees::Proc {
                     pid: e.tgid,

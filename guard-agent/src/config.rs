@@ -282,10 +282,7 @@ impl Config {
         let max_tree_tasks = match raw.max_tree_tasks {
             None => crate::kernel::MAX_TREE_TASKS,
             Some(n) if *n.get_ref() == 0 || *n.get_ref() > crate::kernel::MAX_TREE_TASKS => {
-                return Err(ctx.err(
-                    n.span(),
-                    format!("max_tree_tasks must be 1 to {}", crate::kernel::MAX_TREE_TASKS),
-                ))
+                return Err(ctx.err(n.span(), format!("max_tree_tasks must be 1 to {}", crate::kernel::MAX_TREE_TASKS)))
             }
             Some(n) => *n.get_ref(),
         };
@@ -391,7 +388,10 @@ argv = ["--agent"]
         )
         .unwrap();
         let kinds: Vec<&Match> = c.selectors.iter().map(|s| &s.matcher).collect();
-        assert_eq!(kinds, vec![&Match::ExeName("claude".into()), &Match::Cgroup("/agents.slice".into()), &Match::User(1234)]);
+        assert_eq!(
+            kinds,
+            vec![&Match::ExeName("claude".into()), &Match::Cgroup("/agents.slice".into()), &Match::User(1234)]
+        );
         assert_eq!(c.selectors[1].index, 2);
         let e = parse(d.path(), "[policies]\na = \"a.toml\"\n[[selector]]\npolicy = \"x\"\nuser = 1\n").err().unwrap();
         assert_eq!((e.line, e.col), (4, 10), "{e}");
@@ -401,7 +401,9 @@ argv = ["--agent"]
         assert!(e.msg.contains("exactly one"), "{e}");
         let e = parse(d.path(), "[policies]\na = \"missing.toml\"\n").err().unwrap();
         assert!(e.file.ends_with("missing.toml"), "{e}");
-        let e = parse(d.path(), "[policies]\na = \"a.toml\"\n[[selector]]\npolicy = \"a\"\ncgroup = \"/\"\n").err().unwrap();
+        let e = parse(d.path(), "[policies]\na = \"a.toml\"\n[[selector]]\npolicy = \"a\"\ncgroup = \"/\"\n")
+            .err()
+            .unwrap();
         assert!(e.msg.contains("below the root"), "{e}");
     }
 }

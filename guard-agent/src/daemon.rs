@@ -57,7 +57,11 @@ pub fn daemon(config_path: &Path) -> Result<i32> {
         "programs {} (pins in {}){}",
         if pins.reused_programs { "kept attached from an earlier daemon" } else { "loaded and attached" },
         pins.dir.display(),
-        if pins.migrated_tasks > 0 { format!("; {} tasks carried over from another build", pins.migrated_tasks) } else { String::new() }
+        if pins.migrated_tasks > 0 {
+            format!("; {} tasks carried over from another build", pins.migrated_tasks)
+        } else {
+            String::new()
+        }
     );
     let ids = assign_ids(&kernel, &cfg, &HashMap::new())?;
     let first = &cfg.policies[0];
@@ -174,7 +178,9 @@ async fn release_orphaned_holds(state: Shared) {
             if st.holds.find(tid, h.seq).is_some() {
                 continue;
             }
-            tracing::warn!("denying a hold of thread {tid} that an earlier daemon had taken (it stopped while it waited)");
+            tracing::warn!(
+                "denying a hold of thread {tid} that an earlier daemon had taken (it stopped while it waited)"
+            );
             if st.kernel.set_verdict(tid, h.seq, h.hash, false).is_ok() {
                 out.push(tid);
             }
@@ -202,7 +208,8 @@ fn assign_ids(kernel: &Kernel, cfg: &Config, current: &HashMap<String, u8>) -> R
         }
     }
     // Slots of policies no longer configured stay reserved while trees use them.
-    let reserved: HashSet<u8> = slots.iter().map(|(i, _)| *i).filter(|i| live.contains(i) && !taken.contains(i)).collect();
+    let reserved: HashSet<u8> =
+        slots.iter().map(|(i, _)| *i).filter(|i| live.contains(i) && !taken.contains(i)).collect();
     for p in &cfg.policies {
         if out.contains_key(&p.name) {
             continue;
@@ -221,7 +228,9 @@ fn install(state: &Shared, cfg: &Config, ids: &HashMap<String, u8>) -> Result<()
     let mut st = state.lock().expect("state lock");
     for p in &cfg.policies {
         let id = ids[&p.name];
-        st.kernel.install_named_policy(id, &p.name, &p.policy).with_context(|| format!("installing policy {}", p.name))?;
+        st.kernel
+            .install_named_policy(id, &p.name, &p.policy)
+            .with_context(|| format!("installing policy {}", p.name))?;
         st.trees.policies.insert(id, (p.name.clone(), p.policy.clone()));
     }
     let (entries, missing) = cfg.kernel_selectors(&|n| ids.get(n).copied());
@@ -501,7 +510,8 @@ fn register(d: &Daemon, peer: &Peer, pid: u32, policy: Option<String>, how: &str
                 .into_iter()
                 .map(|(_, s)| s.describe())
                 .collect();
-            let selector = format!("registered by `guard-agent {how}` (uid {}, pid {})", peer.uid, peer.pid.unwrap_or(0));
+            let selector =
+                format!("registered by `guard-agent {how}` (uid {}, pid {})", peer.uid, peer.pid.unwrap_or(0));
             tracing::info!(
                 "tree {pid} ({n} tasks) {selector}, policy {name}{}",
                 if also.is_empty() { String::new() } else { format!("; registration wins over {}", also.join(", ")) }
@@ -591,8 +601,10 @@ fn status(d: &Daemon) -> serde_json::Value {
     let mut policies: Vec<serde_json::Value> = cfg
         .policies
         .iter()
-        .map(|p| json!({"id": ids.get(&p.name), "name": p.name, "file": p.file, "rules": p.policy.rules.len(),
-                         "default": crate::policy::action_name(p.policy.default)}))
+        .map(|p| {
+            json!({"id": ids.get(&p.name), "name": p.name, "file": p.file, "rules": p.policy.rules.len(),
+                         "default": crate::policy::action_name(p.policy.default)})
+        })
         .collect();
     policies.sort_by_key(|p| p["id"].as_u64());
     json!({
@@ -631,7 +643,14 @@ pub fn print_status(v: &serde_json::Value) {
         println!("server {}", v["server"]);
     }
     for p in v["policies"].as_array().into_iter().flatten() {
-        println!("policy {:<3} {:<20} {} rules, default {} ({})", s(&p["id"]), s(&p["name"]), p["rules"], s(&p["default"]), s(&p["file"]));
+        println!(
+            "policy {:<3} {:<20} {} rules, default {} ({})",
+            s(&p["id"]),
+            s(&p["name"]),
+            p["rules"],
+            s(&p["default"]),
+            s(&p["file"])
+        );
     }
     for sel in v["selectors"].as_array().into_iter().flatten() {
         println!("rank {:<3} {} -> {} [{}]", sel["rank"], s(&sel["selector"]), s(&sel["policy"]), s(&sel["state"]));
@@ -664,7 +683,12 @@ pub fn print_status(v: &serde_json::Value) {
 
 /// `guard-agent run --daemon -- CMD`: the running daemon watches CMD (no programs loaded
 /// here). CMD is started blocked, registered, then released; this exits with its status.
-pub fn run_registered(socket: &Path, policy: Option<String>, reason_socket: Option<&Path>, cmd: &[String]) -> Result<i32> {
+pub fn run_registered(
+    socket: &Path,
+    policy: Option<String>,
+    reason_socket: Option<&Path>,
+    cmd: &[String],
+) -> Result<i32> {
     if let Some(p) = reason_socket {
         std::env::set_var(crate::reasons::SOCKET_ENV, p);
     } else if std::env::var_os(crate::reasons::SOCKET_ENV).is_none() {

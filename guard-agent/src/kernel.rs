@@ -9,8 +9,8 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use guard_common::{
-    ArgvRule, Hold, NetRule, PathKey, PolicyConf, RuleRef, SelConf, SelKey, Selector, Verdict, Watched,
-    MAX_ARGV_RULES, MAX_ARGV_TOKENS, MAX_CAPS, MAX_NET_RULES,
+    ArgvRule, Hold, NetRule, PathKey, PolicyConf, RuleRef, SelConf, SelKey, Selector, Verdict, Watched, MAX_ARGV_RULES,
+    MAX_ARGV_TOKENS, MAX_CAPS, MAX_NET_RULES,
 };
 use std::{
     collections::HashSet,
@@ -171,16 +171,14 @@ impl Kernel {
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader
-            .load(OBJECT)
-            .map_err(|e| {
-                let base = anyhow!("cannot create the BPF maps: {e}");
-                if problems.is_empty() {
-                    base
-                } else {
-                    base.context(problems.join("; "))
-                }
-            })?;
+        let mut ebpf = loader.load(OBJECT).map_err(|e| {
+            let base = anyhow!("cannot create the BPF maps: {e}");
+            if problems.is_empty() {
+                base
+            } else {
+                base.context(problems.join("; "))
+            }
+        })?;
         let names: Vec<String> = ebpf.programs_mut().map(|(n, _)| n.to_string()).collect();
         let link_path = |name: &str| pin_dir.as_ref().map(|d| d.join(format!("link_{name}")));
         let reuse = pin_dir.is_some() && names.iter().all(|n| link_path(n).is_some_and(|p| p.exists()));
@@ -192,7 +190,7 @@ impl Kernel {
                         p.load(name, &btf).map_err(|e| explain_load_error(name, &e))?;
                         let id = p.attach().with_context(|| format!("attaching {name}"))?;
                         if pin_dir.is_some() {
-                            Some(p.take_link(id)?.try_into().context("an LSM link without fd")?)
+                            Some(FdLink::from(p.take_link(id)?))
                         } else {
                             None
                         }
@@ -201,7 +199,7 @@ impl Kernel {
                         p.load(name, &btf).map_err(|e| explain_load_error(name, &e))?;
                         let id = p.attach().with_context(|| format!("attaching {name}"))?;
                         if pin_dir.is_some() {
-                            Some(p.take_link(id)?.try_into().context("a tracepoint link without fd")?)
+                            Some(FdLink::from(p.take_link(id)?))
                         } else {
                             None
                         }
@@ -315,12 +313,8 @@ impl Kernel {
     /// path rules a previous version of it had in that slot.
     pub fn install_named_policy(&mut self, id: u8, name: &str, policy: &Policy) -> Result<()> {
         self.install_policy(id, policy)?;
-        let keep: HashSet<Vec<u8>> = policy
-            .compile(id)
-            .paths
-            .iter()
-            .map(|(k, len, _)| path_key_bytes(k, *len))
-            .collect();
+        let keep: HashSet<Vec<u8>> =
+            policy.compile(id).paths.iter().map(|(k, len, _)| path_key_bytes(k, *len)).collect();
         let stale: Vec<Key<PathKey>> = self
             .path_rules
             .keys()

@@ -91,7 +91,8 @@ fn handle(state: &Shared, pid: Option<i32>, line: &str) -> Result<u32> {
         tracing::warn!("reason from pid {pid} refused: not in a watched tree");
         bail!("refused: pid {pid} is not in a watched tree (only a watched agent can state its reasons)");
     };
-    let r: StatedReason = serde_json::from_str(line).context("bad reason: expected JSON {tool, call_id, reason, session}")?;
+    let r: StatedReason =
+        serde_json::from_str(line).context("bad reason: expected JSON {tool, call_id, reason, session}")?;
     let r = StatedReason {
         tool: clean(&r.tool, MAX_FIELD),
         call_id: clean(&r.call_id, MAX_FIELD),

@@ -34,7 +34,9 @@ pub fn read_proc(pid: u32) -> Option<Proc> {
     let uid = field("Uid:")?;
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.display().to_string());
     let argv = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| b.split(|&c| c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+        .map(|b| {
+            b.split(|&c| c == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect()
+        })
         .unwrap_or_default();
     let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .ok()
@@ -64,7 +66,8 @@ pub fn matches(s: &SelectorConf, p: &Proc) -> bool {
             let script = p.argv.get(1).and_then(|a| std::fs::canonicalize(a).ok()).map(|a| a.display().to_string());
             let script_args = p.argv.get(2..).unwrap_or(&[]);
             (p.exe.as_deref() == Some(path.as_str()) && argv_ok)
-                || (script.as_deref() == Some(path.as_str()) && s.argv.iter().all(|t| script_args.iter().any(|a| a == t)))
+                || (script.as_deref() == Some(path.as_str())
+                    && s.argv.iter().all(|t| script_args.iter().any(|a| a == t)))
         }
         Match::ExeName(name) => {
             let base = |x: &str| x.rsplit('/').next().unwrap_or(x).to_string();

@@ -116,7 +116,9 @@ user = 4242
         let mut c = Command::new("/bin/sh");
         c.args([
             "-c",
-            &format!("echo $$ > /sys/fs/cgroup/dsel.slice/inner.service/cgroup.procs && exec {E2E} do open-read {file}"),
+            &format!(
+                "echo $$ > /sys/fs/cgroup/dsel.slice/inner.service/cgroup.procs && exec {E2E} do open-read {file}"
+            ),
         ]);
         c
     };
@@ -194,13 +196,11 @@ fn overlaps_and_reload() -> Result<()> {
     crate::harness::write_files(&[&a, &b])?;
     let coding_agent = agent_binary(dir, "ovl-agent")?;
     // The user selector comes first in the file, but an exe selector wins over a user one.
-    let sel = format!(
-        "[[selector]]\nname = \"svc\"\npolicy = \"users\"\nuser = 4243\n[[selector]]\nname = \"agent\"\npolicy = \"coding\"\nexe = \"ovl-agent\"\n"
-    );
+    let sel = "[[selector]]\nname = \"svc\"\npolicy = \"users\"\nuser = 4243\n[[selector]]\nname = \"agent\"\npolicy = \"coding\"\nexe = \"ovl-agent\"\n";
     let d = DaemonUnderTest::start(
         "dovl",
         &[("coding", &deny_read("coding-a", &a)), ("users", &deny_read("users-b", &b))],
-        &sel,
+        sel,
     )?;
     let out = run(Command::new(&coding_agent).args(["do", "open-read", &a]).uid(4243).gid(4243))?;
     ensure!(has_line(&out, &format!("RESULT errno=1 open-read {a}")), "exe selector should win: {out}");
@@ -209,11 +209,8 @@ fn overlaps_and_reload() -> Result<()> {
     d.wait_log("won over selector #1 \"svc\"", Duration::from_secs(30))?;
 
     // A non-root process outside every tree cannot register anything.
-    let out = Command::new("guard-agent")
-        .args(["watch", "--pid", "1", "--socket", &d.sock])
-        .uid(4244)
-        .gid(4244)
-        .output()?;
+    let out =
+        Command::new("guard-agent").args(["watch", "--pid", "1", "--socket", &d.sock]).uid(4244).gid(4244).output()?;
     ensure!(!out.status.success(), "a non-root registration was accepted");
     // Nor can root ask for pid 1 (every process descends from it).
     let out = d.ctl(&["watch", "--pid", "1"])?;
@@ -232,7 +229,10 @@ fn overlaps_and_reload() -> Result<()> {
     let pol = format!("{dir}/coding.toml");
     std::fs::write(
         &pol,
-        format!("{}[[rule]]\nname = \"coding-b-now\"\naction = \"deny\"\nfile = {{ path = \"{b}\", access = \"read\" }}\n", deny_read("coding-a", &a)),
+        format!(
+            "{}[[rule]]\nname = \"coding-b-now\"\naction = \"deny\"\nfile = {{ path = \"{b}\", access = \"read\" }}\n",
+            deny_read("coding-a", &a)
+        ),
     )?;
     d.wait_log("configuration reloaded (file change)", Duration::from_secs(30))?;
     touch(&go)?;
@@ -262,9 +262,8 @@ fn restart_readopts() -> Result<()> {
     for g in ["go1", "go2", "go3"] {
         std::fs::remove_file(format!("{dir}/{g}")).ok();
     }
-    let wait_then_read = |g: &str| {
-        format!("while [ ! -e {dir}/{g} ]; do sleep 0.1; done; {E2E} do open-read {secret}; echo STEP {g}")
-    };
+    let wait_then_read =
+        |g: &str| format!("while [ ! -e {dir}/{g} ]; do sleep 0.1; done; {E2E} do open-read {secret}; echo STEP {g}");
     // Runs before any daemon: found and adopted when the daemon starts.
     let w = Workload::spawn(
         Command::new("/bin/sh")
@@ -350,7 +349,9 @@ fn stated_reasons() -> Result<()> {
     let r = d.wait_record("with tree A's reason", |r| s(r, "rule") == "no-secret")?;
     let why = &r["stated_reason"];
     ensure!(
-        s(why, "tool") == "bash" && s(why, "call_id") == "call-7" && s(why, "session") == "sess-1"
+        s(why, "tool") == "bash"
+            && s(why, "call_id") == "call-7"
+            && s(why, "session") == "sess-1"
             && s(why, "reason") == "check the secret for the test",
         "record's stated reason: {r}"
     );
@@ -363,7 +364,8 @@ fn stated_reasons() -> Result<()> {
     ensure!(String::from_utf8_lossy(&out.stdout).contains("RESULT errno=1"), "tree B: {out:?}");
     d.wait_record("with tree B's reason", |r| s(&r["stated_reason"], "tool") == "evil")?;
     // A process outside every tree is refused.
-    let out = Command::new("guard-agent").args(["reason", "--socket", &d.reason_sock, "--tool", "x", "outsider"]).output()?;
+    let out =
+        Command::new("guard-agent").args(["reason", "--socket", &d.reason_sock, "--tool", "x", "outsider"]).output()?;
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(!out.status.success() && err.contains("not in a watched tree"), "outsider's reason: {err}");
 
@@ -384,7 +386,11 @@ fn stated_reasons() -> Result<()> {
     let (_, out) = a.finish()?;
     ensure!(has_line(&out, &format!("RESULT ok open-read {held}")), "approved hold: {out}");
     let recs = d.records();
-    let second = recs.iter().filter(|r| s(r, "rule") == "no-secret").filter(|r| s(&r["stated_reason"], "call_id") == "call-7").count();
+    let second = recs
+        .iter()
+        .filter(|r| s(r, "rule") == "no-secret")
+        .filter(|r| s(&r["stated_reason"], "call_id") == "call-7")
+        .count();
     ensure!(second >= 2, "tree A's later record lost its own reason: {recs:?}");
     let approved = recs.iter().find(|r| s(r, "rule") == "ask-held" && s(r, "reason") == "approved");
     ensure!(

@@ -12,6 +12,9 @@ pub struct TestArgs {
     /// Run only this kernel (default: all).
     #[arg(long, value_enum)]
     pub kernel: Option<Series>,
+    /// Skip setup, the build and the host tests (for iterating on VM tests).
+    #[arg(long)]
+    pub vm_only: bool,
     /// Arguments for guard-e2e (e.g. a test name filter).
     #[arg(last = true)]
     pub e2e_args: Vec<String>,
@@ -20,9 +23,11 @@ pub struct TestArgs {
 const E2E: &str = "/bin/guard-e2e";
 
 pub fn run(args: &TestArgs) -> Result<u8> {
-    setup::run()?;
-    compile::build()?;
-    util::run(Command::new("cargo").args(["test", "--workspace"]).current_dir(workspace_root()))?;
+    if !args.vm_only {
+        setup::run()?;
+        compile::build()?;
+        util::run(Command::new("cargo").args(["test", "--workspace"]).current_dir(workspace_root()))?;
+    }
     if !workspace_root().join("target/release/guard-e2e").exists() {
         bail!("target/release/guard-e2e was not built; cannot run the VM tests");
     }

@@ -145,6 +145,12 @@ mount -t bpf bpffs /sys/fs/bpf || echo "init: bpffs mount failed"
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 hostname guard-vm
+# Accounts, so tools show user names as on a real host (and tests can check them).
+mkdir -p /etc
+echo 'root:x:0:0:root:/root:/bin/sh' > /etc/passwd
+echo 'nobody:x:65534:65534:nobody:/nonexistent:/bin/false' >> /etc/passwd
+echo 'root:x:0:' > /etc/group
+echo 'nogroup:x:65534:' >> /etc/group
 ip link set lo up
 "#;
 

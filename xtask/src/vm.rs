@@ -149,7 +149,10 @@ pub fn relay(port: u16) -> Result<u8> {
         let _ = up.shutdown(Shutdown::Write);
     });
     let mut down = sock;
-    let _ = std::io::copy(&mut down, &mut std::io::stdout().lock());
+    // Raw fd 1, not io::stdout(): its line buffering would hold binary data (TLS) back.
+    // SAFETY: fd 1 is open for the life of this process and nothing else writes to it.
+    let mut out = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(1) };
+    let _ = std::io::copy(&mut down, &mut out);
     let _ = writer.join();
     Ok(0)
 }

@@ -35,7 +35,7 @@ impl ReviewService for ReviewApi {
 
     async fn watch_pending(&self, request: tonic::Request<WatchPendingRequest>) -> Reply<Self::WatchPendingStream> {
         require(&request, Role::Approver)?;
-        Ok(Response::new(watch_pending(self.shared.clone())))
+        Ok(Response::new(watch_pending(self.shared.clone()).await?))
     }
 
     async fn list_requests(&self, request: tonic::Request<ListRequestsRequest>) -> Reply<ListRequestsResponse> {

@@ -69,13 +69,17 @@ pub fn follow(shared: Shared, mut rx: Receiver<Change>, first: Request) -> BoxSt
 /// WatchPending: every pending request ("snapshot"), then "created", "reviewed" and
 /// "decided" events. Decisions are only sent for requests the watcher saw pending, so
 /// requests decided at creation (grants, auto rules) do not flood approvers.
-pub fn watch_pending(shared: Shared) -> BoxStream<RequestEvent> {
+///
+/// The snapshot is read before the call is answered: a request submitted after the caller
+/// has its stream comes as "created", never folded into the snapshot.
+pub async fn watch_pending(shared: Shared) -> Result<BoxStream<RequestEvent>, Status> {
     let mut rx = shared.fanout.subscribe();
     let mut shutdown = shared.shutdown.clone();
-    Box::pin(async_stream::try_stream! {
+    let snapshot = pending(&shared).await?;
+    Ok(Box::pin(async_stream::try_stream! {
         // Pending ids this watcher has sent, with how many reviews it showed.
         let mut seen: HashMap<String, usize> = HashMap::new();
-        for request in pending(&shared).await? {
+        for request in snapshot {
             seen.insert(request.id.clone(), request.reviews.len());
             yield event("snapshot", request);
         }
@@ -117,7 +121,7 @@ pub fn watch_pending(shared: Shared) -> BoxStream<RequestEvent> {
                 yield event(kind, request);
             }
         }
-    })
+    }))
 }
 
 async fn pending(shared: &Shared) -> Result<Vec<Request>, Status> {

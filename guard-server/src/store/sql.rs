@@ -196,6 +196,17 @@ fn placeholders(first: usize, n: usize) -> String {
     (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
+/// Placeholders for the long generated statements (multi-row inserts): SQLite gets
+/// anonymous `?`, numbered in the order they appear, because sqlx looks each named
+/// parameter up by a linear scan (quadratic in their number); PostgreSQL needs `$N`.
+/// A statement uses one style only, so `first` must follow the `?`s before it.
+fn params(backend: Backend, first: usize, n: usize) -> String {
+    match backend {
+        Backend::Sqlite => vec!["?"; n].join(", "),
+        Backend::Postgres => placeholders(first, n),
+    }
+}
+
 async fn load_reviews(conn: &mut AnyConnection, requests: &mut [Request]) -> GuardResult<()> {
     if requests.is_empty() {
         return Ok(());
@@ -249,7 +260,7 @@ async fn append_audit_refs(tx: &mut Tx, backend: Backend, entries: &[&AuditEntry
     let mut seq: i64 = head.try_get("seq")?;
     let mut hash: String = head.try_get("hash")?;
     for chunk in entries.chunks(AUDIT_ROWS_PER_INSERT) {
-        let rows = (0..chunk.len()).map(|i| format!("({})", placeholders(i * 8 + 1, 8))).collect::<Vec<_>>();
+        let rows = (0..chunk.len()).map(|i| format!("({})", params(backend, i * 8 + 1, 8))).collect::<Vec<_>>();
         let sql = format!(
             "INSERT INTO audit (seq, time_ms, host, kind, request_id, json, prev_hash, hash) VALUES {}",
             rows.join(", ")
@@ -440,7 +451,7 @@ impl Writer {
         self.apply_grants(&mut tx, jobs).await?;
 
         let rows = (0..jobs.len())
-            .map(|i| format!("({})", placeholders(i * REQUEST_VALUES + 1, REQUEST_VALUES)))
+            .map(|i| format!("({})", params(self.backend, i * REQUEST_VALUES + 1, REQUEST_VALUES)))
             .collect::<Vec<_>>();
         let sql = format!(
             "INSERT INTO requests (id, host, hold_key, operation, hook, object, rule, tree_id, state, created_ms, \
@@ -510,10 +521,10 @@ impl Writer {
         let since = scoped().map(|r| r.created_ms).min().unwrap_or_default();
         let sql = format!(
             "SELECT id, approver, host, tree_id, hook, object, expires_ms FROM grants \
-             WHERE host IN ({}) AND tree_id IN ({}) AND ended_ms IS NULL AND expires_ms > ${}",
-            placeholders(1, hosts.len()),
-            placeholders(hosts.len() + 1, trees.len()),
-            hosts.len() + trees.len() + 1
+             WHERE host IN ({}) AND tree_id IN ({}) AND ended_ms IS NULL AND expires_ms > {}",
+            params(self.backend, 1, hosts.len()),
+            params(self.backend, hosts.len() + 1, trees.len()),
+            params(self.backend, hosts.len() + trees.len() + 1, 1)
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for h in &hosts {
@@ -602,25 +613,6 @@ impl SqlStore {
                 .bind(id.to_string())
                 .fetch_optional(&mut **tx)
                 .await?;
-        }
-        Ok(())
-    }
-
-    /// Commits and tells every stream (here, and on the other replicas) which requests changed.
-    async fn commit(&self, mut tx: Tx, changed: &[&str]) -> GuardResult<()> {
-        if self.backend == Backend::Postgres {
-            for id in changed {
-                // NOTIFY takes no bind parameters; ids are our own base32 alphabet, checked
-                // here so nothing else can be spliced in.
-                if ids::looks_like_request_id(id) {
-                    let sql = format!("NOTIFY {}, '{id}'", super::postgres::CHANNEL);
-                    sqlx::query(AssertSqlSafe(sql)).execute(&mut *tx).await?;
-                }
-            }
-        }
-        tx.commit().await?;
-        for id in changed {
-            self.fanout.publish_id(id);
         }
         Ok(())
     }
