@@ -167,3 +167,41 @@ fn read_ppid(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sel(m: Match, argv: &[&str]) -> SelectorConf {
+        SelectorConf {
+            name: "s".into(),
+            policy: "p".into(),
+            matcher: m,
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            index: 1,
+        }
+    }
+
+    #[test]
+    fn proc_matching_mirrors_the_kernel() {
+        let p = Proc {
+            pid: 10,
+            ppid: 1,
+            uid: 1001,
+            exe: Some("/opt/agent/bin/claude".into()),
+            argv: vec!["claude".into(), "--agent".into(), "x".into()],
+            cgroup: Some("/agents.slice/a.service".into()),
+        };
+        assert!(matches(&sel(Match::ExeName("claude".into()), &[]), &p));
+        assert!(matches(&sel(Match::ExeName("claude".into()), &["--agent"]), &p));
+        assert!(!matches(&sel(Match::ExeName("claude".into()), &["--other"]), &p));
+        assert!(matches(&sel(Match::ExePath("/opt/agent/bin/claude".into()), &[]), &p));
+        assert!(!matches(&sel(Match::ExePath("/opt/agent/bin".into()), &[]), &p));
+        assert!(matches(&sel(Match::Cgroup("/agents.slice".into()), &[]), &p));
+        assert!(!matches(&sel(Match::Cgroup("/agents".into()), &[]), &p), "a prefix of a name is not a parent");
+        assert!(matches(&sel(Match::User(1001), &[]), &p));
+        assert!(!matches(&sel(Match::User(0), &[]), &p));
+        let list = [sel(Match::ExeName("claude".into()), &[]), sel(Match::User(1001), &[])];
+        assert_eq!(matching(&list, &p).iter().map(|(r, _)| *r).collect::<Vec<_>>(), vec![0, 1]);
+    }
+}

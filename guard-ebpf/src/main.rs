@@ -8,6 +8,12 @@
 //! A hold sends SIGSTOP to the calling thread and returns -ERESTARTNOINTR: the thread stops
 //! before it reaches user space, and when the agent resumes it the kernel restarts the same
 //! syscall, which comes back here and consumes the verdict the agent left in `VERDICTS`.
+//!
+//! Trees start in two ways: userspace puts a root in `WATCHED` (`run`, registrations, adopting
+//! what already runs), or an exec by a task outside every tree matches a selector of the host
+//! daemon (`SELECTORS`: resolved program path or name at bprm_check_security, cgroup and uid
+//! at sched_process_exec), and the exec's task becomes the root of a new tree before the new
+//! program runs. With no selector configured this costs one array lookup per exec.
 #![no_std]
 #![no_main]
 #![allow(static_mut_refs)]

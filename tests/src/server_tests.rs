@@ -194,7 +194,7 @@ fn approve_and_deny() -> Result<()> {
 fn request_contents() -> Result<()> {
     let e = env()?;
     let p = files(&["contents"])?;
-    let a = e.start("srv-contents", &policy("secrets", "60s"), &format!("cd /tmp && sh -c '{}'", reads(&p)))?;
+    let a = e.start("srv-contents", &policy("secrets", "60s"), &format!("cd /tmp && sh -c '{}; true'", reads(&p)))?;
     let r = e.wait_request(&p[0])?;
     let id = field(&r, "id");
     let full = e.show(&id)?;
@@ -204,7 +204,8 @@ fn request_contents() -> Result<()> {
     ensure!(field(&full, "rule") == "secrets", "rule: {full}");
     ensure!(field(&full, "user") == "root", "user: {full}");
     ensure!(field(&full, "cwd") == "/tmp", "cwd: {full}");
-    // Ancestry: the reader, then the sh -c that started it, then the tree's root shell.
+    // Ancestry: the reader, then the shell that forked it (the tree's root: the outer shell
+    // exec'd the inner one).
     let ancestry = full
         .get("ancestry")
         .or_else(|| full.get("operation").and_then(|o| o.get("ancestry")))

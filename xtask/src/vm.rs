@@ -58,9 +58,7 @@ pub fn run(args: &VmArgs) -> Result<u8> {
         compile::build()?;
     }
     let kernel = kernel::require(args.kernel)?;
-    let dir = util::workspace_root().join("target/vm").join(args.kernel.name());
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let _lock = lock_dir(&dir)?;
+    let (dir, _lock) = work_dir(args.kernel.name())?;
     let guest = Guest { cmd: &args.cmd, network: !args.forward.is_empty(), copy: &args.copy };
     let initrd = initramfs::build(&dir, &kernel, &guest)?;
     let log = dir.join("serial.log");
@@ -88,6 +86,23 @@ fn parse_copy(s: &str) -> Result<(PathBuf, String), String> {
         Some((host, guest)) if !host.is_empty() && guest.starts_with('/') => Ok((PathBuf::from(host), guest.into())),
         _ => Err(format!("{s:?}: expected HOST_PATH=/GUEST/PATH")),
     }
+}
+
+/// A work directory of its own for this run (initramfs, serial log): the first of
+/// target/vm/KERNEL, KERNEL-2, KERNEL-3 that no other run holds, else wait for the first.
+fn work_dir(kernel: &str) -> Result<(PathBuf, File)> {
+    let base = util::workspace_root().join("target/vm");
+    for n in 1..=3 {
+        let dir = if n == 1 { base.join(kernel) } else { base.join(format!("{kernel}-{n}")) };
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let file = File::create(dir.join(".lock")).with_context(|| format!("creating {}/.lock", dir.display()))?;
+        if file.try_lock().is_ok() {
+            return Ok((dir, file));
+        }
+    }
+    let dir = base.join(kernel);
+    let lock = lock_dir(&dir)?;
+    Ok((dir, lock))
 }
 
 /// Concurrent runs for the same kernel would overwrite each other's initramfs

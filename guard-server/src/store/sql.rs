@@ -341,7 +341,7 @@ struct Prepared {
 }
 
 enum Submitted {
-    Created(Request),
+    Created(Box<Request>),
     /// (host, hold_key) already names a request, committed.
     Exists,
 }
@@ -429,7 +429,8 @@ impl Writer {
         match self.insert(&mut fresh).await {
             Ok(inserted) => {
                 for (job, created) in fresh.into_iter().zip(inserted) {
-                    let answer = if created { Submitted::Created(job.prepared.request) } else { Submitted::Exists };
+                    let answer =
+                        if created { Submitted::Created(Box::new(job.prepared.request)) } else { Submitted::Exists };
                     let _ = job.reply.send(Ok(answer));
                 }
                 for job in again {
@@ -517,7 +518,8 @@ impl Writer {
         if hosts.is_empty() {
             return Ok(());
         }
-        let trees: BTreeSet<&str> = scoped().filter_map(|r| r.operation.as_ref()).map(|op| op.tree_id.as_str()).collect();
+        let trees: BTreeSet<&str> =
+            scoped().filter_map(|r| r.operation.as_ref()).map(|op| op.tree_id.as_str()).collect();
         let since = scoped().map(|r| r.created_ms).min().unwrap_or_default();
         let sql = format!(
             "SELECT id, approver, host, tree_id, hook, object, expires_ms FROM grants \
@@ -666,7 +668,7 @@ impl Store for SqlStore {
         let stopped = || GuardError::Unavailable("the store is shutting down".into());
         self.submits.send(job).await.map_err(|_| stopped())?;
         match answer.await.map_err(|_| stopped())?? {
-            Submitted::Created(request) => Ok(request),
+            Submitted::Created(request) => Ok(*request),
             Submitted::Exists => {
                 // Idempotent: the request this (host, hold_key) already names, as it is now.
                 let row = sqlx::query("SELECT id FROM requests WHERE host = $1 AND hold_key = $2")
