@@ -90,6 +90,26 @@ impl State {
         root.and_then(|r| self.trees.reasons.get(&r).cloned())
     }
 
+    /// The tree of a task that may have exited since its event: the kernel's map while it
+    /// lives, else the nearest known tree root among the process and its recorded ancestors.
+    fn tree_of_event(&self, e: &Event) -> Option<u32> {
+        if let Some(root) = self.tree_root(e.tid) {
+            return Some(root);
+        }
+        let mut pid = e.tgid;
+        for _ in 0..32 {
+            if self.trees.trees.contains_key(&pid) {
+                return Some(pid);
+            }
+            pid = match self.procs.get(&pid) {
+                Some(p) if p.ppid != 0 => p.ppid,
+                _ if pid == e.tgid && e.ppid != 0 => e.ppid,
+                _ => return None,
+            };
+        }
+        None
+    }
+
     fn proc_info(&mut self, pid: u32) -> ProcInfo {
         if let Some(p) = self.procs.get(&pid) {
             return p.clone();
@@ -123,7 +143,7 @@ impl State {
             self.procs.insert(e.tgid, info.clone());
         }
         let (exe, argv) = program(e, info);
-        let root = self.tree_root(e.tid);
+        let root = self.tree_of_event(e);
         let action = Action::from_u8(e.action).unwrap_or(Action::Deny);
         let denied = matches!(action, Action::Deny)
             || matches!(
@@ -354,7 +374,14 @@ pub fn handle_event(state: &Shared, source: &Arc<dyn DecisionSource>, e: Event) 
                 if let Some(h) = st.holds.by_id.remove(&id) {
                     r.request_id = Some(id);
                     r.held_ms = Some(h.started.elapsed().as_millis() as u64);
+                    // The reason shown on the request is the one kept with its outcome.
+                    if h.info.stated_reason.is_some() {
+                        r.stated_reason = h.info.stated_reason.clone();
+                    }
                     if let Some(d) = h.decision {
+                        if d.request_id.is_some() {
+                            r.request_id = d.request_id;
+                        }
                         r.reason = d.reason.to_string();
                         r.approver = d.approver;
                         r.comment = d.comment;
@@ -416,7 +443,7 @@ pub async fn deny_all(state: &Shared, reason: &'static str) {
         apply_decision(
             state,
             &id,
-            Decision { allow: false, reason, approver: None, comment: Some("agent stopping".into()) },
+            Decision { request_id: None, allow: false, reason, approver: None, comment: Some("agent stopping".into()) },
         )
         .await;
     }

@@ -402,12 +402,20 @@ async fn reload_on_change(d: Arc<Daemon>) {
 /// Every second: trees whose tasks are all gone end; cgroups that appeared get their selector.
 async fn sweep(d: Arc<Daemon>) {
     let mut missing_before = 0usize;
+    // Trees without tasks are kept a few seconds more: their last events may still be in the
+    // ring buffer, and their records should still name the tree's reason.
+    let mut empty_since: HashMap<u32, std::time::Instant> = HashMap::new();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let ended: Vec<TreeInfo> = {
             let mut st = d.state.lock().expect("state lock");
             let live: HashSet<u32> = st.kernel.watched_tasks().into_iter().map(|(_, w)| w.root).collect();
-            let gone: Vec<u32> = st.trees.trees.keys().copied().filter(|r| !live.contains(r)).collect();
+            empty_since.retain(|r, _| !live.contains(r) && st.trees.trees.contains_key(r));
+            for r in st.trees.trees.keys().filter(|r| !live.contains(r)) {
+                empty_since.entry(*r).or_insert_with(std::time::Instant::now);
+            }
+            let gone: Vec<u32> =
+                empty_since.iter().filter(|(_, t)| t.elapsed() >= Duration::from_secs(3)).map(|(r, _)| *r).collect();
             for r in &live {
                 if !st.trees.trees.contains_key(r) {
                     let t = TreeInfo {

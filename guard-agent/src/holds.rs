@@ -12,11 +12,13 @@ pub struct Decision {
     pub reason: &'static str,
     pub approver: Option<String>,
     pub comment: Option<String>,
+    /// The central server's id for the request, when it decided.
+    pub request_id: Option<String>,
 }
 
 impl Decision {
     pub fn expired() -> Self {
-        Decision { allow: false, reason: "expired", approver: None, comment: None }
+        Decision { request_id: None, allow: false, reason: "expired", approver: None, comment: None }
     }
 }
 
@@ -101,6 +103,7 @@ impl DecisionSource for LocalDecisions {
             match tokio::time::timeout(limit, rx).await {
                 Err(_) => Decision::expired(),
                 Ok(d) => d.unwrap_or(Decision {
+                    request_id: None,
                     allow: false,
                     reason: "denied",
                     approver: None,

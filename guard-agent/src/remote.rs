@@ -61,7 +61,8 @@ pub struct ServerArgs {
 impl ServerArgs {
     pub fn into_config(self) -> Result<Option<ServerConfig>> {
         let Some(url) = self.server else { return Ok(None) };
-        let need = |v: Option<PathBuf>, flag: &str| v.with_context(|| format!("--server needs {flag} (or its env var)"));
+        let need =
+            |v: Option<PathBuf>, flag: &str| v.with_context(|| format!("--server needs {flag} (or its env var)"));
         Ok(Some(ServerConfig {
             url,
             ca: need(self.server_ca, "--server-ca FILE")?,
@@ -87,15 +88,13 @@ impl ServerConfig {
         if !self.url.starts_with("https://") {
             bail!("server URL {:?} must start with https:// (guard-server only speaks mTLS)", self.url);
         }
-        let read = |p: &PathBuf, what: &str| {
-            std::fs::read(p).with_context(|| format!("reading the {what} {}", p.display()))
-        };
+        let read =
+            |p: &PathBuf, what: &str| std::fs::read(p).with_context(|| format!("reading the {what} {}", p.display()));
         let ca = read(&self.ca, "server CA certificate")?;
         let cert = read(&self.cert, "agent certificate")?;
         let key = read(&self.key, "agent key")?;
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(ca))
-            .identity(Identity::from_pem(cert, key));
+        let tls =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).identity(Identity::from_pem(cert, key));
         let endpoint = Endpoint::from_shared(self.url.clone())
             .with_context(|| format!("server URL {:?}", self.url))?
             .tls_config(tls)
@@ -248,6 +247,7 @@ impl RemoteDecisions {
                 Ok(Err(e)) if refused(&e) => {
                     tracing::error!("hold {}: guard-server refused it: {}", hold.id, describe(&e));
                     return Decision {
+                        request_id: None,
                         allow: false,
                         reason: "refused",
                         approver: None,
@@ -279,9 +279,11 @@ impl RemoteDecisions {
                     reason: "expired",
                     approver: None,
                     comment: Some(format!("request {id}: nobody decided in time")),
+                    request_id: Some(id),
                 }
             }
             None => Decision {
+                request_id: None,
                 allow: false,
                 reason: "unreachable",
                 approver: None,
@@ -346,7 +348,7 @@ fn final_decision(r: &ServerRequest) -> Option<Decision> {
         "grant" | "auto" => Some(format!("{} ({})", comment.unwrap_or_default(), r.reason).trim().to_owned()),
         _ => comment,
     };
-    Some(Decision { allow, reason, approver, comment })
+    Some(Decision { request_id: None, allow, reason, approver, comment })
 }
 
 /// Errors that retrying cannot fix.

@@ -309,6 +309,7 @@ pub(crate) fn answer(
         Some(false) => Response::err(format!("hold {id} was already decided")),
         Some(true) => {
             let d = Decision {
+                request_id: None,
                 allow,
                 reason: if allow { "approved" } else { "denied" },
                 approver: Some(format!("local:uid={}", peer.uid)),

@@ -175,6 +175,8 @@ fn approve_and_deny() -> Result<()> {
     };
     let ok = find("approved", &p[0]).ok_or_else(|| anyhow!("no approved record: {:#?}", out.records))?;
     ensure!(s(ok, "approver") == "alice" && s(ok, "decision") == "allow", "approved record: {ok}");
+    // The host's record names the server's request, so the two trails join.
+    ensure!(s(ok, "request_id") == field(&r, "id"), "record's request_id is not the server's: {ok}");
     let no = find("denied", &p[1]).ok_or_else(|| anyhow!("no denied record: {:#?}", out.records))?;
     ensure!(s(no, "approver") == "bob" && s(no, "decision") == "deny", "denied record: {no}");
     ensure!(s(no, "comment").contains("not today"), "the deny reason is not in the record: {no}");
