@@ -10,7 +10,8 @@ use std::process::Command;
 /// Debian packages: QEMU, the guest userland, initramfs packing, module
 /// decompression, protoc for crates that generate protobuf code, and PostgreSQL (the
 /// guard-server replica tests and benchmarks start throwaway clusters with its binaries).
-const APT_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio", "xz-utils", "protobuf-compiler", "postgresql"];
+const APT_PACKAGES: &[&str] =
+    &["qemu-system-x86", "busybox-static", "cpio", "xz-utils", "protobuf-compiler", "postgresql"];
 
 pub fn run() -> Result<()> {
     report("apt packages", apt_packages())?;

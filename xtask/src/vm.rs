@@ -157,7 +157,8 @@ fn network_args(ports: &[u16]) -> Result<Vec<String>> {
 /// `xtask relay PORT`: stdin/stdout (one guest connection, from QEMU) <-> 127.0.0.1:PORT.
 pub fn relay(port: u16) -> Result<u8> {
     use std::net::{Shutdown, TcpStream};
-    let sock = TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("relay: connecting to 127.0.0.1:{port}"))?;
+    let sock =
+        TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("relay: connecting to 127.0.0.1:{port}"))?;
     let mut up = sock.try_clone()?;
     let writer = std::thread::spawn(move || {
         let _ = std::io::copy(&mut std::io::stdin().lock(), &mut up);
