@@ -163,7 +163,10 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
         Cmd::Daemon { config } => daemon::daemon(&config),
         Cmd::Watch { pid, policy, socket } => {
             let data = call(&socket, admin::Request::Register { pid, policy, how: "watch --pid".into() })?;
-            println!("watching pid {pid}: tree {}, policy {}, {} tasks", data["tree_id"], data["policy"], data["tasks"]);
+            println!(
+                "watching pid {pid}: tree {}, policy {}, {} tasks",
+                data["tree_id"], data["policy"], data["tasks"]
+            );
             Ok(0)
         }
         Cmd::Reason { tool, call_id, session, socket, text } => {
