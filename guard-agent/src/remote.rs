@@ -348,7 +348,7 @@ fn final_decision(r: &ServerRequest) -> Option<Decision> {
         "grant" | "auto" => Some(format!("{} ({})", comment.unwrap_or_default(), r.reason).trim().to_owned()),
         _ => comment,
     };
-    Some(Decision { request_id: None, allow, reason, approver, comment })
+    Some(Decision { request_id: Some(r.id.clone()), allow, reason, approver, comment })
 }
 
 /// Errors that retrying cannot fix.
