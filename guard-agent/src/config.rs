@@ -35,14 +35,13 @@
 //! tree stays in it: selectors only start new trees.
 
 use crate::{
-    policy::{Policy, PolicyError},
+    policy::{Ctx, Policy, PolicyError},
     remote::ServerConfig,
 };
 use guard_common::{selector, SelKey, Selector, ARG_LEN, MAX_ARGV_TOKENS, MAX_SELECTORS};
 use serde::Deserialize;
 use std::{
     collections::BTreeMap,
-    ops::Range,
     path::{Path, PathBuf},
 };
 use toml::Spanned;
@@ -142,20 +141,6 @@ pub struct Config {
     /// In winning order (kind, then file order): the position is the kernel's rank.
     pub selectors: Vec<SelectorConf>,
     pub server: Option<ServerConfig>,
-}
-
-struct Ctx<'a> {
-    file: &'a str,
-    text: &'a str,
-}
-
-impl Ctx<'_> {
-    fn err(&self, span: Range<usize>, msg: impl Into<String>) -> PolicyError {
-        let upto = &self.text[..span.start.min(self.text.len())];
-        let line = upto.matches('\n').count() + 1;
-        let col = upto.len() - upto.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
-        PolicyError { file: self.file.into(), line, col, msg: msg.into() }
-    }
 }
 
 impl Config {

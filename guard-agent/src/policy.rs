@@ -161,13 +161,14 @@ pub const CAPABILITIES: [&str; 41] = [
     "CAP_CHECKPOINT_RESTORE",
 ];
 
-struct Ctx<'a> {
-    file: &'a str,
-    text: &'a str,
+/// A file being parsed: turns byte spans into `file:line:col` errors (policies and configs).
+pub(crate) struct Ctx<'a> {
+    pub file: &'a str,
+    pub text: &'a str,
 }
 
 impl Ctx<'_> {
-    fn err(&self, span: Range<usize>, msg: impl Into<String>) -> PolicyError {
+    pub fn err(&self, span: Range<usize>, msg: impl Into<String>) -> PolicyError {
         let upto = &self.text[..span.start.min(self.text.len())];
         let line = upto.matches('\n').count() + 1;
         let col = upto.len() - upto.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
