@@ -11,6 +11,7 @@
 
 use crate::holds::{Decision, DecisionSource, HoldInfo};
 use anyhow::{bail, Context, Result};
+use guard_proto::client::{self, TlsFiles, TlsMaterial};
 use guard_proto::v1::{
     agent_service_client::AgentServiceClient, AwaitRequest, Operation, Process, Record, RegisterRequest,
     ReportRecordsRequest, Request as ServerRequest, State, StatedReason, SubmitRequest, TreeExitedRequest,
@@ -31,10 +32,7 @@ use tokio::{
     sync::mpsc,
     time::{sleep, timeout_at, Instant},
 };
-use tonic::{
-    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
-    Code, Status,
-};
+use tonic::{transport::Channel, Code, Status};
 
 /// Records waiting to be reported while the server is away; beyond this the oldest are
 /// dropped from the central copy (the local audit log keeps every one).
@@ -88,21 +86,13 @@ impl ServerConfig {
         if !self.url.starts_with("https://") {
             bail!("server URL {:?} must start with https:// (guard-server only speaks mTLS)", self.url);
         }
-        let read =
-            |p: &PathBuf, what: &str| std::fs::read(p).with_context(|| format!("reading the {what} {}", p.display()));
-        let ca = read(&self.ca, "server CA certificate")?;
-        let cert = read(&self.cert, "agent certificate")?;
-        let key = read(&self.key, "agent key")?;
-        let tls =
-            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).identity(Identity::from_pem(cert, key));
-        let endpoint = Endpoint::from_shared(self.url.clone())
-            .with_context(|| format!("server URL {:?}", self.url))?
-            .tls_config(tls)
-            .context("TLS settings for the server")?
-            .connect_timeout(Duration::from_secs(3))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true);
+        let files = TlsFiles {
+            ca: (self.ca.clone(), "--server-ca"),
+            cert: (self.cert.clone(), "--agent-cert"),
+            key: (self.key.clone(), "--agent-key"),
+        };
+        let tls = TlsMaterial::load(&files)?;
+        let endpoint = client::endpoint(&self.url, &tls)?.connect_timeout(Duration::from_secs(3));
         Ok(endpoint.connect_lazy())
     }
 }

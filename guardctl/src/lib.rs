@@ -1,7 +1,7 @@
 //! guardctl: the approver CLI of guard, and the pieces `guard-loadgen` (the server benchmark's
 //! load generator) shares with it: mTLS connection set-up and gRPC error reporting.
 
-pub mod conn;
+pub use guard_proto::client as conn;
 pub mod failure;
 pub mod render;
 pub mod table;

@@ -1,12 +1,13 @@
 //! The guard.v1 protocol, generated from `proto/guard/v1/*.proto`.
 
-#![allow(clippy::all, clippy::pedantic)]
-
 pub mod v1 {
+    #![allow(clippy::all, clippy::pedantic)]
     tonic::include_proto!("guard.v1");
 }
 
 pub use v1::*;
+
+pub mod client;
 
 impl v1::State {
     /// The short lower-case name people read in tables and records.

@@ -1,5 +1,6 @@
-//! Connecting to guard-server over mTLS: which files to use, read with errors that name the
-//! file and the flag it came from, and the TLS name taken from the URL's host.
+//! Connecting to guard-server over mTLS, the one way every client does it (guard-agent,
+//! guardctl, guard-loadgen, the server's own tests): which files to use, read with errors that
+//! name the file and the flag it came from, and the TLS name taken from the URL's host.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -68,13 +69,18 @@ pub fn parse_server(url: &str) -> Result<(Uri, String)> {
     Ok((uri, host))
 }
 
-/// An endpoint for the server with mTLS configured; `connect()` it once per connection.
+/// An endpoint for the server with mTLS configured; `connect()` it once per connection, or
+/// `connect_lazy()` it for a channel that reconnects by itself. HTTP/2 keep-alives notice a
+/// dead server within 15 s even while no call is in flight.
 pub fn endpoint(server: &str, tls: &TlsMaterial) -> Result<Endpoint> {
     let (uri, host) = parse_server(server)?;
     let config = ClientTlsConfig::new().ca_certificate(tls.ca.clone()).identity(tls.identity.clone()).domain_name(host);
     Endpoint::from(uri)
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
         .tls_config(config)
         .context("configuring TLS")
 }
