@@ -394,6 +394,7 @@ impl Kernel {
             module: c.module.unwrap_or(none),
             bpf: c.bpf.unwrap_or(none),
             ptrace: c.ptrace.unwrap_or(none),
+            _pad2: [0; 4],
             hold_deadline_ns: (policy.ask_timeout + KERNEL_GRACE).as_nanos() as u64,
             name_hash: 0,
         };

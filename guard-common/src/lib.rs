@@ -19,6 +19,81 @@ pub const MAX_ARGV_TOKENS: usize = 4;
 pub const MAX_NET_RULES: u32 = 64;
 /// Capabilities known to the kernel (CAP_LAST_CAP is 40 on 6.x).
 pub const MAX_CAPS: u32 = 64;
+/// Policy slots in the kernel: the per-policy arrays hold this many policies.
+pub const MAX_POLICIES: u32 = 16;
+/// Capacity of the WATCHED map: the most tasks all watched trees can hold.
+pub const WATCHED_CAPACITY: u32 = 65_536;
+/// `BPF_NOEXIST`: a map update that only inserts (fails if the key exists).
+pub const BPF_NOEXIST: u64 = 1;
+
+/// Names of the maps in guard-ebpf (`#[map]` statics, named after the static; aya-ebpf's
+/// `#[map(name = ...)]` takes a string literal only, so the kernel side cannot use these
+/// constants directly: the test `map_names_match_the_kernel` checks guard-ebpf/src/maps.rs).
+pub mod map_name {
+    pub const WATCHED: &str = "WATCHED";
+    pub const TASK_COUNT: &str = "TASK_COUNT";
+    pub const PATH_RULES: &str = "PATH_RULES";
+    pub const NET_RULES: &str = "NET_RULES";
+    pub const ARGV_RULES: &str = "ARGV_RULES";
+    pub const CAP_RULES: &str = "CAP_RULES";
+    pub const POLICIES: &str = "POLICIES";
+    pub const HOLDS: &str = "HOLDS";
+    pub const VERDICTS: &str = "VERDICTS";
+    pub const GRACE: &str = "GRACE";
+    pub const ZERO_ARGV: &str = "ZERO_ARGV";
+    pub const ARGV: &str = "ARGV";
+    pub const EVENTS: &str = "EVENTS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const SELECTORS: &str = "SELECTORS";
+    pub const SEL_CONF: &str = "SEL_CONF";
+    pub const PENDING_SEL: &str = "PENDING_SEL";
+    pub const SCRATCH: &str = "SCRATCH";
+
+    /// Every map of guard-ebpf.
+    pub const ALL: &[&str] = &[
+        WATCHED,
+        TASK_COUNT,
+        PATH_RULES,
+        NET_RULES,
+        ARGV_RULES,
+        CAP_RULES,
+        POLICIES,
+        HOLDS,
+        VERDICTS,
+        GRACE,
+        ZERO_ARGV,
+        ARGV,
+        EVENTS,
+        COUNTERS,
+        SELECTORS,
+        SEL_CONF,
+        PENDING_SEL,
+        SCRATCH,
+    ];
+
+    /// The maps a daemon pins, so that a restarted daemon (and the programs left attached
+    /// while none runs) share them. Not pinned: ZERO_ARGV (a constant) and SCRATCH (per-CPU
+    /// working memory).
+    pub const PINNED: &[&str] = &[
+        WATCHED,
+        TASK_COUNT,
+        PATH_RULES,
+        NET_RULES,
+        ARGV_RULES,
+        CAP_RULES,
+        POLICIES,
+        HOLDS,
+        VERDICTS,
+        GRACE,
+        ARGV,
+        EVENTS,
+        COUNTERS,
+        SELECTORS,
+        SEL_CONF,
+        PENDING_SEL,
+    ];
+}
+
 /// Errno values returned by the hooks.
 pub const EPERM: i32 = 1;
 /// -ERESTARTNOINTR: the kernel restarts the syscall once the task is resumed.
@@ -173,6 +248,8 @@ pub struct PolicyConf {
     pub module: RuleRef,
     pub bpf: RuleRef,
     pub ptrace: RuleRef,
+    /// Explicit padding: `hold_deadline_ns` is 8-aligned.
+    pub _pad2: [u8; 4],
     /// Kernel-side limit of a hold, in nanoseconds: past it the hook denies on its own.
     pub hold_deadline_ns: u64,
     /// `fnv1a` of the policy's name; 0 = slot unused. A restarted daemon reads it back from
@@ -314,6 +391,8 @@ pub struct Event {
     pub ppid: u32,
     pub uid: u32,
     pub rule: u32,
+    /// Explicit padding: `aux` is 8-aligned.
+    pub _pad2: u32,
     /// Capability number, port, mount flags, module id or ptrace target, by hook.
     pub aux: u64,
     pub seq: u64,
@@ -349,16 +428,73 @@ pub struct ArgvRule {
     pub _pad: u8,
 }
 
-/// FNV-1a, 64 bits: the hash the kernel side computes over paths and arguments.
+/// FNV-1a, 64 bits: the hash both sides compute over paths and arguments (rule and selector
+/// keys are built by userspace, matched by the kernel). This type is its one implementation;
+/// [`fnv1a`], [`fnv1a_bounded`] and [`fnv1a_cstr`] are the forms each side needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fnv1a(u64);
+
+impl Fnv1a {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+
+    /// The hash of no bytes.
+    pub const NEW: Self = Self(Self::OFFSET_BASIS);
+
+    /// Mixes in one byte.
+    #[inline(always)]
+    #[must_use]
+    pub const fn write(self, byte: u8) -> Self {
+        Self((self.0 ^ byte as u64).wrapping_mul(Self::PRIME))
+    }
+
+    #[inline(always)]
+    pub const fn finish(self) -> u64 {
+        self.0
+    }
+}
+
+/// `fnv1a` of a slice (userspace: rule and selector keys).
 pub const fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h = Fnv1a::NEW;
     let mut i = 0;
     while i < bytes.len() {
-        h ^= bytes[i] as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        h = h.write(bytes[i]);
         i += 1;
     }
-    h
+    h.finish()
+}
+
+/// `fnv1a` of the first `len` bytes of a fixed-size buffer (all of it if `len >= N`). The loop
+/// is bounded by `N`, so the eBPF verifier accepts it whatever `len` is.
+#[inline(always)]
+pub fn fnv1a_bounded<const N: usize>(buf: &[u8; N], len: usize) -> u64 {
+    let mut h = Fnv1a::NEW;
+    let mut i = 0;
+    while i < N {
+        if i >= len {
+            break;
+        }
+        h = h.write(buf[i]);
+        i += 1;
+    }
+    h.finish()
+}
+
+/// `fnv1a` of a NUL-terminated string in a fixed-size buffer, up to its NUL (or all of it).
+#[inline(always)]
+pub fn fnv1a_cstr<const N: usize>(buf: &[u8; N]) -> u64 {
+    let mut h = Fnv1a::NEW;
+    let mut i = 0;
+    while i < N {
+        let b = buf[i];
+        if b == 0 {
+            break;
+        }
+        h = h.write(b);
+        i += 1;
+    }
+    h.finish()
 }
 
 /// Kernel struct offsets read from the running kernel's BTF at load time, passed as frozen
@@ -387,9 +523,44 @@ pub struct Offsets {
     pub _pad: u32,
 }
 
+/// Sizes of the types that cross the kernel boundary, and so of the maps and ring buffer
+/// records: a field that opens a hole (implicit padding) or changes the layout fails the build.
+/// Every hole is an explicit `_pad` field, so `aya::Pod` copies no uninitialised bytes.
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<PathKey>() == 256);
+    assert!(size_of::<RuleRef>() == 8);
+    assert!(size_of::<NetRule>() == 40);
+    assert!(size_of::<PolicyConf>() == 56);
+    assert!(offset_of!(PolicyConf, ptrace) == 28);
+    assert!(offset_of!(PolicyConf, hold_deadline_ns) == 40);
+    assert!(offset_of!(PolicyConf, name_hash) == 48);
+    assert!(size_of::<SelKey>() == 16);
+    assert!(size_of::<Selector>() == 40);
+    assert!(size_of::<SelConf>() == 16);
+    assert!(size_of::<PendingSel>() == 16);
+    assert!(size_of::<Watched>() == 8);
+    assert!(size_of::<Hold>() == 24);
+    assert!(size_of::<Verdict>() == 24);
+    assert!(size_of::<Event>() == 832);
+    assert!(offset_of!(Event, rule) == 24);
+    assert!(offset_of!(Event, aux) == 32);
+    assert!(offset_of!(Event, seq) == 40);
+    assert!(offset_of!(Event, hash) == 48);
+    assert!(offset_of!(Event, time_ns) == 56);
+    assert!(offset_of!(Event, object) == 64);
+    assert!(offset_of!(Event, argv) == 320);
+    assert!(size_of::<Argv>() == 584);
+    assert!(offset_of!(Argv, hashes) == 520);
+    assert!(size_of::<ArgvRule>() == 48);
+    assert!(size_of::<Offsets>() == 76);
+};
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
+    // SAFETY (all below): `#[repr(C)]`, only integer fields and arrays of them, no implicit
+    // padding (see the size assertions above): every bit pattern is a valid value.
     unsafe impl aya::Pod for PathKey {}
     unsafe impl aya::Pod for RuleRef {}
     unsafe impl aya::Pod for NetRule {}
@@ -403,4 +574,64 @@ mod pod {
     unsafe impl aya::Pod for Selector {}
     unsafe impl aya::Pod for SelConf {}
     unsafe impl aya::Pod for PendingSel {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLES: &[&[u8]] = &[b"", b"/", b"/usr/bin/curl", b"curl", b"--upload-file", &[0xff; 64], &[b'a'; 300]];
+
+    #[test]
+    fn bounded_hash_agrees_with_slice_hash() {
+        for sample in SAMPLES {
+            let mut buf = [0u8; 512];
+            buf[..sample.len()].copy_from_slice(sample);
+            assert_eq!(fnv1a_bounded(&buf, sample.len()), fnv1a(sample), "{sample:?}");
+            // A length past the buffer hashes the whole buffer.
+            assert_eq!(fnv1a_bounded(&buf, 10_000), fnv1a(&buf));
+        }
+    }
+
+    #[test]
+    fn cstr_hash_agrees_with_slice_hash() {
+        for sample in SAMPLES.iter().filter(|s| s.len() < ARG_LEN && !s.contains(&0)) {
+            let mut arg = [0u8; ARG_LEN];
+            arg[..sample.len()].copy_from_slice(sample);
+            assert_eq!(fnv1a_cstr(&arg), fnv1a(sample), "{sample:?}");
+        }
+        // No NUL: the whole buffer.
+        assert_eq!(fnv1a_cstr(&[0xff; ARG_LEN]), fnv1a(&[0xff; ARG_LEN]));
+    }
+
+    #[test]
+    fn fnv1a_known_values() {
+        // Published FNV-1a 64 test vectors: the values must never change (keys in pinned maps).
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn map_names_match_the_kernel() {
+        let maps = include_str!("../../guard-ebpf/src/maps.rs");
+        let mut declared = 0;
+        let mut lines = maps.lines().map(str::trim);
+        while let Some(line) = lines.next() {
+            if line != "#[map]" {
+                continue;
+            }
+            let item = lines.next().unwrap_or_default();
+            let name = item
+                .strip_prefix("pub static ")
+                .and_then(|rest| rest.split(':').next())
+                .unwrap_or_else(|| panic!("unexpected item after #[map]: {item}"));
+            assert!(map_name::ALL.contains(&name), "map {name} is missing from guard_common::map_name::ALL");
+            declared += 1;
+        }
+        assert_eq!(declared, map_name::ALL.len(), "map_name::ALL names a map guard-ebpf does not declare");
+        for name in map_name::PINNED {
+            assert!(map_name::ALL.contains(name));
+        }
+    }
 }

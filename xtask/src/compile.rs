@@ -8,24 +8,51 @@ use std::process::Command;
 /// Where guard-agent's build.rs expects the object, relative to the workspace root.
 const BPF_OBJECT: &str = "target/bpf/guard-ebpf.o";
 
-/// Builds guard-ebpf (its own cargo project: nightly, bpfel-unknown-none) and
-/// copies the object to target/bpf/guard-ebpf.o.
+/// Where the bpf build puts its artifacts: apart from the host's target/release, since it uses
+/// another toolchain (nightly) and other flags.
+const BPF_TARGET_DIR: &str = "target/ebpf";
+
+/// The kernel architecture the programs are built for (syscall numbers, pt_regs layout: see
+/// guard-ebpf/src/arch).
+const BPF_TARGET_ARCH: &str = "x86_64";
+
+/// The bpf build's profile. Set here rather than in the workspace's Cargo.toml: `lto` and
+/// `panic` cannot be set per package, and the host crates keep their own profile (unwinding).
+const BPF_PROFILE: &[&str] = &[
+    "profile.release.opt-level=3",
+    "profile.release.lto=true",
+    "profile.release.codegen-units=1",
+    "profile.release.debug=false",
+    "profile.release.panic=\"abort\"",
+];
+
+/// Builds guard-ebpf for bpfel-unknown-none (nightly, `core` built from source) and copies the
+/// object to target/bpf/guard-ebpf.o.
 pub fn build_ebpf() -> Result<()> {
     let root = workspace_root();
-    let project = root.join("guard-ebpf");
     let mut cargo = Command::new("cargo");
-    cargo.args(["build", "--release"]).current_dir(&project);
-    // The outer `cargo xtask` exports its toolchain, flags and target dir;
-    // inherited, they would override guard-ebpf's rust-toolchain.toml and target.
+    cargo
+        .args(["+nightly", "build", "--release", "--package", "guard-ebpf", "--target", "bpfel-unknown-none"])
+        .args(["-Z", "build-std=core", "--target-dir", BPF_TARGET_DIR])
+        .args(BPF_PROFILE.iter().flat_map(|setting| ["--config", setting]))
+        .env("RUSTFLAGS", format!("--cfg bpf_target_arch=\"{BPF_TARGET_ARCH}\""))
+        .current_dir(&root);
+    // The outer `cargo xtask` exports its toolchain, flags and target dir; inherited, they
+    // would override the toolchain and flags chosen here.
     util::run(clean_cargo_env(&mut cargo))?;
-    let built = project.join("target/bpfel-unknown-none/release/guard-ebpf");
+    let built = root.join(BPF_TARGET_DIR).join("bpfel-unknown-none/release/guard-ebpf");
     copy_if_changed(&built, &root.join(BPF_OBJECT))
 }
 
-/// build-ebpf, then every workspace binary in release mode.
+/// build-ebpf, then every workspace binary in release mode (guard-ebpf's host build is only a
+/// stub, see guard-ebpf/src/main.rs).
 pub fn build() -> Result<()> {
     build_ebpf()?;
-    util::run(Command::new("cargo").args(["build", "--release", "--workspace", "--bins"]).current_dir(workspace_root()))
+    util::run(
+        Command::new("cargo")
+            .args(["build", "--release", "--workspace", "--exclude", "guard-ebpf", "--bins"])
+            .current_dir(workspace_root()),
+    )
 }
 
 /// guard-agent's build.rs reruns on the object's mtime, so an identical object

@@ -1,0 +1,237 @@
+//! The decision: a matched rule or the policy default becomes allow, deny, a record, or a hold
+//! (the thread stops until the agent's verdict), and each outcome becomes an event on the
+//! ring buffer.
+use aya_ebpf::{
+    bindings::BPF_RB_FORCE_WAKEUP,
+    helpers::generated::bpf_send_signal_thread,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns, generated::bpf_probe_read_kernel},
+    maps::ring_buf::RingBufEntry,
+};
+use core::ffi::c_void;
+use guard_common::{
+    fnv1a_bounded, kind, reason, Action, Event, Hold, Hook, RuleRef, Watched, ARG_LEN, EPERM, ERESTARTNOINTR, MAX_ARGS,
+    OBJECT_LEN, SIGSTOP,
+};
+
+use crate::arch::NR_IO_URING_ENTER;
+use crate::maps::{bump_lost, policy, Scratch, ARGV, EVENTS, GRACE, HOLDS, VERDICTS};
+use crate::task::{current_tid, parent_tgid, syscall_nr, task_flags, PF_IO_WORKER};
+
+/// An approved creation also covers the open that follows it for this long.
+const GRACE_NS: u64 = 2_000_000_000;
+/// Mixes the hook into a hold's hash (the 64-bit golden ratio), so that one path held by two
+/// hooks gives two holds.
+const HOOK_MIX: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// What the hook knows about the operation, for the decision and its event.
+pub struct Op {
+    pub hook: Hook,
+    pub aux: u64,
+    /// Holding is possible only where the hook's error reaches the syscall's return.
+    pub holdable: bool,
+    /// Record even a default allow (the operation is privileged in itself).
+    pub always_record: bool,
+}
+
+/// What an event says about the operation's outcome (the rest comes from the `Op`, the
+/// current task and the object in `Scratch`).
+#[derive(Clone, Copy)]
+pub struct Outcome {
+    /// `guard_common::kind`.
+    pub kind: u8,
+    /// `guard_common::Action` as u8.
+    pub action: u8,
+    /// `guard_common::reason`; 0 where none applies (exec records).
+    pub reason: u8,
+    /// Rule index + 1; 0 = the default.
+    pub rule: u32,
+    /// The hold's sequence number; 0 when there is no hold.
+    pub seq: u64,
+    /// The hold hash; 0 when not computed.
+    pub hash: u64,
+}
+
+impl Outcome {
+    /// A decision the kernel made on its own.
+    #[inline(always)]
+    pub fn decision(action: u8, reason: u8, rule: u32, hash: u64) -> Self {
+        Self { kind: kind::DECISION, action, reason, rule, seq: 0, hash }
+    }
+
+    /// A hold that ended (approved, denied or expired).
+    #[inline(always)]
+    fn resolved(reason: u8, rule: u32, seq: u64, hash: u64) -> Self {
+        Self { kind: kind::RESOLVED, action: Action::Ask as u8, reason, rule, seq, hash }
+    }
+}
+
+/// Sends one event; `s` supplies the object. Returns false when the ring buffer is full.
+#[inline(always)]
+pub fn emit(s: &Scratch, w: &Watched, op: &Op, out: Outcome) -> bool {
+    let Some(entry) = EVENTS.reserve::<Event>(0) else {
+        bump_lost();
+        return false;
+    };
+    fill_and_submit(entry, s, w, op, out);
+    true
+}
+
+/// Fills a reserved event and submits it.
+#[inline(always)]
+fn fill_and_submit(mut entry: RingBufEntry<Event>, s: &Scratch, w: &Watched, op: &Op, out: Outcome) {
+    let e = entry.as_mut_ptr();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: `e` points to a reserved ring buffer record of size_of::<Event>() bytes that only
+    // this program writes until it submits it. The copies are bounded by the field sizes.
+    unsafe {
+        (*e).kind = out.kind;
+        (*e).hook = op.hook as u8;
+        (*e).action = out.action;
+        (*e).reason = out.reason;
+        (*e).policy = w.policy;
+        (*e).truncated = s.truncated as u8;
+        (*e).argc = 0;
+        (*e)._pad = 0;
+        (*e).tgid = (pid_tgid >> 32) as u32;
+        (*e).tid = pid_tgid as u32;
+        (*e).ppid = parent_tgid();
+        (*e).uid = bpf_get_current_uid_gid() as u32;
+        (*e).rule = out.rule;
+        (*e)._pad2 = 0;
+        (*e).aux = op.aux;
+        (*e).seq = out.seq;
+        (*e).hash = out.hash;
+        (*e).time_ns = bpf_ktime_get_ns();
+        bpf_probe_read_kernel(
+            (*e).object.as_mut_ptr() as *mut c_void,
+            OBJECT_LEN as u32,
+            s.buf.as_ptr() as *const c_void,
+        );
+        if op.hook as u8 == Hook::Exec as u8 {
+            if let Some(a) = ARGV.get_ptr(pid_tgid as u32) {
+                (*e).argc = (*a).argc as u8;
+                bpf_probe_read_kernel(
+                    (*e).argv.as_mut_ptr() as *mut c_void,
+                    (MAX_ARGS * ARG_LEN) as u32,
+                    (*a).args.as_ptr() as *const c_void,
+                );
+            } else {
+                (*e).argv[0][0] = 0;
+            }
+        } else {
+            (*e).argv[0][0] = 0;
+        }
+    }
+    // A hold must wake the agent at once; other records can ride along.
+    let flags = if out.kind == kind::HOLD { BPF_RB_FORCE_WAKEUP as u64 } else { 0 };
+    entry.submit(flags);
+}
+
+/// Applies a matched rule (or the policy default) to the operation described by `op` and `s`.
+#[inline(always)]
+pub fn decide(s: &mut Scratch, w: &Watched, op: &Op, found: RuleRef) -> i32 {
+    let Some(conf) = policy(w) else { return 0 };
+    let (action, rule, reason) = if found.rule != 0 {
+        (found.action, found.rule, reason::RULE)
+    } else {
+        (conf.default_action, 0, reason::DEFAULT)
+    };
+    let record = rule != 0 || op.always_record || action != Action::Allow as u8;
+    if action == Action::Allow as u8 || action == Action::Audit as u8 {
+        if record {
+            emit(s, w, op, Outcome::decision(action, reason, rule, 0));
+        }
+        return 0;
+    }
+    if action == Action::Deny as u8 {
+        emit(s, w, op, Outcome::decision(action, reason, rule, 0));
+        return -EPERM;
+    }
+    hold(s, w, op, rule, conf.hold_deadline_ns)
+}
+
+/// An ask: consumes the agent's verdict if one is waiting for this very operation, else stops
+/// the thread (SIGSTOP, -ERESTARTNOINTR) and sends the hold to the agent.
+#[inline(always)]
+fn hold(s: &mut Scratch, w: &Watched, op: &Op, rule: u32, deadline_ns: u64) -> i32 {
+    let tid = current_tid();
+    let path_hash = fnv1a_bounded(&s.buf, s.len as usize);
+    let hash = path_hash ^ (op.hook as u64).wrapping_mul(HOOK_MIX) ^ op.aux;
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    // An approved creation covers the open of the file it created (O_CREAT opens pass
+    // path_mknod, then file_open on the new file), and nothing else.
+    if op.hook as u8 == Hook::FileOpen as u8 {
+        if let Some(g) = GRACE.get_ptr(tid) {
+            // SAFETY: a map value, copied out at once.
+            let g = unsafe { *g };
+            if g[0] == path_hash && now < g[1] {
+                GRACE.remove(tid).ok();
+                emit(s, w, op, Outcome::decision(Action::Ask as u8, reason::APPROVED, rule, hash));
+                return 0;
+            }
+        }
+    }
+
+    if let Some(h) = HOLDS.get_ptr(tid) {
+        // SAFETY: a map value, copied out at once.
+        let h = unsafe { *h };
+        if h.hash == hash {
+            if let Some(v) = VERDICTS.get_ptr(tid) {
+                // SAFETY: a map value, copied out at once.
+                let v = unsafe { *v };
+                VERDICTS.remove(tid).ok();
+                if v.seq == h.seq && v.hash == hash {
+                    HOLDS.remove(tid).ok();
+                    if v.allow == 1 {
+                        if op.hook as u8 == Hook::PathMknod as u8 {
+                            GRACE.insert(tid, [path_hash, now + GRACE_NS], 0).ok();
+                        }
+                        emit(s, w, op, Outcome::resolved(reason::APPROVED, rule, h.seq, hash));
+                        return 0;
+                    }
+                    emit(s, w, op, Outcome::resolved(reason::DENIED, rule, h.seq, hash));
+                    return -EPERM;
+                }
+            }
+            if now > h.deadline_ns {
+                HOLDS.remove(tid).ok();
+                emit(s, w, op, Outcome::resolved(reason::EXPIRED, rule, h.seq, hash));
+                return -EPERM;
+            }
+            // Woken without a verdict (a stray SIGCONT): stop again, no new request.
+            // SAFETY: signals the current thread only.
+            unsafe { bpf_send_signal_thread(SIGSTOP) };
+            return -ERESTARTNOINTR;
+        }
+    }
+
+    let unholdable = Outcome::decision(Action::Deny as u8, reason::UNHOLDABLE, rule, hash);
+    if !op.holdable || task_flags() & PF_IO_WORKER != 0 || syscall_nr() == NR_IO_URING_ENTER {
+        emit(s, w, op, unholdable);
+        return -EPERM;
+    }
+
+    let seq = now;
+    let entry = Hold { seq, hash, deadline_ns: now + deadline_ns };
+    if HOLDS.insert(tid, entry, 0).is_err() {
+        return -EPERM;
+    }
+    // Reserve first, stop, then submit: the agent cannot answer before the stop is pending.
+    let Some(ev) = EVENTS.reserve::<Event>(0) else {
+        bump_lost();
+        HOLDS.remove(tid).ok();
+        return -EPERM;
+    };
+    // SAFETY: signals the current thread only.
+    if unsafe { bpf_send_signal_thread(SIGSTOP) } != 0 {
+        ev.discard(0);
+        HOLDS.remove(tid).ok();
+        emit(s, w, op, unholdable);
+        return -EPERM;
+    }
+    let held = Outcome { kind: kind::HOLD, action: Action::Ask as u8, reason: reason::RULE, rule, seq, hash };
+    fill_and_submit(ev, s, w, op, held);
+    -ERESTARTNOINTR
+}

@@ -1,0 +1,6 @@
+//! The LSM programs, one module per family. Each starts the same way: a thread outside every
+//! watched tree returns at once (one hash lookup).
+mod exec;
+mod files;
+mod network;
+mod privileged;

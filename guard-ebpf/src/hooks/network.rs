@@ -1,0 +1,116 @@
+//! Network: `socket_connect`, matched against the policy's network rules (IPv4/IPv6 address
+//! and port) or, for unix sockets, against its unix path rules.
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel_str_bytes, generated::bpf_probe_read_kernel},
+    macros::lsm,
+    programs::LsmContext,
+};
+use core::ffi::c_void;
+use guard_common::{class, Hook, RuleRef, Watched, MAX_NET_RULES};
+
+use crate::decide::{decide, Op};
+use crate::maps::{policy_slot, scratch, watched, Scratch, NET_RULES};
+use crate::resolve::{lookup_path, NO_RULE};
+use crate::task::read_kernel;
+
+const AF_UNIX: u16 = 1;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+/// `sizeof(((struct sockaddr_un *)0)->sun_path)`.
+const UNIX_PATH_MAX: i32 = 108;
+
+/// socket_connect(struct socket *sock, struct sockaddr *address, int addrlen)
+#[lsm(hook = "socket_connect")]
+pub fn socket_connect(ctx: LsmContext) -> i32 {
+    let Some(w) = watched() else { return 0 };
+    let Some(s) = scratch() else { return 0 };
+    let (addr, addrlen): (*const u8, i32) = (ctx.arg(1), ctx.arg(2));
+    // SAFETY: a plain integer read through bpf_probe_read_kernel.
+    let family: u16 = unsafe { read_kernel(addr) };
+    if family == AF_UNIX {
+        return connect_unix(s, &w, addr, addrlen);
+    }
+    // Object: family (2) | port, network order (2) | IPv6 or IPv4-mapped address (16).
+    s.buf = [0; 512];
+    // SAFETY: a plain integer read through bpf_probe_read_kernel.
+    let port_be: u16 = unsafe { read_kernel(addr.add(2)) };
+    s.buf[0] = family as u8;
+    s.buf[2] = port_be as u8;
+    s.buf[3] = (port_be >> 8) as u8;
+    if family == AF_INET {
+        s.buf[14] = 0xff;
+        s.buf[15] = 0xff;
+        // SAFETY: 4 bytes into s.buf[16..20]; the helper checks the source.
+        unsafe { bpf_probe_read_kernel(s.buf.as_mut_ptr().add(16) as *mut c_void, 4, addr.add(4) as *const c_void) };
+    } else if family == AF_INET6 {
+        // SAFETY: 16 bytes into s.buf[4..20]; the helper checks the source.
+        unsafe { bpf_probe_read_kernel(s.buf.as_mut_ptr().add(4) as *mut c_void, 16, addr.add(8) as *const c_void) };
+    } else {
+        return 0;
+    }
+    s.len = 20;
+    s.truncated = 0;
+    let port = u16::from_be(port_be);
+    let found = match_net_rules(s, &w, port);
+    let op = Op { hook: Hook::Connect, aux: port as u64, holdable: true, always_record: false };
+    decide(s, &w, &op, found)
+}
+
+/// The first network rule of the tree's policy that matches the address in `s.buf[4..20]` and
+/// `port`.
+#[inline(always)]
+fn match_net_rules(s: &Scratch, w: &Watched, port: u16) -> RuleRef {
+    let base = policy_slot(w) * MAX_NET_RULES;
+    for i in 0..MAX_NET_RULES {
+        let Some(r) = NET_RULES.get(base + i) else { break };
+        if r.used == 0 {
+            break;
+        }
+        if r.port != 0 && r.port != port {
+            continue;
+        }
+        let a0 = u64::from_ne_bytes(s.buf[4..12].try_into().unwrap_or([0; 8]));
+        let a1 = u64::from_ne_bytes(s.buf[12..20].try_into().unwrap_or([0; 8]));
+        let r0 = u64::from_ne_bytes(r.addr[0..8].try_into().unwrap_or([0; 8]));
+        let r1 = u64::from_ne_bytes(r.addr[8..16].try_into().unwrap_or([0; 8]));
+        let m0 = u64::from_ne_bytes(r.mask[0..8].try_into().unwrap_or([0; 8]));
+        let m1 = u64::from_ne_bytes(r.mask[8..16].try_into().unwrap_or([0; 8]));
+        if a0 & m0 == r0 && a1 & m1 == r1 {
+            return RuleRef { rule: r.rule, action: r.action, _pad: [0; 3] };
+        }
+    }
+    NO_RULE
+}
+
+/// A unix socket: its path (or "@name" for an abstract socket) against the unix path rules.
+#[inline(always)]
+fn connect_unix(s: &mut Scratch, w: &Watched, addr: *const u8, addrlen: i32) -> i32 {
+    let n = addrlen - 2;
+    if n <= 0 || n > UNIX_PATH_MAX {
+        return 0;
+    }
+    s.buf = [0; 512];
+    // SAFETY: a plain integer read through bpf_probe_read_kernel.
+    let first: u8 = unsafe { read_kernel(addr.add(2)) };
+    if first == 0 {
+        // Abstract socket: shown and matched as "@name".
+        s.buf[0] = b'@';
+        // SAFETY: at most 127 bytes into s.buf[1..]; the helper checks the source.
+        unsafe {
+            bpf_probe_read_kernel(
+                s.buf.as_mut_ptr().add(1) as *mut c_void,
+                (n as u32 - 1) & 127,
+                addr.add(3) as *const c_void,
+            )
+        };
+        s.len = n as u64;
+    } else {
+        // SAFETY: the helper checks the kernel source address; the destination is a slice.
+        let r = unsafe { bpf_probe_read_kernel_str_bytes(addr.add(2), &mut s.buf[..UNIX_PATH_MAX as usize + 1]) };
+        s.len = r.map(|b| b.len() as u64).unwrap_or(0);
+    }
+    s.truncated = 0;
+    let found = lookup_path(s, w.policy, class::UNIX);
+    let op = Op { hook: Hook::Connect, aux: 0, holdable: true, always_record: false };
+    decide(s, w, &op, found)
+}

@@ -1,0 +1,180 @@
+//! The object of an operation: a path resolved into `Scratch::buf` (by `bpf_d_path`, or by
+//! walking dentries where the kernel refuses `bpf_d_path`), a short label for operations
+//! without one, and the path rule lookup.
+use aya_ebpf::helpers::generated::{bpf_d_path, bpf_probe_read_kernel};
+use core::ffi::c_void;
+use guard_common::{RuleRef, OBJECT_LEN, PATH_LEN};
+
+use crate::arch::{QSTR_LEN, QSTR_NAME};
+use crate::maps::{Scratch, BUF_LEN, PATH_RULES, WALK_END};
+use crate::task::{off, offsets, read_kernel};
+
+/// Components walked from a dentry up to the root; deeper paths are cut (and marked).
+const MAX_DEPTH: u32 = 40;
+/// Bytes of a label (see [`label`]).
+const MAX_LABEL: usize = 64;
+
+/// "No rule matched". A plain value, not an Option: LLVM may fill the payload of a `None`
+/// with whatever a register holds (even a pointer), which the verifier rightly rejects.
+pub const NO_RULE: RuleRef = RuleRef { rule: 0, action: 0, _pad: [0; 3] };
+
+/// Resolves `struct path *` with `bpf_d_path` into `s.buf`; sets `s.len` (without the NUL).
+///
+/// # Safety
+/// `path` must point to a `struct path` the kernel gave this hook (bpf_d_path's own rule: the
+/// hook must be on its allow list).
+#[inline(always)]
+pub unsafe fn d_path_into(s: &mut Scratch, path: *const u8) -> bool {
+    // SAFETY: `s.buf` has BUF_LEN bytes; `path` is valid by the caller's contract.
+    let n = unsafe { bpf_d_path(path as *mut _, s.buf.as_mut_ptr() as *mut _, BUF_LEN as u32) };
+    if n <= 0 {
+        return false;
+    }
+    s.len = (n - 1) as u64;
+    s.truncated = 0;
+    true
+}
+
+/// Resolves the `struct file *` at `file` (its `f_path`) with `bpf_d_path`.
+///
+/// # Safety
+/// As [`d_path_into`]: `file` is a file the kernel gave this hook.
+#[inline(always)]
+pub unsafe fn file_path_into(s: &mut Scratch, file: *const u8) -> bool {
+    // SAFETY: `f_path` is inside the file, by the offset the kernel's BTF gave.
+    unsafe { d_path_into(s, file.add(off(&offsets().file_f_path))) }
+}
+
+/// Builds the absolute path of `dentry` in mount `vfsmnt` into `s.buf` by walking d_parent and
+/// crossing mount points. Used where the kernel refuses `bpf_d_path` (the path_* hooks).
+///
+/// # Safety
+/// `vfsmnt` and `dentry` must be kernel pointers a hook received (every read of them goes
+/// through bpf_probe_read_kernel, so a stale pointer yields a wrong path, not a fault).
+#[inline(always)]
+pub unsafe fn walk_into(s: &mut Scratch, vfsmnt: *const u8, dentry: *const u8) -> bool {
+    let o = offsets();
+    let sp = s as *mut Scratch;
+    // SAFETY: `sp` comes from the exclusive `s`; the walk state is accessed volatile through
+    // it on purpose (see `Scratch::pos`). Kernel memory is read with bpf_probe_read_kernel into
+    // plain integers, and every write into `s.walk`/`s.buf` is bounded by a mask or length.
+    unsafe {
+        core::ptr::write_volatile(&mut (*sp).pos, WALK_END);
+        core::ptr::write_volatile(&mut (*sp).dentry, dentry as u64);
+        core::ptr::write_volatile(&mut (*sp).mnt, (vfsmnt as u64).wrapping_sub(off(&o.mount_mnt) as u64));
+        core::ptr::write_volatile(&mut (*sp).truncated, 0);
+        s.walk[WALK_END as usize] = 0;
+        for _ in 0..MAX_DEPTH {
+            let d = core::ptr::read_volatile(&(*sp).dentry) as *const u8;
+            let m = core::ptr::read_volatile(&(*sp).mnt) as *const u8;
+            let mnt_root: u64 = read_kernel(m.add(off(&o.mount_mnt) + off(&o.vfsmount_root)));
+            let parent: u64 = read_kernel(d.add(off(&o.dentry_parent)));
+            if d as u64 == mnt_root || d as u64 == parent {
+                let mparent: u64 = read_kernel(m.add(off(&o.mount_parent)));
+                if mparent == m as u64 || mparent == 0 {
+                    break;
+                }
+                let mp: u64 = read_kernel(m.add(off(&o.mount_mountpoint)));
+                core::ptr::write_volatile(&mut (*sp).dentry, mp);
+                core::ptr::write_volatile(&mut (*sp).mnt, mparent);
+                continue;
+            }
+            let qstr = d.add(off(&o.dentry_name));
+            let len: u32 = read_kernel(qstr.add(QSTR_LEN));
+            let name: u64 = read_kernel(qstr.add(QSTR_NAME));
+            let len = (len & 0xff) as u64;
+            let pos = core::ptr::read_volatile(&(*sp).pos);
+            if len + 1 > pos {
+                core::ptr::write_volatile(&mut (*sp).truncated, 1);
+                break;
+            }
+            let npos = (pos - len - 1) & 511;
+            bpf_probe_read_kernel(
+                s.walk.as_mut_ptr().add(npos as usize + 1) as *mut c_void,
+                len as u32,
+                name as *const c_void,
+            );
+            s.walk[npos as usize] = b'/';
+            core::ptr::write_volatile(&mut (*sp).pos, npos);
+            core::ptr::write_volatile(&mut (*sp).dentry, parent);
+        }
+        let pos = core::ptr::read_volatile(&(*sp).pos) & 511;
+        if pos == WALK_END {
+            s.buf[0] = b'/';
+            s.buf[1] = 0;
+            s.len = 1;
+            return true;
+        }
+        bpf_probe_read_kernel(
+            s.buf.as_mut_ptr() as *mut c_void,
+            BUF_LEN as u32,
+            s.walk.as_ptr().add(pos as usize) as *const c_void,
+        );
+        s.len = WALK_END - pos;
+    }
+    true
+}
+
+/// Walks a `struct path *` (its mount and dentry).
+///
+/// # Safety
+/// As [`walk_into`]: `path` is a kernel pointer a hook received.
+#[inline(always)]
+pub unsafe fn walk_path_into(s: &mut Scratch, path: *const u8) -> bool {
+    let o = offsets();
+    // SAFETY: plain integers read through bpf_probe_read_kernel; `walk_into`'s contract is
+    // the caller's.
+    unsafe {
+        let mnt: u64 = read_kernel(path.add(off(&o.path_mnt)));
+        let dentry: u64 = read_kernel(path.add(off(&o.path_dentry)));
+        walk_into(s, mnt as *const u8, dentry as *const u8)
+    }
+}
+
+/// Walks the dentry `dentry` in the mount of the `struct path *` at `dir` (the path_* hooks get
+/// the parent directory's path and the dentry of the entry).
+///
+/// # Safety
+/// As [`walk_into`].
+#[inline(always)]
+pub unsafe fn walk_entry_into(s: &mut Scratch, dir: *const u8, dentry: *const u8) -> bool {
+    // SAFETY: a plain integer read through bpf_probe_read_kernel; the rest is the caller's.
+    unsafe {
+        let mnt: u64 = read_kernel(dir.add(off(&offsets().path_mnt)));
+        walk_into(s, mnt as *const u8, dentry)
+    }
+}
+
+/// Looks up the first rule matching `s.buf` for `class` in the watched tree's policy.
+#[inline(always)]
+pub fn lookup_path(s: &mut Scratch, policy: u8, class: u8) -> RuleRef {
+    s.key.prefix_len = (OBJECT_LEN * 8) as u32;
+    s.key.data.policy = policy;
+    s.key.data.class = class;
+    // SAFETY: copies PATH_LEN bytes between two buffers of this Scratch that are both at least
+    // that long.
+    unsafe {
+        bpf_probe_read_kernel(
+            s.key.data.path.as_mut_ptr() as *mut c_void,
+            PATH_LEN as u32,
+            s.buf.as_ptr() as *const c_void,
+        );
+    }
+    match PATH_RULES.get(&s.key) {
+        Some(r) => RuleRef { rule: r.rule, action: r.action, _pad: [0; 3] },
+        None => NO_RULE,
+    }
+}
+
+/// Fills `s.buf` with a short label for records of operations without an object.
+#[inline(always)]
+pub fn label(s: &mut Scratch, text: &[u8]) {
+    let mut i = 0;
+    while i < text.len() && i < MAX_LABEL {
+        s.buf[i] = text[i];
+        i += 1;
+    }
+    s.buf[i & 511] = 0;
+    s.len = i as u64;
+    s.truncated = 0;
+}
