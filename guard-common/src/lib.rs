@@ -559,21 +559,19 @@ const _: () = {
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    // SAFETY (all below): `#[repr(C)]`, only integer fields and arrays of them, no implicit
-    // padding (see the size assertions above): every bit pattern is a valid value.
-    unsafe impl aya::Pod for PathKey {}
-    unsafe impl aya::Pod for RuleRef {}
-    unsafe impl aya::Pod for NetRule {}
-    unsafe impl aya::Pod for PolicyConf {}
-    unsafe impl aya::Pod for Watched {}
-    unsafe impl aya::Pod for Hold {}
-    unsafe impl aya::Pod for Verdict {}
-    unsafe impl aya::Pod for Offsets {}
-    unsafe impl aya::Pod for ArgvRule {}
-    unsafe impl aya::Pod for SelKey {}
-    unsafe impl aya::Pod for Selector {}
-    unsafe impl aya::Pod for SelConf {}
-    unsafe impl aya::Pod for PendingSel {}
+
+    macro_rules! pod {
+        ($($t:ty),* $(,)?) => {$(
+            // SAFETY: `#[repr(C)]`, only integer fields and arrays of them, no implicit padding
+            // (see the size assertions above): every bit pattern is a valid value.
+            unsafe impl aya::Pod for $t {}
+        )*};
+    }
+
+    pod!(
+        PathKey, RuleRef, NetRule, PolicyConf, Watched, Hold, Verdict, Offsets, ArgvRule, SelKey, Selector, SelConf,
+        PendingSel
+    );
 }
 
 #[cfg(test)]

@@ -11,6 +11,10 @@ use crate::task::{off, offsets, read_kernel};
 
 /// Components walked from a dentry up to the root; deeper paths are cut (and marked).
 const MAX_DEPTH: u32 = 40;
+/// Masks an index into `Scratch::buf`/the walk's first half (a bound the verifier can see).
+const BUF_MASK: u64 = BUF_LEN as u64 - 1;
+/// A dentry name's length is at most NAME_MAX (255): the mask keeps the read bounded.
+const NAME_MASK: u32 = 0xff;
 /// Bytes of a label (see [`label`]).
 const MAX_LABEL: usize = 64;
 
@@ -82,13 +86,13 @@ pub unsafe fn walk_into(s: &mut Scratch, vfsmnt: *const u8, dentry: *const u8) -
             let qstr = d.add(off(&o.dentry_name));
             let len: u32 = read_kernel(qstr.add(QSTR_LEN));
             let name: u64 = read_kernel(qstr.add(QSTR_NAME));
-            let len = (len & 0xff) as u64;
+            let len = (len & NAME_MASK) as u64;
             let pos = core::ptr::read_volatile(&(*sp).pos);
             if len + 1 > pos {
                 core::ptr::write_volatile(&mut (*sp).truncated, 1);
                 break;
             }
-            let npos = (pos - len - 1) & 511;
+            let npos = (pos - len - 1) & BUF_MASK;
             bpf_probe_read_kernel(
                 s.walk.as_mut_ptr().add(npos as usize + 1) as *mut c_void,
                 len as u32,
@@ -98,7 +102,7 @@ pub unsafe fn walk_into(s: &mut Scratch, vfsmnt: *const u8, dentry: *const u8) -
             core::ptr::write_volatile(&mut (*sp).pos, npos);
             core::ptr::write_volatile(&mut (*sp).dentry, parent);
         }
-        let pos = core::ptr::read_volatile(&(*sp).pos) & 511;
+        let pos = core::ptr::read_volatile(&(*sp).pos) & BUF_MASK;
         if pos == WALK_END {
             s.buf[0] = b'/';
             s.buf[1] = 0;
@@ -174,7 +178,7 @@ pub fn label(s: &mut Scratch, text: &[u8]) {
         s.buf[i] = text[i];
         i += 1;
     }
-    s.buf[i & 511] = 0;
+    s.buf[i & BUF_MASK as usize] = 0;
     s.len = i as u64;
     s.truncated = 0;
 }

@@ -9,7 +9,7 @@ use core::ffi::c_void;
 use guard_common::{class, Hook, RuleRef, Watched, MAX_NET_RULES};
 
 use crate::decide::{decide, Op};
-use crate::maps::{policy_slot, scratch, watched, Scratch, NET_RULES};
+use crate::maps::{policy_slot, scratch, watched, Scratch, BUF_LEN, NET_RULES};
 use crate::resolve::{lookup_path, NO_RULE};
 use crate::task::read_kernel;
 
@@ -31,7 +31,7 @@ pub fn socket_connect(ctx: LsmContext) -> i32 {
         return connect_unix(s, &w, addr, addrlen);
     }
     // Object: family (2) | port, network order (2) | IPv6 or IPv4-mapped address (16).
-    s.buf = [0; 512];
+    s.buf = [0; BUF_LEN];
     // SAFETY: a plain integer read through bpf_probe_read_kernel.
     let port_be: u16 = unsafe { read_kernel(addr.add(2)) };
     s.buf[0] = family as u8;
@@ -89,7 +89,7 @@ fn connect_unix(s: &mut Scratch, w: &Watched, addr: *const u8, addrlen: i32) -> 
     if n <= 0 || n > UNIX_PATH_MAX {
         return 0;
     }
-    s.buf = [0; 512];
+    s.buf = [0; BUF_LEN];
     // SAFETY: a plain integer read through bpf_probe_read_kernel.
     let first: u8 = unsafe { read_kernel(addr.add(2)) };
     if first == 0 {
@@ -99,6 +99,7 @@ fn connect_unix(s: &mut Scratch, w: &Watched, addr: *const u8, addrlen: i32) -> 
         unsafe {
             bpf_probe_read_kernel(
                 s.buf.as_mut_ptr().add(1) as *mut c_void,
+                // n <= UNIX_PATH_MAX; the mask shows the verifier a bound.
                 (n as u32 - 1) & 127,
                 addr.add(3) as *const c_void,
             )
