@@ -106,7 +106,9 @@ pub fn watched_task(tid: u32) -> Option<Watched> {
 pub fn scratch() -> Option<&'static mut Scratch> {
     // SAFETY: a per-CPU map value lives as long as the map. Each program takes it once and
     // drops it when it returns; the programs never call one another, so within one run the
-    // reference is the only one.
+    // reference is the only one. (A program preempted on a preemptible kernel could see
+    // another task's program reuse this CPU's copy: a wrong object in that record, as in the
+    // single-file version; memory safety does not depend on it, the map value stays valid.)
     SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
