@@ -4,6 +4,7 @@
 use crate::config::{AutoDecision, Policy};
 use crate::error::{GuardError, GuardResult};
 use crate::store::{Decision, NewRequest, ReviewEffect};
+use guard_api::{Hook, Timestamp};
 use guard_proto::v1::{Request, ReviewRequest, State, SubmitRequest};
 use tonic_types::FieldViolation;
 
@@ -59,6 +60,9 @@ pub fn validate_submit(req: &SubmitRequest) -> GuardResult<()> {
         return v.into_result();
     };
     v.text("operation.hook", &op.hook, MAX_NAME_BYTES, true);
+    if !op.hook.is_empty() && operation_hook(&op.hook).is_none() {
+        v.add("operation.hook", format!("unknown hook {:?}: one of {}", op.hook, operation_hook_names()));
+    }
     v.text("operation.object", &op.object, MAX_OBJECT_BYTES, true);
     for (field, value) in [
         ("operation.access", &op.access),
@@ -91,6 +95,16 @@ pub fn validate_submit(req: &SubmitRequest) -> GuardResult<()> {
         v.text("operation.stated_reason.reason", &s.reason, MAX_TEXT_BYTES, false);
     }
     v.into_result()
+}
+
+/// The kernel hook named `name`, if it is one an operation can be held at (`ring_buffer` names
+/// the agent's own reading of the kernel's events, not a hook).
+pub fn operation_hook(name: &str) -> Option<Hook> {
+    Hook::from_name(name).filter(|h| *h != Hook::RingBuffer)
+}
+
+fn operation_hook_names() -> String {
+    Hook::ALL.iter().filter(|h| **h != Hook::RingBuffer).map(|h| h.name()).collect::<Vec<_>>().join(", ")
 }
 
 /// How long the server keeps a request pending: the agent's hold time, or the default,
@@ -227,7 +241,7 @@ pub fn is_final(state: i32) -> bool {
     !matches!(State::try_from(state), Ok(State::Pending) | Ok(State::Unspecified) | Err(_))
 }
 
+/// Now, in the Unix milliseconds of every time column and message.
 pub fn now_ms() -> i64 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+    Timestamp::now().unix_ms()
 }
