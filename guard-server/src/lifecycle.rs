@@ -411,7 +411,10 @@ mod tests {
             ..Default::default()
         };
         let auto = plan_submit(&policy(), "h1", "r2".into(), submit, NOW).auto.expect("auto decision");
-        assert_eq!((auto.state, auto.reason.as_str(), auto.decided_by.as_str()), (State::Approved, "auto", "auto:auto-ok"));
+        assert_eq!(
+            (auto.state, auto.reason.as_str(), auto.decided_by.as_str()),
+            (State::Approved, "auto", "auto:auto-ok")
+        );
     }
 
     #[test]
