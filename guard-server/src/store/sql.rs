@@ -52,10 +52,12 @@ pub const REQUEST_COLUMNS: &str = "id, host, operation, state, created_ms, expir
 /// Most rows a list or an audit query returns in one call.
 const MAX_ROWS: u32 = 10_000;
 
+/// The request's state (Unspecified for a number this build does not know).
 pub fn state_of(request: &Request) -> State {
     State::try_from(request.state).unwrap_or(State::Unspecified)
 }
 
+/// Writes `decision` into the request as it is returned to callers (the row is updated apart).
 pub fn apply(request: &mut Request, decision: &Decision) {
     request.state = decision.state as i32;
     request.reason = decision.reason.clone();
