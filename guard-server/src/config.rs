@@ -1,6 +1,7 @@
 //! The server's TOML configuration. Unknown keys are refused and every error names
 //! `file:line:col`, so a typo in a rule is found at start-up rather than when a request
 //! arrives and nobody can approve it.
+use guard_api::Location;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -72,12 +73,11 @@ pub enum AutoDecision {
     Deny,
 }
 
+/// A configuration error and where it is (`guard_api::Location`: the one file:line:col rule).
 #[derive(Debug, thiserror::Error)]
-#[error("{file}:{line}:{col}: {message}")]
+#[error("{at}: {message}")]
 pub struct ConfigError {
-    pub file: String,
-    pub line: usize,
-    pub col: usize,
+    pub at: Location,
     pub message: String,
 }
 
@@ -249,11 +249,7 @@ impl ServerConfig {
 }
 
 fn locate(path: &Path, text: &str, span: Range<usize>, message: String) -> ConfigError {
-    let start = span.start.min(text.len());
-    let before = text.get(..start).unwrap_or("");
-    let line = before.matches('\n').count() + 1;
-    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    ConfigError { file: path.display().to_string(), line, col, message }
+    ConfigError { at: Location::of(path, text, span), message }
 }
 
 #[cfg(test)]
@@ -288,7 +284,7 @@ mod tests {
     #[test]
     fn unknown_key_names_its_line() {
         let err = parse(&format!("{TLS}\n[[approver]]\nname = \"a\"\nunix_user = []\n")).unwrap_err();
-        assert_eq!((err.line, err.col), (8, 1), "{err}");
+        assert_eq!((err.at.line, err.at.col), (8, 1), "{err}");
         assert!(err.to_string().starts_with("/etc/guard/server.toml:8:1: "), "{err}");
         assert!(err.message.contains("unix_user"), "{err}");
     }
@@ -296,17 +292,17 @@ mod tests {
     #[test]
     fn semantic_errors_name_their_line() {
         let err = parse(&format!("{TLS}default_timeout = \"soon\"\n")).unwrap_err();
-        assert_eq!(err.line, 5, "{err}");
+        assert_eq!(err.at.line, 5, "{err}");
         let err = parse(&format!(
             "{TLS}[[approver]]\nname = \"alice\"\n[[require]]\nrule = \"r\"\napprovals = 1\napprovers = [\"alice\", \"\"]\n"
         ))
         .unwrap_err();
-        assert_eq!(err.line, 10, "{err}");
+        assert_eq!(err.at.line, 10, "{err}");
         assert!(err.message.contains("empty"), "{err}");
         let err = parse(&format!(
             "{TLS}[[approver]]\nname = \"alice\"\n[[require]]\nrule = \"r\"\napprovals = 3\napprovers = [\"alice\"]\n"
         ))
         .unwrap_err();
-        assert_eq!(err.line, 9, "{err}");
+        assert_eq!(err.at.line, 9, "{err}");
     }
 }

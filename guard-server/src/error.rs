@@ -86,8 +86,7 @@ fn is_unavailable(err: &sqlx::Error) -> bool {
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => match db.code() {
-            // SQLite: SQLITE_BUSY (5), SQLITE_LOCKED (6), SQLITE_IOERR (10), SQLITE_FULL (13),
-            // SQLITE_CANTOPEN (14); extended codes keep the primary code in the low byte.
+            // A number is SQLite's, a SQLSTATE (text) PostgreSQL's.
             Some(code) => match code.parse::<i32>() {
                 // SQLite: SQLITE_BUSY (5), SQLITE_LOCKED (6), SQLITE_IOERR (10), SQLITE_FULL
                 // (13), SQLITE_CANTOPEN (14); extended codes keep the primary one in the low byte.

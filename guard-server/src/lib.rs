@@ -12,4 +12,5 @@ pub mod pki;
 pub mod server;
 pub mod service;
 pub mod store;
+#[cfg(feature = "testing")]
 pub mod testing;

@@ -4,6 +4,7 @@
 use crate::config::{AutoDecision, Policy};
 use crate::error::{GuardError, GuardResult};
 use crate::store::{Decision, NewRequest, ReviewEffect};
+use guard_api::{Hook, Timestamp};
 use guard_proto::v1::{Request, ReviewRequest, State, SubmitRequest};
 use tonic_types::FieldViolation;
 
@@ -59,6 +60,9 @@ pub fn validate_submit(req: &SubmitRequest) -> GuardResult<()> {
         return v.into_result();
     };
     v.text("operation.hook", &op.hook, MAX_NAME_BYTES, true);
+    if !op.hook.is_empty() && operation_hook(&op.hook).is_none() {
+        v.add("operation.hook", format!("unknown hook {:?}: one of {}", op.hook, operation_hook_names()));
+    }
     v.text("operation.object", &op.object, MAX_OBJECT_BYTES, true);
     for (field, value) in [
         ("operation.access", &op.access),
@@ -91,6 +95,16 @@ pub fn validate_submit(req: &SubmitRequest) -> GuardResult<()> {
         v.text("operation.stated_reason.reason", &s.reason, MAX_TEXT_BYTES, false);
     }
     v.into_result()
+}
+
+/// The kernel hook named `name`, if it is one an operation can be held at (`ring_buffer` names
+/// the agent's own reading of the kernel's events, not a hook).
+pub fn operation_hook(name: &str) -> Option<Hook> {
+    Hook::from_name(name).filter(|h| *h != Hook::RingBuffer)
+}
+
+fn operation_hook_names() -> String {
+    Hook::ALL.iter().filter(|h| **h != Hook::RingBuffer).map(|h| h.name()).collect::<Vec<_>>().join(", ")
 }
 
 /// How long the server keeps a request pending: the agent's hold time, or the default,
@@ -227,7 +241,197 @@ pub fn is_final(state: i32) -> bool {
     !matches!(State::try_from(state), Ok(State::Pending) | Ok(State::Unspecified) | Err(_))
 }
 
+/// Now, in the Unix milliseconds of every time column and message.
 pub fn now_ms() -> i64 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+    Timestamp::now().unix_ms()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ApproverConfig, Requirement};
+    use guard_proto::v1::{Operation, Review};
+    use std::time::Duration;
+
+    const NOW: i64 = 1_000_000;
+
+    /// alice's own Unix users are `alice` and uid 1000; `prod` needs two of alice, bob, carol.
+    fn policy() -> Policy {
+        let mut p = Policy::default();
+        p.approvers.insert("alice".into(), ApproverConfig { unix_users: vec!["alice".into(), "1000".into()] });
+        p.requires.insert(
+            "prod".into(),
+            Requirement { approvals: 2, approvers: vec!["alice".into(), "bob".into(), "carol".into()] },
+        );
+        p.autos.insert("auto-ok".into(), AutoDecision::Approve);
+        p
+    }
+
+    fn pending(rule: &str, user: &str, uid: u32) -> Request {
+        let operation = Operation {
+            hook: "bprm_check_security".into(),
+            object: "/bin/x".into(),
+            rule: rule.into(),
+            user: user.into(),
+            uid,
+            tree_id: "10-1".into(),
+            ..Default::default()
+        };
+        let submit = SubmitRequest { operation: Some(operation), timeout_seconds: 30, hold_key: String::new() };
+        let new = plan_submit(&policy(), "h1", "r1".into(), submit, NOW);
+        Request {
+            id: new.id,
+            host: new.host,
+            operation: Some(new.operation),
+            state: State::Pending as i32,
+            created_ms: new.created_ms,
+            expires_ms: new.expires_ms,
+            approvals_required: new.approvals_required,
+            eligible_approvers: new.eligible_approvers,
+            ..Default::default()
+        }
+    }
+
+    fn approve(grant_seconds: u64) -> ReviewRequest {
+        ReviewRequest { id: "r1".into(), approve: true, comment: "ok".into(), grant_seconds }
+    }
+
+    fn deny() -> ReviewRequest {
+        ReviewRequest { id: "r1".into(), approve: false, comment: "no".into(), grant_seconds: 0 }
+    }
+
+    fn reviewed_by(request: &mut Request, approver: &str, approve: bool) {
+        request.reviews.push(Review { approver: approver.into(), approve, time_ms: NOW, ..Default::default() });
+    }
+
+    fn judge(approver: &str, review: &ReviewRequest, request: &Request) -> GuardResult<ReviewEffect> {
+        judge_review(&policy(), approver, review, request, NOW + 10)
+    }
+
+    fn precondition_kind(result: GuardResult<ReviewEffect>) -> &'static str {
+        match result {
+            Err(GuardError::FailedPrecondition { kind, .. }) => kind,
+            other => panic!("want FAILED_PRECONDITION, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn one_approval_decides_an_ordinary_request() {
+        let effect = judge("bob", &approve(0), &pending("r", "dev", 2000)).unwrap();
+        let decision = effect.decision.expect("decided");
+        assert_eq!((decision.state, decision.reason.as_str()), (State::Approved, "approved"));
+        assert_eq!((decision.decided_by.as_str(), decision.comment.as_str()), ("bob", "ok"));
+        assert_eq!(decision.decided_ms, NOW + 10);
+        assert_eq!(effect.grant_until_ms, None);
+    }
+
+    #[test]
+    fn nobody_approves_a_tree_running_as_their_own_user() {
+        // By the approver's name as the Unix user, by a listed user name, by a listed uid.
+        for (user, uid) in [("bob", 2000), ("alice", 2000), ("someone", 1000)] {
+            let approver = if user == "bob" { "bob" } else { "alice" };
+            let result = judge(approver, &approve(0), &pending("r", user, uid));
+            assert!(matches!(result, Err(GuardError::PermissionDenied(_))), "{approver} on {user}/{uid}: {result:?}");
+        }
+        // Someone else may.
+        assert!(judge("carol", &approve(0), &pending("r", "alice", 1000)).unwrap().decision.is_some());
+    }
+
+    #[test]
+    fn n_of_m_waits_for_distinct_eligible_approvers() {
+        let mut request = pending("prod", "dev", 2000);
+        assert_eq!(request.approvals_required, 2);
+        let first = judge("alice", &approve(0), &request).unwrap();
+        assert!(first.decision.is_none(), "one of two approvals decides nothing");
+        reviewed_by(&mut request, "alice", true);
+        let second = judge("bob", &approve(0), &request).unwrap();
+        assert_eq!(second.decision.unwrap().state, State::Approved);
+        // Outside the rule's approvers.
+        let result = judge("mallory", &approve(0), &request);
+        assert!(matches!(result, Err(GuardError::PermissionDenied(_))), "{result:?}");
+    }
+
+    #[test]
+    fn a_deny_decides_at_once_even_under_n_of_m() {
+        let mut request = pending("prod", "dev", 2000);
+        reviewed_by(&mut request, "alice", true);
+        let decision = judge("bob", &deny(), &request).unwrap().decision.expect("decided");
+        assert_eq!((decision.state, decision.reason.as_str()), (State::Denied, "denied"));
+    }
+
+    #[test]
+    fn a_decided_request_takes_no_review() {
+        for state in [State::Approved, State::Denied, State::Expired, State::Cancelled] {
+            let mut request = pending("r", "dev", 2000);
+            request.state = state as i32;
+            assert_eq!(precondition_kind(judge("bob", &approve(0), &request)), "STATE", "{state:?}");
+        }
+    }
+
+    #[test]
+    fn an_approver_reviews_once() {
+        let mut request = pending("prod", "dev", 2000);
+        reviewed_by(&mut request, "alice", true);
+        assert_eq!(precondition_kind(judge("alice", &approve(0), &request)), "ALREADY_REVIEWED");
+    }
+
+    #[test]
+    fn a_grant_runs_from_the_decision_and_needs_a_tree() {
+        let effect = judge("bob", &approve(60), &pending("r", "dev", 2000)).unwrap();
+        assert_eq!(effect.grant_until_ms, Some(NOW + 10 + 60_000));
+        let mut no_tree = pending("r", "dev", 2000);
+        if let Some(op) = no_tree.operation.as_mut() {
+            op.tree_id.clear();
+        }
+        assert!(matches!(judge("bob", &approve(60), &no_tree), Err(GuardError::InvalidArgument(_))));
+        // A grant goes only with an approval, and lasts at most a day.
+        assert!(validate_review(&ReviewRequest { grant_seconds: 60, ..deny() }).is_err());
+        assert!(validate_review(&approve(MAX_GRANT_SECONDS + 1)).is_err());
+        assert!(validate_review(&approve(MAX_GRANT_SECONDS)).is_ok());
+    }
+
+    #[test]
+    fn expiry_is_the_agents_hold_time_within_the_servers_bounds() {
+        let mut p = policy();
+        p.default_timeout = Duration::from_secs(300);
+        p.max_timeout = Duration::from_secs(3600);
+        assert_eq!(timeout_ms(&p, 30), 30_000);
+        assert_eq!(timeout_ms(&p, 0), 300_000, "0: the default");
+        assert_eq!(timeout_ms(&p, 86_400), 3_600_000, "never past max_timeout");
+        let request = pending("r", "dev", 2000);
+        assert_eq!(request.expires_ms - request.created_ms, 30_000);
+        assert!(!is_final(request.state));
+        assert!(is_final(State::Expired as i32));
+    }
+
+    #[test]
+    fn auto_rules_decide_at_creation() {
+        let submit = SubmitRequest {
+            operation: Some(Operation { hook: "file_open".into(), rule: "auto-ok".into(), ..Default::default() }),
+            ..Default::default()
+        };
+        let auto = plan_submit(&policy(), "h1", "r2".into(), submit, NOW).auto.expect("auto decision");
+        assert_eq!(
+            (auto.state, auto.reason.as_str(), auto.decided_by.as_str()),
+            (State::Approved, "auto", "auto:auto-ok")
+        );
+    }
+
+    #[test]
+    fn the_hook_is_a_kernel_hook_name() {
+        let submit = |hook: &str| SubmitRequest {
+            operation: Some(Operation { hook: hook.into(), object: "/x".into(), ..Default::default() }),
+            ..Default::default()
+        };
+        assert!(validate_submit(&submit("file_open")).is_ok());
+        for bad in ["exec", "open", "ring_buffer"] {
+            match validate_submit(&submit(bad)) {
+                Err(GuardError::InvalidArgument(v)) => {
+                    assert_eq!(v[0].field, "operation.hook");
+                    assert!(v[0].description.contains("bprm_check_security"), "{:?}", v[0]);
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
 }

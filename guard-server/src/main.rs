@@ -4,7 +4,6 @@ use clap::{Parser, Subcommand};
 use guard_server::config::{ServerConfig, DEFAULT_LISTEN};
 use guard_server::pki::{init_pki, PkiAction, PkiSpec};
 use guard_server::server;
-use guard_server::testing::pg::PgCluster;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,6 +51,8 @@ enum Cmd {
         listen: Option<SocketAddr>,
     },
     /// Start a throwaway PostgreSQL cluster, print its URL, stop it on SIGTERM/SIGINT (benchmarks).
+    /// Only in builds with the `testing` feature.
+    #[cfg(feature = "testing")]
     #[command(hide = true)]
     DevPostgres {
         #[arg(long)]
@@ -96,7 +97,9 @@ fn main() -> Result<()> {
             }
             runtime()?.block_on(serve(config))
         }
+        #[cfg(feature = "testing")]
         Cmd::DevPostgres { dir, port } => {
+            use guard_server::testing::pg::PgCluster;
             let runtime = runtime()?;
             // Before the URL is printed: whoever reads it may send SIGTERM at once.
             let stop = runtime.block_on(async { StopSignal::install() })?;

@@ -82,13 +82,13 @@ pub async fn start(config: &ServerConfig) -> Result<ServerHandle> {
         .tls_config(tls)
         .context("TLS configuration")?
         .add_service(
-            AgentServiceServer::new(AgentApi::new(shared.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            AgentServiceServer::new(AgentApi { shared: shared.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
-            ReviewServiceServer::new(ReviewApi::new(shared.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            ReviewServiceServer::new(ReviewApi { shared: shared.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
-            AuditServiceServer::new(AuditApi::new(shared.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            AuditServiceServer::new(AuditApi { shared: shared.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES),
         );
     let mut stopped = shared.shutdown.clone();
     let serve = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {

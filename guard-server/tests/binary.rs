@@ -89,7 +89,8 @@ fn serve_prints_its_address_and_stops_on_sigterm() {
     assert!(line.starts_with("guard-server listening on 127.0.0.1:"), "{line}");
     assert!(dir.path().join("guard.db").exists(), "SQLite next to the PKI directory");
     // SAFETY: signalling our own child by its pid.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {

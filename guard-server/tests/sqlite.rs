@@ -2,6 +2,7 @@
 mod common;
 
 use common::*;
+use guard_api::{AuditRecord, Decision, RecordKind};
 use guard_proto::v1::{
     AuditQuery, AwaitRequest, CancelRequestRequest, GetRequestRequest, ListRequestsRequest, Record,
     ReportRecordsRequest, ReviewRequest, State, TreeExitedRequest, WatchPendingRequest, WhoAmIRequest, WithdrawRequest,
@@ -291,11 +292,15 @@ async fn invalid_submissions_are_refused_and_not_stored() {
     long_argv.ancestry[0].argv = vec!["a".into(); 65];
     let mut no_hook = op("r", "1-1", "dev", 2000, "/bin/x");
     no_hook.hook.clear();
+    // The proto's old vocabulary ("exec", "open") is not a kernel hook name.
+    let mut old_hook = op("r", "1-1", "dev", 2000, "/bin/x");
+    old_hook.hook = "exec".into();
     let cases = [
         (no_op, "operation"),
         (submit(big_object, 30, ""), "operation.object"),
         (submit(long_argv, 30, ""), "operation.ancestry[0].argv"),
         (submit(no_hook, 30, ""), "operation.hook"),
+        (submit(old_hook, 30, ""), "operation.hook"),
     ];
     for (request, field) in cases {
         let err = agent.submit(request).await.unwrap_err();
@@ -397,17 +402,28 @@ async fn records_are_appended_to_the_audit_trail() {
     let site = Site::new();
     let server = site.start(None).await;
     let mut agent = server.agent("h2").await;
-    let ok = Record { json: r#"{"decision":"deny","rule":"no-metadata","object":"169.254.169.254:80"}"#.into() };
+    let mut record = AuditRecord::new(RecordKind::Enforcement, "web1");
+    record.decision = Some(Decision::Deny);
+    record.rule = Some("no-metadata".into());
+    record.object = Some("169.254.169.254:80".into());
+    let ok = Record { json: record.to_json() };
     let accepted = agent
         .report_records(ReportRecordsRequest { records: vec![ok.clone(), ok.clone()] })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(accepted.accepted, 2);
-    let bad = ReportRecordsRequest { records: vec![ok, Record { json: "[1]".into() }] };
+    let mut colour: serde_json::Value = serde_json::from_str(&ok.json).unwrap();
+    colour.as_object_mut().unwrap().insert("colour".into(), "red".into());
+    let bad = ReportRecordsRequest {
+        records: vec![ok.clone(), Record { json: "[1]".into() }, ok, Record { json: colour.to_string() }],
+    };
     let err = agent.report_records(bad).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert_eq!(err.get_error_details().bad_request().unwrap().field_violations[0].field, "records[1].json");
+    let violations = err.get_error_details().bad_request().unwrap().field_violations.clone();
+    let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
+    assert_eq!(fields, ["records[1].json", "records[3].json"]);
+    assert!(violations[1].description.contains("unknown field `colour`"), "{violations:?}");
     let events: Vec<_> = server
         .auditor("alice")
         .await
@@ -417,8 +433,14 @@ async fn records_are_appended_to_the_audit_trail() {
         .into_inner()
         .collect()
         .await;
-    assert_eq!(events.len(), 2);
-    assert!(events.iter().all(|e| e.as_ref().unwrap().kind == "record"));
+    assert_eq!(events.len(), 2, "a refused call stores none of its records");
+    for e in events {
+        let e = e.unwrap();
+        assert_eq!(e.kind, "record");
+        // The record's host is the certificate's, as the row's is, whatever the agent wrote.
+        let stored = AuditRecord::from_json(&e.json).unwrap();
+        assert_eq!((e.host.as_str(), stored.host.as_str()), ("h2", "h2"));
+    }
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use guard_api::AuditRecord;
 use guard_proto::v1::audit_service_client::AuditServiceClient;
 use guard_proto::v1::review_service_client::ReviewServiceClient;
 use guard_proto::v1::{
@@ -415,7 +416,11 @@ async fn audit(mut client: AuditServiceClient<Channel>, query: AuditQuery, json:
                 ev.host.clone(),
                 ev.kind.clone(),
                 ev.request_id.clone(),
-                audit_summary(&ev.json),
+                match AuditRecord::from_json(&ev.json) {
+                    Ok(record) => keep_start(&render::audit_summary(&record), 120),
+                    // Not a record of this version's shape: shown as it is.
+                    Err(_) => keep_start(&ev.json, 100),
+                },
             ]);
         }
     }
@@ -427,27 +432,4 @@ async fn audit(mut client: AuditServiceClient<Channel>, query: AuditQuery, json:
         }
     }
     Ok(())
-}
-
-/// The interesting fields of an audit event's JSON, `key=value` in a fixed order, then the rest.
-fn audit_summary(text: &str) -> String {
-    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(text) else {
-        return keep_start(text, 100);
-    };
-    const FIRST: &[&str] = &["decision", "state", "reason", "approver", "rule", "hook", "object", "comment"];
-    const SKIP: &[&str] = &["time", "time_ms", "host", "request_id", "seq", "kind"];
-    let show = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => render::quote_arg(s),
-        other => other.to_string(),
-    };
-    let mut parts: Vec<String> = FIRST
-        .iter()
-        .filter_map(|k| map.get(*k).filter(|v| !v.is_null() && *v != "").map(|v| format!("{k}={}", show(v))))
-        .collect();
-    for (k, v) in &map {
-        if !FIRST.contains(&k.as_str()) && !SKIP.contains(&k.as_str()) && !v.is_null() && *v != "" {
-            parts.push(format!("{k}={}", show(v)));
-        }
-    }
-    keep_start(&parts.join(" "), 120)
 }

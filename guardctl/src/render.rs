@@ -1,12 +1,15 @@
 //! How requests, events and audit records look: JSON for machines (one object, field names as
-//! in guard.v1, states by their lower-case label), text for people.
+//! in guard.v1 through the messages' serde derives, states by their lower-case label; audit
+//! events as `guard_api::AuditRecord`), text for people.
 
-use guard_proto::v1::{AuditEvent, Operation, Process, Request, RequestEvent, Review, State};
+use guard_api::{AuditRecord, Timestamp};
+use guard_proto::v1::{AuditEvent, Operation, Process, Request, RequestEvent, State};
 use serde_json::{json, Value};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+/// Now, in the Unix milliseconds of guard.v1's times.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    Timestamp::now().unix_ms()
 }
 
 pub fn state_label(r: &Request) -> &'static str {
@@ -31,12 +34,13 @@ pub fn short_duration(ms: i64) -> String {
     }
 }
 
-/// A Unix-milliseconds time as RFC 3339 UTC, or `-` when unset.
+/// A Unix-milliseconds time in the records' one format (`guard_api::Timestamp`), or `-` when
+/// unset.
 pub fn timestamp(ms: i64) -> String {
     if ms <= 0 {
         return "-".into();
     }
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms as u64)).to_string()
+    Timestamp::from_unix_ms(ms).to_string()
 }
 
 /// Approvals received out of approvals needed (at least one is always needed).
@@ -78,49 +82,75 @@ pub fn argv_text(p: &Process) -> String {
     s
 }
 
-fn process_json(p: &Process) -> Value {
-    json!({"pid": p.pid, "ppid": p.ppid, "uid": p.uid, "exe": p.exe, "argv": p.argv, "argv_truncated": p.argv_truncated})
-}
-
-fn review_json(v: &Review) -> Value {
-    json!({"approver": v.approver, "approve": v.approve, "comment": v.comment, "time_ms": v.time_ms,
-           "grant_seconds": v.grant_seconds})
-}
-
-pub fn operation_json(op: &Operation) -> Value {
-    let reason = op
-        .stated_reason
-        .as_ref()
-        .map(|s| json!({"tool": s.tool, "call_id": s.call_id, "reason": s.reason, "session": s.session}));
-    json!({
-        "hook": op.hook, "object": op.object, "access": op.access, "rule": op.rule, "policy": op.policy,
-        "ancestry": op.ancestry.iter().map(process_json).collect::<Vec<_>>(),
-        "cwd": op.cwd, "user": op.user, "uid": op.uid, "tree_id": op.tree_id, "stated_reason": reason,
-    })
-}
-
+/// The request as guard.v1 has it (serde derive), with its state by label and the approvals
+/// counted.
 pub fn request_json(r: &Request) -> Value {
     let (got, need) = approvals(r);
-    json!({
-        "id": r.id, "host": r.host, "state": state_label(r),
-        "operation": r.operation.as_ref().map(operation_json),
-        "created_ms": r.created_ms, "expires_ms": r.expires_ms, "decided_ms": r.decided_ms,
-        "approvals_required": r.approvals_required, "approvals": got, "approvals_needed": need,
-        "eligible_approvers": r.eligible_approvers,
-        "reviews": r.reviews.iter().map(review_json).collect::<Vec<_>>(),
-        "reason": r.reason, "decided_by": r.decided_by, "comment": r.comment,
-    })
+    // A message of strings and numbers always serialises.
+    let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+    if let Value::Object(map) = &mut v {
+        map.insert("state".into(), state_label(r).into());
+        map.insert("approvals".into(), got.into());
+        map.insert("approvals_needed".into(), need.into());
+    }
+    v
 }
 
 pub fn event_json(e: &RequestEvent) -> Value {
     json!({"kind": e.kind, "request": e.request.as_ref().map(request_json)})
 }
 
-/// The audit event with its embedded JSON parsed (kept as a string if it is not JSON).
+/// The audit event with its record parsed (kept as a string if it is not an `AuditRecord`).
 pub fn audit_json(e: &AuditEvent) -> Value {
-    let inner = serde_json::from_str::<Value>(&e.json).unwrap_or_else(|_| Value::String(e.json.clone()));
+    let inner = AuditRecord::from_json(&e.json)
+        .ok()
+        .and_then(|r| serde_json::to_value(r).ok())
+        .unwrap_or_else(|| Value::String(e.json.clone()));
     json!({"seq": e.seq, "time_ms": e.time_ms, "host": e.host, "kind": e.kind, "request_id": e.request_id,
            "event": inner})
+}
+
+/// A vocabulary value (decision, action) by the word records use for it.
+fn word<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+/// The interesting fields of an audit record, `key=value`: the decision and who took it first,
+/// then what it was about; fields that are empty or null are left out.
+pub fn audit_summary(r: &AuditRecord) -> String {
+    let mut parts: Vec<(&str, Option<String>)> = vec![
+        ("decision", r.decision.as_ref().map(word)),
+        ("state", r.state.clone()),
+        ("reason", r.reason.map(|v| v.name().to_string())),
+        ("approver", r.approver.clone()),
+        ("rule", r.rule.clone()),
+        ("hook", r.hook.map(|h| h.name().to_string())),
+        ("object", r.object.clone()),
+        ("comment", r.comment.clone()),
+        ("action", r.action.as_ref().map(word)),
+        ("policy", r.policy.clone()),
+        ("access", r.access.clone()),
+        ("user", r.user.clone()),
+        ("uid", r.uid.map(|v| v.to_string())),
+        ("pid", r.pid.map(|v| v.to_string())),
+        ("ppid", r.ppid.map(|v| v.to_string())),
+        ("exe", r.exe.clone()),
+        ("tree_id", r.tree_id.clone()),
+        ("grant_seconds", r.grant_seconds.filter(|s| *s > 0).map(|v| v.to_string())),
+        ("held_ms", r.held_ms.map(|v| v.to_string())),
+        ("lost", r.lost.map(|v| v.to_string())),
+        ("stated", r.stated_reason.as_ref().map(|s| s.reason.clone())),
+    ];
+    if !r.argv.is_empty() {
+        parts.push(("argv", Some(r.argv.iter().map(|a| quote_arg(a)).collect::<Vec<_>>().join(" "))));
+    }
+    parts
+        .into_iter()
+        .filter_map(|(k, v)| {
+            v.filter(|v| !v.is_empty()).map(|v| format!("{k}={}", if k == "argv" { v } else { quote_arg(&v) }))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// One line about a request event, for `watch`.
@@ -287,5 +317,45 @@ mod tests {
         let actor = text.find("└─ pid 30 uid 0 /usr/bin/rm *\n").expect(&text);
         assert!(root < actor, "{text}");
         assert!(text.contains("argv: rm -rf '/etc/my file'"), "{text}");
+    }
+
+    #[test]
+    fn request_json_has_the_proto_names_the_state_label_and_approvals() {
+        let r = Request {
+            id: "r1".into(),
+            state: State::Approved as i32,
+            approvals_required: 2,
+            reviews: vec![guard_proto::v1::Review { approver: "alice".into(), approve: true, ..Default::default() }],
+            operation: Some(Operation { hook: "file_open".into(), ..Default::default() }),
+            ..Default::default()
+        };
+        let v = request_json(&r);
+        assert_eq!(v["state"], "approved");
+        assert_eq!((v["approvals"].as_u64(), v["approvals_needed"].as_u64()), (Some(1), Some(2)));
+        assert_eq!(v["operation"]["hook"], "file_open");
+        assert!(v["operation"]["stated_reason"].is_null());
+        assert_eq!(v["reviews"][0]["approver"], "alice");
+        for key in
+            ["id", "host", "created_ms", "expires_ms", "decided_ms", "eligible_approvers", "reason", "decided_by"]
+        {
+            assert!(v.get(key).is_some(), "{key} missing: {v}");
+        }
+    }
+
+    #[test]
+    fn audit_summary_reads_the_typed_record() {
+        let mut r = AuditRecord::new(guard_api::RecordKind::Decision, "h1");
+        r.decision = Some(guard_api::Decision::Deny);
+        r.reason = Some(guard_api::Reason::Expired);
+        r.hook = Some(guard_api::Hook::FileOpen);
+        r.object = Some("/etc/my file".into());
+        r.comment = Some(String::new());
+        r.argv = vec!["cat".into(), "/etc/my file".into()];
+        assert_eq!(
+            audit_summary(&r),
+            "decision=deny reason=expired hook=file_open object='/etc/my file' argv=cat '/etc/my file'"
+        );
+        assert_eq!(timestamp(1_796_002_226_007), "2026-11-30T01:30:26.007Z");
+        assert_eq!(timestamp(0), "-");
     }
 }

@@ -162,7 +162,7 @@ impl Drop for Server {
 
 pub fn operation(object: &str, reason: &str) -> Operation {
     Operation {
-        hook: "open".into(),
+        hook: "file_open".into(),
         object: object.into(),
         access: "write".into(),
         rule: "etc-writes".into(),

@@ -1,33 +1,23 @@
 //! AgentService: called by guard-agent with a host certificate. The host of every call is
 //! the certificate's CN; a host only ever sees its own requests.
 use super::streams::{follow, BoxStream};
-use super::Shared;
+use super::{not_found, Reply, Shared};
 use crate::error::GuardError;
 use crate::identity::{require, Role};
 use crate::lifecycle::{self, now_ms, Violations, MAX_RECORDS_PER_CALL};
 use crate::store::{Decision, Finish, HostInfo};
 use crate::{ids, lifecycle::MAX_NAME_BYTES};
+use guard_api::AuditRecord;
 use guard_proto::v1::agent_service_server::AgentService;
 use guard_proto::v1::{
     AwaitRequest, RegisterRequest, RegisterResponse, ReportRecordsRequest, ReportRecordsResponse, Request, State,
     SubmitRequest, TreeExitedRequest, TreeExitedResponse, WithdrawRequest,
 };
-use tonic::{Response, Status};
+use tonic::Response;
 
+/// The service; its `shared` is what every service shares.
 pub struct AgentApi {
-    shared: Shared,
-}
-
-impl AgentApi {
-    pub fn new(shared: Shared) -> Self {
-        AgentApi { shared }
-    }
-}
-
-type Reply<T> = Result<Response<T>, Status>;
-
-fn not_found(id: &str) -> Status {
-    GuardError::NotFound(format!("no request {id:?} from this host")).into()
+    pub shared: Shared,
 }
 
 #[tonic::async_trait]
@@ -77,11 +67,11 @@ impl AgentService for AgentApi {
         let host = require(&request, Role::Agent)?.name;
         let id = request.into_inner().id;
         if !ids::looks_like_request_id(&id) {
-            return Err(not_found(&id));
+            return Err(not_found(&id, " from this host"));
         }
         let rx = self.shared.fanout.subscribe();
         let current = self.shared.store.get(&id, now_ms()).await?.filter(|r| r.host == host);
-        let current = current.ok_or_else(|| not_found(&id))?;
+        let current = current.ok_or_else(|| not_found(&id, " from this host"))?;
         Ok(Response::new(follow(self.shared.clone(), rx, current)))
     }
 
@@ -94,7 +84,7 @@ impl AgentService for AgentApi {
             _ => return Err(GuardError::invalid("why", "one of timeout, process-exited, agent-stopped").into()),
         };
         if !ids::looks_like_request_id(&id) {
-            return Err(not_found(&id));
+            return Err(not_found(&id, " from this host"));
         }
         let decision = Decision {
             state,
@@ -130,18 +120,17 @@ impl AgentService for AgentApi {
             )
             .into());
         }
+        // Each record must read as the one audit record type; the error names what does not fit.
         let mut v = Violations::default();
-        let mut jsons = Vec::with_capacity(records.len());
+        let mut parsed = Vec::with_capacity(records.len());
         for (i, r) in records.iter().enumerate() {
-            match serde_json::from_str::<serde_json::Value>(&r.json) {
-                // Stored re-serialized: one line, no NUL escapes surprises for the database.
-                Ok(value @ serde_json::Value::Object(_)) => jsons.push(value.to_string()),
-                Ok(_) => v.add(format!("records[{i}].json"), "not a JSON object"),
-                Err(e) => v.add(format!("records[{i}].json"), format!("not JSON: {e}")),
+            match AuditRecord::from_json(&r.json) {
+                Ok(record) => parsed.push(record),
+                Err(e) => v.add(format!("records[{i}].json"), e.to_string()),
             }
         }
         v.into_result()?;
-        let accepted = self.shared.store.append_records(&host, jsons, now_ms()).await?;
+        let accepted = self.shared.store.append_records(&host, parsed, now_ms()).await?;
         Ok(Response::new(ReportRecordsResponse { accepted }))
     }
 }

@@ -1,28 +1,23 @@
 //! AuditService: the server's trail, for approvers.
 use super::streams::BoxStream;
-use super::Shared;
+use super::{Reply, Shared};
 use crate::identity::{require, Role};
 use crate::lifecycle::{Violations, MAX_NAME_BYTES};
 use crate::store::AuditFilter;
 use guard_proto::v1::audit_service_server::AuditService;
 use guard_proto::v1::{AuditEvent, AuditQuery};
-use tonic::{Response, Status};
+use tonic::Response;
 
+/// The service; its `shared` is what every service shares.
 pub struct AuditApi {
-    shared: Shared,
-}
-
-impl AuditApi {
-    pub fn new(shared: Shared) -> Self {
-        AuditApi { shared }
-    }
+    pub shared: Shared,
 }
 
 #[tonic::async_trait]
 impl AuditService for AuditApi {
     type QueryStream = BoxStream<AuditEvent>;
 
-    async fn query(&self, request: tonic::Request<AuditQuery>) -> Result<Response<Self::QueryStream>, Status> {
+    async fn query(&self, request: tonic::Request<AuditQuery>) -> Reply<Self::QueryStream> {
         require(&request, Role::Approver)?;
         let q = request.into_inner();
         let mut v = Violations::default();

@@ -6,10 +6,12 @@ pub mod review;
 mod streams;
 
 use crate::config::Policy;
+use crate::error::GuardError;
 use crate::fanout::Fanout;
 use crate::store::Store;
 use std::sync::Arc;
 use tokio::sync::watch;
+use tonic::{Response, Status};
 
 /// What every service shares.
 #[derive(Clone)]
@@ -19,4 +21,12 @@ pub struct Shared {
     pub fanout: Fanout,
     /// Becomes true when the server drains: long streams end so connections can close.
     pub shutdown: watch::Receiver<bool>,
+}
+
+/// What every RPC answers.
+type Reply<T> = Result<Response<T>, Status>;
+
+/// NOT_FOUND for request `id`; `scope` says where it was looked for ("" or " from this host").
+fn not_found(id: &str, scope: &str) -> Status {
+    GuardError::NotFound(format!("no request {id:?}{scope}")).into()
 }

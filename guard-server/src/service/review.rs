@@ -1,6 +1,6 @@
 //! ReviewService: called by approvers (guardctl, the console) with an approver certificate.
 use super::streams::{watch_pending, BoxStream};
-use super::Shared;
+use super::{not_found, Reply, Shared};
 use crate::error::GuardError;
 use crate::identity::{caller, require, Role};
 use crate::ids;
@@ -11,22 +11,11 @@ use guard_proto::v1::{
     CancelRequestRequest, GetRequestRequest, ListRequestsRequest, ListRequestsResponse, Request, RequestEvent, Review,
     ReviewRequest, State, WatchPendingRequest, WhoAmIRequest, WhoAmIResponse,
 };
-use tonic::{Response, Status};
+use tonic::Response;
 
+/// The service; its `shared` is what every service shares.
 pub struct ReviewApi {
-    shared: Shared,
-}
-
-impl ReviewApi {
-    pub fn new(shared: Shared) -> Self {
-        ReviewApi { shared }
-    }
-}
-
-type Reply<T> = Result<Response<T>, Status>;
-
-fn not_found(id: &str) -> Status {
-    GuardError::NotFound(format!("no request {id:?}")).into()
+    pub shared: Shared,
 }
 
 #[tonic::async_trait]
@@ -62,17 +51,17 @@ impl ReviewService for ReviewApi {
         require(&request, Role::Approver)?;
         let id = request.into_inner().id;
         if !ids::looks_like_request_id(&id) {
-            return Err(not_found(&id));
+            return Err(not_found(&id, ""));
         }
         let found = self.shared.store.get(&id, now_ms()).await?;
-        Ok(Response::new(found.ok_or_else(|| not_found(&id))?))
+        Ok(Response::new(found.ok_or_else(|| not_found(&id, ""))?))
     }
 
     async fn review(&self, request: tonic::Request<ReviewRequest>) -> Reply<Request> {
         let approver = require(&request, Role::Approver)?.name;
         let input = request.into_inner();
         if !ids::looks_like_request_id(&input.id) {
-            return Err(not_found(&input.id));
+            return Err(not_found(&input.id, ""));
         }
         lifecycle::validate_review(&input)?;
         let now = now_ms();
@@ -94,7 +83,7 @@ impl ReviewService for ReviewApi {
         let approver = require(&request, Role::Approver)?.name;
         let CancelRequestRequest { id, comment } = request.into_inner();
         if !ids::looks_like_request_id(&id) {
-            return Err(not_found(&id));
+            return Err(not_found(&id, ""));
         }
         let mut v = lifecycle::Violations::default();
         v.text("comment", &comment, lifecycle::MAX_TEXT_BYTES, false);

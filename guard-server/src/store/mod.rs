@@ -3,17 +3,23 @@
 //! rules of the lifecycle are applied inside it (see `Judge`), so several replicas on one
 //! PostgreSQL never decide the same request twice.
 //!
-//! Both backends share the SQL in `sql.rs` (sqlx's `Any` driver, `$N` placeholders that
-//! SQLite and PostgreSQL both accept); `sqlite.rs` and `postgres.rs` hold what differs:
-//! opening, locking, and change notification across replicas.
-mod codec;
+//! Both backends share the SQL (sqlx's `Any` driver, `$N` placeholders that SQLite and
+//! PostgreSQL both accept) and the schema's migrations (`schema.rs`, `migrations/`):
+//! `sql.rs` implements the trait, `writer.rs` is the group-commit writer of submissions,
+//! `chain.rs` the audit hash chain, `rows.rs` rows <-> messages. `sqlite.rs` and
+//! `postgres.rs` hold what differs: opening, locking, and change notification across replicas.
+mod chain;
 pub mod postgres;
+mod rows;
+pub mod schema;
 mod sql;
 pub mod sqlite;
+mod writer;
 
 use crate::error::GuardResult;
 use crate::fanout::Fanout;
 use async_trait::async_trait;
+use guard_api::AuditRecord;
 use guard_proto::v1::{AuditEvent, Operation, Request, Review, State};
 use std::sync::Arc;
 
@@ -105,8 +111,9 @@ pub trait Store: Send + Sync {
     async fn expire_due(&self, now_ms: i64) -> GuardResult<usize>;
     /// Ends the host's grants for a tree; returns how many.
     async fn end_grants(&self, host: &str, tree_id: &str, now_ms: i64) -> GuardResult<u32>;
-    /// Appends agent records (already validated JSON objects) to the audit trail.
-    async fn append_records(&self, host: &str, records: Vec<String>, now_ms: i64) -> GuardResult<u32>;
+    /// Appends the records `host`'s agent reported to the audit trail (their `host` becomes
+    /// `host`).
+    async fn append_records(&self, host: &str, records: Vec<AuditRecord>, now_ms: i64) -> GuardResult<u32>;
     async fn audit(&self, filter: &AuditFilter) -> GuardResult<Vec<AuditEvent>>;
     async fn register_host(&self, info: HostInfo) -> GuardResult<()>;
 }

@@ -2,30 +2,24 @@
 //! announced with `NOTIFY guard_requests, '<id>'` (sent at commit, see `SqlStore::commit`)
 //! and every replica LISTENs, so a decision taken on one replica reaches the streams held
 //! by another.
-use super::sql::{Backend, SqlStore, SCHEMA};
+use super::schema::MIGRATOR;
+use super::sql::{Backend, SqlStore};
 use crate::fanout::{Change, Fanout};
 use anyhow::Context;
 use sqlx::any::AnyPoolOptions;
 use sqlx::postgres::{PgConnection, PgListener};
-use sqlx::{Connection, Executor};
+use sqlx::Connection;
 use std::time::Duration;
 
 pub const CHANNEL: &str = "guard_requests";
 const MAX_CONNECTIONS: u32 = 16;
-/// Key of the advisory lock that serializes schema creation among replicas starting together.
-const SCHEMA_LOCK: i64 = 0x6775_6172_6400;
 
 pub async fn open(url: &str, fanout: Fanout) -> anyhow::Result<SqlStore> {
     sqlx::any::install_default_drivers();
-    // Schema first, on a typed connection (the advisory lock returns `void`, which the Any
-    // driver cannot decode), so two replicas starting at once do not race on CREATE TABLE.
+    // Migrations first, on a typed connection: sqlx's PostgreSQL migrator holds an advisory
+    // lock while it runs, so replicas starting together apply each migration once.
     let mut conn = PgConnection::connect(url).await.with_context(|| format!("cannot connect to {}", redact(url)))?;
-    let mut tx = conn.begin().await?;
-    tx.execute(sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SCHEMA_LOCK)).await?;
-    for stmt in SCHEMA {
-        tx.execute(sqlx::query(*stmt)).await.with_context(|| format!("schema: {stmt}"))?;
-    }
-    tx.commit().await?;
+    MIGRATOR.run(&mut conn).await.context("cannot migrate the PostgreSQL database")?;
     conn.close().await?;
 
     // Listen before serving, so no change made after start-up is missed.

@@ -1,6 +1,7 @@
-//! SQLite: one embedded file, WAL so readers never wait for the writer, created with its
-//! schema on first start. The default, for one server.
-use super::sql::{Backend, SqlStore, SCHEMA};
+//! SQLite: one embedded file, WAL so readers never wait for the writer, created and migrated
+//! to the current schema on start. The default, for one server.
+use super::schema::MIGRATOR;
+use super::sql::{Backend, SqlStore};
 use crate::fanout::Fanout;
 use anyhow::Context;
 use sqlx::any::AnyPoolOptions;
@@ -52,11 +53,7 @@ pub async fn open(url: &str, fanout: Fanout) -> anyhow::Result<SqlStore> {
         .await
         .with_context(|| format!("cannot open SQLite database {path}"))?;
     sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await.context("cannot switch SQLite to WAL")?;
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    for stmt in SCHEMA {
-        sqlx::query(*stmt).execute(&mut *tx).await.with_context(|| format!("schema: {stmt}"))?;
-    }
-    tx.commit().await?;
+    MIGRATOR.run(&pool).await.with_context(|| format!("cannot migrate the SQLite database {path}"))?;
     let checkpointer = tokio::spawn(checkpoints(pool.clone()));
     Ok(SqlStore::new(pool, Backend::Sqlite, fanout).with_task(checkpointer))
 }

@@ -1,2 +1,4 @@
-//! Helpers for tests and benchmarks that need real infrastructure (not mocks).
+//! Helpers for tests and benchmarks that need real infrastructure (not mocks). Only in builds
+//! with the `testing` feature: never in the production binary.
+pub mod config;
 pub mod pg;

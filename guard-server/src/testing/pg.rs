@@ -48,17 +48,12 @@ pub fn find_bindir() -> Result<PathBuf, String> {
     Err("no initdb/pg_ctl in /usr/lib/postgresql/*/bin or PATH (apt-get install postgresql)".into())
 }
 
-/// uid and gid of `nobody`, from /etc/passwd.
+/// uid and gid of `nobody` (through NSS), or the customary 65534 when it has no entry.
 fn nobody() -> (u32, u32) {
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    passwd
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() > 3 && f[0] == "nobody").then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
-        })
-        .next()
-        .unwrap_or((65534, 65534))
+    match nix::unistd::User::from_name("nobody") {
+        Ok(Some(user)) => (user.uid.as_raw(), user.gid.as_raw()),
+        _ => (65534, 65534),
+    }
 }
 
 impl PgCluster {
@@ -69,8 +64,7 @@ impl PgCluster {
         let dir = dir.canonicalize()?;
         let (data, socket_dir) = (dir.join("data"), dir.join("sock"));
         std::fs::create_dir_all(&socket_dir)?;
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let run_as = (unsafe { libc::geteuid() } == 0).then(nobody);
+        let run_as = nix::unistd::geteuid().is_root().then(nobody);
         if let Some((uid, gid)) = run_as {
             for d in [&dir, &socket_dir] {
                 std::os::unix::fs::chown(d, Some(uid), Some(gid))

@@ -1,6 +1,7 @@
 //! Test harness: a fresh PKI in a temp dir, the real server on 127.0.0.1:0, real tonic
 //! clients over mTLS.
 #![allow(dead_code)]
+use guard_proto::client::{self, TlsFiles, TlsMaterial};
 use guard_proto::v1::agent_service_client::AgentServiceClient;
 use guard_proto::v1::audit_service_client::AuditServiceClient;
 use guard_proto::v1::review_service_client::ReviewServiceClient;
@@ -8,41 +9,28 @@ use guard_proto::v1::{Operation, Process, Request, State, SubmitRequest};
 use guard_server::config::ServerConfig;
 use guard_server::pki::{init_pki, PkiSpec};
 use guard_server::server::{self, ServerHandle};
+use guard_server::testing::config::ServerToml;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio_stream::StreamExt;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 use tonic::Streaming;
 
 pub const HOSTS: &[&str] = &["h1", "h2"];
 pub const APPROVERS: &[&str] = &["alice", "bob", "carol", "mallory"];
 
-pub const CONFIG: &str = r#"
-listen = "127.0.0.1:0"
-default_timeout = "30s"
-[tls]
-ca = "pki/ca.crt"
-cert = "pki/server.crt"
-key = "pki/server.key"
-[[approver]]
-name = "alice"
-unix_users = ["alice", "1000"]
-[[approver]]
-name = "bob"
-unix_users = ["bob"]
-[[approver]]
-name = "carol"
-[[require]]
-rule = "prod-deploy"
-approvals = 2
-approvers = ["alice", "bob", "carol"]
-[[auto]]
-rule = "bench-auto"
-decision = "approve"
-[[auto]]
-rule = "auto-deny"
-decision = "deny"
-"#;
+/// The policy every test runs under: a two-person rule, auto rules both ways, and approvers
+/// whose own Unix users they may not approve.
+pub fn config() -> ServerToml {
+    ServerToml::new("pki")
+        .default_timeout("30s")
+        .approver("alice", &["alice", "1000"])
+        .approver("bob", &["bob"])
+        .approver("carol", &[])
+        .require("prod-deploy", 2, &["alice", "bob", "carol"])
+        .auto_approve("bench-auto")
+        .auto_deny("auto-deny")
+}
 
 /// A directory with a PKI and a config file, shared by the replicas of one test.
 pub struct Site {
@@ -58,7 +46,7 @@ impl Site {
             approvers: APPROVERS.iter().map(|s| s.to_string()).collect(),
         };
         init_pki(&dir.path().join("pki"), &spec).expect("init-pki");
-        std::fs::write(dir.path().join("server.toml"), CONFIG).expect("config");
+        std::fs::write(dir.path().join("server.toml"), config().render()).expect("config");
         Site { dir }
     }
 
@@ -110,28 +98,26 @@ impl Server {
     }
 }
 
-/// A channel trusting `ca_dir`'s CA, presenting `cert_dir/<stem>.crt`.
+/// A channel trusting `ca_dir`'s CA, presenting `cert_dir/<stem>.crt`, set up the way every
+/// client does it (`guard_proto::client`).
 pub async fn channel_with(
     addr: std::net::SocketAddr,
     ca_dir: &Path,
     cert_dir: &Path,
     stem: &str,
-) -> Result<Channel, tonic::transport::Error> {
-    let read = |p: PathBuf| std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(ca_dir.join("ca.crt"))))
-        .identity(Identity::from_pem(
-            read(cert_dir.join(format!("{stem}.crt"))),
-            read(cert_dir.join(format!("{stem}.key"))),
-        ))
-        .domain_name("localhost");
-    Channel::from_shared(format!("https://{addr}")).expect("uri").tls_config(tls)?.connect().await
+) -> anyhow::Result<Channel> {
+    let files = TlsFiles {
+        ca: (ca_dir.join("ca.crt"), "--ca"),
+        cert: (cert_dir.join(format!("{stem}.crt")), "--cert"),
+        key: (cert_dir.join(format!("{stem}.key")), "--key"),
+    };
+    client::connect(&format!("https://{addr}"), &TlsMaterial::load(&files)?).await
 }
 
 /// An operation as an agent would send it.
 pub fn op(rule: &str, tree: &str, user: &str, uid: u32, object: &str) -> Operation {
     Operation {
-        hook: "exec".into(),
+        hook: "bprm_check_security".into(),
         object: object.into(),
         rule: rule.into(),
         policy: "test".into(),

@@ -223,7 +223,7 @@ async fn agent_loop(
         seq += 1;
         let req = SubmitRequest {
             operation: Some(Operation {
-                hook: "exec".into(),
+                hook: "bprm_check_security".into(),
                 object: "/usr/bin/true".into(),
                 rule: rule.to_string(),
                 policy: "bench".into(),
