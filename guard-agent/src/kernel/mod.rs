@@ -1,52 +1,46 @@
-//! Loading the eBPF programs, the maps userspace writes, and explaining kernels that cannot
-//! enforce.
+//! The kernel side of the data path as userspace sees it: loading and attaching the eBPF
+//! programs (pinned for the daemon), the struct offsets from BTF ([`btf`]), the maps behind the
+//! [`maps::KernelMaps`] trait, reading the ring buffer ([`ring`]), decoding its events
+//! ([`event`]) and turning the kernel's u8 codes into the audit vocabulary ([`codes`]).
 
-use crate::{btf::Btf as OffsetBtf, policy::Policy};
+pub mod btf;
+pub mod codes;
+pub mod event;
+pub mod maps;
+pub mod ring;
+
+pub use maps::KernelMaps;
+
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
     programs::{links::FdLink, Program, ProgramError},
     Btf, Ebpf, EbpfLoader,
 };
+use btf::Btf as OffsetBtf;
 use guard_common::{
-    ArgvRule, Hold, NetRule, PathKey, PolicyConf, RuleRef, SelConf, SelKey, Selector, Verdict, Watched, MAX_ARGV_RULES,
-    MAX_ARGV_TOKENS, MAX_CAPS, MAX_NET_RULES,
+    ArgvRule, Hold, NetRule, PathKey, PolicyConf, RuleRef, SelConf, SelKey, Selector, Verdict, Watched,
 };
-use std::{
-    collections::HashSet,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::path::{Path, PathBuf};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf.o"));
-
-/// Extra time the kernel gives a hold past the agent's own timeout before denying by itself:
-/// the agent is the one that decides; the kernel only covers for an agent that is gone.
-pub const KERNEL_GRACE: Duration = Duration::from_secs(10);
-
-/// The most tasks all watched trees may hold: WATCHED's capacity (65,536) less a margin for
-/// forks that pass the check at the same moment.
-pub const MAX_TREE_TASKS: u64 = 65_536 - 512;
 
 /// The maps userspace reads and writes. The `Ebpf` handle keeps the programs attached.
 pub struct Kernel {
     _ebpf: Ebpf,
-    pub watched: HashMap<MapData, u32, Watched>,
-    pub path_rules: LpmTrie<MapData, PathKey, RuleRef>,
-    pub net_rules: Array<MapData, NetRule>,
-    pub argv_rules: Array<MapData, ArgvRule>,
-    pub cap_rules: Array<MapData, RuleRef>,
-    pub policies: Array<MapData, PolicyConf>,
-    pub holds: HashMap<MapData, u32, Hold>,
-    pub verdicts: HashMap<MapData, u32, Verdict>,
-    pub counters: PerCpuArray<MapData, u64>,
-    pub task_count: Array<MapData, u64>,
-    pub selectors: HashMap<MapData, SelKey, Selector>,
-    pub sel_conf: Array<MapData, SelConf>,
+    watched: HashMap<MapData, u32, Watched>,
+    path_rules: LpmTrie<MapData, PathKey, RuleRef>,
+    net_rules: Array<MapData, NetRule>,
+    argv_rules: Array<MapData, ArgvRule>,
+    cap_rules: Array<MapData, RuleRef>,
+    policies: Array<MapData, PolicyConf>,
+    holds: HashMap<MapData, u32, Hold>,
+    verdicts: HashMap<MapData, u32, Verdict>,
+    counters: PerCpuArray<MapData, u64>,
+    task_count: Array<MapData, u64>,
+    selectors: HashMap<MapData, SelKey, Selector>,
+    sel_conf: Array<MapData, SelConf>,
 }
-
-/// Policy slots in the kernel (guard-ebpf's MAX_POLICIES).
-pub const MAX_POLICIES: u8 = 16;
 
 /// Maps a daemon pins, so that a restarted daemon (and the programs left attached while none
 /// runs) share them: trees stay watched and rules stay in force across restarts.
@@ -270,178 +264,6 @@ impl Kernel {
         }
         moved
     }
-
-    /// Adds one task to a tree unless it is in one already; true when added. Used for trees
-    /// that already run (the kernel counts the task from here on).
-    pub fn adopt(&mut self, tid: u32, policy: u8, root: u32) -> Result<bool> {
-        const BPF_NOEXIST: u64 = 1;
-        match self.watched.insert(tid, Watched { policy, _pad: [0; 3], root }, BPF_NOEXIST) {
-            Ok(()) => {
-                // Not atomic against the kernel's own count updates: off by one at worst, for
-                // a fork at the same microsecond; the count only bounds the trees' size.
-                let n = self.task_count.get(&0, 0).unwrap_or(0);
-                self.task_count.set(0, n + 1, 0).ok();
-                Ok(true)
-            }
-            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => Ok(false),
-            Err(e) => Err(e).context("adding a task to a watched tree"),
-        }
-    }
-
-    /// Removes a task added by mistake (it exited while being adopted).
-    pub fn unadopt(&mut self, tid: u32) {
-        if self.watched.remove(&tid).is_ok() {
-            let n = self.task_count.get(&0, 0).unwrap_or(0);
-            self.task_count.set(0, n.saturating_sub(1), 0).ok();
-        }
-    }
-
-    /// Every watched task: tid -> (policy, root).
-    pub fn watched_tasks(&self) -> Vec<(u32, Watched)> {
-        self.watched.iter().flatten().collect()
-    }
-
-    /// The policy slots in use and the name hash each was installed with.
-    pub fn policy_slots(&self) -> Vec<(u8, u64)> {
-        (0..MAX_POLICIES)
-            .filter_map(|i| self.policies.get(&(i as u32), 0).ok().map(|c| (i, c.name_hash)))
-            .filter(|(_, h)| *h != 0)
-            .collect()
-    }
-
-    /// Installs a daemon policy under `id`, named (see PolicyConf::name_hash), and removes the
-    /// path rules a previous version of it had in that slot.
-    pub fn install_named_policy(&mut self, id: u8, name: &str, policy: &Policy) -> Result<()> {
-        self.install_policy(id, policy)?;
-        let keep: HashSet<Vec<u8>> =
-            policy.compile(id).paths.iter().map(|(k, len, _)| path_key_bytes(k, *len)).collect();
-        let stale: Vec<Key<PathKey>> = self
-            .path_rules
-            .keys()
-            .flatten()
-            .filter(|k| k.data().policy == id && !keep.contains(&path_key_bytes(&k.data(), k.prefix_len())))
-            .collect();
-        for k in stale {
-            self.path_rules.remove(&k).ok();
-        }
-        let mut conf = self.policies.get(&(id as u32), 0).context("reading back the policy settings")?;
-        conf.name_hash = guard_common::fnv1a(name.as_bytes()).max(1);
-        self.policies.set(id as u32, conf, 0).context("naming the policy")?;
-        Ok(())
-    }
-
-    /// Replaces the selector table: new entries first, then stale ones out, then the counts.
-    pub fn set_selectors(&mut self, entries: &[(SelKey, Selector)]) -> Result<()> {
-        let mut conf = SelConf::default();
-        for (k, v) in entries {
-            self.selectors.insert(*k, *v, 0).context("writing a selector")?;
-            match k.kind {
-                guard_common::selector::EXE_PATH | guard_common::selector::EXE_NAME => conf.exe += 1,
-                guard_common::selector::CGROUP => conf.cgroup += 1,
-                _ => conf.user += 1,
-            }
-        }
-        let keep: HashSet<SelKey> = entries.iter().map(|(k, _)| *k).collect();
-        let stale: Vec<SelKey> = self.selectors.keys().flatten().filter(|k| !keep.contains(k)).collect();
-        for k in stale {
-            self.selectors.remove(&k).ok();
-        }
-        self.sel_conf.set(0, conf, 0).context("writing the selector counts")?;
-        Ok(())
-    }
-
-    /// Writes a policy's rules under `id`. Rules go in before the default so that no operation
-    /// is ever decided by a half-written policy's default.
-    pub fn install_policy(&mut self, id: u8, policy: &Policy) -> Result<()> {
-        let c = policy.compile(id);
-        for (key, len, rr) in &c.paths {
-            self.path_rules.insert(&Key::new(*len, *key), *rr, 0).context("writing a path rule")?;
-        }
-        let base = id as u32 * MAX_NET_RULES;
-        for i in 0..MAX_NET_RULES {
-            let rule = c.net.get(i as usize).copied().unwrap_or(NetRule {
-                addr: [0; 16],
-                mask: [0; 16],
-                port: 0,
-                used: 0,
-                action: 0,
-                rule: 0,
-            });
-            self.net_rules.set(base + i, rule, 0).context("writing a network rule")?;
-        }
-        let base = id as u32 * MAX_ARGV_RULES;
-        for i in 0..MAX_ARGV_RULES {
-            let rule = c.argv.get(i as usize).copied().unwrap_or(ArgvRule {
-                path_hash: 0,
-                tokens: [0; MAX_ARGV_TOKENS],
-                rule: 0,
-                ntok: 0,
-                action: 0,
-                used: 0,
-                _pad: 0,
-            });
-            self.argv_rules.set(base + i, rule, 0).context("writing an exec argv rule")?;
-        }
-        for cap in 0..MAX_CAPS {
-            let rr = c.caps.get(&(cap as u8)).copied().unwrap_or(RuleRef { rule: 0, action: 0, _pad: [0; 3] });
-            self.cap_rules.set(id as u32 * MAX_CAPS + cap, rr, 0).context("writing a capability rule")?;
-        }
-        let none = RuleRef { rule: 0, action: 0, _pad: [0; 3] };
-        let conf = PolicyConf {
-            default_action: policy.default as u8,
-            _pad: [0; 3],
-            mount: c.mount.unwrap_or(none),
-            module: c.module.unwrap_or(none),
-            bpf: c.bpf.unwrap_or(none),
-            ptrace: c.ptrace.unwrap_or(none),
-            hold_deadline_ns: (policy.ask_timeout + KERNEL_GRACE).as_nanos() as u64,
-            name_hash: 0,
-        };
-        self.policies.set(id as u32, conf, 0).context("writing the policy settings")?;
-        Ok(())
-    }
-
-    pub fn watch(&mut self, tid: u32, policy: u8, root: u32) -> Result<()> {
-        self.watched
-            .insert(tid, Watched { policy, _pad: [0; 3], root }, 0)
-            .context("adding a process to the watched tree")?;
-        // The kernel keeps this count from here on; nothing of the tree runs yet to race with.
-        let n = self.task_count.get(&0, 0).unwrap_or(0);
-        self.task_count.set(0, n + 1, 0).context("counting the watched task")?;
-        Ok(())
-    }
-
-    pub fn is_watched(&self, pid: u32) -> bool {
-        self.watched.get(&pid, 0).is_ok()
-    }
-
-    pub fn watched_count(&self) -> usize {
-        self.watched.keys().filter(|k| k.is_ok()).count()
-    }
-
-    pub fn holds_in_kernel(&self) -> usize {
-        self.holds.keys().filter(|k| k.is_ok()).count()
-    }
-
-    pub fn lost_events(&self) -> u64 {
-        self.counters.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
-    }
-
-    pub fn set_verdict(&mut self, tid: u32, seq: u64, hash: u64, allow: bool) -> Result<()> {
-        self.verdicts
-            .insert(tid, Verdict { seq, hash, allow: allow as u8, _pad: [0; 7] }, 0)
-            .context("writing a verdict")?;
-        Ok(())
-    }
-}
-
-/// The bytes of a path key a prefix length covers (to compare keys regardless of the rest).
-fn path_key_bytes(k: &PathKey, prefix_len: u32) -> Vec<u8> {
-    let mut v = vec![k.policy, k.class];
-    v.extend_from_slice(&k.path);
-    v.truncate((prefix_len as usize).div_ceil(8));
-    v.extend_from_slice(&prefix_len.to_le_bytes());
-    v
 }
 
 /// Identifies this build's eBPF object (and so its maps' layouts): pins are per build.

@@ -17,17 +17,25 @@
 //! to the operation, not the rule; if the new policy no longer asks for that operation, the
 //! restarted call is decided by the new rule instead.
 
-use crate::{
+use super::{
     admin::{self, Peer, Request, Response},
-    agent::{self, Shared, State, TreeInfo, TreeState},
-    audit::AuditLog,
-    config::{Config, CGROUP_ROOT},
-    events,
-    holds::{DecisionSource, HoldTable, LocalDecisions},
-    kernel::{self, Kernel, PinReport},
-    remote, run, trees,
+    reasons, run, socket,
+    spawn::{spawn_blocked, wait_child},
+};
+use crate::{
+    agent::{effects, Agent, Host, Shared, State, System, TreeInfo},
+    audit::{forward, AuditLog},
+    config::Config,
+    hold::{local::LocalDecisions, remote, DecisionSource},
+    kernel::{self, Kernel, KernelMaps, PinReport},
+    limits::{CGROUP_ROOT, MAX_POLICIES, REASON_SOCKET, REASON_SOCKET_ENV},
+    tree::{
+        adopt, proc,
+        selector::{matching, Match},
+    },
 };
 use anyhow::{Context, Result};
+use guard_api::{Reason, Timestamp};
 use nix::{sys::signal::Signal, unistd::Pid};
 use serde_json::json;
 use std::{
@@ -63,31 +71,31 @@ pub fn daemon(config_path: &Path) -> Result<i32> {
             String::new()
         }
     );
-    let ids = assign_ids(&kernel, &cfg, &HashMap::new())?;
+    let ids = assign_ids(&kernel as &dyn KernelMaps, &cfg, &HashMap::new())?;
     let first = &cfg.policies[0];
-    let state: Shared = Arc::new(Mutex::new(State {
-        kernel,
-        policy: first.policy.clone(),
-        holds: HoldTable::default(),
-        procs: HashMap::new(),
+    let state: Shared = Agent::new(
+        State::new(Box::new(kernel), first.policy.clone(), first.name.clone(), super::hostname()),
         audit,
-        host: events::hostname(),
-        policy_name: first.name.clone(),
-        lost_reported: 0,
-        trees: TreeState::default(),
-    }));
+        Box::new(Host),
+    );
     install(&state, &cfg, &ids)?;
     readopt_pinned_trees(&state);
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let listener = rt.block_on(admin::bind(&cfg.admin_socket))?;
-    let reason_listener = rt.block_on(crate::reasons::bind(&cfg.reason_socket))?;
+    let listener = rt.block_on(socket::bind(&cfg.admin_socket, socket::Access::RootOnly))?;
+    let reason_listener = rt.block_on(socket::bind(&cfg.reason_socket, socket::Access::Everyone))?;
     let local = Arc::new(LocalDecisions::default());
     let remote = match cfg.server.clone() {
         Some(server) => {
             let names: Vec<String> = cfg.policies.iter().map(|p| p.name.clone()).collect();
-            let r = rt.block_on(async { remote::RemoteDecisions::start(server, names) })?;
-            state.lock().expect("state lock").audit.forward_to(r.records());
+            let r = rt.block_on(async {
+                let r = remote::RemoteDecisions::start(server, names)?;
+                let (tx, rx) = forward::channel();
+                tokio::spawn(forward::report(r.client(), rx));
+                anyhow::Ok((r, tx))
+            });
+            let (r, tx) = r?;
+            state.audit().forward_to(tx);
             Some(r)
         }
         None => None,
@@ -102,7 +110,7 @@ pub fn daemon(config_path: &Path) -> Result<i32> {
         state: state.clone(),
         cfg: Mutex::new(cfg),
         ids: Mutex::new(ids),
-        last_reload: Mutex::new(json!({"time": events::now_rfc3339(), "ok": true, "what": "started"})),
+        last_reload: Mutex::new(json!({"time": Timestamp::now(), "ok": true, "what": "started"})),
         pins,
         remote,
         local,
@@ -116,8 +124,8 @@ pub fn daemon(config_path: &Path) -> Result<i32> {
             move |peer: &Peer, req: Request| handle_admin(&d, peer, req)
         };
         tokio::spawn(admin::serve(listener, handler));
-        tokio::spawn(crate::reasons::serve(reason_listener, state.clone()));
-        tokio::spawn(run::watch_lost(state.clone()));
+        tokio::spawn(reasons::serve(reason_listener, state.clone()));
+        tokio::spawn(effects::watch_lost(state.clone()));
         tokio::spawn(reload_on_change(d.clone()));
         tokio::spawn(sweep(d.clone()));
         tokio::spawn(release_orphaned_holds(state.clone()));
@@ -125,10 +133,10 @@ pub fn daemon(config_path: &Path) -> Result<i32> {
         tracing::info!("guard daemon ready");
         wait_for_stop().await;
         tracing::info!("stopping: trees stay watched by the kernel (pinned); waiting holds are denied");
-        agent::deny_all(&state, "denied").await;
+        effects::deny_all(&state, Reason::Denied).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        agent::report_lost(&state);
-        state.lock().expect("state lock").audit.flush();
+        effects::report_lost(&state);
+        state.audit().flush();
     });
     std::fs::remove_file(&admin_socket).ok();
     std::fs::remove_file(&reason_socket).ok();
@@ -171,8 +179,8 @@ fn notify_ready() {
 async fn release_orphaned_holds(state: Shared) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let orphans: Vec<u32> = {
-        let mut st = state.lock().expect("state lock");
-        let held: Vec<(u32, guard_common::Hold)> = st.kernel.holds.iter().flatten().collect();
+        let mut st = state.lock();
+        let held = st.kernel.held();
         let mut out = vec![];
         for (tid, h) in held {
             if st.holds.find(tid, h.seq).is_some() {
@@ -194,7 +202,7 @@ async fn release_orphaned_holds(state: Shared) {
 
 /// Kernel policy ids by name: kept from `current`, else the slot a previous daemon named so
 /// (pinned), else the lowest free one. Slots still used by running trees are never reused.
-fn assign_ids(kernel: &Kernel, cfg: &Config, current: &HashMap<String, u8>) -> Result<HashMap<String, u8>> {
+fn assign_ids(kernel: &dyn KernelMaps, cfg: &Config, current: &HashMap<String, u8>) -> Result<HashMap<String, u8>> {
     let slots = kernel.policy_slots();
     let live: HashSet<u8> = kernel.watched_tasks().iter().map(|(_, w)| w.policy).collect();
     let mut out = HashMap::new();
@@ -214,7 +222,7 @@ fn assign_ids(kernel: &Kernel, cfg: &Config, current: &HashMap<String, u8>) -> R
         if out.contains_key(&p.name) {
             continue;
         }
-        let free = (0..kernel::MAX_POLICIES)
+        let free = (0..MAX_POLICIES)
             .find(|i| !taken.contains(i) && !reserved.contains(i))
             .context("no free policy slot: at most 16 policies, counting removed ones still used by running trees")?;
         out.insert(p.name.clone(), free);
@@ -225,7 +233,7 @@ fn assign_ids(kernel: &Kernel, cfg: &Config, current: &HashMap<String, u8>) -> R
 
 /// Writes policies and selectors into the kernel and the agent state.
 fn install(state: &Shared, cfg: &Config, ids: &HashMap<String, u8>) -> Result<()> {
-    let mut st = state.lock().expect("state lock");
+    let mut st = state.lock();
     for p in &cfg.policies {
         let id = ids[&p.name];
         st.kernel
@@ -247,14 +255,14 @@ fn install(state: &Shared, cfg: &Config, ids: &HashMap<String, u8>) -> Result<()
 
 /// After a restart: the trees in the pinned map are still watched; give them their names back.
 fn readopt_pinned_trees(state: &Shared) {
-    let mut st = state.lock().expect("state lock");
+    let mut st = state.lock();
     let mut roots: BTreeMap<u32, (u8, usize)> = BTreeMap::new();
     for (_, w) in st.kernel.watched_tasks() {
         roots.entry(w.root).or_insert((w.policy, 0)).1 += 1;
     }
     for (root, (policy, tasks)) in roots {
-        let p = trees::read_proc(root);
-        let matched = p.as_ref().map(|p| trees::matching(&st.trees.selectors, p)).unwrap_or_default();
+        let p = proc::read_proc(root);
+        let matched = p.as_ref().map(|p| matching(&st.trees.selectors, p)).unwrap_or_default();
         let selector = match matched.first() {
             Some((_, s)) => format!("re-adopted after a restart ({})", s.describe()),
             None => "re-adopted after a restart".to_string(),
@@ -262,12 +270,12 @@ fn readopt_pinned_trees(state: &Shared) {
         tracing::info!("tree {root} ({tasks} tasks, policy {}) is still watched: {selector}", st.policy_of(policy).1);
         let t = TreeInfo {
             root,
-            tree_id: agent::tree_id(root),
+            tree_id: Host.tree_id(root),
             selector,
             policy_id: policy,
             also_matched: vec![],
             exe: p.and_then(|p| p.exe),
-            since: events::now_rfc3339(),
+            since: Timestamp::now(),
         };
         st.trees.trees.insert(root, t);
     }
@@ -277,25 +285,25 @@ fn readopt_pinned_trees(state: &Shared) {
 fn adopt_running(d: &Daemon, why: &str) {
     let cfg = d.cfg.lock().expect("cfg lock");
     let ids = d.ids.lock().expect("ids lock").clone();
-    let mut st = d.state.lock().expect("state lock");
+    let mut st = d.state.lock();
     let me = std::process::id();
     let mut exclude = vec![me];
     // Never the daemon's own ancestors (a shell that started it by hand).
     let mut p = me;
-    while let Some(pp) = trees::read_proc(p).map(|x| x.ppid).filter(|pp| *pp > 1) {
+    while let Some(pp) = proc::read_proc(p).map(|x| x.ppid).filter(|pp| *pp > 1) {
         exclude.push(pp);
         p = pp;
     }
-    let roots = trees::find_unwatched_roots(&st.kernel, &cfg.selectors, &exclude);
+    let roots = adopt::find_unwatched_roots(st.kernel.as_ref(), &cfg.selectors, &exclude);
     for (pid, rank) in roots {
         let s = &cfg.selectors[rank];
         let Some(&id) = ids.get(&s.policy) else { continue };
-        match trees::adopt_tree(&mut st.kernel, pid, id) {
+        match adopt::adopt_tree(st.kernel.as_mut(), pid, id) {
             Ok(n) => {
-                let proc = trees::read_proc(pid);
+                let proc = proc::read_proc(pid);
                 let also: Vec<String> = proc
                     .as_ref()
-                    .map(|p| trees::matching(&cfg.selectors, p))
+                    .map(|p| matching(&cfg.selectors, p))
                     .unwrap_or_default()
                     .into_iter()
                     .filter(|(r, _)| *r != rank)
@@ -304,12 +312,12 @@ fn adopt_running(d: &Daemon, why: &str) {
                 tracing::info!("adopted running tree {pid} ({n} tasks) {why}: {}, policy {}", s.describe(), s.policy);
                 let t = TreeInfo {
                     root: pid,
-                    tree_id: agent::tree_id(pid),
+                    tree_id: Host.tree_id(pid),
                     selector: format!("{} ({why})", s.describe()),
                     policy_id: id,
                     also_matched: also,
                     exe: proc.and_then(|p| p.exe),
-                    since: events::now_rfc3339(),
+                    since: Timestamp::now(),
                 };
                 st.trees.reasons.remove(&pid);
                 st.trees.trees.insert(pid, t);
@@ -327,7 +335,7 @@ fn reload(d: &Daemon, trigger: &str) -> Response {
         Err(e) => {
             tracing::error!("configuration not reloaded ({trigger}): {e}; the previous one stays in force");
             *d.last_reload.lock().expect("lock") =
-                json!({"time": events::now_rfc3339(), "ok": false, "trigger": trigger, "error": e.to_string()});
+                json!({"time": Timestamp::now(), "ok": false, "trigger": trigger, "error": e.to_string()});
             return Response::err(format!("invalid configuration, the previous one stays in force: {e}"));
         }
     };
@@ -347,21 +355,21 @@ fn reload(d: &Daemon, trigger: &str) -> Response {
     }
     let current = d.ids.lock().expect("ids lock").clone();
     let ids = {
-        let st = d.state.lock().expect("state lock");
-        assign_ids(&st.kernel, &new, &current)
+        let st = d.state.lock();
+        assign_ids(st.kernel.as_ref(), &new, &current)
     };
     let ids = match ids {
         Ok(i) => i,
         Err(e) => {
             *d.last_reload.lock().expect("lock") =
-                json!({"time": events::now_rfc3339(), "ok": false, "trigger": trigger, "error": format!("{e:#}")});
+                json!({"time": Timestamp::now(), "ok": false, "trigger": trigger, "error": format!("{e:#}")});
             return Response::err(format!("{e:#}; the previous configuration stays in force"));
         }
     };
     if let Err(e) = install(&d.state, &new, &ids) {
         tracing::error!("reload failed while writing the kernel's maps: {e:#}");
         *d.last_reload.lock().expect("lock") =
-            json!({"time": events::now_rfc3339(), "ok": false, "trigger": trigger, "error": format!("{e:#}")});
+            json!({"time": Timestamp::now(), "ok": false, "trigger": trigger, "error": format!("{e:#}")});
         return Response::err(format!("{e:#}"));
     }
     let names: Vec<String> = new.policies.iter().map(|p| p.name.clone()).collect();
@@ -369,7 +377,7 @@ fn reload(d: &Daemon, trigger: &str) -> Response {
     *cfg = new;
     *d.ids.lock().expect("ids lock") = ids;
     drop(cfg);
-    *d.last_reload.lock().expect("lock") = json!({"time": events::now_rfc3339(), "ok": true, "trigger": trigger});
+    *d.last_reload.lock().expect("lock") = json!({"time": Timestamp::now(), "ok": true, "trigger": trigger});
     adopt_running(d, "found running at a reload");
     Response::ok(json!({"reloaded": true, "policies": names}))
 }
@@ -408,7 +416,7 @@ async fn sweep(d: Arc<Daemon>) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let ended: Vec<TreeInfo> = {
-            let mut st = d.state.lock().expect("state lock");
+            let mut st = d.state.lock();
             let live: HashSet<u32> = st.kernel.watched_tasks().into_iter().map(|(_, w)| w.root).collect();
             empty_since.retain(|r, _| !live.contains(r) && st.trees.trees.contains_key(r));
             for r in st.trees.trees.keys().filter(|r| !live.contains(r)) {
@@ -420,12 +428,12 @@ async fn sweep(d: Arc<Daemon>) {
                 if !st.trees.trees.contains_key(r) {
                     let t = TreeInfo {
                         root: *r,
-                        tree_id: agent::tree_id(*r),
+                        tree_id: Host.tree_id(*r),
                         selector: "found in the kernel's map".into(),
-                        policy_id: st.kernel.watched.get(r, 0).map(|w| w.policy).unwrap_or(0),
+                        policy_id: st.kernel.watched(*r).map(|w| w.policy).unwrap_or(0),
                         also_matched: vec![],
-                        exe: trees::read_proc(*r).and_then(|p| p.exe),
-                        since: events::now_rfc3339(),
+                        exe: proc::read_proc(*r).and_then(|p| p.exe),
+                        since: Timestamp::now(),
                     };
                     st.trees.trees.insert(*r, t);
                 }
@@ -461,7 +469,7 @@ fn handle_admin(d: &Daemon, peer: &Peer, req: Request) -> Response {
         return Response::err(format!("refused: only root may talk to the daemon (caller uid {})", peer.uid));
     }
     if let Some(pid) = peer.pid {
-        let st = d.state.lock().expect("state lock");
+        let st = d.state.lock();
         if st.kernel.is_watched(pid as u32) {
             return Response::err(format!(
                 "refused: the caller (pid {pid}) is inside a watched tree; a watched agent cannot decide holds, register trees or reload"
@@ -469,18 +477,18 @@ fn handle_admin(d: &Daemon, peer: &Peer, req: Request) -> Response {
         }
     }
     match req {
-        Request::Pending => Response::ok(json!(d.state.lock().expect("state lock").holds.waiting())),
+        Request::Pending => Response::ok(json!(d.state.lock().holds.waiting())),
         Request::Approve { id, comment } => {
             if d.remote.is_some() {
                 return Response::err("holds are decided on guard-server (a server is configured)");
             }
-            run::answer(d.state.lock().expect("state lock"), &d.local, &id, true, peer, comment)
+            run::answer(&d.state, &d.local, &id, true, peer, comment)
         }
         Request::Deny { id, reason } => {
             if d.remote.is_some() {
                 return Response::err("holds are decided on guard-server (a server is configured)");
             }
-            run::answer(d.state.lock().expect("state lock"), &d.local, &id, false, peer, reason)
+            run::answer(&d.state, &d.local, &id, false, peer, reason)
         }
         Request::Status => Response::ok(status(d)),
         Request::Reload => reload(d, "guard-agent reload"),
@@ -501,19 +509,19 @@ fn register(d: &Daemon, peer: &Peer, pid: u32, policy: Option<String>, how: &str
     if pid == std::process::id() {
         return Response::err("refused: that is the daemon itself");
     }
-    let mut st = d.state.lock().expect("state lock");
+    let mut st = d.state.lock();
     if let Some(root) = st.tree_root(pid) {
         return Response::err(format!(
             "pid {pid} is already watched (tree {root}, policy {}): a process stays in the tree it is in",
-            st.policy_of(st.kernel.watched.get(&pid, 0).map(|w| w.policy).unwrap_or(0)).1
+            st.policy_of(st.kernel.watched(pid).map(|w| w.policy).unwrap_or(0)).1
         ));
     }
-    let proc = trees::read_proc(pid);
-    match trees::adopt_tree(&mut st.kernel, pid, id) {
+    let proc = proc::read_proc(pid);
+    match adopt::adopt_tree(st.kernel.as_mut(), pid, id) {
         Ok(n) => {
             let also: Vec<String> = proc
                 .as_ref()
-                .map(|p| trees::matching(&cfg.selectors, p))
+                .map(|p| matching(&cfg.selectors, p))
                 .unwrap_or_default()
                 .into_iter()
                 .map(|(_, s)| s.describe())
@@ -526,12 +534,12 @@ fn register(d: &Daemon, peer: &Peer, pid: u32, policy: Option<String>, how: &str
             );
             let t = TreeInfo {
                 root: pid,
-                tree_id: agent::tree_id(pid),
+                tree_id: Host.tree_id(pid),
                 selector,
                 policy_id: id,
                 also_matched: also,
                 exe: proc.and_then(|p| p.exe),
-                since: events::now_rfc3339(),
+                since: Timestamp::now(),
             };
             let tree_id = t.tree_id.clone();
             st.trees.reasons.remove(&pid);
@@ -559,7 +567,7 @@ fn kernel_support(d: &Daemon) -> serde_json::Value {
 fn status(d: &Daemon) -> serde_json::Value {
     let cfg = d.cfg.lock().expect("cfg lock");
     let ids = d.ids.lock().expect("ids lock").clone();
-    let st = d.state.lock().expect("state lock");
+    let st = d.state.lock();
     let procs: HashSet<u32> = std::fs::read_dir("/proc")
         .map(|r| r.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
         .unwrap_or_default();
@@ -603,7 +611,7 @@ fn status(d: &Daemon) -> serde_json::Value {
         .map(|(rank, s)| {
             let active = entries.iter().any(|(_, v)| v.rank == rank as u32);
             json!({"rank": rank, "selector": s.describe(), "policy": s.policy,
-                   "state": if active { "active" } else if missing.iter().any(|m| matches!(&s.matcher, crate::config::Match::Cgroup(c) if c == m)) { "cgroup missing" } else { "shadowed by an earlier selector with the same key" }})
+                   "state": if active { "active" } else if missing.iter().any(|m| matches!(&s.matcher, Match::Cgroup(c) if c == m)) { "cgroup missing" } else { "shadowed by an earlier selector with the same key" }})
         })
         .collect();
     let mut policies: Vec<serde_json::Value> = cfg
@@ -625,68 +633,12 @@ fn status(d: &Daemon) -> serde_json::Value {
         "selectors": selectors,
         "trees": tree_list,
         "watched_tasks": tasks.len(),
-        "counted_tasks": st.kernel.task_count.get(&0, 0).unwrap_or(0),
+        "counted_tasks": st.kernel.counted_tasks(),
         "holds_waiting": waiting.len(),
         "holds_in_kernel": st.kernel.holds_in_kernel(),
         "events_lost": st.kernel.lost_events(),
-        "records_written": st.audit.written(),
+        "records_written": d.state.audit().written(),
     })
-}
-
-/// `guard-agent status` for a daemon: one screen.
-pub fn print_status(v: &serde_json::Value) {
-    let s = |v: &serde_json::Value| v.as_str().map(String::from).unwrap_or_else(|| v.to_string());
-    let k = &v["kernel"];
-    println!(
-        "kernel {}: {} (lsm {}, btf {}); programs {}; pins {}",
-        s(&k["release"]),
-        if k["bpf_lsm"] == true && k["btf"] == true { "enforcing" } else { "NOT ENFORCING" },
-        s(&k["lsm"]),
-        k["btf"],
-        s(&k["programs"]),
-        s(&k["pins"])
-    );
-    println!("config {}; last reload: {}", s(&v["config"]), v["last_reload"]);
-    if !v["server"].is_null() {
-        println!("server {}", v["server"]);
-    }
-    for p in v["policies"].as_array().into_iter().flatten() {
-        println!(
-            "policy {:<3} {:<20} {} rules, default {} ({})",
-            s(&p["id"]),
-            s(&p["name"]),
-            p["rules"],
-            s(&p["default"]),
-            s(&p["file"])
-        );
-    }
-    for sel in v["selectors"].as_array().into_iter().flatten() {
-        println!("rank {:<3} {} -> {} [{}]", sel["rank"], s(&sel["selector"]), s(&sel["policy"]), s(&sel["state"]));
-    }
-    println!(
-        "{} trees, {} tasks, {} holds waiting, {} events lost, {} records written",
-        v["trees"].as_array().map(|t| t.len()).unwrap_or(0),
-        v["watched_tasks"],
-        v["holds_waiting"],
-        v["events_lost"],
-        v["records_written"]
-    );
-    println!("{:<8} {:<16} {:<6} {:<6} {:<6} {:<28} SELECTOR", "ROOT", "POLICY", "PROCS", "TASKS", "HOLDS", "EXE");
-    for t in v["trees"].as_array().into_iter().flatten() {
-        println!(
-            "{:<8} {:<16} {:<6} {:<6} {:<6} {:<28} {}",
-            t["root"],
-            s(&t["policy"]),
-            t["processes"],
-            t["tasks"],
-            t["holds"],
-            s(&t["exe"]),
-            s(&t["selector"])
-        );
-        if let Some(r) = t["stated_reason"].as_object() {
-            println!("         reason: {}", serde_json::Value::Object(r.clone()));
-        }
-    }
 }
 
 /// `guard-agent run --daemon -- CMD`: the running daemon watches CMD (no programs loaded
@@ -697,12 +649,14 @@ pub fn run_registered(
     reason_socket: Option<&Path>,
     cmd: &[String],
 ) -> Result<i32> {
-    if let Some(p) = reason_socket {
-        std::env::set_var(crate::reasons::SOCKET_ENV, p);
-    } else if std::env::var_os(crate::reasons::SOCKET_ENV).is_none() {
-        std::env::set_var(crate::reasons::SOCKET_ENV, crate::reasons::DEFAULT_SOCKET);
-    }
-    let (child, mut go) = run::spawn_blocked(cmd)?;
+    // CMD learns where to state its reasons from its environment: the socket given here, else
+    // the one this process was told, else the default.
+    let reason_socket: std::ffi::OsString = match reason_socket {
+        Some(p) => p.as_os_str().to_owned(),
+        None => std::env::var_os(REASON_SOCKET_ENV).unwrap_or_else(|| REASON_SOCKET.into()),
+    };
+    let blocked = spawn_blocked(cmd, &[(REASON_SOCKET_ENV, reason_socket.as_os_str())])?;
+    let child = blocked.pid;
     let pid = child.as_raw() as u32;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let req = Request::Register { pid, policy, how: "run --daemon".into() };
@@ -720,12 +674,10 @@ pub fn run_registered(
     };
     let data = resp.data.unwrap_or_default();
     tracing::info!("the daemon watches pid {pid} (tree {}, policy {})", data["tree_id"], data["policy"]);
-    use std::io::Write;
-    go.write_all(b"g").context("releasing the command")?;
-    drop(go);
+    blocked.release()?;
     let code = rt.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let waiter = tokio::task::spawn_blocking(move || run::wait_child(child));
+        let waiter = tokio::task::spawn_blocking(move || wait_child(child));
         tokio::pin!(waiter);
         let (mut int, mut term) = (signal(SignalKind::interrupt()).ok(), signal(SignalKind::terminate()).ok());
         loop {
