@@ -129,6 +129,7 @@ pub fn action_name(a: Action) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use guard_common::{class, fnv1a};
 
     fn err(text: &str) -> String {
         Policy::parse("p.toml", text).unwrap_err().to_string()

@@ -92,7 +92,10 @@ mod tests {
         assert!(tids(me).contains(&me));
         assert!(start_time(me).is_some_and(|t| t > 0));
         assert!(all_pids().contains(&me));
-        assert_eq!(thread_state(me, me), Some('R'));
+        // This thread runs; the main thread waits for the tests.
+        let tid = nix::unistd::gettid().as_raw() as u32;
+        assert_eq!(thread_state(me, tid), Some('R'));
+        assert!(tids(me).contains(&tid));
         assert_eq!(cwd(me), std::env::current_dir().ok().map(|d| d.display().to_string()));
         assert!(read_proc(u32::MAX - 1).is_none());
     }
