@@ -299,3 +299,103 @@ fn instance_id() -> String {
         .map(|u| u.trim().chars().filter(|c| *c != '-').take(12).collect())
         .unwrap_or_else(|_| format!("{}-{}", std::process::id(), guard_api::Timestamp::now().unix_ms()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hold::Lineage;
+    use guard_api::Hook;
+
+    fn request(state: State, reason: &str) -> ServerRequest {
+        ServerRequest {
+            id: "r1".into(),
+            state: state as i32,
+            reason: reason.into(),
+            decided_by: "bob".into(),
+            comment: "ok".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn final_states_map_to_decisions() {
+        assert_eq!(final_decision(&request(State::Pending, "")), None);
+        assert_eq!(final_decision(&request(State::Unspecified, "")), None);
+        let d = final_decision(&request(State::Approved, "approved")).unwrap();
+        assert_eq!((d.allow, d.reason), (true, Reason::Approved));
+        assert_eq!(d.request_id.as_deref(), Some("r1"));
+        assert_eq!(d.approver.as_deref(), Some("bob"));
+        assert_eq!(d.comment.as_deref(), Some("ok"));
+        let d = final_decision(&request(State::Approved, "grant")).unwrap();
+        assert_eq!((d.allow, d.reason, d.comment.as_deref()), (true, Reason::Approved, Some("ok (grant)")));
+        let d = final_decision(&request(State::Denied, "denied")).unwrap();
+        assert_eq!((d.allow, d.reason), (false, Reason::Denied));
+        let d = final_decision(&request(State::Expired, "expired")).unwrap();
+        assert_eq!((d.allow, d.reason), (false, Reason::Expired));
+        let d = final_decision(&request(State::Cancelled, "cancelled")).unwrap();
+        assert_eq!((d.allow, d.reason), (false, Reason::Cancelled));
+    }
+
+    #[test]
+    fn failures_map_to_denials_with_their_reason() {
+        let d = refused_decision("PermissionDenied: no");
+        assert_eq!((d.allow, d.reason, d.request_id), (false, Reason::Refused, None));
+        let d = unreachable_decision("https://s:7443", "connection refused");
+        assert_eq!((d.allow, d.reason), (false, Reason::Unreachable));
+        assert!(d.comment.unwrap().contains("https://s:7443 unreachable: connection refused"));
+        let d = expired_decision("r7".into());
+        assert_eq!((d.allow, d.reason, d.request_id.as_deref()), (false, Reason::Expired, Some("r7")));
+        assert!(refused(&Status::permission_denied("x")));
+        assert!(!refused(&Status::unavailable("x")));
+    }
+
+    #[test]
+    fn backoff_grows_to_five_seconds_with_jitter() {
+        let d: Vec<Duration> = backoff().take(12).collect();
+        assert!(d[0] >= Duration::from_millis(100) && d[0] < Duration::from_millis(200), "{d:?}");
+        assert!(d.iter().all(|x| *x <= MAX_BACKOFF * 2), "{d:?}");
+        assert!(d[11] >= MAX_BACKOFF, "{d:?}");
+    }
+
+    #[test]
+    fn a_hold_becomes_the_servers_operation() {
+        let lineage = |pid, ppid, exe: &str| Lineage { pid, ppid, exe: Some(exe.into()), argv: vec![exe.into()] };
+        let hold = HoldInfo {
+            id: "3".into(),
+            hook: Some(Hook::FileOpen),
+            object: "/etc/shadow".into(),
+            access: Some("read".into()),
+            rule: Some("ask-shadow".into()),
+            pid: 42,
+            tid: 43,
+            ppid: 10,
+            uid: 1000,
+            exe: Some("/usr/bin/cat".into()),
+            argv: vec!["cat".into()],
+            argv_truncated: true,
+            ancestry: vec![],
+            lineage: vec![lineage(42, 10, "/usr/bin/cat"), lineage(10, 1, "/bin/sh")],
+            cwd: Some("/home/alice".into()),
+            user: "alice".into(),
+            tree_id: "10-777".into(),
+            policy: "coding".into(),
+            stated_reason: Some(guard_api::StatedReason { tool: "bash".into(), ..Default::default() }),
+            held_secs: 0,
+            timeout_secs: 30,
+        };
+        let op = operation(&hold);
+        assert_eq!(op.hook, "file_open");
+        assert_eq!(op.access, "read");
+        assert_eq!(op.rule, "ask-shadow");
+        assert_eq!(op.policy, "coding");
+        assert_eq!((op.uid, op.user.as_str(), op.tree_id.as_str()), (1000, "alice", "10-777"));
+        assert_eq!(op.cwd, "/home/alice");
+        assert_eq!(op.ancestry.len(), 2);
+        // The acting process has its uid and the kernel's argv flag; ancestors' uids are unknown.
+        assert_eq!((op.ancestry[0].pid, op.ancestry[0].uid, op.ancestry[0].argv_truncated), (42, 1000, true));
+        assert_eq!((op.ancestry[1].pid, op.ancestry[1].uid, op.ancestry[1].argv_truncated), (10, 0, false));
+        assert_eq!(op.stated_reason.unwrap().tool, "bash");
+        let none = HoldInfo { hook: None, access: None, ..hold };
+        assert_eq!((operation(&none).hook.as_str(), operation(&none).access.as_str()), ("", ""));
+    }
+}
