@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use guard_agent::{
     config,
     hold::remote::ServerConfig,
-    host::{admin, daemon, reasons, render, run, spawn},
+    host::{admin, daemon, reasons, registered, render, run, spawn},
     limits::{ADMIN_SOCKET, DEFAULT_AUDIT_LOG, DEFAULT_CONFIG, MAX_TREE_TASKS},
     policy,
 };
@@ -185,7 +185,7 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
     match cmd {
         Cmd::Run { policy, daemon: true, admin_socket, cmd, .. } => {
             let name = policy.map(|p| p.to_string_lossy().into_owned());
-            daemon::run_registered(&admin_socket, name, None, &cmd)
+            registered::run_registered(&admin_socket, name, None, &cmd)
         }
         Cmd::Run { policy, daemon: false, server, audit_log, admin_socket, max_tree_tasks, cmd } => {
             let server = server.into_config()?;

@@ -8,7 +8,7 @@ use crate::{
     audit::record,
     hold::{Decision, HoldInfo, Lineage, PendingHold},
     kernel::{codes, event},
-    tree::{proc::Proc, selector::matching},
+    tree::{proc::Proc, selector::also_matched},
 };
 use guard_api::{AuditRecord, Reason, StatedReason, Timestamp};
 use guard_common::{kind, Event, Hook};
@@ -69,11 +69,7 @@ fn exec(st: &mut State, sys: &dyn System, e: &Event) {
             argv: info.argv.clone(),
             cgroup: None,
         });
-        let also: Vec<String> = matching(&st.trees.selectors, &proc)
-            .into_iter()
-            .filter(|(r, _)| *r != rank)
-            .map(|(_, s)| s.describe())
-            .collect();
+        let also = also_matched(&st.trees.selectors, Some(&proc), Some(rank));
         let (_, policy) = st.policy_of(e.policy);
         tracing::info!(
             "new tree {}: {} ({}) selected by {selector}, policy {policy}{}",

@@ -58,6 +58,21 @@ pub struct Peer {
     pub pid: Option<i32>,
 }
 
+/// The refusal for a caller that is not root, or that is inside a watched tree (an agent
+/// must not approve its own holds, even as root); None when `peer` may talk to `server`.
+/// `may_not` names what a watched caller could otherwise do.
+pub fn refuse(peer: &Peer, server: &str, may_not: &str, is_watched: impl Fn(u32) -> bool) -> Option<Response> {
+    if peer.uid != 0 {
+        return Some(Response::err(format!("refused: only root may talk to {server} (caller uid {})", peer.uid)));
+    }
+    let pid = peer.pid?;
+    is_watched(pid as u32).then(|| {
+        Response::err(format!(
+            "refused: the caller (pid {pid}) is inside a watched tree; a watched agent cannot {may_not}"
+        ))
+    })
+}
+
 /// Serves requests; `handle` answers each (it is given the peer for the checks).
 pub async fn serve<F>(listener: UnixListener, handle: F)
 where

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod daemon;
 pub mod reasons;
+pub mod registered;
 pub mod render;
 pub mod run;
 pub mod socket;

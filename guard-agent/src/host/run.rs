@@ -181,17 +181,12 @@ fn admin_handler(
     server: Option<Arc<remote::RemoteDecisions>>,
 ) -> impl Fn(&Peer, Request) -> Response + Send + Sync + Clone + 'static {
     move |peer: &Peer, req: Request| {
-        if peer.uid != 0 {
-            return Response::err(format!("refused: only root may talk to the agent (caller uid {})", peer.uid));
+        if let Some(refusal) =
+            admin::refuse(peer, "the agent", "decide holds", |pid| state.lock().kernel.is_watched(pid))
+        {
+            return refusal;
         }
         let st = state.lock();
-        if let Some(pid) = peer.pid {
-            if st.kernel.is_watched(pid as u32) {
-                return Response::err(format!(
-                    "refused: the caller (pid {pid}) is inside a watched tree; a watched agent cannot decide holds"
-                ));
-            }
-        }
         match req {
             Request::Pending => Response::ok(json!(st.holds.waiting())),
             Request::Status => Response::ok(json!({

@@ -179,25 +179,22 @@ impl Kernel {
         if !reuse {
             for name in &names {
                 let prog = ebpf.program_mut(name).expect("listed");
+                // LSM and BTF tracepoint programs load, attach and pin alike; only their types
+                // differ, so one body serves both.
+                macro_rules! load_attach {
+                    ($p:expr) => {{
+                        let p = $p;
+                        p.load(name, &btf).map_err(|e| explain_load_error(name, &e))?;
+                        let id = p.attach().with_context(|| format!("attaching {name}"))?;
+                        match pin_dir {
+                            Some(_) => Some(FdLink::from(p.take_link(id)?)),
+                            None => None,
+                        }
+                    }};
+                }
                 let link: Option<FdLink> = match prog {
-                    Program::Lsm(p) => {
-                        p.load(name, &btf).map_err(|e| explain_load_error(name, &e))?;
-                        let id = p.attach().with_context(|| format!("attaching {name}"))?;
-                        if pin_dir.is_some() {
-                            Some(FdLink::from(p.take_link(id)?))
-                        } else {
-                            None
-                        }
-                    }
-                    Program::BtfTracePoint(p) => {
-                        p.load(name, &btf).map_err(|e| explain_load_error(name, &e))?;
-                        let id = p.attach().with_context(|| format!("attaching {name}"))?;
-                        if pin_dir.is_some() {
-                            Some(FdLink::from(p.take_link(id)?))
-                        } else {
-                            None
-                        }
-                    }
+                    Program::Lsm(p) => load_attach!(p),
+                    Program::BtfTracePoint(p) => load_attach!(p),
                     _ => bail!("unexpected program type for {name}"),
                 };
                 if let (Some(link), Some(path)) = (link, link_path(name)) {

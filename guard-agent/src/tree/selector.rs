@@ -72,6 +72,17 @@ pub fn matches(s: &SelectorConf, p: &Proc) -> bool {
     }
 }
 
+/// The selectors `p` matches besides the one of rank `except` (the winner), described: what
+/// logs and `status` show as "also matched".
+pub fn also_matched(selectors: &[SelectorConf], p: Option<&Proc>, except: Option<usize>) -> Vec<String> {
+    p.map(|p| matching(selectors, p))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(r, _)| Some(*r) != except)
+        .map(|(_, s)| s.describe())
+        .collect()
+}
+
 /// Every selector `p` matches, winner first (selectors are in winning order).
 pub fn matching<'a>(selectors: &'a [SelectorConf], p: &Proc) -> Vec<(usize, &'a SelectorConf)> {
     selectors.iter().enumerate().filter(|(_, s)| matches(s, p)).collect()
