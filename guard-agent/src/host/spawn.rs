@@ -25,6 +25,8 @@ use std::{
 
 /// The fd on which the released process waits for its go.
 const GO_FD: i32 = 3;
+/// Set by [`spawn_blocked`] only: says fd 3 is the go pipe (and is removed before CMD runs).
+const GO_ENV: &str = "GUARD_AGENT_GO_FD";
 
 /// A command started and blocked: [`Blocked::release`] lets it run.
 pub struct Blocked {
@@ -47,7 +49,7 @@ pub fn spawn_blocked(cmd: &[String], env: &[(&str, &OsStr)]) -> Result<Blocked> 
     let rd_fd = rd.as_raw_fd();
     let me = std::env::current_exe().context("finding guard-agent's own executable")?;
     let mut c = Command::new(me);
-    c.arg("exec-released").arg("--").args(cmd);
+    c.arg("exec-released").arg("--").args(cmd).env(GO_ENV, GO_FD.to_string());
     for (k, v) in env {
         c.env(k, v);
     }
@@ -71,8 +73,12 @@ pub fn spawn_blocked(cmd: &[String], env: &[(&str, &OsStr)]) -> Result<Blocked> 
 /// `guard-agent exec-released -- CMD`: waits for the go byte on fd 3, then becomes CMD.
 /// Returns only on failure, with the exit status to use.
 pub fn exec_when_released(cmd: &[String]) -> i32 {
-    // SAFETY: fd 3 was set up by `spawn_blocked` (dup2 before exec) and nothing else in this
-    // fresh process owns it.
+    if std::env::var(GO_ENV).ok() != Some(GO_FD.to_string()) {
+        eprintln!("guard-agent: exec-released is internal to `guard-agent run`");
+        return 126;
+    }
+    // SAFETY: GO_ENV says `spawn_blocked` set fd 3 up (dup2 before exec) for this process, and
+    // nothing else in this fresh process owns it.
     let mut go = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(GO_FD) };
     let mut b = [0u8; 1];
     if go.read(&mut b).unwrap_or(0) != 1 {
@@ -80,7 +86,7 @@ pub fn exec_when_released(cmd: &[String]) -> i32 {
     }
     drop(go);
     let Some((prog, args)) = cmd.split_first() else { return 127 };
-    let e = Command::new(prog).args(args).exec();
+    let e = Command::new(prog).args(args).env_remove(GO_ENV).exec();
     eprintln!("guard-agent: cannot execute the command: {e}");
     127
 }
