@@ -35,8 +35,12 @@
 //! tree stays in it: selectors only start new trees.
 
 use crate::{
-    policy::{Ctx, Policy, PolicyError},
-    remote::ServerConfig,
+    hold::remote::ServerConfig,
+    limits::{
+        ADMIN_SOCKET, CGROUP_ROOT, DEFAULT_AUDIT_LOG, DEFAULT_PIN_DIR, MAX_POLICIES, MAX_TREE_TASKS, REASON_SOCKET,
+    },
+    policy::{Policy, PolicyError, Source},
+    tree::selector::{Match, SelectorConf},
 };
 use guard_common::{selector, SelKey, Selector, ARG_LEN, MAX_ARGV_TOKENS, MAX_SELECTORS};
 use serde::Deserialize;
@@ -45,10 +49,6 @@ use std::{
     path::{Path, PathBuf},
 };
 use toml::Spanned;
-
-pub const DEFAULT_CONFIG: &str = "/etc/guard/agent.toml";
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/guard";
-pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,52 +77,6 @@ struct RawSelector {
     user: Option<Spanned<toml::Value>>,
 }
 
-/// What a selector matches.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Match {
-    /// The resolved path of the program or script executed.
-    ExePath(String),
-    /// The program's file name.
-    ExeName(String),
-    /// A cgroup v2 path relative to the cgroup root ("/agents.slice"), and its descendants.
-    Cgroup(String),
-    User(u32),
-}
-
-impl Match {
-    /// Lower wins: registration (not a selector) > exe > cgroup > user.
-    fn kind_rank(&self) -> u32 {
-        match self {
-            Match::ExePath(_) | Match::ExeName(_) => 0,
-            Match::Cgroup(_) => 1,
-            Match::User(_) => 2,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct SelectorConf {
-    pub name: String,
-    pub policy: String,
-    pub matcher: Match,
-    pub argv: Vec<String>,
-    /// Position in the file (1-based), for messages.
-    pub index: usize,
-}
-
-impl SelectorConf {
-    pub fn describe(&self) -> String {
-        let what = match &self.matcher {
-            Match::ExePath(p) => format!("exe {p}"),
-            Match::ExeName(n) => format!("exe name {n}"),
-            Match::Cgroup(c) => format!("cgroup {c}"),
-            Match::User(u) => format!("user {u}"),
-        };
-        let argv = if self.argv.is_empty() { String::new() } else { format!(" argv {:?}", self.argv) };
-        format!("selector #{} {:?} ({what}{argv})", self.index, self.name)
-    }
-}
-
 pub struct NamedPolicy {
     pub name: String,
     pub file: PathBuf,
@@ -146,26 +100,19 @@ pub struct Config {
 impl Config {
     /// Reads and checks the whole configuration, every policy file included.
     pub fn load(path: &Path) -> Result<Config, PolicyError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
-            file: file.clone(),
-            line: 0,
-            col: 0,
-            msg: format!("cannot read the configuration: {e}"),
-        })?;
+        let text = Source::read(path, "configuration")?;
         Self::parse(path, &text)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Config, PolicyError> {
-        let file = path.display().to_string();
-        let ctx = Ctx { file: &file, text };
+        let ctx = Source { path, text };
         let raw: RawConfig = toml::from_str(text).map_err(|e| ctx.err(e.span().unwrap_or(0..0), e.message()))?;
         let base = path.parent().unwrap_or(Path::new("/"));
         if raw.policies.is_empty() {
             return Err(ctx.err(0..0, "no [policies]: name at least one policy file (name = \"file.toml\")"));
         }
-        if raw.policies.len() > crate::kernel::MAX_POLICIES as usize {
-            return Err(ctx.err(0..0, format!("at most {} policies are supported", crate::kernel::MAX_POLICIES)));
+        if raw.policies.len() > MAX_POLICIES as usize {
+            return Err(ctx.err(0..0, format!("at most {} policies are supported", MAX_POLICIES)));
         }
         let mut policies = vec![];
         for (name, f) in &raw.policies {
@@ -265,17 +212,17 @@ impl Config {
         // Stable: file order is kept within a kind.
         selectors.sort_by_key(|s| s.matcher.kind_rank());
         let max_tree_tasks = match raw.max_tree_tasks {
-            None => crate::kernel::MAX_TREE_TASKS,
-            Some(n) if *n.get_ref() == 0 || *n.get_ref() > crate::kernel::MAX_TREE_TASKS => {
-                return Err(ctx.err(n.span(), format!("max_tree_tasks must be 1 to {}", crate::kernel::MAX_TREE_TASKS)))
+            None => MAX_TREE_TASKS,
+            Some(n) if *n.get_ref() == 0 || *n.get_ref() > MAX_TREE_TASKS => {
+                return Err(ctx.err(n.span(), format!("max_tree_tasks must be 1 to {}", MAX_TREE_TASKS)))
             }
             Some(n) => *n.get_ref(),
         };
         Ok(Config {
             file: path.to_path_buf(),
-            audit_log: raw.audit_log.unwrap_or_else(|| "/var/log/guard/audit.jsonl".into()),
-            admin_socket: raw.admin_socket.unwrap_or_else(|| crate::admin::DEFAULT_SOCKET.into()),
-            reason_socket: raw.reason_socket.unwrap_or_else(|| crate::reasons::DEFAULT_SOCKET.into()),
+            audit_log: raw.audit_log.unwrap_or_else(|| DEFAULT_AUDIT_LOG.into()),
+            admin_socket: raw.admin_socket.unwrap_or_else(|| ADMIN_SOCKET.into()),
+            reason_socket: raw.reason_socket.unwrap_or_else(|| REASON_SOCKET.into()),
             pin_dir: raw.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
             max_tree_tasks,
             registration_policy,
@@ -379,13 +326,14 @@ argv = ["--agent"]
         );
         assert_eq!(c.selectors[1].index, 2);
         let e = parse(d.path(), "[policies]\na = \"a.toml\"\n[[selector]]\npolicy = \"x\"\nuser = 1\n").err().unwrap();
-        assert_eq!((e.line, e.col), (4, 10), "{e}");
+        assert_eq!((e.at.line, e.at.col), (4, 10), "{e}");
         let e = parse(d.path(), "[policies]\na = \"a.toml\"\n[[selector]]\npolicy = \"a\"\nuser = 1\nexe = \"x\"\n")
             .err()
             .unwrap();
         assert!(e.msg.contains("exactly one"), "{e}");
         let e = parse(d.path(), "[policies]\na = \"missing.toml\"\n").err().unwrap();
-        assert!(e.file.ends_with("missing.toml"), "{e}");
+        assert!(e.at.file.ends_with("missing.toml"), "{e}");
+        assert!(e.to_string().contains("missing.toml: cannot read the policy file"), "{e}");
         let e = parse(d.path(), "[policies]\na = \"a.toml\"\n[[selector]]\npolicy = \"a\"\ncgroup = \"/\"\n")
             .err()
             .unwrap();

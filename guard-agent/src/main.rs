@@ -1,24 +1,47 @@
-//! guard-agent: loads guard's LSM programs, watches AI agents' process trees and decides their
-//! privileged operations; holds wait for a person's decision.
+//! guard-agent's command line: the arguments, and which library function each command calls.
 
-mod admin;
-mod agent;
-mod audit;
-mod btf;
-mod config;
-mod daemon;
-mod events;
-mod holds;
-mod kernel;
-mod policy;
-mod reasons;
-mod remote;
-mod run;
-mod trees;
-
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use guard_agent::{
+    config,
+    hold::remote::ServerConfig,
+    host::{admin, daemon, reasons, registered, render, run, spawn},
+    limits::{ADMIN_SOCKET, DEFAULT_AUDIT_LOG, DEFAULT_CONFIG, MAX_TREE_TASKS},
+    policy,
+};
+use guard_api::StatedReason;
 use std::path::PathBuf;
+
+/// `--server` and its credentials for `run` (the daemon reads them from its config file).
+#[derive(clap::Args, Debug, Default)]
+struct ServerArgs {
+    /// Central approval service, e.g. https://guard.example:7443 (holds are then decided there).
+    #[arg(long, env = "GUARD_SERVER")]
+    server: Option<String>,
+    /// CA certificate that signed the server's certificate (PEM).
+    #[arg(long, env = "GUARD_SERVER_CA", requires = "server")]
+    server_ca: Option<PathBuf>,
+    /// This host's agent certificate (PEM); the server takes the host name from it.
+    #[arg(long, env = "GUARD_AGENT_CERT", requires = "server")]
+    agent_cert: Option<PathBuf>,
+    /// The agent certificate's private key (PEM).
+    #[arg(long, env = "GUARD_AGENT_KEY", requires = "server")]
+    agent_key: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    fn into_config(self) -> Result<Option<ServerConfig>> {
+        let Some(url) = self.server else { return Ok(None) };
+        let need =
+            |v: Option<PathBuf>, flag: &str| v.with_context(|| format!("--server needs {flag} (or its env var)"));
+        Ok(Some(ServerConfig {
+            url,
+            ca: need(self.server_ca, "--server-ca FILE")?,
+            cert: need(self.agent_cert, "--agent-cert FILE")?,
+            key: need(self.agent_key, "--agent-key FILE")?,
+        }))
+    }
+}
 
 #[derive(Parser)]
 #[command(name = "guard-agent", version, about = "guard's host agent: kernel enforcement for AI agents' process trees")]
@@ -38,20 +61,20 @@ enum Cmd {
         #[arg(long)]
         daemon: bool,
         #[command(flatten)]
-        server: remote::ServerArgs,
-        #[arg(long, default_value = "/var/log/guard/audit.jsonl")]
+        server: ServerArgs,
+        #[arg(long, default_value = DEFAULT_AUDIT_LOG)]
         audit_log: PathBuf,
-        #[arg(long, default_value = admin::DEFAULT_SOCKET)]
+        #[arg(long, default_value = ADMIN_SOCKET)]
         admin_socket: PathBuf,
         /// Forks in the tree beyond this many tasks fail with EAGAIN (so none runs unwatched).
-        #[arg(long, default_value_t = kernel::MAX_TREE_TASKS)]
+        #[arg(long, default_value_t = MAX_TREE_TASKS)]
         max_tree_tasks: u64,
         #[arg(required = true, last = true)]
         cmd: Vec<String>,
     },
     /// The long-running host service.
     Daemon {
-        #[arg(long, default_value = config::DEFAULT_CONFIG)]
+        #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Ask the daemon to watch a running process and all its descendants.
@@ -61,7 +84,7 @@ enum Cmd {
         /// A policy name from the daemon's config (default: its registration_policy).
         #[arg(long)]
         policy: Option<String>,
-        #[arg(long, default_value = admin::DEFAULT_SOCKET)]
+        #[arg(long, default_value = ADMIN_SOCKET)]
         socket: PathBuf,
     },
     /// From inside a watched tree: say why the agent is about to act (shown on its holds and
@@ -80,14 +103,14 @@ enum Cmd {
     },
     /// Make the daemon re-read its configuration (as SIGHUP does).
     Reload {
-        #[arg(long, default_value = admin::DEFAULT_SOCKET)]
+        #[arg(long, default_value = ADMIN_SOCKET)]
         socket: PathBuf,
     },
     /// Check a daemon configuration (and its policy files) without loading anything.
     CheckConfig { file: PathBuf },
     /// List holds waiting for a decision.
     Pending {
-        #[arg(long, default_value = admin::DEFAULT_SOCKET)]
+        #[arg(long, default_value = ADMIN_SOCKET)]
         socket: PathBuf,
         #[arg(long)]
         json: bool,
@@ -97,7 +120,7 @@ enum Cmd {
         id: String,
         #[arg(long)]
         comment: Option<String>,
-        #[arg(long, default_value = admin::DEFAULT_SOCKET)]
+        #[arg(long, default_value = ADMIN_SOCKET)]
         socket: PathBuf,
     },
     /// Make a held operation fail with EPERM.
@@ -105,12 +128,12 @@ enum Cmd {
         id: String,
         #[arg(long)]
         reason: Option<String>,
-        #[arg(long, default_value = admin::DEFAULT_SOCKET)]
+        #[arg(long, default_value = ADMIN_SOCKET)]
         socket: PathBuf,
     },
     /// What the running agent watches and holds.
     Status {
-        #[arg(long, default_value = admin::DEFAULT_SOCKET)]
+        #[arg(long, default_value = ADMIN_SOCKET)]
         socket: PathBuf,
         #[arg(long)]
         json: bool,
@@ -119,14 +142,23 @@ enum Cmd {
     Doctor,
     /// Check a policy file without loading anything.
     CheckPolicy { file: PathBuf },
+    /// Internal: the blocked start of `run`'s command (waits on fd 3, then execs CMD).
+    #[command(hide = true)]
+    ExecReleased {
+        #[arg(required = true, last = true)]
+        cmd: Vec<String>,
+    },
 }
 
 fn main() {
+    let cli = Cli::parse();
+    if let Cmd::ExecReleased { cmd } = &cli.cmd {
+        std::process::exit(spawn::exec_when_released(cmd));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("GUARD_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let code = match dispatch(cli.cmd) {
         Ok(code) => code,
         Err(e) => {
@@ -153,7 +185,7 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
     match cmd {
         Cmd::Run { policy, daemon: true, admin_socket, cmd, .. } => {
             let name = policy.map(|p| p.to_string_lossy().into_owned());
-            daemon::run_registered(&admin_socket, name, None, &cmd)
+            registered::run_registered(&admin_socket, name, None, &cmd)
         }
         Cmd::Run { policy, daemon: false, server, audit_log, admin_socket, max_tree_tasks, cmd } => {
             let server = server.into_config()?;
@@ -170,7 +202,7 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
             Ok(0)
         }
         Cmd::Reason { tool, call_id, session, socket, text } => {
-            let r = holds::StatedReason { tool, call_id, reason: text, session };
+            let r = StatedReason { tool, call_id, reason: text, session };
             let tree = reasons::send(socket.as_deref(), &r)?;
             println!("reason recorded for tree {tree}");
             Ok(0)
@@ -193,7 +225,7 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
             if json {
                 println!("{data}");
             } else {
-                print_pending(&data);
+                render::print_pending(&data);
             }
             Ok(0)
         }
@@ -212,7 +244,7 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
             if json {
                 println!("{data}");
             } else if data["mode"] == "daemon" {
-                daemon::print_status(&data);
+                render::print_status(&data);
             } else {
                 for (k, v) in data.as_object().into_iter().flatten() {
                     println!("{k:>16}: {v}");
@@ -221,6 +253,7 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
             Ok(0)
         }
         Cmd::Doctor => Ok(run::doctor()),
+        Cmd::ExecReleased { cmd } => Ok(spawn::exec_when_released(&cmd)),
         Cmd::CheckPolicy { file } => {
             let p = policy::Policy::load(&file)?;
             println!(
@@ -232,29 +265,5 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
             );
             Ok(0)
         }
-    }
-}
-
-fn print_pending(data: &serde_json::Value) {
-    let Some(list) = data.as_array() else { return };
-    if list.is_empty() {
-        println!("no holds waiting");
-        return;
-    }
-    println!("{:<6} {:<20} {:<8} {:<24} {:<6} OBJECT", "ID", "HOOK", "PID", "RULE", "HELD");
-    for h in list {
-        let s = |k: &str| {
-            h.get(k).map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string())).unwrap_or_default()
-        };
-        println!(
-            "{:<6} {:<20} {:<8} {:<24} {:<6} {}",
-            s("id"),
-            s("hook"),
-            s("pid"),
-            s("rule"),
-            format!("{}s", s("held_secs")),
-            s("object")
-        );
-        println!("       by {} {}", s("exe"), h.get("argv").map(|a| a.to_string()).unwrap_or_default());
     }
 }

@@ -7,34 +7,35 @@
 //! in a watched tree, and the reason is bound to that tree. A process outside every tree is
 //! refused; a process can never set another tree's reason.
 
-use crate::{agent::Shared, holds::StatedReason};
+use crate::{
+    agent::Shared,
+    limits::{REASON_SOCKET, REASON_SOCKET_ENV},
+    tree::proc,
+};
 use anyhow::{bail, Context, Result};
-use std::{os::unix::fs::PermissionsExt, path::Path};
+use guard_api::StatedReason;
+use serde::Deserialize;
+use std::path::Path;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    net::{UnixListener, UnixStream},
+    net::UnixListener,
 };
 
-pub const DEFAULT_SOCKET: &str = "/run/guard/reason.sock";
-/// Set in the environment of `run --daemon` commands; clients use it before the default.
-pub const SOCKET_ENV: &str = "GUARD_REASON_SOCKET";
+/// A reason as a client sends it; fields it does not know are ignored.
+#[derive(Deserialize)]
+struct Incoming {
+    #[serde(default)]
+    tool: String,
+    #[serde(default)]
+    call_id: String,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    session: String,
+}
+
 const MAX_FIELD: usize = 256;
 const MAX_REASON: usize = 1024;
-
-pub async fn bind(path: &Path) -> Result<UnixListener> {
-    if path.exists() {
-        if UnixStream::connect(path).await.is_ok() {
-            bail!("another guard-agent already serves {}", path.display());
-        }
-        std::fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?;
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let listener = UnixListener::bind(path).with_context(|| format!("binding the reason socket {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
-    Ok(listener)
-}
 
 /// Keeps what people can read: one line, bounded, no control characters.
 fn clean(s: &str, max: usize) -> String {
@@ -52,14 +53,12 @@ fn clean(s: &str, max: usize) -> String {
 
 /// The tree (root pid) a peer process belongs to, if it is watched.
 fn tree_of(state: &Shared, pid: u32) -> Option<u32> {
-    let st = state.lock().expect("state lock");
-    if let Some(root) = st.tree_root(pid) {
+    if let Some(root) = state.lock().tree_root(pid) {
         return Some(root);
     }
     // The thread group leader may be gone while other threads live.
-    let tids: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
-        .unwrap_or_default();
+    let tids = proc::tids(pid);
+    let st = state.lock();
     tids.into_iter().find_map(|t| st.tree_root(t))
 }
 
@@ -91,7 +90,7 @@ fn handle(state: &Shared, pid: Option<i32>, line: &str) -> Result<u32> {
         tracing::warn!("reason from pid {pid} refused: not in a watched tree");
         bail!("refused: pid {pid} is not in a watched tree (only a watched agent can state its reasons)");
     };
-    let r: StatedReason =
+    let r: Incoming =
         serde_json::from_str(line).context("bad reason: expected JSON {tool, call_id, reason, session}")?;
     let r = StatedReason {
         tool: clean(&r.tool, MAX_FIELD),
@@ -100,7 +99,7 @@ fn handle(state: &Shared, pid: Option<i32>, line: &str) -> Result<u32> {
         session: clean(&r.session, MAX_FIELD),
     };
     tracing::info!("tree {root}: pid {pid} states tool={:?} call_id={:?}: {}", r.tool, r.call_id, r.reason);
-    state.lock().expect("state lock").trees.reasons.insert(root, r);
+    state.lock().trees.reasons.insert(root, r);
     Ok(root)
 }
 
@@ -108,7 +107,7 @@ fn handle(state: &Shared, pid: Option<i32>, line: &str) -> Result<u32> {
 pub fn send(socket: Option<&Path>, r: &StatedReason) -> Result<u32> {
     let path = match socket {
         Some(p) => p.to_path_buf(),
-        None => std::env::var_os(SOCKET_ENV).map(Into::into).unwrap_or_else(|| DEFAULT_SOCKET.into()),
+        None => std::env::var_os(REASON_SOCKET_ENV).map(Into::into).unwrap_or_else(|| REASON_SOCKET.into()),
     };
     let mut s = std::os::unix::net::UnixStream::connect(&path)
         .with_context(|| format!("cannot reach guard's reason socket {}", path.display()))?;

@@ -1,15 +1,20 @@
-//! Holds in flight and where their decisions come from.
+//! Holds: an `ask` rule stopped a thread in the kernel, and a person decides. The hold table
+//! ([`HoldTable`]) knows every hold from its HOLD event until the kernel reports it resolved;
+//! a [`DecisionSource`] answers it: [`local`] (the admin socket) or [`remote`] (guard-server).
 
+pub mod local;
+pub mod remote;
+
+use guard_api::{Hook, Reason, StatedReason};
 use serde::Serialize;
 use std::{collections::HashMap, future::Future, pin::Pin, time::Instant};
-use tokio::sync::oneshot;
 
 /// How a hold ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub allow: bool,
-    /// approved | denied | expired | unreachable
-    pub reason: &'static str,
+    /// approved, denied, expired, cancelled, refused or unreachable.
+    pub reason: Reason,
     pub approver: Option<String>,
     pub comment: Option<String>,
     /// The central server's id for the request, when it decided.
@@ -17,8 +22,13 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// A deny for `reason`, with nobody named as its author.
+    pub fn deny(reason: Reason, comment: Option<String>) -> Self {
+        Decision { request_id: None, allow: false, reason, approver: None, comment }
+    }
+
     pub fn expired() -> Self {
-        Decision { request_id: None, allow: false, reason: "expired", approver: None, comment: None }
+        Self::deny(Reason::Expired, None)
     }
 }
 
@@ -26,8 +36,10 @@ impl Decision {
 #[derive(Debug, Clone, Serialize)]
 pub struct HoldInfo {
     pub id: String,
-    pub hook: &'static str,
+    pub hook: Option<Hook>,
     pub object: String,
+    /// For file hooks: read, write, delete or create, when the event says.
+    pub access: Option<String>,
     pub rule: Option<String>,
     pub pid: u32,
     pub tid: u32,
@@ -35,6 +47,8 @@ pub struct HoldInfo {
     pub uid: u32,
     pub exe: Option<String>,
     pub argv: Vec<String>,
+    /// The kernel cut the acting process's argv to fit (it does not say so today: false).
+    pub argv_truncated: bool,
     /// Ancestry inside the watched tree, nearest first: "pid exe".
     pub ancestry: Vec<String>,
     /// The same ancestry with each level's argv, nearest first (the acting process first).
@@ -61,57 +75,9 @@ pub struct Lineage {
     pub argv: Vec<String>,
 }
 
-/// A reason an AI agent gave for its next actions (tool, call id, one line, session).
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct StatedReason {
-    #[serde(default)]
-    pub tool: String,
-    #[serde(default)]
-    pub call_id: String,
-    #[serde(default)]
-    pub reason: String,
-    #[serde(default)]
-    pub session: String,
-}
-
-/// A source of decisions for holds: local (admin socket) here; the central server later.
+/// A source of decisions for holds: a person on this host, or guard-server.
 pub trait DecisionSource: Send + Sync {
     fn decide(&self, hold: HoldInfo) -> Pin<Box<dyn Future<Output = Decision> + Send>>;
-}
-
-/// Decisions typed by a person on this host through `guard-agent approve|deny`.
-#[derive(Default)]
-pub struct LocalDecisions {
-    waiting: std::sync::Mutex<HashMap<String, oneshot::Sender<Decision>>>,
-}
-
-impl LocalDecisions {
-    /// Delivers a decision; false when no hold with this id waits.
-    pub fn answer(&self, id: &str, d: Decision) -> bool {
-        let tx = self.waiting.lock().expect("lock").remove(id);
-        tx.map(|tx| tx.send(d).is_ok()).unwrap_or(false)
-    }
-}
-
-impl DecisionSource for LocalDecisions {
-    fn decide(&self, hold: HoldInfo) -> Pin<Box<dyn Future<Output = Decision> + Send>> {
-        let (tx, rx) = oneshot::channel();
-        self.waiting.lock().expect("lock").insert(hold.id.clone(), tx);
-        let limit = std::time::Duration::from_secs(hold.timeout_secs);
-        // A dropped sender (agent shutting down) is a deny.
-        Box::pin(async move {
-            match tokio::time::timeout(limit, rx).await {
-                Err(_) => Decision::expired(),
-                Ok(d) => d.unwrap_or(Decision {
-                    request_id: None,
-                    allow: false,
-                    reason: "denied",
-                    approver: None,
-                    comment: Some("agent stopped".into()),
-                }),
-            }
-        })
-    }
 }
 
 /// A hold the agent knows about, from its HOLD event until the kernel reports it resolved.
@@ -150,5 +116,15 @@ impl HoldTable {
                 i
             })
             .collect()
+    }
+
+    /// Whether hold `id` is known and still waits: None when unknown.
+    pub fn is_waiting(&self, id: &str) -> Option<bool> {
+        self.by_id.get(id).map(|h| h.decision.is_none())
+    }
+
+    /// Ids of the holds still waiting.
+    pub fn waiting_ids(&self) -> Vec<String> {
+        self.by_id.iter().filter(|(_, h)| h.decision.is_none()).map(|(id, _)| id.clone()).collect()
     }
 }

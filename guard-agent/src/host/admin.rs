@@ -6,13 +6,11 @@
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::{os::unix::fs::PermissionsExt, path::Path};
+use std::path::Path;
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
 };
-
-pub const DEFAULT_SOCKET: &str = "/run/guard/agent.sock";
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -60,25 +58,19 @@ pub struct Peer {
     pub pid: Option<i32>,
 }
 
-/// Binds the socket, refusing to steal one that another agent still serves.
-pub async fn bind(path: &Path) -> Result<UnixListener> {
-    if path.exists() {
-        if UnixStream::connect(path).await.is_ok() {
-            bail!("another guard-agent already serves {}: pass --admin-socket PATH", path.display());
-        }
-        std::fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?;
+/// The refusal for a caller that is not root, or that is inside a watched tree (an agent
+/// must not approve its own holds, even as root); None when `peer` may talk to `server`.
+/// `may_not` names what a watched caller could otherwise do.
+pub fn refuse(peer: &Peer, server: &str, may_not: &str, is_watched: impl Fn(u32) -> bool) -> Option<Response> {
+    if peer.uid != 0 {
+        return Some(Response::err(format!("refused: only root may talk to {server} (caller uid {})", peer.uid)));
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).ok();
-    }
-    // Created under a 0077 umask so that no moment exists where others could connect.
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    let listener = UnixListener::bind(path);
-    nix::sys::stat::umask(old);
-    let listener = listener.with_context(|| format!("binding the admin socket {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    let pid = peer.pid?;
+    is_watched(pid as u32).then(|| {
+        Response::err(format!(
+            "refused: the caller (pid {pid}) is inside a watched tree; a watched agent cannot {may_not}"
+        ))
+    })
 }
 
 /// Serves requests; `handle` answers each (it is given the peer for the checks).

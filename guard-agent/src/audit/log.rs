@@ -1,7 +1,8 @@
-//! The audit log: one JSON object per line, appended and flushed per batch of events.
+//! The local audit log: one `guard_api::AuditRecord` per line (JSONL), appended and flushed
+//! per batch of events, and a copy of each line handed to the forwarder when a server is set.
 
-use crate::events::Record;
 use anyhow::{Context, Result};
+use guard_api::AuditRecord;
 use std::{
     fs::{File, OpenOptions},
     io::{BufWriter, Write},
@@ -29,28 +30,24 @@ impl AuditLog {
         Ok(Self { out: BufWriter::new(file), written: 0, forward: None, forward_dropped: 0 })
     }
 
-    pub fn write(&mut self, r: &Record) {
-        // A record that cannot be serialised would be a bug; a failed write is reported loudly
-        // (the disk is full or gone) but must not stop enforcement.
-        match serde_json::to_string(r) {
-            Ok(line) => {
-                if let Err(e) = writeln!(self.out, "{line}") {
-                    tracing::error!("audit log write failed: {e}");
-                }
-                // Never blocks enforcement: a full backlog (server away for long) loses only
-                // the central copy, and says so; this file keeps every record.
-                if let Some(tx) = &self.forward {
-                    if tx.try_send(line).is_err() {
-                        self.forward_dropped += 1;
-                        if self.forward_dropped.is_power_of_two() {
-                            tracing::warn!("{} records not sent to guard-server (backlog full)", self.forward_dropped);
-                        }
-                    }
-                }
-                self.written += 1;
-            }
-            Err(e) => tracing::error!("cannot serialise an audit record: {e}"),
+    pub fn write(&mut self, r: &AuditRecord) {
+        // A failed write is reported loudly (the disk is full or gone) but must not stop
+        // enforcement.
+        let line = r.to_json();
+        if let Err(e) = writeln!(self.out, "{line}") {
+            tracing::error!("audit log write failed: {e}");
         }
+        // Never blocks enforcement: a full backlog (server away for long) loses only the
+        // central copy, and says so; this file keeps every record.
+        if let Some(tx) = &self.forward {
+            if tx.try_send(line).is_err() {
+                self.forward_dropped += 1;
+                if self.forward_dropped.is_power_of_two() {
+                    tracing::warn!("{} records not sent to guard-server (backlog full)", self.forward_dropped);
+                }
+            }
+        }
+        self.written += 1;
     }
 
     pub fn forward_to(&mut self, tx: tokio::sync::mpsc::Sender<String>) {

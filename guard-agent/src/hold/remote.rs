@@ -9,13 +9,14 @@
 //! - the server refuses the request (a bug or a misconfigured certificate): deny at once with
 //!   reason `refused`, since retrying cannot help.
 
-use crate::holds::{Decision, DecisionSource, HoldInfo};
-use anyhow::{bail, Context, Result};
+use super::{Decision, DecisionSource, HoldInfo};
+use anyhow::{bail, Result};
+use backon::{BackoffBuilder, ExponentialBuilder};
+use guard_api::Reason;
 use guard_proto::client::{self, TlsFiles, TlsMaterial};
 use guard_proto::v1::{
-    agent_service_client::AgentServiceClient, AwaitRequest, Operation, Process, Record, RegisterRequest,
-    ReportRecordsRequest, Request as ServerRequest, State, StatedReason, SubmitRequest, TreeExitedRequest,
-    WithdrawRequest,
+    agent_service_client::AgentServiceClient, AwaitRequest, Operation, Process, RegisterRequest,
+    Request as ServerRequest, State, StatedReason, SubmitRequest, TreeExitedRequest, WithdrawRequest,
 };
 use serde::Deserialize;
 use std::{
@@ -28,46 +29,22 @@ use std::{
     },
     time::Duration,
 };
-use tokio::{
-    sync::mpsc,
-    time::{sleep, timeout_at, Instant},
-};
+use tokio::time::{sleep, timeout_at, Instant};
 use tonic::{transport::Channel, Code, Status};
 
-/// Records waiting to be reported while the server is away; beyond this the oldest are
-/// dropped from the central copy (the local audit log keeps every one).
-const RECORD_BACKLOG: usize = 10_000;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// `--server` and its credentials, shared by `run` (flags) and the daemon (config file).
-#[derive(clap::Args, Debug, Default)]
-pub struct ServerArgs {
-    /// Central approval service, e.g. https://guard.example:7443 (holds are then decided there).
-    #[arg(long, env = "GUARD_SERVER")]
-    pub server: Option<String>,
-    /// CA certificate that signed the server's certificate (PEM).
-    #[arg(long, env = "GUARD_SERVER_CA", requires = "server")]
-    pub server_ca: Option<PathBuf>,
-    /// This host's agent certificate (PEM); the server takes the host name from it.
-    #[arg(long, env = "GUARD_AGENT_CERT", requires = "server")]
-    pub agent_cert: Option<PathBuf>,
-    /// The agent certificate's private key (PEM).
-    #[arg(long, env = "GUARD_AGENT_KEY", requires = "server")]
-    pub agent_key: Option<PathBuf>,
-}
-
-impl ServerArgs {
-    pub fn into_config(self) -> Result<Option<ServerConfig>> {
-        let Some(url) = self.server else { return Ok(None) };
-        let need =
-            |v: Option<PathBuf>, flag: &str| v.with_context(|| format!("--server needs {flag} (or its env var)"));
-        Ok(Some(ServerConfig {
-            url,
-            ca: need(self.server_ca, "--server-ca FILE")?,
-            cert: need(self.agent_cert, "--agent-cert FILE")?,
-            key: need(self.agent_key, "--agent-key FILE")?,
-        }))
-    }
+/// The delays between attempts to reach guard-server: 100 ms doubling to 5 s, with jitter so
+/// that the agents of many hosts do not retry in step after an outage. Endless; callers stop
+/// at their own deadline.
+pub fn backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(100))
+        .with_factor(2.0)
+        .with_max_delay(MAX_BACKOFF)
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 /// Where the server is and how this host proves who it is.
@@ -103,33 +80,20 @@ pub struct RemoteDecisions {
     /// Distinguishes this agent process's hold ids from an earlier one's on the same host.
     instance: String,
     registered: AtomicBool,
-    records: mpsc::Sender<String>,
 }
 
 impl RemoteDecisions {
-    /// Starts the background registration and record reporting; must run inside a runtime.
+    /// Starts the background registration; must run inside a runtime.
     pub fn start(cfg: ServerConfig, policies: Vec<String>) -> Result<Arc<Self>> {
         let channel = cfg.channel()?;
-        let (tx, rx) = mpsc::channel(RECORD_BACKLOG);
-        let me = Arc::new(Self {
-            url: cfg.url,
-            channel,
-            instance: instance_id(),
-            registered: AtomicBool::new(false),
-            records: tx,
-        });
+        let me = Arc::new(Self { url: cfg.url, channel, instance: instance_id(), registered: AtomicBool::new(false) });
         tokio::spawn(me.clone().register(policies));
-        tokio::spawn(me.clone().report_records(rx));
         Ok(me)
     }
 
-    fn client(&self) -> AgentServiceClient<Channel> {
+    /// A client on the shared channel (the audit forwarder uses one too).
+    pub fn client(&self) -> AgentServiceClient<Channel> {
         AgentServiceClient::new(self.channel.clone())
-    }
-
-    /// Where the audit log sends a copy of each record for the central trail.
-    pub fn records(&self) -> mpsc::Sender<String> {
-        self.records.clone()
     }
 
     /// For status screens: the server's URL and whether it has answered once.
@@ -143,7 +107,7 @@ impl RemoteDecisions {
             kernel: nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
             policies,
         };
-        let mut backoff = Duration::from_millis(200);
+        let mut delays = backoff();
         loop {
             match self.client().register(req.clone()).await {
                 Ok(r) => {
@@ -153,39 +117,7 @@ impl RemoteDecisions {
                 }
                 Err(e) => {
                     tracing::warn!("guard-server {} not reachable yet: {}", self.url, describe(&e));
-                    sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-        }
-    }
-
-    /// Sends records in batches; keeps a failed batch and retries it with backoff.
-    async fn report_records(self: Arc<Self>, mut rx: mpsc::Receiver<String>) {
-        let mut batch: Vec<Record> = vec![];
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            if batch.is_empty() {
-                match rx.recv().await {
-                    Some(json) => batch.push(Record { json }),
-                    None => return,
-                }
-            }
-            while batch.len() < 500 {
-                match rx.try_recv() {
-                    Ok(json) => batch.push(Record { json }),
-                    Err(_) => break,
-                }
-            }
-            match self.client().report_records(ReportRecordsRequest { records: batch.clone() }).await {
-                Ok(_) => {
-                    batch.clear();
-                    backoff = Duration::from_millis(200);
-                }
-                Err(e) => {
-                    tracing::debug!("reporting {} records failed: {}", batch.len(), describe(&e));
-                    sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    sleep(delays.next().unwrap_or(MAX_BACKOFF)).await;
                 }
             }
         }
@@ -211,7 +143,7 @@ impl RemoteDecisions {
         };
         let mut request_id: Option<String> = None;
         let mut last_error = String::from("no answer");
-        let mut backoff = Duration::from_millis(100);
+        let mut delays = backoff();
         loop {
             let mut client = self.client();
             let attempt = async {
@@ -236,24 +168,18 @@ impl RemoteDecisions {
                 Ok(Ok(None)) => last_error = "the server closed the stream before a decision".into(),
                 Ok(Err(e)) if refused(&e) => {
                     tracing::error!("hold {}: guard-server refused it: {}", hold.id, describe(&e));
-                    return Decision {
-                        request_id: None,
-                        allow: false,
-                        reason: "refused",
-                        approver: None,
-                        comment: Some(format!("guard-server refused the request: {}", describe(&e))),
-                    };
+                    return refused_decision(&describe(&e));
                 }
                 Ok(Err(e)) => {
                     last_error = describe(&e);
                     tracing::warn!("hold {}: guard-server: {last_error}; retrying", hold.id);
                 }
             }
-            if Instant::now() + backoff >= deadline {
+            let delay = delays.next().unwrap_or(MAX_BACKOFF);
+            if Instant::now() + delay >= deadline {
                 break;
             }
-            sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            sleep(delay).await;
         }
         match request_id {
             // The server knew of it: it expires there too; say so now rather than wait for
@@ -264,21 +190,9 @@ impl RemoteDecisions {
                 tokio::spawn(async move {
                     let _ = tokio::time::timeout(Duration::from_secs(2), client.withdraw(why)).await;
                 });
-                Decision {
-                    allow: false,
-                    reason: "expired",
-                    approver: None,
-                    comment: Some(format!("request {id}: nobody decided in time")),
-                    request_id: Some(id),
-                }
+                expired_decision(id)
             }
-            None => Decision {
-                request_id: None,
-                allow: false,
-                reason: "unreachable",
-                approver: None,
-                comment: Some(format!("guard-server {} unreachable: {last_error}", self.url)),
-            },
+            None => unreachable_decision(&self.url, &last_error),
         }
     }
 }
@@ -289,24 +203,28 @@ impl DecisionSource for Arc<RemoteDecisions> {
     }
 }
 
-/// The hold as the server's Operation.
-fn operation(h: &HoldInfo) -> Operation {
+/// The hold as the server's Operation. Only the acting process's uid is known (the kernel
+/// reports the uid of the task that acts); its ancestors' uids are left 0, unknown.
+pub fn operation(h: &HoldInfo) -> Operation {
     Operation {
-        hook: h.hook.into(),
+        hook: h.hook.map(|k| k.name().to_string()).unwrap_or_default(),
         object: h.object.clone(),
-        access: String::new(),
+        access: h.access.clone().unwrap_or_default(),
         rule: h.rule.clone().unwrap_or_default(),
         policy: h.policy.clone(),
         ancestry: h
             .lineage
             .iter()
-            .map(|l| Process {
-                pid: l.pid,
-                ppid: l.ppid,
-                uid: h.uid,
-                exe: l.exe.clone().unwrap_or_default(),
-                argv: l.argv.clone(),
-                argv_truncated: false,
+            .map(|l| {
+                let acting = l.pid == h.pid;
+                Process {
+                    pid: l.pid,
+                    ppid: l.ppid,
+                    uid: if acting { h.uid } else { 0 },
+                    exe: l.exe.clone().unwrap_or_default(),
+                    argv: l.argv.clone(),
+                    argv_truncated: acting && h.argv_truncated,
+                }
             })
             .collect(),
         cwd: h.cwd.clone().unwrap_or_default(),
@@ -323,15 +241,15 @@ fn operation(h: &HoldInfo) -> Operation {
 }
 
 /// The decision a request's final state carries; None while it is pending.
-fn final_decision(r: &ServerRequest) -> Option<Decision> {
+pub fn final_decision(r: &ServerRequest) -> Option<Decision> {
     let comment = (!r.comment.is_empty()).then(|| r.comment.clone());
     let approver = (!r.decided_by.is_empty()).then(|| r.decided_by.clone());
     let (allow, reason) = match r.state() {
         State::Pending | State::Unspecified => return None,
-        State::Approved => (true, "approved"),
-        State::Denied => (false, "denied"),
-        State::Expired => (false, "expired"),
-        State::Cancelled => (false, "cancelled"),
+        State::Approved => (true, Reason::Approved),
+        State::Denied => (false, Reason::Denied),
+        State::Expired => (false, Reason::Expired),
+        State::Cancelled => (false, Reason::Cancelled),
     };
     // A grant or an auto rule is still an approval; the comment says which.
     let comment = match r.reason.as_str() {
@@ -339,6 +257,25 @@ fn final_decision(r: &ServerRequest) -> Option<Decision> {
         _ => comment,
     };
     Some(Decision { request_id: Some(r.id.clone()), allow, reason, approver, comment })
+}
+
+/// The server refused the request: retrying cannot help.
+fn refused_decision(why: &str) -> Decision {
+    Decision::deny(Reason::Refused, Some(format!("guard-server refused the request: {why}")))
+}
+
+/// The server knew the request, and nobody decided before the hold's deadline.
+fn expired_decision(id: String) -> Decision {
+    Decision {
+        comment: Some(format!("request {id}: nobody decided in time")),
+        request_id: Some(id),
+        ..Decision::expired()
+    }
+}
+
+/// The server was never reached before the hold's deadline.
+fn unreachable_decision(url: &str, last_error: &str) -> Decision {
+    Decision::deny(Reason::Unreachable, Some(format!("guard-server {url} unreachable: {last_error}")))
 }
 
 /// Errors that retrying cannot fix.
@@ -360,5 +297,105 @@ fn describe(e: &Status) -> String {
 fn instance_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/uuid")
         .map(|u| u.trim().chars().filter(|c| *c != '-').take(12).collect())
-        .unwrap_or_else(|_| format!("{}-{}", std::process::id(), crate::events::now_rfc3339()))
+        .unwrap_or_else(|_| format!("{}-{}", std::process::id(), guard_api::Timestamp::now().unix_ms()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hold::Lineage;
+    use guard_api::Hook;
+
+    fn request(state: State, reason: &str) -> ServerRequest {
+        ServerRequest {
+            id: "r1".into(),
+            state: state as i32,
+            reason: reason.into(),
+            decided_by: "bob".into(),
+            comment: "ok".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn final_states_map_to_decisions() {
+        assert_eq!(final_decision(&request(State::Pending, "")), None);
+        assert_eq!(final_decision(&request(State::Unspecified, "")), None);
+        let d = final_decision(&request(State::Approved, "approved")).unwrap();
+        assert_eq!((d.allow, d.reason), (true, Reason::Approved));
+        assert_eq!(d.request_id.as_deref(), Some("r1"));
+        assert_eq!(d.approver.as_deref(), Some("bob"));
+        assert_eq!(d.comment.as_deref(), Some("ok"));
+        let d = final_decision(&request(State::Approved, "grant")).unwrap();
+        assert_eq!((d.allow, d.reason, d.comment.as_deref()), (true, Reason::Approved, Some("ok (grant)")));
+        let d = final_decision(&request(State::Denied, "denied")).unwrap();
+        assert_eq!((d.allow, d.reason), (false, Reason::Denied));
+        let d = final_decision(&request(State::Expired, "expired")).unwrap();
+        assert_eq!((d.allow, d.reason), (false, Reason::Expired));
+        let d = final_decision(&request(State::Cancelled, "cancelled")).unwrap();
+        assert_eq!((d.allow, d.reason), (false, Reason::Cancelled));
+    }
+
+    #[test]
+    fn failures_map_to_denials_with_their_reason() {
+        let d = refused_decision("PermissionDenied: no");
+        assert_eq!((d.allow, d.reason, d.request_id), (false, Reason::Refused, None));
+        let d = unreachable_decision("https://s:7443", "connection refused");
+        assert_eq!((d.allow, d.reason), (false, Reason::Unreachable));
+        assert!(d.comment.unwrap().contains("https://s:7443 unreachable: connection refused"));
+        let d = expired_decision("r7".into());
+        assert_eq!((d.allow, d.reason, d.request_id.as_deref()), (false, Reason::Expired, Some("r7")));
+        assert!(refused(&Status::permission_denied("x")));
+        assert!(!refused(&Status::unavailable("x")));
+    }
+
+    #[test]
+    fn backoff_grows_to_five_seconds_with_jitter() {
+        let d: Vec<Duration> = backoff().take(12).collect();
+        assert!(d[0] >= Duration::from_millis(100) && d[0] < Duration::from_millis(200), "{d:?}");
+        assert!(d.iter().all(|x| *x <= MAX_BACKOFF * 2), "{d:?}");
+        assert!(d[11] >= MAX_BACKOFF, "{d:?}");
+    }
+
+    #[test]
+    fn a_hold_becomes_the_servers_operation() {
+        let lineage = |pid, ppid, exe: &str| Lineage { pid, ppid, exe: Some(exe.into()), argv: vec![exe.into()] };
+        let hold = HoldInfo {
+            id: "3".into(),
+            hook: Some(Hook::FileOpen),
+            object: "/etc/shadow".into(),
+            access: Some("read".into()),
+            rule: Some("ask-shadow".into()),
+            pid: 42,
+            tid: 43,
+            ppid: 10,
+            uid: 1000,
+            exe: Some("/usr/bin/cat".into()),
+            argv: vec!["cat".into()],
+            argv_truncated: true,
+            ancestry: vec![],
+            lineage: vec![lineage(42, 10, "/usr/bin/cat"), lineage(10, 1, "/bin/sh")],
+            cwd: Some("/home/alice".into()),
+            user: "alice".into(),
+            tree_id: "10-777".into(),
+            policy: "coding".into(),
+            stated_reason: Some(guard_api::StatedReason { tool: "bash".into(), ..Default::default() }),
+            held_secs: 0,
+            timeout_secs: 30,
+        };
+        let op = operation(&hold);
+        assert_eq!(op.hook, "file_open");
+        assert_eq!(op.access, "read");
+        assert_eq!(op.rule, "ask-shadow");
+        assert_eq!(op.policy, "coding");
+        assert_eq!((op.uid, op.user.as_str(), op.tree_id.as_str()), (1000, "alice", "10-777"));
+        assert_eq!(op.cwd, "/home/alice");
+        assert_eq!(op.ancestry.len(), 2);
+        // The acting process has its uid and the kernel's argv flag; ancestors' uids are unknown.
+        assert_eq!((op.ancestry[0].pid, op.ancestry[0].uid, op.ancestry[0].argv_truncated), (42, 1000, true));
+        assert_eq!((op.ancestry[1].pid, op.ancestry[1].uid, op.ancestry[1].argv_truncated), (10, 0, false));
+        assert_eq!(op.stated_reason.unwrap().tool, "bash");
+        let none = HoldInfo { hook: None, access: None, ..hold };
+        assert_eq!((operation(&none).hook.as_str(), operation(&none).access.as_str()), ("", ""));
+    }
 }

@@ -1,7 +1,7 @@
-//! Decoding kernel events and turning them into audit records.
+//! Decoding the kernel's events: the raw struct from a ring buffer item, and its object and
+//! argv as people read them.
 
-use guard_common::{reason, Event, Hook, ARG_LEN};
-use serde::Serialize;
+use guard_common::{Event, Hook, ARG_LEN};
 use std::net::{IpAddr, Ipv6Addr};
 
 /// Copies an event out of a ring buffer item; None if the item is too short.
@@ -48,64 +48,6 @@ pub fn object_text(e: &Event) -> String {
 
 pub fn argv_of(e: &Event) -> Vec<String> {
     e.argv.iter().take(e.argc as usize).map(|a| c_str(&a[..ARG_LEN])).collect()
-}
-
-pub fn hook_name(e: &Event) -> &'static str {
-    Hook::from_u8(e.hook).map(|h| h.name()).unwrap_or("unknown")
-}
-
-pub fn reason_name(r: u8) -> &'static str {
-    match r {
-        reason::RULE => "rule",
-        reason::DEFAULT => "default",
-        reason::APPROVED => "approved",
-        reason::DENIED => "denied",
-        reason::EXPIRED => "expired",
-        reason::UNHOLDABLE => "unholdable",
-        _ => "unknown",
-    }
-}
-
-/// One line of the audit log (fields named in design.md).
-#[derive(Debug, Clone, Serialize)]
-pub struct Record {
-    pub time: String,
-    pub host: String,
-    pub decision: &'static str,
-    pub reason: String,
-    pub rule: Option<String>,
-    /// The rule's (or default's) action: allow, deny, audit or ask.
-    pub action: &'static str,
-    pub hook: &'static str,
-    pub pid: u32,
-    pub tid: u32,
-    pub ppid: u32,
-    pub uid: u32,
-    pub exe: Option<String>,
-    pub argv: Vec<String>,
-    pub object: String,
-    pub request_id: Option<String>,
-    pub approver: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub comment: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub held_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lost: Option<u64>,
-    /// The policy in force for the tree (daemon: its name in the config).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub policy: Option<String>,
-    /// What the agent inside the tree last said about why it acts (shown, never decides).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stated_reason: Option<crate::holds::StatedReason>,
-}
-
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
-}
-
-pub fn hostname() -> String {
-    nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "unknown".into())
 }
 
 #[cfg(test)]

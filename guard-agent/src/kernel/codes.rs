@@ -1,0 +1,113 @@
+//! The one place where the kernel's u8 codes (guard-common) become the audit vocabulary
+//! (guard-api's typed enums).
+
+use guard_api::{Action, Decision, Hook, Reason};
+use guard_common::{reason, Action as KAction, Hook as KHook};
+
+/// The hook of a kernel event; None for a code this agent does not know.
+pub fn hook(code: u8) -> Option<Hook> {
+    Some(match KHook::from_u8(code)? {
+        KHook::Exec => Hook::BprmCheckSecurity,
+        KHook::FileOpen => Hook::FileOpen,
+        KHook::PathMknod => Hook::PathMknod,
+        KHook::PathMkdir => Hook::PathMkdir,
+        KHook::PathUnlink => Hook::PathUnlink,
+        KHook::PathRmdir => Hook::PathRmdir,
+        KHook::PathRename => Hook::PathRename,
+        KHook::PathTruncate => Hook::PathTruncate,
+        KHook::Connect => Hook::SocketConnect,
+        KHook::Capable => Hook::Capable,
+        KHook::Mount => Hook::SbMount,
+        KHook::MoveMount => Hook::MoveMount,
+        KHook::KernelReadFile => Hook::KernelReadFile,
+        KHook::KernelLoadData => Hook::KernelLoadData,
+        KHook::Ptrace => Hook::PtraceAccessCheck,
+        KHook::Bpf => Hook::Bpf,
+        KHook::TaskAlloc => Hook::TaskAlloc,
+    })
+}
+
+/// The action of a rule or default, as the kernel wrote it (an unknown code reads as deny,
+/// which is what the kernel does with it).
+pub fn action(code: u8) -> Action {
+    from_kernel_action(KAction::from_u8(code).unwrap_or(KAction::Deny))
+}
+
+pub fn from_kernel_action(a: KAction) -> Action {
+    match a {
+        KAction::Allow => Action::Allow,
+        KAction::Deny => Action::Deny,
+        KAction::Audit => Action::Audit,
+        KAction::Ask => Action::Ask,
+    }
+}
+
+/// The reason the kernel gave; None for a code this agent does not know.
+pub fn reason(code: u8) -> Option<Reason> {
+    Some(match code {
+        reason::RULE => Reason::Rule,
+        reason::DEFAULT => Reason::Default,
+        reason::APPROVED => Reason::Approved,
+        reason::DENIED => Reason::Denied,
+        reason::EXPIRED => Reason::Expired,
+        reason::UNHOLDABLE => Reason::Unholdable,
+        _ => return None,
+    })
+}
+
+/// Whether the operation went ahead: a deny action, or a hold the kernel ended without an
+/// approval, failed it.
+pub fn decision(action_code: u8, reason_code: u8) -> Decision {
+    let denied = matches!(action(action_code), Action::Deny)
+        || matches!(reason_code, reason::DENIED | reason::EXPIRED | reason::UNHOLDABLE);
+    if denied {
+        Decision::Deny
+    } else {
+        Decision::Allow
+    }
+}
+
+/// For file hooks, what the operation does to the file: read, write, delete or create. From
+/// the hook, and for `file_open` from the open mode the kernel puts in `aux`. None where the
+/// event does not say (a rename is a delete of its source and a write of its target).
+pub fn access(hook_code: u8, aux: u64) -> Option<&'static str> {
+    const FMODE_READ: u64 = 1;
+    const FMODE_WRITE: u64 = 2;
+    match KHook::from_u8(hook_code)? {
+        KHook::FileOpen if aux & FMODE_WRITE != 0 => Some("write"),
+        KHook::FileOpen if aux & FMODE_READ != 0 => Some("read"),
+        KHook::PathMknod | KHook::PathMkdir => Some("create"),
+        KHook::PathUnlink | KHook::PathRmdir => Some("delete"),
+        KHook::PathTruncate => Some("write"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kernel_hook_has_its_audit_name() {
+        for code in 1..=17u8 {
+            let k = KHook::from_u8(code).unwrap();
+            assert_eq!(hook(code).unwrap().name(), k.name(), "code {code}");
+        }
+        assert_eq!(hook(0), None);
+        assert_eq!(hook(200), None);
+    }
+
+    #[test]
+    fn decisions_reasons_and_access() {
+        assert_eq!(decision(KAction::Allow as u8, reason::RULE), Decision::Allow);
+        assert_eq!(decision(KAction::Ask as u8, reason::EXPIRED), Decision::Deny);
+        assert_eq!(decision(KAction::Deny as u8, reason::DEFAULT), Decision::Deny);
+        assert_eq!(reason(reason::UNHOLDABLE), Some(Reason::Unholdable));
+        assert_eq!(reason(99), None);
+        assert_eq!(access(KHook::FileOpen as u8, 1), Some("read"));
+        assert_eq!(access(KHook::FileOpen as u8, 3), Some("write"));
+        assert_eq!(access(KHook::PathUnlink as u8, 0), Some("delete"));
+        assert_eq!(access(KHook::PathRename as u8, 0), None);
+        assert_eq!(access(KHook::Connect as u8, 443), None);
+    }
+}

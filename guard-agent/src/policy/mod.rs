@@ -1,0 +1,264 @@
+//! Policies: what a tree may do. [`parse`] reads a policy file (TOML) into a [`Policy`], with
+//! `file:line:col` errors; [`compile`] turns a policy into the kernel's map entries.
+//!
+//! A policy is checked whole before anything is loaded: the first problem is reported with
+//! file:line:col and what was expected, and nothing reaches the kernel.
+
+pub mod compile;
+pub mod parse;
+
+pub use compile::Compiled;
+pub use parse::{PolicyError, Source};
+
+use guard_common::Action;
+use ipnet::IpNet;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+    Delete,
+    Any,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Matcher {
+    /// Exact path, or a prefix when it ends in '/'; with `argv`, the exact path and tokens that
+    /// must all appear among the arguments.
+    Exec {
+        path: String,
+        argv: Vec<String>,
+    },
+    File {
+        path: String,
+        access: Access,
+    },
+    Net {
+        net: IpNet,
+        port: Option<u16>,
+    },
+    Unix {
+        path: String,
+    },
+    Capability(u8),
+    Mount,
+    Module,
+    Bpf,
+    Ptrace,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub action: Action,
+    pub matcher: Matcher,
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub default: Action,
+    pub ask_timeout: Duration,
+    pub rules: Vec<Rule>,
+}
+
+/// Capability names of Linux 6.x, in number order.
+pub const CAPABILITIES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+pub fn parse_action(s: &str) -> Option<Action> {
+    match s {
+        "allow" => Some(Action::Allow),
+        "deny" => Some(Action::Deny),
+        "audit" => Some(Action::Audit),
+        "ask" => Some(Action::Ask),
+        _ => None,
+    }
+}
+
+pub fn action_name(a: Action) -> &'static str {
+    match a {
+        Action::Allow => "allow",
+        Action::Deny => "deny",
+        Action::Audit => "audit",
+        Action::Ask => "ask",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use guard_common::{class, fnv1a};
+
+    fn err(text: &str) -> String {
+        Policy::parse("p.toml", text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_the_design_example() {
+        let p = Policy::parse(
+            "p.toml",
+            r#"
+default = "allow"
+ask_timeout = "30s"
+[[rule]]
+name = "no-cloud-metadata"
+action = "deny"
+connect = { cidr = "169.254.169.254/32" }
+[[rule]]
+name = "etc-writes"
+action = "ask"
+file = { path = "/etc/", access = "write" }
+[[rule]]
+name = "kubectl"
+action = "ask"
+exec = { path = "/usr/bin/kubectl" }
+[[rule]]
+name = "fw"
+action = "deny"
+capability = "CAP_NET_ADMIN"
+"#,
+        )
+        .unwrap();
+        assert_eq!(p.rules.len(), 4);
+        assert_eq!(p.ask_timeout, Duration::from_secs(30));
+        assert_eq!(p.rules[3].matcher, Matcher::Capability(12));
+        let c = p.compile(0);
+        assert_eq!(c.net.len(), 1);
+        assert_eq!(c.caps.get(&12).unwrap().rule, 4);
+    }
+
+    #[test]
+    fn errors_name_line_and_column() {
+        assert_eq!(
+            err("default = \"allow\"\nbogus = 1\n"),
+            "p.toml:2:1: unknown field `bogus`, expected one of `default`, `ask_timeout`, `rule`"
+        );
+        let e = err("[[rule]]\nname = \"x\"\naction = \"deny\"\nconnect = { cidr = \"10.0.0.300/8\" }\n");
+        assert!(e.starts_with("p.toml:4:20: bad cidr \"10.0.0.300/8\""), "{e}");
+        let e = err("[[rule]]\nname = \"x\"\naction = \"deny\"\nfile = { path = \"etc/\" }\n");
+        assert!(e.starts_with("p.toml:4:17: file path \"etc/\" is relative"), "{e}");
+        let e = err("[[rule]]\nname = \"x\"\naction = \"maybe\"\nmount = true\n");
+        assert!(e.starts_with("p.toml:3:10: unknown action \"maybe\""), "{e}");
+        let e = err("[[rule]]\nname = \"x\"\naction = \"deny\"\ncapability = \"CAP_FLY\"\n");
+        assert!(e.starts_with("p.toml:4:14: unknown capability"), "{e}");
+        let e = err("[[rule]]\nname = \"x\"\naction = \"deny\"\n");
+        assert!(e.contains("has no matcher"), "{e}");
+        let e = err("[[rule]]\nname = \"x\"\naction = \"deny\"\nmount = true\nbpf = true\n");
+        assert!(e.starts_with("p.toml:5:7:") && e.contains("more than one matcher"), "{e}");
+        let e = err("ask_timeout = \"soon\"\n");
+        assert!(e.starts_with("p.toml:1:15: bad ask_timeout"), "{e}");
+        let e = err("[[rule]]\nname = \"x\"\naction = \"deny\"\nconnect = { port = 70000 }\n");
+        assert!(e.contains("port 70000 is out of range"), "{e}");
+        let e = err("[[rule]]\nname = \"x\"\naction = \"deny\"\nfile = { path = \"/a/../b\" }\n");
+        assert!(e.contains("contains '.' or '..'"), "{e}");
+    }
+
+    #[test]
+    fn earliest_rule_wins_through_prefixes() {
+        let p = Policy::parse(
+            "p.toml",
+            r#"
+[[rule]]
+name = "secret"
+action = "deny"
+file = { path = "/etc/shadow", access = "read" }
+[[rule]]
+name = "etc"
+action = "audit"
+file = { path = "/etc/", access = "read" }
+[[rule]]
+name = "etc-ssh-late"
+action = "ask"
+file = { path = "/etc/ssh/", access = "read" }
+"#,
+        )
+        .unwrap();
+        let c = p.compile(0);
+        let find = |s: &[u8]| {
+            c.paths
+                .iter()
+                .find(|(k, len, _)| {
+                    k.class == class::READ && *len as usize == (s.len() + 2) * 8 && &k.path[..s.len()] == s
+                })
+                .map(|x| x.2.rule)
+        };
+        assert_eq!(find(b"/etc/shadow\0"), Some(1));
+        assert_eq!(find(b"/etc/"), Some(2));
+        // "/etc/ssh/" sits under "/etc/" (rule 2), which comes first in the file.
+        assert_eq!(find(b"/etc/ssh/"), Some(2));
+    }
+
+    #[test]
+    fn argv_conditions() {
+        let p = Policy::parse(
+            "p.toml",
+            "[[rule]]\nname = \"kdel\"\naction = \"ask\"\nexec = { path = \"/usr/bin/kubectl\", argv = [\"delete\"] }\n[[rule]]\nname = \"k\"\naction = \"audit\"\nexec = { path = \"/usr/bin/kubectl\" }\n",
+        )
+        .unwrap();
+        let c = p.compile(0);
+        assert_eq!(c.argv.len(), 1);
+        assert_eq!(c.argv[0].path_hash, fnv1a(b"/usr/bin/kubectl"));
+        assert_eq!(c.argv[0].tokens[0], fnv1a(b"delete"));
+        assert_eq!((c.argv[0].rule, c.argv[0].ntok), (1, 1));
+        // Only the plain exec rule is in the path trie.
+        assert_eq!(c.paths.len(), 1);
+        assert_eq!(c.paths[0].2.rule, 2);
+        let e = err("[[rule]]\nname = \"x\"\naction = \"allow\"\nexec = { path = \"/bin/x\", argv = [\"a\"] }\n");
+        assert!(e.starts_with("p.toml:4:34:") && e.contains("not allow"), "{e}");
+        let e = err("[[rule]]\nname = \"x\"\naction = \"deny\"\nexec = { path = \"/bin/\", argv = [\"a\"] }\n");
+        assert!(e.contains("exact exec path"), "{e}");
+        let e = err("[[rule]]\nname = \"x\"\naction = \"deny\"\nexec = { path = \"/bin/x\", argv = [] }\n");
+        assert!(e.contains("1 to 4 arguments"), "{e}");
+    }
+
+    #[test]
+    fn port_only_connect_covers_both_families() {
+        let p =
+            Policy::parse("p.toml", "[[rule]]\nname = \"x\"\naction = \"deny\"\nconnect = { port = 22 }\n").unwrap();
+        let c = p.compile(0);
+        assert_eq!(c.net.len(), 2);
+        assert!(c.net.iter().all(|n| n.port == 22));
+    }
+}

@@ -1,0 +1,312 @@
+//! Policy files: TOML -> [`Policy`], every error at its `file:line:col` (one counting rule,
+//! `guard_api::Location`, shared with the daemon's configuration).
+
+use super::{parse_action, Access, Matcher, Policy, Rule, CAPABILITIES};
+use guard_api::Location;
+use guard_common::{Action, ARG_LEN, MAX_ARGV_RULES, MAX_ARGV_TOKENS, MAX_NET_RULES, PATH_LEN};
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::{net::IpAddr, ops::Range, path::Path, time::Duration};
+use thiserror::Error;
+use toml::Spanned;
+
+/// A problem in a policy or configuration file, at its place (`file` alone when the whole
+/// file is at fault, e.g. it cannot be read).
+#[derive(Debug, Error)]
+#[error("{at}: {msg}")]
+pub struct PolicyError {
+    pub at: Location,
+    pub msg: String,
+}
+
+/// A file being parsed: its path and text, to place errors.
+pub struct Source<'a> {
+    pub path: &'a Path,
+    pub text: &'a str,
+}
+
+impl Source<'_> {
+    pub fn err(&self, span: Range<usize>, msg: impl Into<String>) -> PolicyError {
+        PolicyError { at: Location::of(self.path, self.text, span), msg: msg.into() }
+    }
+
+    /// Reads `path` whole; an unreadable file is an error of the file itself.
+    pub fn read(path: &Path, what: &str) -> Result<String, PolicyError> {
+        std::fs::read_to_string(path)
+            .map_err(|e| PolicyError { at: Location::whole(path), msg: format!("cannot read the {what}: {e}") })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    default: Option<Spanned<String>>,
+    ask_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    rule: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Spanned<String>,
+    action: Spanned<String>,
+    exec: Option<Spanned<RawExec>>,
+    file: Option<Spanned<RawFile>>,
+    connect: Option<Spanned<RawConnect>>,
+    capability: Option<Spanned<String>>,
+    mount: Option<Spanned<bool>>,
+    module: Option<Spanned<bool>>,
+    bpf: Option<Spanned<bool>>,
+    ptrace: Option<Spanned<bool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExec {
+    path: Spanned<String>,
+    argv: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    path: Spanned<String>,
+    access: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConnect {
+    cidr: Option<Spanned<String>>,
+    port: Option<Spanned<i64>>,
+    unix: Option<Spanned<String>>,
+}
+
+impl Policy {
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let text = Source::read(path, "policy file")?;
+        Self::parse(&path.display().to_string(), &text)
+    }
+
+    pub fn parse(file: &str, text: &str) -> Result<Self, PolicyError> {
+        let ctx = Source { path: Path::new(file), text };
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_string();
+            ctx.err(e.span().unwrap_or(0..0), msg)
+        })?;
+        let default = match raw.default {
+            None => Action::Allow,
+            Some(d) => parse_action(d.get_ref()).ok_or_else(|| {
+                ctx.err(
+                    d.span(),
+                    format!("unknown default action {:?}: expected allow, deny, audit or ask", d.get_ref()),
+                )
+            })?,
+        };
+        let ask_timeout = match raw.ask_timeout {
+            None => Duration::from_secs(30),
+            Some(t) => {
+                let d = humantime::parse_duration(t.get_ref()).map_err(|e| {
+                    ctx.err(
+                        t.span(),
+                        format!("bad ask_timeout {:?}: {e} (expected e.g. \"30s\" or \"5m\")", t.get_ref()),
+                    )
+                })?;
+                if d.is_zero() || d > Duration::from_secs(24 * 3600) {
+                    return Err(ctx.err(t.span(), "ask_timeout must be between 1s and 24h"));
+                }
+                d
+            }
+        };
+        let mut rules = Vec::new();
+        let mut net_rules = 0;
+        let mut argv_rules = 0;
+        for r in raw.rule {
+            let span = r.span();
+            let r = r.into_inner();
+            let span_start = span.clone();
+            let rule = compile_rule(&ctx, span, r)?;
+            if matches!(&rule.matcher, Matcher::Exec { argv, .. } if !argv.is_empty()) {
+                argv_rules += 1;
+                if argv_rules > MAX_ARGV_RULES {
+                    return Err(
+                        ctx.err(span_start, format!("at most {MAX_ARGV_RULES} exec rules with argv are supported"))
+                    );
+                }
+            }
+            if matches!(rule.matcher, Matcher::Net { .. }) {
+                net_rules += 1;
+                if net_rules > MAX_NET_RULES {
+                    return Err(
+                        ctx.err(0..0, format!("at most {MAX_NET_RULES} connect rules with a cidr are supported"))
+                    );
+                }
+            }
+            rules.push(rule);
+        }
+        Ok(Policy { default, ask_timeout, rules })
+    }
+}
+
+fn check_abs_path(ctx: &Source, p: &Spanned<String>, what: &str) -> Result<String, PolicyError> {
+    let s = p.get_ref();
+    if !s.starts_with('/') {
+        return Err(ctx.err(p.span(), format!("{what} {s:?} is relative: expected an absolute path starting with '/'")));
+    }
+    if s.split('/').any(|c| c == ".." || c == ".") {
+        return Err(ctx.err(p.span(), format!("{what} {s:?} contains '.' or '..': give the resolved path")));
+    }
+    if s.contains('\0') {
+        return Err(ctx.err(p.span(), format!("{what} contains a NUL byte")));
+    }
+    if s.len() >= PATH_LEN - 1 {
+        return Err(
+            ctx.err(p.span(), format!("{what} is {} bytes long: at most {} are supported", s.len(), PATH_LEN - 2))
+        );
+    }
+    Ok(s.clone())
+}
+
+/// argv conditions: 1 to 4 whole arguments, on an exact path, for rules that restrict.
+fn check_argv(ctx: &Source, a: &Spanned<Vec<String>>, path: &str, action: Action) -> Result<Vec<String>, PolicyError> {
+    let tokens = a.get_ref();
+    if tokens.is_empty() || tokens.len() > MAX_ARGV_TOKENS {
+        return Err(ctx.err(a.span(), format!("argv takes 1 to {MAX_ARGV_TOKENS} arguments, got {}", tokens.len())));
+    }
+    if path.ends_with('/') {
+        return Err(ctx.err(a.span(), "argv conditions need an exact exec path, not a prefix"));
+    }
+    if action == Action::Allow {
+        // A program can hide arguments past the ones the kernel captures; an allow that
+        // depends on them could be tricked into allowing.
+        return Err(ctx.err(a.span(), "argv conditions are for deny, ask and audit rules, not allow"));
+    }
+    for t in tokens {
+        if t.is_empty() || t.len() >= ARG_LEN || t.contains('\0') {
+            return Err(ctx.err(a.span(), format!("argv token {t:?} must be 1 to {} bytes, without NUL", ARG_LEN - 1)));
+        }
+    }
+    Ok(tokens.clone())
+}
+
+fn compile_rule(ctx: &Source, span: Range<usize>, r: RawRule) -> Result<Rule, PolicyError> {
+    let name = r.name.get_ref().trim().to_string();
+    if name.is_empty() {
+        return Err(ctx.err(r.name.span(), "rule name is empty"));
+    }
+    let action = parse_action(r.action.get_ref()).ok_or_else(|| {
+        ctx.err(r.action.span(), format!("unknown action {:?}: expected allow, deny, audit or ask", r.action.get_ref()))
+    })?;
+    let mut matchers: Vec<(Range<usize>, Matcher)> = Vec::new();
+    if let Some(e) = r.exec {
+        let span = e.span();
+        let e = e.into_inner();
+        let path = check_abs_path(ctx, &e.path, "exec path")?;
+        let argv = match e.argv {
+            None => vec![],
+            Some(a) => check_argv(ctx, &a, &path, action)?,
+        };
+        matchers.push((span, Matcher::Exec { path, argv }));
+    }
+    if let Some(f) = r.file {
+        let span = f.span();
+        let f = f.into_inner();
+        let path = check_abs_path(ctx, &f.path, "file path")?;
+        let access = match &f.access {
+            None => Access::Any,
+            Some(a) => match a.get_ref().as_str() {
+                "read" => Access::Read,
+                "write" => Access::Write,
+                "delete" => Access::Delete,
+                "any" => Access::Any,
+                other => {
+                    return Err(ctx
+                        .err(a.span(), format!("unknown file access {other:?}: expected read, write, delete or any")))
+                }
+            },
+        };
+        matchers.push((span, Matcher::File { path, access }));
+    }
+    if let Some(c) = r.connect {
+        let span = c.span();
+        let c = c.into_inner();
+        match (&c.cidr, &c.unix) {
+            (Some(_), Some(u)) => {
+                return Err(ctx.err(u.span(), "connect takes either cidr (with an optional port) or unix, not both"))
+            }
+            (None, None) if c.port.is_none() => return Err(ctx.err(span, "connect needs cidr, port or unix")),
+            (None, Some(u)) => {
+                if let Some(p) = &c.port {
+                    return Err(ctx.err(p.span(), "a unix socket has no port"));
+                }
+                let path = u.get_ref();
+                let path = if let Some(name) = path.strip_prefix('@') {
+                    if name.is_empty() {
+                        return Err(ctx.err(u.span(), "abstract unix socket name after '@' is empty"));
+                    }
+                    path.clone()
+                } else {
+                    check_abs_path(ctx, u, "unix socket path")?
+                };
+                matchers.push((span, Matcher::Unix { path }));
+            }
+            (cidr, None) => {
+                let net = match cidr {
+                    None => "::/0".parse().expect("valid"),
+                    Some(s) => parse_cidr(s.get_ref()).ok_or_else(|| {
+                        ctx.err(s.span(), format!("bad cidr {:?}: expected an IPv4 or IPv6 network like \"10.0.0.0/8\" or \"fd00::/8\", or one address", s.get_ref()))
+                    })?,
+                };
+                let port = match &c.port {
+                    None => None,
+                    Some(p) => {
+                        let v = *p.get_ref();
+                        if !(1..=65535).contains(&v) {
+                            return Err(ctx.err(p.span(), format!("port {v} is out of range: expected 1 to 65535")));
+                        }
+                        Some(v as u16)
+                    }
+                };
+                // No cidr means any address; compile() expands that to IPv4 and IPv6.
+                matchers.push((span, Matcher::Net { net, port }));
+            }
+        }
+    }
+    if let Some(c) = r.capability {
+        let s = c.get_ref().to_ascii_uppercase();
+        let s = if s.starts_with("CAP_") { s } else { format!("CAP_{s}") };
+        let n = CAPABILITIES.iter().position(|&x| x == s).ok_or_else(|| {
+            ctx.err(
+                c.span(),
+                format!("unknown capability {:?}: expected a name like CAP_NET_ADMIN or CAP_SYS_ADMIN", c.get_ref()),
+            )
+        })?;
+        matchers.push((c.span(), Matcher::Capability(n as u8)));
+    }
+    for (flag, m) in
+        [(r.mount, Matcher::Mount), (r.module, Matcher::Module), (r.bpf, Matcher::Bpf), (r.ptrace, Matcher::Ptrace)]
+    {
+        if let Some(f) = flag {
+            if !*f.get_ref() {
+                return Err(ctx.err(f.span(), "this matcher only takes `true`; leave it out to not match"));
+            }
+            matchers.push((f.span(), m));
+        }
+    }
+    match matchers.len() {
+        0 => Err(ctx.err(span, format!("rule {name:?} has no matcher: expected one of exec, file, connect, capability, mount, module, bpf, ptrace"))),
+        1 => {
+            let matcher = matchers.into_iter().next().expect("one").1;
+            Ok(Rule { name, action, matcher })
+        }
+        _ => Err(ctx.err(matchers[1].0.clone(), format!("rule {name:?} has more than one matcher: split it into one rule per matcher"))),
+    }
+}
+
+fn parse_cidr(s: &str) -> Option<IpNet> {
+    if let Ok(n) = s.parse::<IpNet>() {
+        return Some(n.trunc());
+    }
+    s.parse::<IpAddr>().ok().map(IpNet::from)
+}
