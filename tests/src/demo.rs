@@ -75,8 +75,9 @@ pub fn run() -> Result<i32> {
     println!("== policy:\n{POLICY}");
     let a = server.start("demo", POLICY, AGENT_SCRIPT)?;
     let out = a.finish_within(std::time::Duration::from_secs(1500))?;
-    println!("\n== this host's audit log ({} records):", out.records.len());
-    for r in &out.records {
+    let records = out.records()?;
+    println!("\n== this host's audit log ({} records):", records.len());
+    for r in &records {
         println!("{}", summary(r));
     }
     Ok(out.code)

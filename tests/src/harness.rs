@@ -58,7 +58,15 @@ pub fn module_path() -> Option<String> {
 pub struct Output {
     pub code: i32,
     pub stderr: String,
-    pub records: Vec<AuditRecord>,
+    /// The agent's audit log, read by [`Output::records`].
+    log: String,
+}
+
+impl Output {
+    /// The agent's audit records; an error if a line is not an [`AuditRecord`].
+    pub fn records(&self) -> Result<Vec<AuditRecord>> {
+        read_records(&self.log)
+    }
 }
 
 /// Runs an agent to completion (for policies that must be rejected).
@@ -68,11 +76,7 @@ pub fn run_agent_once(name: &str, policy: &str, script: &str) -> Result<Output> 
     let out = Command::new("guard-agent")
         .args(["run", "--policy", &pol, "--audit-log", &log, "--admin-socket", &sock, "--", "/bin/sh", "-c", script])
         .output()?;
-    Ok(Output {
-        code: out.status.code().unwrap_or(-1),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-        records: read_records(&log)?,
-    })
+    Ok(Output { code: out.status.code().unwrap_or(-1), stderr: String::from_utf8_lossy(&out.stderr).into(), log })
 }
 
 fn paths(name: &str) -> (String, String, String) {
@@ -257,11 +261,7 @@ impl Agent {
         let deadline = Instant::now() + wait;
         loop {
             if let Some(st) = self.child.try_wait()? {
-                return Ok(Output {
-                    code: st.code().unwrap_or(-1),
-                    stderr: self.stderr(),
-                    records: read_records(&self.log)?,
-                });
+                return Ok(Output { code: st.code().unwrap_or(-1), stderr: self.stderr(), log: self.log.clone() });
             }
             if Instant::now() > deadline {
                 self.child.kill().ok();

@@ -201,7 +201,7 @@ exec = { path = "/tmp/t/bin/watched-tool" }
     // More arguments than the kernel captures: the argv rule applies rather than be evaded.
     ensure!(a.result()?.starts_with("RESULT errno=1 "), "an argv condition was evaded with many arguments");
     let out = a.finish()?;
-    let r = &out.records;
+    let r = &out.records()?;
     ensure!(
         has(r, |x| x.decision == Some(Decision::Deny)
             && is(&x.rule, "no-forbidden")
@@ -272,7 +272,7 @@ file = { path = "/tmp/t/audited", access = "read" }
     // A process outside the tree is never affected, even while the agent runs.
     std::fs::read("/tmp/t/secret/a").context("an outsider could not read the secret")?;
     let out = a.finish()?;
-    let r = &out.records;
+    let r = &out.records()?;
     for (rule, hook, object) in [
         ("secrets", Hook::FileOpen, "/tmp/t/secret/a"),
         ("read-only", Hook::PathMknod, "/tmp/t/ro/new"),
@@ -340,7 +340,7 @@ connect = {{ unix = "@guard-denied" }}
         ensure!(r.starts_with(if *allowed { "RESULT ok" } else { "RESULT errno=1 " }), "{op}: got {r}");
     }
     let out = a.finish()?;
-    let r = &out.records;
+    let r = &out.records()?;
     ensure!(
         has(r, |x| is(&x.rule, "no-port") && is(&x.object, &format!("127.0.0.1:{}", l.tcp4[0]))),
         "no record for the v4 deny: {r:#?}"
@@ -394,7 +394,7 @@ fn privileged_denied() -> Result<()> {
         ensure!(r.starts_with(if allowed { "RESULT ok" } else { "RESULT errno=1 " }), "{op}: got {r}");
     }
     let out = a.finish()?;
-    let r = &out.records;
+    let r = &out.records()?;
     for (rule, hook) in [
         ("time", Hook::Capable),
         ("mounts", Hook::SbMount),
@@ -420,7 +420,7 @@ fn privileged_allowed() -> Result<()> {
         ensure!(r.starts_with("RESULT ok"), "{op}: got {r}");
     }
     let out = a.finish()?;
-    let r = &out.records;
+    let r = &out.records()?;
     for rule in ["time", "mounts", "modules", "bpf", "ptrace"] {
         ensure!(
             has(r, |x| is(&x.rule, rule) && x.decision == Some(Decision::Allow) && x.action == Some(Action::Audit)),
@@ -535,9 +535,9 @@ fn holds_approve_deny() -> Result<()> {
             ensure!(r.starts_with(want), "{op} after {}: got {r}", if approve { "approve" } else { "deny" });
         }
         let out = a.finish()?;
+        let records = out.records()?;
         let reason = if approve { Reason::Approved } else { Reason::Denied };
-        let n = out
-            .records
+        let n = records
             .iter()
             .filter(|x| {
                 x.reason == Some(reason)
@@ -549,7 +549,7 @@ fn holds_approve_deny() -> Result<()> {
             n >= ops.len(),
             "{n} {reason} records with request id and approver for {} holds: {:#?}",
             ops.len(),
-            out.records
+            records
         );
     }
     Ok(())
@@ -568,8 +568,8 @@ fn holds_expire() -> Result<()> {
         ensure!(r.starts_with("RESULT errno=1 "), "{op} was not denied at expiry: {r}");
     }
     let out = a.finish()?;
-    let n =
-        out.records.iter().filter(|x| x.reason == Some(Reason::Expired) && x.decision == Some(Decision::Deny)).count();
+    let records = out.records()?;
+    let n = records.iter().filter(|x| x.reason == Some(Reason::Expired) && x.decision == Some(Decision::Deny)).count();
     ensure!(n >= ops.len(), "{n} expired records for {} holds", ops.len());
     Ok(())
 }
@@ -721,14 +721,15 @@ fn unholdable_asks() -> Result<()> {
     let r = a.result()?;
     ensure!(r.starts_with("RESULT errno=1 "), "settime under an ask rule on CAP_SYS_TIME: {r}");
     let out = a.finish()?;
-    ensure!(!has(&out.records, |x| x.request_id.is_some()), "something was held: {:#?}", out.records);
+    let records = out.records()?;
+    ensure!(!has(&records, |x| x.request_id.is_some()), "something was held: {:#?}", records);
     for object in ["/tmp/t/ask/a", "CAP_SYS_TIME"] {
         ensure!(
-            has(&out.records, |x| x.reason == Some(Reason::Unholdable)
+            has(&records, |x| x.reason == Some(Reason::Unholdable)
                 && x.decision == Some(Decision::Deny)
                 && is(&x.object, object)),
             "no unholdable record for {object}: {:#?}",
-            out.records
+            records
         );
     }
     Ok(())
@@ -743,12 +744,13 @@ fn held_process_killed() -> Result<()> {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)?;
     a.line_starting("AFTER")?;
     let out = a.finish()?;
+    let records = out.records()?;
     ensure!(
-        has(&out.records, |x| x.reason == Some(Reason::Exited)
+        has(&records, |x| x.reason == Some(Reason::Exited)
             && x.decision == Some(Decision::Deny)
             && is(&x.request_id, s(&h, "id"))),
         "no record of the hold that ended with its process: {:#?}",
-        out.records
+        records
     );
     Ok(())
 }
@@ -770,8 +772,9 @@ fn task_limit() -> Result<()> {
     let r = a.result()?;
     ensure!(num("forked=", &r) == 5 && num("eagain=", &r) == 0, "after the children exited: {r}");
     let out = a.finish()?;
+    let records = out.records()?;
     ensure!(
-        has(&out.records, |x| x.hook == Some(Hook::TaskAlloc) && x.decision == Some(Decision::Deny)),
+        has(&records, |x| x.hook == Some(Hook::TaskAlloc) && x.decision == Some(Decision::Deny)),
         "no record of the refused fork"
     );
     Ok(())

@@ -186,17 +186,16 @@ fn approve_and_deny() -> Result<()> {
     ensure!(again.is_err(), "approving a denied request was accepted");
     ensure!(field(&e.show(&field(&r2, "id"))?, "state").to_lowercase().contains("denied"), "state changed");
     let out = a.finish()?;
+    let records = out.records()?;
     let find = |reason: Reason, obj: &str| {
-        out.records
-            .iter()
-            .find(|x| x.reason == Some(reason) && x.object.as_deref() == Some(obj) && x.request_id.is_some())
+        records.iter().find(|x| x.reason == Some(reason) && x.object.as_deref() == Some(obj) && x.request_id.is_some())
     };
-    let ok = find(Reason::Approved, &p[0]).ok_or_else(|| anyhow!("no approved record: {:#?}", out.records))?;
+    let ok = find(Reason::Approved, &p[0]).ok_or_else(|| anyhow!("no approved record: {:#?}", records))?;
     ensure!(ok.approver.as_deref() == Some("alice") && ok.decision == Some(Decision::Allow), "approved record: {ok:?}");
     // The host's record names the server's request, so the two trails join.
     let id = field(&r, "id");
     ensure!(ok.request_id.as_deref() == Some(id.as_str()), "record's request_id is not the server's: {ok:?}");
-    let no = find(Reason::Denied, &p[1]).ok_or_else(|| anyhow!("no denied record: {:#?}", out.records))?;
+    let no = find(Reason::Denied, &p[1]).ok_or_else(|| anyhow!("no denied record: {:#?}", records))?;
     ensure!(no.approver.as_deref() == Some("bob") && no.decision == Some(Decision::Deny), "denied record: {no:?}");
     ensure!(
         no.comment.as_deref().is_some_and(|c| c.contains("not today")),
@@ -268,10 +267,11 @@ fn expiry() -> Result<()> {
     ensure!(got.starts_with("RESULT errno=1 "), "unanswered read: {got}");
     ensure!(started.elapsed() < Duration::from_secs(60), "the hold outlived its timeout by far");
     let out = a.finish()?;
+    let records = out.records()?;
     ensure!(
-        out.records.iter().any(|x| x.reason == Some(Reason::Expired) && x.object.as_deref() == Some(p[0].as_str())),
+        records.iter().any(|x| x.reason == Some(Reason::Expired) && x.object.as_deref() == Some(p[0].as_str())),
         "no expired record: {:#?}",
-        out.records
+        records
     );
     // The server ends the request too; a review after that is refused.
     let id = field(&r, "id");
@@ -293,10 +293,11 @@ fn unreachable() -> Result<()> {
     let got = a.result()?;
     ensure!(got.starts_with("RESULT errno=1 "), "read with the server down: {got}");
     let out = a.finish()?;
+    let records = out.records()?;
     ensure!(
-        out.records.iter().any(|x| x.reason == Some(Reason::Unreachable) && x.object.as_deref() == Some(p[0].as_str())),
+        records.iter().any(|x| x.reason == Some(Reason::Unreachable) && x.object.as_deref() == Some(p[0].as_str())),
         "no unreachable record: {:#?}",
-        out.records
+        records
     );
     Ok(())
 }
