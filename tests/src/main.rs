@@ -18,6 +18,7 @@ use guard_api::{Action, AuditRecord, Decision, Hook, Reason};
 use harness::{Agent, Listeners};
 use libtest_mimic::{Arguments, ColorSetting, Completion, Failed, Trial};
 use serde_json::Value;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub type Test = (&'static str, fn() -> Result<()>);
@@ -97,16 +98,28 @@ fn run_tests() -> i32 {
         .map(|&(name, test)| Trial::ignorable_test(name, move || run_one(name, test)))
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
+    // After the summary, where the host looks for them: one line per skipped test.
+    for line in SKIPPED.lock().expect("no test panics while holding it").iter() {
+        println!("{line}");
+    }
     if conclusion.has_failed() {
         return 101;
     }
-    // A filter that matches nothing ran nothing: that is not a pass.
+    // A run in which nothing passed (a filter that matches nothing, or only skips) tested
+    // nothing: that is not a pass.
     if !args.list && conclusion.num_passed == 0 {
-        println!("no test ran (filter {:?})", args.filter.as_deref().unwrap_or(""));
+        let filter = args.filter.as_deref().unwrap_or("");
+        match conclusion.num_ignored {
+            0 => println!("no test ran (filter {filter:?})"),
+            n => println!("no test passed: the {n} selected were skipped (filter {filter:?})"),
+        }
         return 1;
     }
     0
 }
+
+/// `SKIPPED: name: reason` of each test that could not run, printed after the summary.
+static SKIPPED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 fn run_one(name: &str, test: fn() -> Result<()>) -> Result<Completion, Failed> {
     let start = Instant::now();
@@ -119,7 +132,7 @@ fn run_one(name: &str, test: fn() -> Result<()>) -> Result<Completion, Failed> {
         }
         Err(e) => match e.downcast_ref::<harness::Skip>() {
             Some(harness::Skip(why)) => {
-                println!("SKIPPED: {name}: {why}");
+                SKIPPED.lock().expect("no test panics while holding it").push(format!("SKIPPED: {name}: {why}"));
                 Ok(Completion::ignored_with(why))
             }
             None => Err(format!("{e:#} (after {took:.1}s)").into()),
