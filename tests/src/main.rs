@@ -126,10 +126,7 @@ fn run_one(name: &str, test: fn() -> Result<()>) -> Result<Completion, Failed> {
     let result = test();
     let took = start.elapsed().as_secs_f64();
     match result {
-        Ok(()) => {
-            println!("  {name} took {took:.1}s");
-            Ok(Completion::Completed)
-        }
+        Ok(()) => Ok(Completion::Completed),
         Err(e) => match e.downcast_ref::<harness::Skip>() {
             Some(harness::Skip(why)) => {
                 SKIPPED.lock().expect("no test panics while holding it").push(format!("SKIPPED: {name}: {why}"));
