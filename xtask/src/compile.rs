@@ -25,13 +25,8 @@ pub fn build_ebpf() -> Result<()> {
 /// build-ebpf, then every workspace binary in release mode.
 pub fn build() -> Result<()> {
     build_ebpf()?;
-    util::run(
-        Command::new("cargo")
-            .args(["build", "--release", "--workspace", "--bins"])
-            // The VM tests and the demo run `guard-server dev-postgres` on the host.
-            .args(crate::services::server_testing_features())
-            .current_dir(workspace_root()),
-    )
+    // guard-server with its `testing` feature: the VM tests and the demo run `dev-postgres`.
+    crate::services::build_release_binaries(&[])
 }
 
 /// guard-agent's build.rs reruns on the object's mtime, so an identical object

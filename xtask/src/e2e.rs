@@ -3,7 +3,7 @@
 use crate::kernel::Series;
 use crate::util::{self, sh_quote, workspace_root};
 use crate::vm::{self, GuestCrash, VmArgs};
-use crate::{central, compile, services, setup};
+use crate::{central, compile, setup};
 use anyhow::{bail, Result};
 use std::process::Command;
 
@@ -26,12 +26,7 @@ pub fn run(args: &TestArgs) -> Result<u8> {
     if !args.vm_only {
         setup::run()?;
         compile::build()?;
-        util::run(
-            Command::new("cargo")
-                .args(["test", "--workspace"])
-                .args(services::server_testing_features())
-                .current_dir(workspace_root()),
-        )?;
+        util::run(Command::new("cargo").args(["test", "--workspace"]).current_dir(workspace_root()))?;
     }
     if !workspace_root().join("target/release/guard-e2e").exists() {
         bail!("target/release/guard-e2e was not built; cannot run the VM tests");

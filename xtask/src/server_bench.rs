@@ -56,12 +56,7 @@ struct Measured {
 
 pub fn run(args: &ServerBenchArgs) -> Result<()> {
     let root = workspace_root();
-    util::run(
-        Command::new("cargo")
-            .args(["build", "--release", "-p", "guard-server", "-p", "guardctl", "--bins"])
-            .args(services::server_testing_features())
-            .current_dir(&root),
-    )?;
+    services::build_release_binaries(&["guard-server", "guardctl"])?;
     let release = root.join("target/release");
     let (server, loadgen) = (release.join("guard-server"), release.join("guard-loadgen"));
     let dir = root.join("target/server-bench");

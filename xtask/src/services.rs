@@ -196,17 +196,31 @@ pub fn wait_for_line(log: &Path, needle: &str, name: &str, child: &mut Child) ->
     }
 }
 
-/// `--features guard-server/testing` when guard-server declares that feature (it gates the
-/// test scaffolding such as `dev-postgres`); nothing for a guard-server without it, for which
-/// cargo would refuse the flag.
-pub fn server_testing_features() -> Vec<String> {
-    let manifest = workspace_root().join("guard-server/Cargo.toml");
-    let text = fs::read_to_string(&manifest).unwrap_or_default();
-    if declares_feature(&text, "testing") {
-        vec!["--features".into(), "guard-server/testing".into()]
-    } else {
-        Vec::new()
+/// `cargo build --release --bins` of `packages` (every workspace member when empty), with
+/// guard-server built by a cargo run of its own, with its `testing` feature (which gates
+/// `dev-postgres`) when its manifest declares one, so this also works for a guard-server
+/// without it, for which cargo would refuse the flag. Its own run because guard-server has a
+/// dev-dependency on itself with `testing`: in a `--workspace` build,
+/// `--features guard-server/testing` names that dependency and the binary comes out without
+/// the feature.
+pub fn build_release_binaries(packages: &[&str]) -> Result<()> {
+    let root = workspace_root();
+    let mut rest = Command::new("cargo");
+    rest.args(["build", "--release", "--bins"]).current_dir(&root);
+    if packages.is_empty() {
+        rest.args(["--workspace", "--exclude", "guard-server"]);
     }
+    for p in packages.iter().filter(|p| **p != "guard-server") {
+        rest.args(["-p", p]);
+    }
+    util::run(&mut rest)?;
+    let mut server = Command::new("cargo");
+    server.args(["build", "--release", "--bins", "-p", "guard-server"]).current_dir(&root);
+    let manifest = fs::read_to_string(root.join("guard-server/Cargo.toml")).unwrap_or_default();
+    if declares_feature(&manifest, "testing") {
+        server.args(["--features", "testing"]);
+    }
+    util::run(&mut server)
 }
 
 /// True if the manifest's `[features]` table has a key `feature`.
