@@ -55,10 +55,12 @@ pub fn bench_loop(op: &str, n: u32) -> Result<f64> {
             let path = std::ffi::CString::new(BENCH_FILE)?;
             start = Instant::now();
             for _ in 0..n {
+                // SAFETY: path is a NUL-terminated CString that outlives the loop.
                 let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
                 if fd < 0 {
                     bail!("open failed: {}", std::io::Error::last_os_error());
                 }
+                // SAFETY: fd was just returned by open and is closed once, here.
                 unsafe { libc::close(fd) };
             }
         }

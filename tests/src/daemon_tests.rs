@@ -3,9 +3,10 @@
 
 use crate::{
     harness::{DaemonUnderTest, Workload},
-    Test,
+    is, Test,
 };
 use anyhow::{ensure, Context, Result};
+use guard_api::{AuditRecord, Decision, Reason, StatedReason};
 use serde_json::Value;
 use std::{
     os::unix::process::CommandExt,
@@ -46,6 +47,11 @@ fn has_line(out: &str, line: &str) -> bool {
 
 fn s<'a>(v: &'a Value, k: &str) -> &'a str {
     v.get(k).and_then(Value::as_str).unwrap_or("")
+}
+
+/// True if the record carries a stated reason that satisfies `pred`.
+fn stated(r: &AuditRecord, pred: impl Fn(&StatedReason) -> bool) -> bool {
+    r.stated_reason.as_ref().is_some_and(pred)
 }
 
 /// A shell that waits for `go` to exist, then runs `then` (exec'd).
@@ -183,7 +189,7 @@ user = 4242
         ("reg", "reg-no-secret", secret("reg")),
     ] {
         d.wait_record(&format!("for {rule}"), |r| {
-            s(r, "rule") == rule && s(r, "policy") == policy && s(r, "object") == file && s(r, "decision") == "deny"
+            is(&r.rule, rule) && is(&r.policy, policy) && is(&r.object, &file) && r.decision == Some(Decision::Deny)
         })?;
     }
     Ok(())
@@ -238,7 +244,7 @@ fn overlaps_and_reload() -> Result<()> {
     touch(&go)?;
     let (_, out) = w.finish()?;
     ensure!(has_line(&out, &format!("RESULT errno=1 open-read {b}")), "the running tree kept the old policy: {out}");
-    d.wait_record("for the reloaded rule", |r| s(r, "rule") == "coding-b-now")?;
+    d.wait_record("for the reloaded rule", |r| is(&r.rule, "coding-b-now"))?;
 
     // An invalid config keeps the old one in force and says why, with file:line:col.
     let cfg = std::fs::read_to_string(&d.config)?;
@@ -280,7 +286,7 @@ fn restart_readopts() -> Result<()> {
     let t = d.tree(w.pid())?;
     ensure!(s(&t, "selector").contains("found running"), "pre-existing tree: {t}");
     touch(&format!("{dir}/go1"))?;
-    d.wait_record("from the adopted tree", |r| s(r, "rule") == "svc-no-secret")?;
+    d.wait_record("from the adopted tree", |r| is(&r.rule, "svc-no-secret"))?;
 
     // No daemon: the kernel keeps enforcing on the tree and keeps starting trees by selector.
     d.stop()?;
@@ -292,7 +298,7 @@ fn restart_readopts() -> Result<()> {
     std::thread::sleep(Duration::from_millis(500));
 
     // A restarted daemon keeps the programs, re-adopts the tree, and records its operations.
-    let before = d.records().len();
+    let before = d.records()?.len();
     d.restart()?;
     d.wait_log("kept attached from an earlier daemon", Duration::from_secs(30))?;
     let t = d.tree(w.pid())?;
@@ -315,8 +321,8 @@ fn restart_readopts() -> Result<()> {
     ensure!(denied == 3, "the tree was not denied before, during and after the restart: {out}");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let recs = d.records();
-        if recs[before.min(recs.len())..].iter().any(|r| s(r, "rule") == "svc-no-secret" && r["pid"] != Value::Null) {
+        let recs = d.records()?;
+        if recs[before.min(recs.len())..].iter().any(|r| is(&r.rule, "svc-no-secret") && r.pid.is_some()) {
             break;
         }
         ensure!(Instant::now() < deadline, "no record after the restart: {recs:?}");
@@ -346,15 +352,14 @@ fn stated_reasons() -> Result<()> {
             .args(["run", "--daemon", "--admin-socket", &d.sock, "--", "/bin/sh", "-c", &script])
             .env("GUARD_REASON_SOCKET", &d.reason_sock),
     )?;
-    let r = d.wait_record("with tree A's reason", |r| s(r, "rule") == "no-secret")?;
-    let why = &r["stated_reason"];
-    ensure!(
-        s(why, "tool") == "bash"
-            && s(why, "call_id") == "call-7"
-            && s(why, "session") == "sess-1"
-            && s(why, "reason") == "check the secret for the test",
-        "record's stated reason: {r}"
-    );
+    let r = d.wait_record("with tree A's reason", |r| is(&r.rule, "no-secret"))?;
+    let want = StatedReason {
+        tool: "bash".into(),
+        call_id: "call-7".into(),
+        reason: "check the secret for the test".into(),
+        session: "sess-1".into(),
+    };
+    ensure!(r.stated_reason.as_ref() == Some(&want), "record's stated reason: {r:?}");
     // Another tree states its own reason; it does not become tree A's.
     let out = Command::new("guard-agent")
         .args(["run", "--daemon", "--admin-socket", &d.sock, "--", "/bin/sh", "-c"])
@@ -362,7 +367,7 @@ fn stated_reasons() -> Result<()> {
         .env("GUARD_REASON_SOCKET", &d.reason_sock)
         .output()?;
     ensure!(String::from_utf8_lossy(&out.stdout).contains("RESULT errno=1"), "tree B: {out:?}");
-    d.wait_record("with tree B's reason", |r| s(&r["stated_reason"], "tool") == "evil")?;
+    d.wait_record("with tree B's reason", |r| stated(r, |why| why.tool == "evil"))?;
     // A process outside every tree is refused.
     let out =
         Command::new("guard-agent").args(["reason", "--socket", &d.reason_sock, "--tool", "x", "outsider"]).output()?;
@@ -385,16 +390,13 @@ fn stated_reasons() -> Result<()> {
     ensure!(out.status.success(), "approve: {}", String::from_utf8_lossy(&out.stderr));
     let (_, out) = a.finish()?;
     ensure!(has_line(&out, &format!("RESULT ok open-read {held}")), "approved hold: {out}");
-    let recs = d.records();
-    let second = recs
-        .iter()
-        .filter(|r| s(r, "rule") == "no-secret")
-        .filter(|r| s(&r["stated_reason"], "call_id") == "call-7")
-        .count();
+    let recs = d.records()?;
+    let second =
+        recs.iter().filter(|r| is(&r.rule, "no-secret")).filter(|r| stated(r, |why| why.call_id == "call-7")).count();
     ensure!(second >= 2, "tree A's later record lost its own reason: {recs:?}");
-    let approved = recs.iter().find(|r| s(r, "rule") == "ask-held" && s(r, "reason") == "approved");
+    let approved = recs.iter().find(|r| is(&r.rule, "ask-held") && r.reason == Some(Reason::Approved));
     ensure!(
-        approved.is_some_and(|r| s(&r["stated_reason"], "tool") == "bash"),
+        approved.is_some_and(|r| stated(r, |why| why.tool == "bash")),
         "the approved hold's record has no reason: {recs:?}"
     );
     Ok(())

@@ -5,7 +5,7 @@
 
 use crate::harness;
 use anyhow::Result;
-use serde_json::Value;
+use guard_api::{AuditRecord, Decision};
 
 const POLICY: &str = r#"
 default = "allow"
@@ -75,25 +75,29 @@ pub fn run() -> Result<i32> {
     println!("== policy:\n{POLICY}");
     let a = server.start("demo", POLICY, AGENT_SCRIPT)?;
     let out = a.finish_within(std::time::Duration::from_secs(1500))?;
-    println!("\n== this host's audit log ({} records):", out.records.len());
-    for r in &out.records {
+    let records = out.records()?;
+    println!("\n== this host's audit log ({} records):", records.len());
+    for r in &records {
         println!("{}", summary(r));
     }
     Ok(out.code)
 }
 
-fn summary(r: &Value) -> String {
-    let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+fn summary(r: &AuditRecord) -> String {
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     format!(
         "  {:<5} {:<9} {:<28} {:<20} {:<30} {}",
-        s("decision"),
-        s("reason"),
-        s("rule"),
-        s("hook"),
-        s("object"),
-        r.get("request_id")
-            .and_then(Value::as_str)
-            .map(|id| format!("request #{id} by {}", s("approver")))
+        or_dash(r.decision.map(|d| match d {
+            Decision::Allow => "allow".to_owned(),
+            Decision::Deny => "deny".to_owned(),
+        })),
+        or_dash(r.reason.map(|x| x.name().to_owned())),
+        or_dash(r.rule.clone()),
+        or_dash(r.hook.map(|h| h.name().to_owned())),
+        or_dash(r.object.clone()),
+        r.request_id
+            .as_deref()
+            .map(|id| format!("request #{id} by {}", r.approver.as_deref().unwrap_or("-")))
             .unwrap_or_default()
     )
 }

@@ -1,6 +1,7 @@
 //! Starting agents, answering their holds, reading their output and audit logs.
 
 use anyhow::{anyhow, bail, Context, Result};
+use guard_api::AuditRecord;
 use serde_json::Value;
 use std::{
     io::{BufRead, BufReader, Read},
@@ -14,6 +15,19 @@ use std::{
 const DIR: &str = "/tmp/t";
 /// Generous: everything runs under software emulation.
 const WAIT: Duration = Duration::from_secs(120);
+
+/// A test that cannot run here returns `Err(Skip(why).into())`: the runner reports it as
+/// ignored with `SKIPPED: name: why`, never as passed.
+#[derive(Debug)]
+pub struct Skip(pub String);
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SKIPPED: {}", self.0)
+    }
+}
+
+impl std::error::Error for Skip {}
 
 pub fn prepare() {
     std::fs::create_dir_all(format!("{DIR}/bin")).expect("test dir");
@@ -44,7 +58,15 @@ pub fn module_path() -> Option<String> {
 pub struct Output {
     pub code: i32,
     pub stderr: String,
-    pub records: Vec<Value>,
+    /// The agent's audit log, read by [`Output::records`].
+    log: String,
+}
+
+impl Output {
+    /// The agent's audit records; an error if a line is not an [`AuditRecord`].
+    pub fn records(&self) -> Result<Vec<AuditRecord>> {
+        read_records(&self.log)
+    }
 }
 
 /// Runs an agent to completion (for policies that must be rejected).
@@ -54,19 +76,48 @@ pub fn run_agent_once(name: &str, policy: &str, script: &str) -> Result<Output> 
     let out = Command::new("guard-agent")
         .args(["run", "--policy", &pol, "--audit-log", &log, "--admin-socket", &sock, "--", "/bin/sh", "-c", script])
         .output()?;
-    Ok(Output {
-        code: out.status.code().unwrap_or(-1),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-        records: read_records(&log),
-    })
+    Ok(Output { code: out.status.code().unwrap_or(-1), stderr: String::from_utf8_lossy(&out.stderr).into(), log })
 }
 
 fn paths(name: &str) -> (String, String, String) {
     (format!("{DIR}/{name}.toml"), format!("{DIR}/{name}.jsonl"), format!("{DIR}/{name}.sock"))
 }
 
-fn read_records(log: &str) -> Vec<Value> {
-    std::fs::read_to_string(log).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+/// The agent's JSONL audit log as records (none if the file does not exist). A line that is
+/// not an [`AuditRecord`] is an error naming it: a record of another shape must fail a test,
+/// not vanish from what the test searches.
+pub fn read_records(log: &str) -> Result<Vec<AuditRecord>> {
+    let text = match std::fs::read_to_string(log) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {log}")),
+    };
+    parse_records(&text).with_context(|| format!("in the audit log {log}"))
+}
+
+/// The fields in which two records of one decision differ, among those that every copy of
+/// the decision (the agent's JSONL, what it reports, the server's row) must agree on.
+pub fn differing_decision_fields(a: &AuditRecord, b: &AuditRecord) -> Vec<&'static str> {
+    let checks = [
+        ("decision", a.decision == b.decision),
+        ("reason", a.reason == b.reason),
+        ("rule", a.rule == b.rule),
+        ("hook", a.hook == b.hook),
+        ("object", a.object == b.object),
+        ("pid", a.pid == b.pid),
+        ("argv", a.argv == b.argv),
+        ("approver", a.approver == b.approver),
+        ("request_id", a.request_id == b.request_id),
+    ];
+    checks.into_iter().filter(|(_, same)| !same).map(|(name, _)| name).collect()
+}
+
+/// JSON lines (blank lines skipped) as audit records.
+pub fn parse_records(jsonl: &str) -> Result<Vec<AuditRecord>> {
+    let lines = jsonl.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    lines
+        .map(|(i, l)| AuditRecord::from_json(l).with_context(|| format!("line {} is not an audit record: {l}", i + 1)))
+        .collect()
 }
 
 pub struct Agent {
@@ -210,11 +261,7 @@ impl Agent {
         let deadline = Instant::now() + wait;
         loop {
             if let Some(st) = self.child.try_wait()? {
-                return Ok(Output {
-                    code: st.code().unwrap_or(-1),
-                    stderr: self.stderr(),
-                    records: read_records(&self.log),
-                });
+                return Ok(Output { code: st.code().unwrap_or(-1), stderr: self.stderr(), log: self.log.clone() });
             }
             if Instant::now() > deadline {
                 self.child.kill().ok();
@@ -470,19 +517,19 @@ impl DaemonUnderTest {
         }
     }
 
-    pub fn records(&self) -> Vec<Value> {
+    pub fn records(&self) -> Result<Vec<AuditRecord>> {
         read_records(&self.log)
     }
 
     /// Waits for a record that satisfies `pred`.
-    pub fn wait_record(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Result<Value> {
+    pub fn wait_record(&self, what: &str, pred: impl Fn(&AuditRecord) -> bool) -> Result<AuditRecord> {
         let deadline = Instant::now() + WAIT;
         loop {
-            if let Some(r) = self.records().into_iter().find(&pred) {
+            if let Some(r) = self.records()?.into_iter().find(&pred) {
                 return Ok(r);
             }
             if Instant::now() > deadline {
-                bail!("no record {what}; records: {:?}\nstderr:\n{}", self.records(), self.stderr());
+                bail!("no record {what}; records: {:?}\nstderr:\n{}", self.records()?, self.stderr());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -525,32 +572,46 @@ impl Workload {
         self.0.id()
     }
 
-    /// Waits for the end; returns (exit code, stdout).
+    /// Waits for the end; returns (exit code, stdout, then stderr after "STDERR: " if any).
+    /// Both pipes are drained while the child runs, so a child that writes more than a pipe
+    /// holds cannot block on a full pipe while we wait for it to exit.
     pub fn finish(mut self) -> Result<(i32, String)> {
+        let stdout = self.0.stdout.take().map(drain);
+        let stderr = self.0.stderr.take().map(drain);
         let deadline = Instant::now() + WAIT;
-        loop {
+        let status = loop {
             if let Some(st) = self.0.try_wait()? {
-                let mut out = String::new();
-                if let Some(mut o) = self.0.stdout.take() {
-                    o.read_to_string(&mut out)?;
-                }
-                let mut err = String::new();
-                if let Some(mut e) = self.0.stderr.take() {
-                    e.read_to_string(&mut err)?;
-                }
-                if !err.is_empty() {
-                    out.push_str("\nSTDERR: ");
-                    out.push_str(&err);
-                }
-                return Ok((st.code().unwrap_or(-1), out));
+                break st;
             }
             if Instant::now() > deadline {
                 self.0.kill().ok();
+                self.0.wait().ok();
                 bail!("a workload did not end");
             }
             std::thread::sleep(Duration::from_millis(50));
+        };
+        let collect = |reader: Option<std::thread::JoinHandle<std::io::Result<String>>>| -> Result<String> {
+            match reader {
+                Some(r) => r.join().map_err(|_| anyhow!("a pipe reader panicked"))?.context("reading a workload pipe"),
+                None => Ok(String::new()),
+            }
+        };
+        let mut out = collect(stdout)?;
+        let err = collect(stderr)?;
+        if !err.is_empty() {
+            out.push_str("\nSTDERR: ");
+            out.push_str(&err);
         }
+        Ok((status.code().unwrap_or(-1), out))
     }
+}
+
+/// Reads a pipe to its end on a thread of its own.
+fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<std::io::Result<String>> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        pipe.read_to_string(&mut text).map(|_| text)
+    })
 }
 
 impl Drop for Workload {
@@ -559,5 +620,48 @@ impl Drop for Workload {
             self.0.kill().ok();
             self.0.wait().ok();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use guard_api::{Decision, Hook, Reason, RecordKind, Timestamp};
+
+    fn approved() -> AuditRecord {
+        let mut r = AuditRecord::at(Timestamp::from_unix_ms(1_796_002_226_007), RecordKind::Enforcement, "guard-vm");
+        r.decision = Some(Decision::Allow);
+        r.reason = Some(Reason::Approved);
+        r.rule = Some("secrets".into());
+        r.hook = Some(Hook::FileOpen);
+        r.object = Some("/tmp/t/srv/ok-1".into());
+        r.pid = Some(77);
+        r.argv = vec!["guard-e2e".into(), "do".into(), "open-read".into(), "/tmp/t/srv/ok-1".into()];
+        r.approver = Some("alice".into());
+        r.request_id = Some("abcdefghij".into());
+        r
+    }
+
+    #[test]
+    fn jsonl_reads_into_records_and_a_foreign_line_is_an_error() {
+        let jsonl = format!("{}\n\n{}\n", approved().to_json(), approved().to_json());
+        assert_eq!(parse_records(&jsonl).unwrap(), vec![approved(), approved()]);
+        let old_shape = r#"{"time":"2026-11-30T01:30:26.007Z","decision":"allow","rule":"x"}"#;
+        let e = format!("{:#}", parse_records(&format!("{}\n{old_shape}\n", approved().to_json())).unwrap_err());
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn records_of_one_decision_are_compared_field_by_field() {
+        let jsonl = approved();
+        let mut row = approved();
+        // The server's own row differs where it should: kind, time, state.
+        row.kind = RecordKind::Decision;
+        row.state = Some("approved".into());
+        row.time = Timestamp::from_unix_ms(1_796_002_226_999);
+        assert!(differing_decision_fields(&jsonl, &row).is_empty());
+        row.pid = Some(78);
+        row.reason = Some(Reason::Grant);
+        assert_eq!(differing_decision_fields(&jsonl, &row), vec!["reason", "pid"]);
     }
 }

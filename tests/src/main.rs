@@ -3,7 +3,8 @@
 //! scripted "AI agent" under it, and checks what the kernel let through, what it held, and
 //! what the audit log says.
 //!
-//! `guard-e2e [FILTER]` runs the tests; `guard-e2e do OP ARGS` is the workload side.
+//! `guard-e2e [FILTER] [--list] [--exact] [--skip NAME]...` runs the tests (libtest's
+//! command line and summary); `guard-e2e do OP ARGS` is the workload side.
 
 mod bench;
 mod daemon_tests;
@@ -13,8 +14,11 @@ mod ops;
 mod server_tests;
 
 use anyhow::{ensure, Context, Result};
+use guard_api::{Action, AuditRecord, Decision, Hook, Reason};
 use harness::{Agent, Listeners};
+use libtest_mimic::{Arguments, ColorSetting, Completion, Failed, Trial};
 use serde_json::Value;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub type Test = (&'static str, fn() -> Result<()>);
@@ -74,35 +78,72 @@ fn main() {
             }
         }
     }
-    let filter = args.first().cloned().unwrap_or_default();
-    harness::prepare();
-    let (mut passed, mut failed) = (0, 0);
-    let mut failures = vec![];
-    let all = TESTS.iter().chain(daemon_tests::TESTS).chain(server_tests::TESTS);
-    for (name, test) in all.filter(|(n, _)| n.contains(&filter)) {
-        let start = Instant::now();
-        println!("test {name} ...");
-        match test() {
-            Ok(()) => {
-                passed += 1;
-                println!("test {name} ... ok ({:.1}s)", start.elapsed().as_secs_f64());
-            }
-            Err(e) => {
-                failed += 1;
-                println!("test {name} ... FAILED ({:.1}s): {e:#}", start.elapsed().as_secs_f64());
-                failures.push(*name);
-            }
-        }
-    }
-    if !failures.is_empty() {
-        println!("failures: {}", failures.join(", "));
-    }
-    println!("{passed} passed, {failed} failed");
-    std::process::exit(if failed == 0 && passed > 0 { 0 } else { 1 });
+    std::process::exit(run_tests());
 }
 
-fn has(records: &[Value], pred: impl Fn(&Value) -> bool) -> bool {
+/// Runs the suite through libtest-mimic: `--list`, name filters, `--exact`, `--skip` and the
+/// standard `test result:` line. One test at a time: they share /tmp/t and the kernel's maps.
+/// A test that cannot run returns [`harness::Skip`]: it is reported as ignored, with a
+/// `SKIPPED: name: reason` line the host collects, and never counted as passed.
+fn run_tests() -> i32 {
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    // The serial console is no terminal; colour codes would only clutter the CI log.
+    args.color = Some(ColorSetting::Never);
+    harness::prepare();
+    let trials = TESTS
+        .iter()
+        .chain(daemon_tests::TESTS)
+        .chain(server_tests::TESTS)
+        .map(|&(name, test)| Trial::ignorable_test(name, move || run_one(name, test)))
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    // After the summary, where the host looks for them: one line per skipped test.
+    for line in SKIPPED.lock().expect("no test panics while holding it").iter() {
+        println!("{line}");
+    }
+    if conclusion.has_failed() {
+        return 101;
+    }
+    // A run in which nothing passed (a filter that matches nothing, or only skips) tested
+    // nothing: that is not a pass.
+    if !args.list && conclusion.num_passed == 0 {
+        let filter = args.filter.as_deref().unwrap_or("");
+        match conclusion.num_ignored {
+            0 => println!("no test ran (filter {filter:?})"),
+            n => println!("no test passed: the {n} selected were skipped (filter {filter:?})"),
+        }
+        return 1;
+    }
+    0
+}
+
+/// `SKIPPED: name: reason` of each test that could not run, printed after the summary.
+static SKIPPED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn run_one(name: &str, test: fn() -> Result<()>) -> Result<Completion, Failed> {
+    let start = Instant::now();
+    let result = test();
+    let took = start.elapsed().as_secs_f64();
+    match result {
+        Ok(()) => Ok(Completion::Completed),
+        Err(e) => match e.downcast_ref::<harness::Skip>() {
+            Some(harness::Skip(why)) => {
+                SKIPPED.lock().expect("no test panics while holding it").push(format!("SKIPPED: {name}: {why}"));
+                Ok(Completion::ignored_with(why))
+            }
+            None => Err(format!("{e:#} (after {took:.1}s)").into()),
+        },
+    }
+}
+
+fn has(records: &[AuditRecord], pred: impl Fn(&AuditRecord) -> bool) -> bool {
     records.iter().any(pred)
+}
+
+/// True if a record's text field is `want`.
+fn is(field: &Option<String>, want: &str) -> bool {
+    field.as_deref() == Some(want)
 }
 
 fn s<'a>(v: &'a Value, k: &str) -> &'a str {
@@ -170,22 +211,25 @@ exec = { path = "/tmp/t/bin/watched-tool" }
     // More arguments than the kernel captures: the argv rule applies rather than be evaded.
     ensure!(a.result()?.starts_with("RESULT errno=1 "), "an argv condition was evaded with many arguments");
     let out = a.finish()?;
-    let r = &out.records;
+    let r = &out.records()?;
     ensure!(
-        has(r, |x| s(x, "decision") == "deny"
-            && s(x, "rule") == "no-forbidden"
-            && s(x, "object") == "/tmp/t/bin/forbidden"
-            && s(x, "hook") == "bprm_check_security"),
+        has(r, |x| x.decision == Some(Decision::Deny)
+            && is(&x.rule, "no-forbidden")
+            && is(&x.object, "/tmp/t/bin/forbidden")
+            && x.hook == Some(Hook::BprmCheckSecurity)),
         "no deny record: {r:?}"
     );
     ensure!(
-        has(r, |x| s(x, "rule") == "audit-tool"
-            && s(x, "decision") == "allow"
-            && s(x, "action") == "audit"
-            && x["argv"] == serde_json::json!(["/tmp/t/bin/watched-tool", "true", "--flag=1"])),
+        has(r, |x| is(&x.rule, "audit-tool")
+            && x.decision == Some(Decision::Allow)
+            && x.action == Some(Action::Audit)
+            && x.argv == ["/tmp/t/bin/watched-tool", "true", "--flag=1"]),
         "no audit record with argv: {r:?}"
     );
-    ensure!(has(r, |x| s(x, "rule") == "no-danger-flag" && s(x, "decision") == "deny"), "no record of the argv deny");
+    ensure!(
+        has(r, |x| is(&x.rule, "no-danger-flag") && x.decision == Some(Decision::Deny)),
+        "no record of the argv deny"
+    );
     Ok(())
 }
 
@@ -238,30 +282,32 @@ file = { path = "/tmp/t/audited", access = "read" }
     // A process outside the tree is never affected, even while the agent runs.
     std::fs::read("/tmp/t/secret/a").context("an outsider could not read the secret")?;
     let out = a.finish()?;
-    let r = &out.records;
+    let r = &out.records()?;
     for (rule, hook, object) in [
-        ("secrets", "file_open", "/tmp/t/secret/a"),
-        ("read-only", "path_mknod", "/tmp/t/ro/new"),
-        ("read-only", "path_mkdir", "/tmp/t/ro/newdir"),
-        ("read-only", "path_truncate", "/tmp/t/ro/a"),
-        ("keep", "path_unlink", "/tmp/t/keep/a"),
-        ("keep", "path_rmdir", "/tmp/t/keep/d"),
-        ("keep", "path_rename", "/tmp/t/keep/a"),
-        ("read-only", "path_rename", "/tmp/t/ro/moved-in"),
+        ("secrets", Hook::FileOpen, "/tmp/t/secret/a"),
+        ("read-only", Hook::PathMknod, "/tmp/t/ro/new"),
+        ("read-only", Hook::PathMkdir, "/tmp/t/ro/newdir"),
+        ("read-only", Hook::PathTruncate, "/tmp/t/ro/a"),
+        ("keep", Hook::PathUnlink, "/tmp/t/keep/a"),
+        ("keep", Hook::PathRmdir, "/tmp/t/keep/d"),
+        ("keep", Hook::PathRename, "/tmp/t/keep/a"),
+        ("read-only", Hook::PathRename, "/tmp/t/ro/moved-in"),
     ] {
         ensure!(
-            has(r, |x| s(x, "decision") == "deny"
-                && s(x, "rule") == rule
-                && s(x, "hook") == hook
-                && s(x, "object") == object),
+            has(r, |x| x.decision == Some(Decision::Deny)
+                && is(&x.rule, rule)
+                && x.hook == Some(hook)
+                && is(&x.object, object)),
             "no deny record for {rule} {hook} {object}: {r:#?}"
         );
     }
     ensure!(
-        has(r, |x| s(x, "rule") == "audited" && s(x, "decision") == "allow" && s(x, "exe").ends_with("guard-e2e")),
+        has(r, |x| is(&x.rule, "audited")
+            && x.decision == Some(Decision::Allow)
+            && x.exe.as_deref().is_some_and(|e| e.ends_with("guard-e2e"))),
         "no audit record naming the program"
     );
-    ensure!(!has(r, |x| s(x, "object") == "/tmp/t/free"), "an unmatched, allowed open was recorded");
+    ensure!(!has(r, |x| is(&x.object, "/tmp/t/free")), "an unmatched, allowed open was recorded");
     Ok(())
 }
 
@@ -304,17 +350,17 @@ connect = {{ unix = "@guard-denied" }}
         ensure!(r.starts_with(if *allowed { "RESULT ok" } else { "RESULT errno=1 " }), "{op}: got {r}");
     }
     let out = a.finish()?;
-    let r = &out.records;
+    let r = &out.records()?;
     ensure!(
-        has(r, |x| s(x, "rule") == "no-port" && s(x, "object") == format!("127.0.0.1:{}", l.tcp4[0])),
+        has(r, |x| is(&x.rule, "no-port") && is(&x.object, &format!("127.0.0.1:{}", l.tcp4[0]))),
         "no record for the v4 deny: {r:#?}"
     );
     ensure!(
-        has(r, |x| s(x, "rule") == "no-v6-loopback" && s(x, "object") == format!("[::1]:{}", l.tcp6)),
+        has(r, |x| is(&x.rule, "no-v6-loopback") && is(&x.object, &format!("[::1]:{}", l.tcp6))),
         "no record for the v6 deny"
     );
     ensure!(
-        has(r, |x| s(x, "rule") == "no-abstract" && s(x, "object") == "@guard-denied"),
+        has(r, |x| is(&x.rule, "no-abstract") && is(&x.object, "@guard-denied")),
         "no record for the abstract socket"
     );
     Ok(())
@@ -358,23 +404,20 @@ fn privileged_denied() -> Result<()> {
         ensure!(r.starts_with(if allowed { "RESULT ok" } else { "RESULT errno=1 " }), "{op}: got {r}");
     }
     let out = a.finish()?;
-    let r = &out.records;
+    let r = &out.records()?;
     for (rule, hook) in [
-        ("time", "capable"),
-        ("mounts", "sb_mount"),
-        ("modules", "kernel_read_file"),
-        ("bpf", "bpf"),
-        ("ptrace", "ptrace_access_check"),
+        ("time", Hook::Capable),
+        ("mounts", Hook::SbMount),
+        ("modules", Hook::KernelReadFile),
+        ("bpf", Hook::Bpf),
+        ("ptrace", Hook::PtraceAccessCheck),
     ] {
         ensure!(
-            has(r, |x| s(x, "rule") == rule && s(x, "hook") == hook && s(x, "decision") == "deny"),
+            has(r, |x| is(&x.rule, rule) && x.hook == Some(hook) && x.decision == Some(Decision::Deny)),
             "no deny record for {rule}: {r:#?}"
         );
     }
-    ensure!(
-        has(r, |x| s(x, "rule") == "time" && s(x, "object") == "CAP_SYS_TIME"),
-        "capability not named in the record"
-    );
+    ensure!(has(r, |x| is(&x.rule, "time") && is(&x.object, "CAP_SYS_TIME")), "capability not named in the record");
     Ok(())
 }
 
@@ -387,10 +430,10 @@ fn privileged_allowed() -> Result<()> {
         ensure!(r.starts_with("RESULT ok"), "{op}: got {r}");
     }
     let out = a.finish()?;
-    let r = &out.records;
+    let r = &out.records()?;
     for rule in ["time", "mounts", "modules", "bpf", "ptrace"] {
         ensure!(
-            has(r, |x| s(x, "rule") == rule && s(x, "decision") == "allow" && s(x, "action") == "audit"),
+            has(r, |x| is(&x.rule, rule) && x.decision == Some(Decision::Allow) && x.action == Some(Action::Audit)),
             "no audit record for {rule}: {r:#?}"
         );
     }
@@ -502,19 +545,21 @@ fn holds_approve_deny() -> Result<()> {
             ensure!(r.starts_with(want), "{op} after {}: got {r}", if approve { "approve" } else { "deny" });
         }
         let out = a.finish()?;
-        let reason = if approve { "approved" } else { "denied" };
-        let n = out
-            .records
+        let records = out.records()?;
+        let reason = if approve { Reason::Approved } else { Reason::Denied };
+        let n = records
             .iter()
             .filter(|x| {
-                s(x, "reason") == reason && x["request_id"].is_string() && s(x, "approver").starts_with("local:")
+                x.reason == Some(reason)
+                    && x.request_id.is_some()
+                    && x.approver.as_deref().is_some_and(|a| a.starts_with("local:"))
             })
             .count();
         ensure!(
             n >= ops.len(),
             "{n} {reason} records with request id and approver for {} holds: {:#?}",
             ops.len(),
-            out.records
+            records
         );
     }
     Ok(())
@@ -533,7 +578,8 @@ fn holds_expire() -> Result<()> {
         ensure!(r.starts_with("RESULT errno=1 "), "{op} was not denied at expiry: {r}");
     }
     let out = a.finish()?;
-    let n = out.records.iter().filter(|x| s(x, "reason") == "expired" && s(x, "decision") == "deny").count();
+    let records = out.records()?;
+    let n = records.iter().filter(|x| x.reason == Some(Reason::Expired) && x.decision == Some(Decision::Deny)).count();
     ensure!(n >= ops.len(), "{n} expired records for {} holds", ops.len());
     Ok(())
 }
@@ -685,14 +731,15 @@ fn unholdable_asks() -> Result<()> {
     let r = a.result()?;
     ensure!(r.starts_with("RESULT errno=1 "), "settime under an ask rule on CAP_SYS_TIME: {r}");
     let out = a.finish()?;
-    ensure!(!has(&out.records, |x| x["request_id"].is_string()), "something was held: {:#?}", out.records);
+    let records = out.records()?;
+    ensure!(!has(&records, |x| x.request_id.is_some()), "something was held: {:#?}", records);
     for object in ["/tmp/t/ask/a", "CAP_SYS_TIME"] {
         ensure!(
-            has(&out.records, |x| s(x, "reason") == "unholdable"
-                && s(x, "decision") == "deny"
-                && s(x, "object") == object),
+            has(&records, |x| x.reason == Some(Reason::Unholdable)
+                && x.decision == Some(Decision::Deny)
+                && is(&x.object, object)),
             "no unholdable record for {object}: {:#?}",
-            out.records
+            records
         );
     }
     Ok(())
@@ -707,12 +754,13 @@ fn held_process_killed() -> Result<()> {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)?;
     a.line_starting("AFTER")?;
     let out = a.finish()?;
+    let records = out.records()?;
     ensure!(
-        has(&out.records, |x| s(x, "reason") == "exited"
-            && s(x, "decision") == "deny"
-            && s(x, "request_id") == s(&h, "id")),
+        has(&records, |x| x.reason == Some(Reason::Exited)
+            && x.decision == Some(Decision::Deny)
+            && is(&x.request_id, s(&h, "id"))),
         "no record of the hold that ended with its process: {:#?}",
-        out.records
+        records
     );
     Ok(())
 }
@@ -734,8 +782,9 @@ fn task_limit() -> Result<()> {
     let r = a.result()?;
     ensure!(num("forked=", &r) == 5 && num("eagain=", &r) == 0, "after the children exited: {r}");
     let out = a.finish()?;
+    let records = out.records()?;
     ensure!(
-        has(&out.records, |x| s(x, "hook") == "task_alloc" && s(x, "decision") == "deny"),
+        has(&records, |x| x.hook == Some(Hook::TaskAlloc) && x.decision == Some(Decision::Deny)),
         "no record of the refused fork"
     );
     Ok(())

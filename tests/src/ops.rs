@@ -35,10 +35,12 @@ fn cstr(s: &str) -> CString {
 }
 
 fn open(path: &str, flags: i32) -> Result<(), Errno> {
+    // SAFETY: the path is a NUL-terminated CString that lives until the call returns.
     let fd = unsafe { libc::open(cstr(path).as_ptr(), flags | libc::O_CLOEXEC, 0o644) };
     if fd < 0 {
         return Err(Errno::last());
     }
+    // SAFETY: fd was just returned by open and is closed once, here.
     unsafe { libc::close(fd) };
     Ok(())
 }
@@ -67,10 +69,15 @@ pub fn run(args: &[String]) -> i32 {
         "open-read" => open(a(1), libc::O_RDONLY),
         "open-write" => open(a(1), libc::O_WRONLY),
         "create-excl" => open(a(1), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL),
+        // SAFETY: the path(s) are NUL-terminated CStrings that live until the call returns.
         "unlink" => check(unsafe { libc::unlink(cstr(a(1)).as_ptr()) } as i64),
+        // SAFETY: the path(s) are NUL-terminated CStrings that live until the call returns.
         "rmdir" => check(unsafe { libc::rmdir(cstr(a(1)).as_ptr()) } as i64),
+        // SAFETY: the path(s) are NUL-terminated CStrings that live until the call returns.
         "mkdir" => check(unsafe { libc::mkdir(cstr(a(1)).as_ptr(), 0o755) } as i64),
+        // SAFETY: the path(s) are NUL-terminated CStrings that live until the call returns.
         "rename" => check(unsafe { libc::rename(cstr(a(1)).as_ptr(), cstr(a(2)).as_ptr()) } as i64),
+        // SAFETY: the path(s) are NUL-terminated CStrings that live until the call returns.
         "truncate" => check(unsafe { libc::truncate(cstr(a(1)).as_ptr(), 0) } as i64),
         "exec" => exec_child(&args[1..]),
         "connect" => match a(1).parse::<SocketAddr>() {
@@ -81,7 +88,9 @@ pub fn run(args: &[String]) -> i32 {
         "sethostname" => nix::unistd::sethostname(a(1)),
         "settime" => {
             let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: ts is a valid, writable timespec.
             unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+            // SAFETY: ts is a valid timespec, filled in just above.
             check(unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } as i64)
         }
         "mount" => nix::mount::mount(Some("none"), a(1), Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>),
@@ -92,6 +101,7 @@ pub fn run(args: &[String]) -> i32 {
                 Ok(f) => {
                     use std::os::fd::AsRawFd;
                     let p = cstr("");
+                    // SAFETY: the fd is open (f lives on) and p is an empty NUL-terminated parameter string.
                     let rc = unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), p.as_ptr(), 0) };
                     match check(rc) {
                         // Already loaded means the kernel let us get as far as loading.
@@ -109,8 +119,10 @@ pub fn run(args: &[String]) -> i32 {
             attr[1] = 4;
             attr[2] = 4;
             attr[3] = 1;
+            // SAFETY: attr is a readable buffer of the size passed, zeroed past the fields BPF_MAP_CREATE reads.
             let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_ptr(), std::mem::size_of_val(&attr)) };
             if fd >= 0 {
+                // SAFETY: fd is the map fd the kernel just returned, closed once.
                 unsafe { libc::close(fd as i32) };
             }
             check(fd)
@@ -164,9 +176,12 @@ fn threads_open(n: usize, path: &str) -> i32 {
 /// emulation; every tenth is a full fork.
 fn spawn_many(n: usize) -> i32 {
     for i in 0..n {
+        // SAFETY: this process is single-threaded here; the child only calls _exit.
         let pid = if i % 10 == 0 { unsafe { libc::fork() } } else { vfork_and_exit() };
         match pid {
+            // SAFETY: in the child, _exit ends it at once without running Rust destructors or atexit handlers.
             0 => unsafe { libc::_exit(0) },
+            // SAFETY: pid is our own child; a null status pointer is allowed.
             pid if pid > 0 => unsafe {
                 libc::waitpid(pid, std::ptr::null_mut(), 0);
             },
@@ -207,6 +222,7 @@ fn vfork_and_exit() -> i32 {
 /// A child opens the path held in shared memory; while it is held, the parent rewrites that
 /// memory to another path. An approval of the first path must not let the second one through.
 fn redirect_open(first: &str, second: &str) -> Result<(), Errno> {
+    // SAFETY: an anonymous shared mapping of one page; the result is checked against MAP_FAILED below.
     let mem = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
@@ -220,14 +236,18 @@ fn redirect_open(first: &str, second: &str) -> Result<(), Errno> {
     if mem as isize == -1 {
         return Err(Errno::last());
     }
+    // SAFETY: callers pass paths under 4095 bytes, so the copy and its NUL fit in the 4096-byte mapping.
     let write_path = |p: &str| unsafe {
         std::ptr::copy_nonoverlapping(p.as_ptr(), mem, p.len());
         *mem.add(p.len()) = 0;
     };
     write_path(first);
+    // SAFETY: the child only calls open (async-signal-safe) on the shared mapping and _exit.
     match unsafe { libc::fork() } {
         0 => {
+            // SAFETY: mem holds a NUL-terminated path written by write_path.
             let fd = unsafe { libc::open(mem as *const libc::c_char, libc::O_RDONLY) };
+            // SAFETY: _exit ends the forked child without unwinding into the parent's state.
             unsafe { libc::_exit(if fd >= 0 { 0 } else { Errno::last() as i32 }) };
         }
         pid if pid > 0 => {
@@ -236,6 +256,7 @@ fn redirect_open(first: &str, second: &str) -> Result<(), Errno> {
             println!("REWRITTEN");
             std::io::stdout().flush().ok();
             let mut status = 0;
+            // SAFETY: pid is our own child and status a valid, writable int.
             unsafe { libc::waitpid(pid, &mut status, 0) };
             let code = libc::WEXITSTATUS(status);
             if code == 0 {
@@ -253,12 +274,14 @@ fn redirect_open(first: &str, second: &str) -> Result<(), Errno> {
 fn exec_child(argv: &[String]) -> Result<(), Errno> {
     let argv: Vec<CString> = argv.iter().map(|s| cstr(s)).collect();
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // SAFETY: the child only execs, writes to a pipe and calls _exit.
     match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Child => {
             drop(rd);
             let e = nix::unistd::execv(&argv[0], &argv).unwrap_err() as i32;
             let mut f = std::fs::File::from(wr);
             f.write_all(&e.to_ne_bytes()).ok();
+            // SAFETY: _exit ends the forked child without running the parent's destructors.
             unsafe { libc::_exit(127) };
         }
         nix::unistd::ForkResult::Parent { child } => {
@@ -319,9 +342,11 @@ pub fn io_uring_open(path: &str) -> Result<(), Errno> {
         cq_off: CqOff,
     }
     let mut p = Params::default();
+    // SAFETY: p is a valid, writable io_uring_params of the layout the kernel expects.
     let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4, &mut p as *mut Params) };
     check(fd)?;
     let fd = fd as i32;
+    // SAFETY: maps regions of the io_uring fd at the offsets the kernel defines; results are checked below.
     let map = |len: usize, off: i64| unsafe {
         libc::mmap(
             std::ptr::null_mut(),
@@ -341,6 +366,8 @@ pub fn io_uring_open(path: &str) -> Result<(), Errno> {
         return Err(Errno::last());
     }
     let cpath = cstr(path);
+    // SAFETY: the rings were mapped with the sizes the kernel reported in p; every offset used is one of p's,
+    // within those sizes; cpath outlives the io_uring_enter that completes the open.
     unsafe {
         let sqe = sqes;
         std::ptr::write_bytes(sqe, 0, 64);
@@ -375,11 +402,13 @@ fn fork_wide(n: usize) -> i32 {
     let (mut forked, mut eagain, mut other) = (0, 0, 0);
     let mut children = vec![];
     for _ in 0..n {
+        // SAFETY: the child only reads a pipe and calls _exit.
         match unsafe { libc::fork() } {
             0 => {
                 drop(wr);
                 let mut b = [0u8; 1];
                 let _ = std::io::Read::read(&mut std::fs::File::from(rd), &mut b);
+                // SAFETY: _exit ends the forked child without running the parent's destructors.
                 unsafe { libc::_exit(0) };
             }
             pid if pid > 0 => {
@@ -398,6 +427,7 @@ fn fork_wide(n: usize) -> i32 {
     drop(wr);
     drop(rd);
     for pid in children {
+        // SAFETY: pid is our own child; a null status pointer is allowed.
         unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
     }
     println!("RESULT ok fork-wide forked={forked} eagain={eagain} other={other}");

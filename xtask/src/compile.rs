@@ -48,11 +48,8 @@ pub fn build_ebpf() -> Result<()> {
 /// stub, see guard-ebpf/src/main.rs).
 pub fn build() -> Result<()> {
     build_ebpf()?;
-    util::run(
-        Command::new("cargo")
-            .args(["build", "--release", "--workspace", "--exclude", "guard-ebpf", "--bins"])
-            .current_dir(workspace_root()),
-    )
+    // guard-server with its `testing` feature: the VM tests and the demo run `dev-postgres`.
+    crate::services::build_release_binaries(&[])
 }
 
 /// guard-agent's build.rs reruns on the object's mtime, so an identical object

@@ -34,6 +34,7 @@ pub fn run(kernel: Series, interactive: bool) -> Result<u8> {
         timeout: 1800,
         no_build: true,
         cmd: vec!["/bin/guard-e2e".into(), "demo".into()],
+        env: central.guest_env.clone(),
     };
     let code = vm::run(&args);
     done.store(true, Ordering::SeqCst);

@@ -35,19 +35,53 @@ pub fn run(args: &TestArgs) -> Result<u8> {
         Some(k) => vec![k],
         None => Series::ALL.to_vec(),
     };
-    let results: Vec<(Series, Result<(), String>)> =
-        kernels.into_iter().map(|k| (k, run_kernel(k, &args.e2e_args))).collect();
+    let results: Vec<(Series, KernelRun)> = kernels.into_iter().map(|k| (k, run_kernel(k, &args.e2e_args))).collect();
     Ok(summarize(&results))
 }
 
+/// One kernel's run: whether guard-e2e passed, and its test counts when it got to print them.
+struct KernelRun {
+    outcome: Result<(), String>,
+    tests: Option<GuestTests>,
+}
+
+/// What guard-e2e's libtest-style summary line and its `SKIPPED:` lines said.
+#[derive(Debug, PartialEq)]
+struct GuestTests {
+    passed: u32,
+    failed: u32,
+    ignored: u32,
+    /// `name: reason` of each skipped test.
+    skipped: Vec<String>,
+}
+
+/// Reads the last `test result: ...` line of the guest's console and the `SKIPPED:` lines.
+fn parse_guest_tests(console: &str) -> Option<GuestTests> {
+    let summary = console.lines().rev().find_map(|l| l.trim().strip_prefix("test result: "))?;
+    let count = |what: &str| {
+        summary.split(';').find_map(|part| part.trim().strip_suffix(what)?.trim().rsplit(' ').next()?.parse().ok())
+    };
+    let mut skipped: Vec<String> = Vec::new();
+    for line in console.lines().filter_map(|l| l.trim().strip_prefix("SKIPPED: ")) {
+        if !skipped.iter().any(|s| s == line) {
+            skipped.push(line.to_owned());
+        }
+    }
+    Some(GuestTests { passed: count(" passed")?, failed: count(" failed")?, ignored: count(" ignored")?, skipped })
+}
+
 /// One kernel's e2e run; a guest kernel crash earns one retry.
-fn run_kernel(series: Series, e2e_args: &[String]) -> Result<(), String> {
+fn run_kernel(series: Series, e2e_args: &[String]) -> KernelRun {
     let mut cmd = vec![E2E.to_owned()];
     // /cmd is shell text, so quote the filter arguments to pass them verbatim.
     cmd.extend(e2e_args.iter().map(|a| sh_quote(a)));
+    let failed = |why: String| KernelRun { outcome: Err(why), tests: None };
     for attempt in 1..=2 {
         // Fresh services per boot: a retried kernel must not see the first attempt's requests.
-        let central = central::start(true).map_err(|e| format!("starting guard-server on the host: {e:#}"))?;
+        let central = match central::start(true) {
+            Ok(c) => c,
+            Err(e) => return failed(format!("starting guard-server on the host: {e:#}")),
+        };
         let vm_args = VmArgs {
             kernel: series,
             smp: 1,
@@ -56,30 +90,76 @@ fn run_kernel(series: Series, e2e_args: &[String]) -> Result<(), String> {
             timeout: 2400,
             no_build: true,
             cmd: cmd.clone(),
+            env: central.guest_env.clone(),
         };
         eprintln!("xtask: e2e on kernel {} (attempt {attempt})", series.name());
-        match vm::run(&vm_args) {
-            Ok(0) => return Ok(()),
-            Ok(code) => return Err(format!("guard-e2e exited with {code}")),
+        match vm::run_with_console(&vm_args) {
+            Ok((code, console)) => {
+                let tests = parse_guest_tests(&console);
+                let outcome = if code == 0 { Ok(()) } else { Err(format!("guard-e2e exited with {code}")) };
+                return KernelRun { outcome, tests };
+            }
             Err(err) if err.is::<GuestCrash>() && attempt == 1 => {
                 eprintln!("\n!!!!!!!! WARNING: kernel {} crashed ({err:#}); retrying once !!!!!!!!\n", series.name());
             }
-            Err(err) => return Err(format!("{err:#}")),
+            Err(err) => return failed(format!("{err:#}")),
         }
     }
     unreachable!("the second attempt always returns")
 }
 
-/// Prints one line per kernel and the `N passed, N failed` total; returns the exit code.
-fn summarize(results: &[(Series, Result<(), String>)]) -> u8 {
+/// Prints one line per kernel, each skipped test, and the `N passed, N failed` total over
+/// all kernels' tests (`, N skipped` added when any was); returns the exit code. A kernel
+/// that failed without a test summary (crash, timeout) counts as one failure.
+fn summarize(results: &[(Series, KernelRun)]) -> u8 {
     println!("\n== e2e summary ==");
-    for (series, result) in results {
-        match result {
-            Ok(()) => println!("kernel {}: PASSED", series.name()),
-            Err(why) => println!("kernel {}: FAILED ({why})", series.name()),
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    let mut skip_lines = Vec::new();
+    for (series, run) in results {
+        let counts = run
+            .tests
+            .as_ref()
+            .map(|t| format!(" ({} passed, {} failed, {} skipped)", t.passed, t.failed, t.ignored))
+            .unwrap_or_default();
+        match &run.outcome {
+            Ok(()) => println!("kernel {}: PASSED{counts}", series.name()),
+            Err(why) => println!("kernel {}: FAILED ({why}){counts}", series.name()),
+        }
+        match &run.tests {
+            Some(t) => {
+                passed += t.passed;
+                // A non-zero exit with no failed test (e.g. nothing ran) is still a failure.
+                failed += if run.outcome.is_err() { t.failed.max(1) } else { t.failed };
+                skipped += t.ignored;
+                skip_lines.extend(t.skipped.iter().map(|s| format!("SKIPPED: {s} (kernel {})", series.name())));
+            }
+            None => failed += u32::from(run.outcome.is_err()),
         }
     }
-    let failed = results.iter().filter(|(_, r)| r.is_err()).count();
-    println!("{} passed, {failed} failed", results.len() - failed);
-    u8::from(failed > 0)
+    for line in &skip_lines {
+        println!("{line}");
+    }
+    let skipped_part = if skipped > 0 { format!(", {skipped} skipped") } else { String::new() };
+    println!("{passed} passed, {failed} failed{skipped_part}");
+    u8::from(results.iter().any(|(_, r)| r.outcome.is_err()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guest_summary_and_skips_are_read() {
+        let console = "test a ... ok\nSKIPPED: replicas: no PostgreSQL\ntest replicas ... ignored\n\n\
+                       test result: ok. 27 passed; 0 failed; 1 ignored; 0 measured; 1 filtered out; finished in 3.20s\n\
+                       SKIPPED: replicas: no PostgreSQL\nGUARD-VM-EXIT=0\n";
+        let t = parse_guest_tests(console).unwrap();
+        assert_eq!(
+            t,
+            GuestTests { passed: 27, failed: 0, ignored: 1, skipped: vec!["replicas: no PostgreSQL".into()] }
+        );
+        let failed = "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1s";
+        assert_eq!(parse_guest_tests(failed).map(|t| (t.passed, t.failed)), Some((3, 2)));
+        assert_eq!(parse_guest_tests("Kernel panic\n"), None);
+    }
 }

@@ -7,6 +7,7 @@ mod e2e;
 mod initramfs;
 mod kernel;
 mod server_bench;
+mod services;
 mod setup;
 mod util;
 mod vm;
@@ -109,5 +110,14 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
 fn in_vm(kernel: kernel::Series, smp: u32, cmd: Vec<String>, timeout: u64) -> Result<u8> {
     setup::run()?;
     compile::build()?;
-    vm::run(&vm::VmArgs { kernel, smp, forward: Vec::new(), copy: Vec::new(), timeout, no_build: true, cmd })
+    vm::run(&vm::VmArgs {
+        kernel,
+        smp,
+        forward: Vec::new(),
+        copy: Vec::new(),
+        timeout,
+        no_build: true,
+        cmd,
+        env: Vec::new(),
+    })
 }

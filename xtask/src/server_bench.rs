@@ -4,14 +4,15 @@
 //! with 1, 10, 100, 1000 concurrent agents (one TLS connection each) measuring Submit -> the
 //! first streamed APPROVED. One table at the end beside issue 3's targets; nothing is asserted.
 //! Every process started here is stopped on the way out, also on error.
+use crate::services::{self, Children, Pki, Server};
 use crate::util::{self, workspace_root};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use serde::Deserialize;
 use std::fmt::Write as _;
 use std::fs;
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// Issue 3's targets, for comparison.
 const TARGET_P99_US: u64 = 2_000;
@@ -53,50 +54,9 @@ struct Measured {
     errors: u64,
 }
 
-/// Children stopped in reverse order of start when dropped: SIGTERM, then SIGKILL after 10 s.
-#[derive(Default)]
-struct Children(Vec<(String, Child)>);
-
-impl Children {
-    fn stop_last(&mut self) {
-        if let Some((name, mut child)) = self.0.pop() {
-            stop(&name, &mut child);
-        }
-    }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        while !self.0.is_empty() {
-            self.stop_last();
-        }
-    }
-}
-
-fn stop(name: &str, child: &mut Child) {
-    if matches!(child.try_wait(), Ok(Some(_))) {
-        return;
-    }
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    eprintln!("xtask: {name} did not stop on SIGTERM; killing it");
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 pub fn run(args: &ServerBenchArgs) -> Result<()> {
     let root = workspace_root();
-    util::run(
-        Command::new("cargo")
-            .args(["build", "--release", "-p", "guard-server", "-p", "guardctl", "--bins"])
-            .current_dir(&root),
-    )?;
+    services::build_release_binaries(&["guard-server", "guardctl"])?;
     let release = root.join("target/release");
     let (server, loadgen) = (release.join("guard-server"), release.join("guard-loadgen"));
     let dir = root.join("target/server-bench");
@@ -104,12 +64,8 @@ pub fn run(args: &ServerBenchArgs) -> Result<()> {
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
 
     let pki = dir.join("pki");
-    let mut init = Command::new(&server);
-    init.args(["init-pki", "--dir"]).arg(&pki).args(["--server-name", "127.0.0.1", "--approver", "bench"]);
-    for i in 0..HOSTS {
-        init.args(["--host", &format!("bench-{i}")]);
-    }
-    util::run(init.stdout(Stdio::null()))?;
+    let hosts: Vec<String> = (0..HOSTS).map(|i| format!("bench-{i}")).collect();
+    services::init_pki(&server, &pki, &Pki { server_name: "127.0.0.1", hosts: &hosts, approvers: &["bench"] })?;
 
     let mut children = Children::default();
     let mut rows = Vec::new();
@@ -128,7 +84,7 @@ pub fn run(args: &ServerBenchArgs) -> Result<()> {
     };
     backend("sqlite", &sqlite, &mut rows);
 
-    match start_postgres(&server, &dir, &mut children) {
+    match services::start_postgres(&mut children, &server, &dir) {
         Ok(url) => {
             backend("postgres", &url, &mut rows);
             children.stop_last();
@@ -164,26 +120,24 @@ fn bench_backend(
 ) -> Result<()> {
     // Its own set: the server stops when this returns, also on error.
     let mut children = Children::default();
-    let port = free_port()?;
-    let config = dir.join(format!("server-{backend}.toml"));
-    fs::write(&config, server_config(pki, port, database_url))
-        .with_context(|| format!("writing {}", config.display()))?;
-    let log = dir.join(format!("server-{backend}.log"));
-    let out = fs::File::create(&log)?;
-    // 1000 agents are 1000 sockets on the server too; raise its open-file limit on the way in.
-    let child = Command::new("sh")
-        .arg("-c")
-        .arg(r#"ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; exec "$0" serve --config "$1""#)
-        .arg(server)
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .stdin(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting guard-server ({backend})"))?;
-    children.0.push((format!("guard-server ({backend})"), child));
-    wait_for_line(&log, "listening on", &format!("guard-server ({backend})"), &mut children.0.last_mut().unwrap().1)?;
+    let port = services::free_port()?;
+    let config = services::server_config(
+        pki,
+        port,
+        database_url,
+        &format!("[[auto]]\nrule = \"{RULE}\"\ndecision = \"approve\"\n"),
+    );
+    let name = format!("guard-server ({backend})");
+    let file_stem = format!("server-{backend}");
+    let s = Server {
+        name: &name,
+        binary: server,
+        config: &config,
+        dir,
+        file_stem: &file_stem,
+        env: &[("RUST_LOG", "warn")],
+    };
+    let log = services::spawn_server(&mut children, &s)?;
     eprintln!("xtask: guard-server on {backend} at 127.0.0.1:{port} (log {})", log.display());
 
     for &agents in &args.server_agents {
@@ -212,14 +166,15 @@ fn run_load(loadgen: &Path, pki: &Path, port: u16, agents: usize, seconds: u64) 
     let Some(line) = text.lines().rev().find(|l| l.starts_with('{')) else {
         return Err(format!("guard-loadgen {}: printed no result", out.status));
     };
-    let num = |k: &str| json_number(line, k).ok_or_else(|| format!("guard-loadgen result lacks {k}: {line}"));
+    let r: LoadgenResult =
+        serde_json::from_str(line).map_err(|e| format!("guard-loadgen result does not parse ({e}): {line}"))?;
     let m = Measured {
-        p50_us: num("p50_us")? as u64,
-        p99_us: num("p99_us")? as u64,
-        max_us: num("max_us")? as u64,
-        rate: num("decisions_per_s")?,
-        decisions: num("decisions")? as u64,
-        errors: num("errors")? as u64 + num("not_approved")? as u64,
+        p50_us: r.p50_us,
+        p99_us: r.p99_us,
+        max_us: r.max_us,
+        rate: r.decisions_per_s,
+        decisions: r.decisions,
+        errors: r.errors + r.not_approved,
     };
     if !out.status.success() {
         return Err(format!("guard-loadgen {}: {line}", out.status));
@@ -227,12 +182,16 @@ fn run_load(loadgen: &Path, pki: &Path, port: u16, agents: usize, seconds: u64) 
     Ok(m)
 }
 
-/// `"key":<number>` from a flat JSON object; xtask has no JSON parser and needs none more.
-fn json_number(json: &str, key: &str) -> Option<f64> {
-    let at = json.find(&format!("\"{key}\":"))? + key.len() + 3;
-    let rest = &json[at..];
-    let end = rest.find(|c: char| !(c.is_ascii_digit() || "+-.eE".contains(c))).unwrap_or(rest.len());
-    rest[..end].parse().ok()
+/// The fields of guard-loadgen's `--json` result line that the table shows.
+#[derive(Deserialize)]
+struct LoadgenResult {
+    p50_us: u64,
+    p99_us: u64,
+    max_us: u64,
+    decisions_per_s: f64,
+    decisions: u64,
+    errors: u64,
+    not_approved: u64,
 }
 
 fn render(rows: &[Row], seconds: u64) -> String {
@@ -281,70 +240,16 @@ fn render(rows: &[Row], seconds: u64) -> String {
     s.lines().map(|l| format!("{}\n", l.trim_end())).collect()
 }
 
-fn start_postgres(server: &Path, dir: &Path, children: &mut Children) -> Result<String> {
-    let port = free_port()?;
-    let log = dir.join("postgres.log");
-    let out = fs::File::create(&log)?;
-    let child = Command::new(server)
-        .args(["dev-postgres", "--dir"])
-        .arg(dir.join("pg"))
-        .args(["--port", &port.to_string()])
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .stdin(Stdio::null())
-        .spawn()
-        .context("starting guard-server dev-postgres")?;
-    children.0.push(("PostgreSQL (dev-postgres)".into(), child));
-    let line = wait_for_line(&log, "postgres://", "dev-postgres", &mut children.0.last_mut().unwrap().1)?;
-    let url = line.split_whitespace().find(|w| w.starts_with("postgres://")).unwrap_or_default().to_string();
-    eprintln!("xtask: PostgreSQL at {url}");
-    Ok(url)
-}
-
-fn server_config(pki: &Path, port: u16, database_url: &str) -> String {
-    let p = |f: &str| pki.join(f).display().to_string();
-    format!(
-        "listen = \"127.0.0.1:{port}\"\ndatabase_url = \"{database_url}\"\ndefault_timeout = \"60s\"\n\n\
-         [tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n\
-         [[auto]]\nrule = \"{RULE}\"\ndecision = \"approve\"\n",
-        p("ca.crt"),
-        p("server.crt"),
-        p("server.key"),
-    )
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Waits until the child's log has a line containing `needle`; fails early if it exits.
-fn wait_for_line(log: &Path, needle: &str, name: &str, child: &mut Child) -> Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let text = fs::read_to_string(log).unwrap_or_default();
-        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
-            return Ok(line.to_string());
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            bail!("{name} exited ({status}) before it was ready; its log ({}):\n{text}", log.display());
-        }
-        if Instant::now() > deadline {
-            bail!("{name} was not ready within 120 s; its log ({}):\n{text}", log.display());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn numbers_from_the_loadgen_json() {
-        let line = r#"{"agents":10,"decisions":5120,"decisions_per_s":1023.5,"first_error":null,"p99_us":1934}"#;
-        assert_eq!(json_number(line, "decisions"), Some(5120.0));
-        assert_eq!(json_number(line, "decisions_per_s"), Some(1023.5));
-        assert_eq!(json_number(line, "p99_us"), Some(1934.0));
-        assert_eq!(json_number(line, "p50_us"), None);
+    fn the_loadgen_result_line_parses() {
+        let line = r#"{"agents":10,"decisions":5120,"decisions_per_s":1023.5,"errors":0,"first_error":null,"max_us":9000,"not_approved":2,"p50_us":800,"p99_us":1934}"#;
+        let r: LoadgenResult = serde_json::from_str(line).unwrap();
+        assert_eq!((r.decisions, r.p99_us, r.not_approved), (5120, 1934, 2));
+        assert_eq!(r.decisions_per_s, 1023.5);
+        assert!(serde_json::from_str::<LoadgenResult>(r#"{"decisions":1}"#).is_err());
     }
 }

@@ -35,6 +35,10 @@ pub struct VmArgs {
     /// Shell command run in the guest (arguments joined with spaces).
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<String>,
+    /// Variables exported to the command, over the host's own `GUARD_*` ones (which the
+    /// guest gets too): how the host's services tell the guest where they are.
+    #[arg(skip)]
+    pub env: Vec<(String, String)>,
 }
 
 /// The guest kernel crashed (Oops, panic, lockup, BUG). Distinct so `test`
@@ -54,12 +58,17 @@ const CRASH_MARKERS: &[&str] = &["Oops", "Kernel panic", "soft lockup", "BUG:"];
 const CMDLINE: &str = "console=ttyS0 quiet panic=-1 lsm=lockdown,capability,landlock,bpf";
 
 pub fn run(args: &VmArgs) -> Result<u8> {
+    run_with_console(args).map(|(code, _)| code)
+}
+
+/// As [`run`], also returning the guest's console output (for reading its test summary).
+pub fn run_with_console(args: &VmArgs) -> Result<(u8, String)> {
     if !args.no_build {
         compile::build()?;
     }
     let kernel = kernel::require(args.kernel)?;
     let (dir, _lock) = work_dir(args.kernel.name())?;
-    let guest = Guest { cmd: &args.cmd, network: !args.forward.is_empty(), copy: &args.copy };
+    let guest = Guest { cmd: &args.cmd, env: &args.env, network: !args.forward.is_empty(), copy: &args.copy };
     let initrd = initramfs::build(&dir, &kernel, &guest)?;
     let log = dir.join("serial.log");
     eprintln!("xtask: booting {} (smp {}, timeout {}s)", kernel.package, args.smp, args.timeout);
@@ -70,7 +79,8 @@ pub fn run(args: &VmArgs) -> Result<u8> {
     if let Some(status) = finished.filter(|s| !s.success() && text.is_empty()) {
         bail!("QEMU failed to start ({status}; see its messages above){}", forward_hint(&args.forward));
     }
-    verdict(&text, finished, args.timeout)
+    let code = verdict(&text, finished, args.timeout)?;
+    Ok((code, text.replace('\r', "")))
 }
 
 fn forward_hint(ports: &[u16]) -> String {

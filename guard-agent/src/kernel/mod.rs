@@ -42,7 +42,6 @@ pub struct Kernel {
     sel_conf: Array<MapData, SelConf>,
 }
 
-
 /// How a pinned load went.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PinReport {
