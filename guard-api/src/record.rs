@@ -74,11 +74,18 @@ pub enum Reason {
     Grant,
     /// A server `[[auto]]` rule decided at once.
     Auto,
+    /// The kernel's ring buffer was full, so an `audit` or `ask` operation that could not be
+    /// recorded or reported was denied (counted in the kernel, recorded by the agent).
+    RingFull,
+    /// An ask found the kernel's hold table full: denied.
+    HoldTableFull,
+    /// The exec's arguments could not be read from the caller's memory: denied.
+    ArgvUnreadable,
 }
 
 impl Reason {
     /// Every reason, in the order the README lists them.
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 16] = [
         Reason::Rule,
         Reason::Default,
         Reason::Approved,
@@ -92,6 +99,9 @@ impl Reason {
         Reason::Cancelled,
         Reason::Grant,
         Reason::Auto,
+        Reason::RingFull,
+        Reason::HoldTableFull,
+        Reason::ArgvUnreadable,
     ];
 
     pub fn name(self) -> &'static str {
@@ -109,6 +119,9 @@ impl Reason {
             Reason::Cancelled => "cancelled",
             Reason::Grant => "grant",
             Reason::Auto => "auto",
+            Reason::RingFull => "ring_full",
+            Reason::HoldTableFull => "hold_table_full",
+            Reason::ArgvUnreadable => "argv_unreadable",
         }
     }
 

@@ -40,6 +40,7 @@ pub mod map_name {
     pub const HOLDS: &str = "HOLDS";
     pub const VERDICTS: &str = "VERDICTS";
     pub const GRACE: &str = "GRACE";
+    pub const APPROVED: &str = "APPROVED";
     pub const ZERO_ARGV: &str = "ZERO_ARGV";
     pub const ARGV: &str = "ARGV";
     pub const EVENTS: &str = "EVENTS";
@@ -61,6 +62,7 @@ pub mod map_name {
         HOLDS,
         VERDICTS,
         GRACE,
+        APPROVED,
         ZERO_ARGV,
         ARGV,
         EVENTS,
@@ -85,6 +87,7 @@ pub mod map_name {
         HOLDS,
         VERDICTS,
         GRACE,
+        APPROVED,
         ARGV,
         EVENTS,
         COUNTERS,
@@ -336,6 +339,23 @@ pub struct Hold {
     pub deadline_ns: u64,
 }
 
+/// Bindings approved in one syscall, per thread: a syscall that meets two asks (a rename
+/// between two ask prefixes, an O_TRUNC open at file_open and path_truncate) is restarted after
+/// each approval, and the approvals already given must hold for its restarts.
+pub const APPROVED_SLOTS: usize = 4;
+
+/// The approvals of a thread's current syscall (see [`APPROVED_SLOTS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Approved {
+    /// The syscall they were given in; another syscall drops them.
+    pub nr: u64,
+    /// They end at this time (extended while a further hold of the same syscall waits).
+    pub until_ns: u64,
+    /// Keyed bindings (see `SipHash`); 0 = free slot.
+    pub bindings: [u64; APPROVED_SLOTS],
+}
+
 /// A decision for a held thread, written by the agent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -357,6 +377,21 @@ pub mod reason {
     pub const EXPIRED: u8 = 5;
     /// An ask from a context that cannot be held (io_uring worker): denied at once.
     pub const UNHOLDABLE: u8 = 6;
+    /// The ring buffer was full: an `audit` or `ask` that could not be recorded was denied
+    /// (recorded by the agent from the counter of the same index in `COUNTERS`).
+    pub const RING_FULL: u8 = 9;
+    /// An ask found the hold table (`HOLDS`) full: denied.
+    pub const HOLD_TABLE_FULL: u8 = 10;
+    /// The exec's argv could not be read from the caller's memory: denied.
+    pub const ARGV_UNREADABLE: u8 = 11;
+}
+
+/// Entries of the per-CPU `COUNTERS` array: [0] is every event lost to a full ring buffer;
+/// the fail-closed denials are counted at the index of their `reason` code.
+pub mod counter {
+    pub const EVENTS_LOST: u32 = 0;
+    /// Size of `COUNTERS`: room for every reason code.
+    pub const LEN: u32 = 32;
 }
 
 /// Event kinds on the ring buffer.
@@ -497,6 +532,71 @@ pub fn fnv1a_cstr<const N: usize>(buf: &[u8; N]) -> u64 {
     h.finish()
 }
 
+/// SipHash-2-4 over 64-bit words, with the key the agent draws at each load: the binding of a
+/// hold (what an approval covers) is a keyed hash the watched tree cannot compute, so it
+/// cannot search for another object with the approved one's hash. For messages whose length
+/// is a multiple of 8 bytes, fed as little-endian words, the result is standard SipHash-2-4.
+#[derive(Clone, Copy, Debug)]
+pub struct SipHash {
+    v: [u64; 4],
+    words: u64,
+}
+
+impl SipHash {
+    #[inline(always)]
+    pub const fn new(k0: u64, k1: u64) -> Self {
+        Self {
+            v: [
+                k0 ^ 0x736f_6d65_7073_6575,
+                k1 ^ 0x646f_7261_6e64_6f6d,
+                k0 ^ 0x6c79_6765_6e65_7261,
+                k1 ^ 0x7465_6462_7974_6573,
+            ],
+            words: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn round(&mut self) {
+        let v = &mut self.v;
+        v[0] = v[0].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(13) ^ v[0];
+        v[0] = v[0].rotate_left(32);
+        v[2] = v[2].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(16) ^ v[2];
+        v[0] = v[0].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(21) ^ v[0];
+        v[2] = v[2].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(17) ^ v[2];
+        v[2] = v[2].rotate_left(32);
+    }
+
+    /// Mixes in one 8-byte word.
+    #[inline(always)]
+    pub fn write(&mut self, m: u64) {
+        self.v[3] ^= m;
+        self.round();
+        self.round();
+        self.v[0] ^= m;
+        self.words += 1;
+    }
+
+    #[inline(always)]
+    pub fn finish(mut self) -> u64 {
+        let b = (self.words.wrapping_mul(8) & 0xff) << 56;
+        self.v[3] ^= b;
+        self.round();
+        self.round();
+        self.v[0] ^= b;
+        self.v[2] ^= 0xff;
+        self.round();
+        self.round();
+        self.round();
+        self.round();
+        self.v[0] ^ self.v[1] ^ self.v[2] ^ self.v[3]
+    }
+}
+
 /// Kernel struct offsets read from the running kernel's BTF at load time, passed as frozen
 /// .rodata. Rust eBPF cannot emit CO-RE relocations, so nothing may be baked in.
 #[repr(C)]
@@ -542,6 +642,7 @@ const _: () = {
     assert!(size_of::<Watched>() == 8);
     assert!(size_of::<Hold>() == 24);
     assert!(size_of::<Verdict>() == 24);
+    assert!(size_of::<Approved>() == 48);
     assert!(size_of::<Event>() == 832);
     assert!(offset_of!(Event, rule) == 24);
     assert!(offset_of!(Event, aux) == 32);
@@ -600,6 +701,28 @@ mod tests {
         }
         // No NUL: the whole buffer.
         assert_eq!(fnv1a_cstr(&[0xff; ARG_LEN]), fnv1a(&[0xff; ARG_LEN]));
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn siphash_is_siphash_2_4() {
+        extern crate std;
+        use std::hash::Hasher;
+        let (k0, k1) = (0x0706_0504_0302_0100u64, 0x0f0e_0d0c_0b0a_0908u64);
+        for words in 0..5u64 {
+            let bytes: std::vec::Vec<u8> = (0..words * 8).map(|b| b as u8).collect();
+            let mut std_h = std::hash::SipHasher::new_with_keys(k0, k1);
+            std_h.write(&bytes);
+            let mut h = SipHash::new(k0, k1);
+            for w in bytes.chunks(8) {
+                h.write(u64::from_le_bytes(w.try_into().expect("8 bytes")));
+            }
+            assert_eq!(h.finish(), std_h.finish(), "{words} words");
+        }
+        // The published vector for 8 bytes 00..07.
+        let mut h = SipHash::new(k0, k1);
+        h.write(0x0706_0504_0302_0100);
+        assert_eq!(h.finish(), 0x93f5_f579_9a93_2462);
     }
 
     #[test]

@@ -13,31 +13,42 @@ use crate::task::{current_tid, syscall_nr, syscall_reg};
 /// Captures argv of the current exec (execve or execveat) into `ARGV` for this thread.
 /// Read from the syscall's own arguments (pt_regs) at bprm_check_security, while the old
 /// memory is still mapped: a syscall tracepoint would put every task on the host on the slow
-/// syscall path.
+/// syscall path. Returns false when the caller's memory could not be read although the
+/// kernel's own copy of it succeeded (pages dropped or remapped meanwhile): the exec is then
+/// denied (`argv_unreadable`), since its arguments are unknown. When no entry could be
+/// allocated, argv conditions apply to the exec (see [`match_argv_rules`]).
 #[inline(always)]
-pub fn capture_exec_argv() {
-    if let Some(reg) = exec_argv_reg(syscall_nr()) {
-        capture_argv(syscall_reg(reg));
+pub fn capture_exec_argv() -> bool {
+    match exec_argv_reg(syscall_nr()) {
+        Some(reg) => capture_argv(syscall_reg(reg)),
+        None => true,
     }
 }
 
 /// Captures the user argv array at `argv` (at most MAX_ARGS arguments of ARG_LEN bytes).
+/// False when a pointer or a string could not be read; the entry is then marked truncated.
 #[inline(always)]
-fn capture_argv(argv: u64) {
+fn capture_argv(argv: u64) -> bool {
     let tid = current_tid();
-    let Some(zero) = ZERO_ARGV.get(0) else { return };
+    let Some(zero) = ZERO_ARGV.get(0) else { return true };
     if ARGV.insert(tid, zero, 0).is_err() {
-        return;
+        ARGV.remove(tid).ok();
+        return true;
     }
-    let Some(a) = ARGV.get_ptr_mut(tid) else { return };
+    let Some(a) = ARGV.get_ptr_mut(tid) else { return true };
+    let mut readable = true;
     // SAFETY: `a` is this thread's ARGV entry, just inserted and used by this program only;
     // user memory is read with the probe helpers, bounded by the destination sizes.
     unsafe {
         for i in 0..=MAX_ARGS {
             let mut p: u64 = 0;
-            if bpf_probe_read_user(&mut p as *mut u64 as *mut c_void, 8, (argv + 8 * i as u64) as *const c_void) != 0
-                || p == 0
-            {
+            if bpf_probe_read_user(&mut p as *mut u64 as *mut c_void, 8, (argv + 8 * i as u64) as *const c_void) != 0 {
+                // Not the end of argv: what follows is unknown.
+                (*a).truncated = 1;
+                readable = false;
+                break;
+            }
+            if p == 0 {
                 break;
             }
             if i == MAX_ARGS {
@@ -45,11 +56,17 @@ fn capture_argv(argv: u64) {
                 (*a).truncated = 1;
                 break;
             }
-            bpf_probe_read_user_str((*a).args[i].as_mut_ptr() as *mut c_void, ARG_LEN as u32, p as *const c_void);
+            if bpf_probe_read_user_str((*a).args[i].as_mut_ptr() as *mut c_void, ARG_LEN as u32, p as *const c_void) < 0
+            {
+                (*a).truncated = 1;
+                readable = false;
+                break;
+            }
             (*a).hashes[i] = fnv1a_cstr(&(*a).args[i]);
             (*a).argc = i as u32 + 1;
         }
     }
+    readable
 }
 
 /// Whether every one of the first `ntok` tokens is among the captured arguments argv[1..]

@@ -9,19 +9,70 @@ use aya_ebpf::{
 };
 use core::ffi::c_void;
 use guard_common::{
-    fnv1a_bounded, kind, reason, Action, Event, Hold, Hook, RuleRef, Watched, ARG_LEN, EPERM, ERESTARTNOINTR, MAX_ARGS,
-    OBJECT_LEN, SIGSTOP,
+    kind, reason, Action, Approved, Event, Hold, Hook, RuleRef, SipHash, Watched, APPROVED_SLOTS, ARG_LEN, EPERM,
+    ERESTARTNOINTR, MAX_ARGS, OBJECT_LEN, SIGSTOP,
 };
 
 use crate::arch::NR_IO_URING_ENTER;
-use crate::maps::{bump_lost, policy, Scratch, ARGV, EVENTS, GRACE, HOLDS, VERDICTS};
+use crate::maps::{bump, bump_lost, policy, Scratch, APPROVED, ARGV, BUF_LEN, EVENTS, GRACE, HOLDS, VERDICTS};
 use crate::task::{current_tid, parent_tgid, syscall_nr, task_flags, PF_IO_WORKER};
 
-/// An approved creation also covers the open that follows it for this long.
+/// An approved creation also covers the open that follows it for this long; approvals given
+/// in one syscall last this long after the last of them (see `APPROVED`).
 const GRACE_NS: u64 = 2_000_000_000;
-/// Mixes the hook into a hold's hash (the 64-bit golden ratio), so that one path held by two
-/// hooks gives two holds.
-const HOOK_MIX: u64 = 0x9e37_79b9_7f4a_7c15;
+/// Words of an `Argv` bound into an exec's hold: argc, truncated and the argument bytes.
+const ARGV_WORDS: usize = 1 + MAX_ARGS * ARG_LEN / 8;
+
+/// The SipHash key of hold bindings, drawn by the agent at each load and written into frozen
+/// .rodata (like `OFFSETS`): the watched tree cannot read it (unprivileged; a root tree's
+/// access to guard's own maps is the self-protection issue), so it cannot compute bindings.
+#[no_mangle]
+static HOLD_KEY: [u64; 2] = [0, 0];
+
+/// The binding of an operation: what an approval covers. A keyed hash of the hook, its aux
+/// (access mode, rename direction, creation mode...), every byte of the object, and for exec
+/// the argv as captured (argc, truncation, the argument bytes). A restart whose object, access
+/// or argv differs in any byte gets another binding, so a new request.
+#[inline(always)]
+pub fn binding(s: &Scratch, hook: u8, aux: u64) -> u64 {
+    // SAFETY: references to a static: valid and aligned. Volatile for the reason given at
+    // `task::off` (only the loader fills the value in).
+    let (k0, k1) = unsafe { (core::ptr::read_volatile(&HOLD_KEY[0]), core::ptr::read_volatile(&HOLD_KEY[1])) };
+    let mut h = SipHash::new(k0, k1);
+    let len = if s.len > BUF_LEN as u64 { BUF_LEN as u64 } else { s.len };
+    h.write(hook as u64);
+    h.write(aux);
+    h.write(len | (s.truncated << 32));
+    let words = len.div_ceil(8) as usize;
+    for i in 0..BUF_LEN / 8 {
+        if i >= words {
+            break;
+        }
+        // SAFETY: i < BUF_LEN / 8, so the 8 bytes are inside `buf`.
+        let mut word = unsafe { core::ptr::read_unaligned(s.buf.as_ptr().add(i * 8) as *const u64) };
+        let rest = len - 8 * i as u64;
+        if rest < 8 {
+            // Only the object's own bytes: what follows it in `buf` is left from earlier uses.
+            word &= (1u64 << (rest * 8)) - 1;
+        }
+        h.write(word);
+    }
+    if hook == Hook::Exec as u8 {
+        match ARGV.get_ptr(current_tid()) {
+            Some(a) => {
+                let a = a as *const u64;
+                for i in 0..ARGV_WORDS {
+                    // SAFETY: `Argv` starts with argc and truncated (8 bytes) and the
+                    // argument bytes (MAX_ARGS * ARG_LEN), ARGV_WORDS words in all, inside the
+                    // map value; every byte is initialised (entries start from ZERO_ARGV).
+                    h.write(unsafe { *a.add(i) });
+                }
+            }
+            None => h.write(u64::MAX),
+        }
+    }
+    h.finish()
+}
 
 /// What the hook knows about the operation, for the decision and its event.
 pub struct Op {
@@ -130,7 +181,8 @@ fn fill_and_submit(mut entry: RingBufEntry<Event>, s: &Scratch, w: &Watched, op:
 /// Applies a matched rule (or the policy default) to the operation described by `op` and `s`.
 #[inline(always)]
 pub fn decide(s: &mut Scratch, w: &Watched, op: &Op, found: RuleRef) -> i32 {
-    let Some(conf) = policy(w) else { return 0 };
+    // Fail closed: the policy slot always exists; if it ever did not, nothing was decided.
+    let Some(conf) = policy(w) else { return -EPERM };
     let (action, rule, reason) = if found.rule != 0 {
         (found.action, found.rule, reason::RULE)
     } else {
@@ -138,8 +190,11 @@ pub fn decide(s: &mut Scratch, w: &Watched, op: &Op, found: RuleRef) -> i32 {
     };
     let record = rule != 0 || op.always_record || action != Action::Allow as u8;
     if action == Action::Allow as u8 || action == Action::Audit as u8 {
-        if record {
-            emit(s, w, op, Outcome::decision(action, reason, rule, 0));
+        if record && !emit(s, w, op, Outcome::decision(action, reason, rule, 0)) && action == Action::Audit as u8 {
+            // An audit rule promises a record: without room for it, the operation does not
+            // happen. The agent records these from the counter (the ring has no room).
+            bump(reason::RING_FULL as u32);
+            return -EPERM;
         }
         return 0;
     }
@@ -155,22 +210,42 @@ pub fn decide(s: &mut Scratch, w: &Watched, op: &Op, found: RuleRef) -> i32 {
 #[inline(always)]
 fn hold(s: &mut Scratch, w: &Watched, op: &Op, rule: u32, deadline_ns: u64) -> i32 {
     let tid = current_tid();
-    let path_hash = fnv1a_bounded(&s.buf, s.len as usize);
-    let hash = path_hash ^ (op.hook as u64).wrapping_mul(HOOK_MIX) ^ op.aux;
+    let hash = binding(s, op.hook as u8, op.aux);
+    let nr = syscall_nr();
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
 
     // An approved creation covers the open of the file it created (O_CREAT opens pass
-    // path_mknod, then file_open on the new file), and nothing else.
+    // path_mknod, then file_open on the new file), and nothing else: the same object, by its
+    // keyed binding.
     if op.hook as u8 == Hook::FileOpen as u8 {
         if let Some(g) = GRACE.get_ptr(tid) {
             // SAFETY: a map value, copied out at once.
             let g = unsafe { *g };
-            if g[0] == path_hash && now < g[1] {
+            if now < g[1] && g[0] == binding(s, 0, 0) {
                 GRACE.remove(tid).ok();
                 emit(s, w, op, Outcome::decision(Action::Ask as u8, reason::APPROVED, rule, hash));
                 return 0;
             }
+        }
+    }
+
+    // Approvals already given in this syscall: a syscall that meets two asks is restarted
+    // after each approval and passes the first check again.
+    if let Some(a) = APPROVED.get_ptr(tid) {
+        // SAFETY: a map value, copied out at once.
+        let a = unsafe { *a };
+        if a.nr == nr && now < a.until_ns {
+            let mut i = 0;
+            while i < APPROVED_SLOTS {
+                if a.bindings[i] == hash {
+                    emit(s, w, op, Outcome::decision(Action::Ask as u8, reason::APPROVED, rule, hash));
+                    return 0;
+                }
+                i += 1;
+            }
+        } else {
+            APPROVED.remove(tid).ok();
         }
     }
 
@@ -186,17 +261,20 @@ fn hold(s: &mut Scratch, w: &Watched, op: &Op, rule: u32, deadline_ns: u64) -> i
                     HOLDS.remove(tid).ok();
                     if v.allow == 1 {
                         if op.hook as u8 == Hook::PathMknod as u8 {
-                            GRACE.insert(tid, [path_hash, now + GRACE_NS], 0).ok();
+                            GRACE.insert(tid, [binding(s, 0, 0), now + GRACE_NS], 0).ok();
                         }
+                        remember_approval(tid, nr, hash, now);
                         emit(s, w, op, Outcome::resolved(reason::APPROVED, rule, h.seq, hash));
                         return 0;
                     }
+                    APPROVED.remove(tid).ok();
                     emit(s, w, op, Outcome::resolved(reason::DENIED, rule, h.seq, hash));
                     return -EPERM;
                 }
             }
             if now > h.deadline_ns {
                 HOLDS.remove(tid).ok();
+                APPROVED.remove(tid).ok();
                 emit(s, w, op, Outcome::resolved(reason::EXPIRED, rule, h.seq, hash));
                 return -EPERM;
             }
@@ -213,14 +291,20 @@ fn hold(s: &mut Scratch, w: &Watched, op: &Op, rule: u32, deadline_ns: u64) -> i
         return -EPERM;
     }
 
+    // A new request. A verdict left for an earlier hold of this thread (whose restart asked
+    // for something else) must not meet this one.
+    VERDICTS.remove(tid).ok();
     let seq = now;
     let entry = Hold { seq, hash, deadline_ns: now + deadline_ns };
     if HOLDS.insert(tid, entry, 0).is_err() {
+        bump(reason::HOLD_TABLE_FULL as u32);
+        emit(s, w, op, Outcome::decision(Action::Deny as u8, reason::HOLD_TABLE_FULL, rule, hash));
         return -EPERM;
     }
     // Reserve first, stop, then submit: the agent cannot answer before the stop is pending.
     let Some(ev) = EVENTS.reserve::<Event>(0) else {
         bump_lost();
+        bump(reason::RING_FULL as u32);
         HOLDS.remove(tid).ok();
         return -EPERM;
     };
@@ -231,7 +315,47 @@ fn hold(s: &mut Scratch, w: &Watched, op: &Op, rule: u32, deadline_ns: u64) -> i
         emit(s, w, op, unholdable);
         return -EPERM;
     }
+    // Approvals given earlier in this syscall last while this hold waits.
+    if let Some(a) = APPROVED.get_ptr_mut(tid) {
+        // SAFETY: this thread's map value; only this thread's programs write it.
+        unsafe {
+            if (*a).nr == nr {
+                (*a).until_ns = now + deadline_ns + GRACE_NS;
+            }
+        }
+    }
     let held = Outcome { kind: kind::HOLD, action: Action::Ask as u8, reason: reason::RULE, rule, seq, hash };
     fill_and_submit(ev, s, w, op, held);
     -ERESTARTNOINTR
+}
+
+/// Adds an approved binding to the thread's approvals for syscall `nr` (a fresh set when the
+/// thread's set was for another syscall).
+#[inline(always)]
+fn remember_approval(tid: u32, nr: u64, hash: u64, now: u64) {
+    let mut a = Approved { nr, until_ns: 0, bindings: [0; APPROVED_SLOTS] };
+    if let Some(old) = APPROVED.get_ptr(tid) {
+        // SAFETY: a map value, copied out at once.
+        let old = unsafe { *old };
+        if old.nr == nr {
+            a = old;
+        }
+    }
+    a.until_ns = now + GRACE_NS;
+    let mut placed = false;
+    let mut i = 0;
+    while i < APPROVED_SLOTS {
+        if !placed && (a.bindings[i] == 0 || a.bindings[i] == hash) {
+            a.bindings[i] = hash;
+            placed = true;
+        }
+        i += 1;
+    }
+    if !placed {
+        // More asks in one syscall than slots: the oldest approval makes room (at worst it
+        // is asked again; nothing passes unasked).
+        a.bindings[0] = hash;
+    }
+    // Failure only costs a repeated request, never an unasked operation.
+    APPROVED.insert(tid, a, 0).ok();
 }

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use guard_common::{
-    Argv, ArgvRule, Hold, NetRule, PathKey, PendingSel, PolicyConf, RuleRef, SelConf, SelKey, Selector, Verdict,
-    Watched, MAX_ARGV_RULES, MAX_CAPS, MAX_NET_RULES, MAX_POLICIES, MAX_SELECTORS, WATCHED_CAPACITY,
+    counter, Approved, Argv, ArgvRule, Hold, NetRule, PathKey, PendingSel, PolicyConf, RuleRef, SelConf, SelKey,
+    Selector, Verdict, Watched, MAX_ARGV_RULES, MAX_CAPS, MAX_NET_RULES, MAX_POLICIES, MAX_SELECTORS, WATCHED_CAPACITY,
 };
 
 use crate::task::current_tid;
@@ -37,6 +37,9 @@ pub static VERDICTS: HashMap<u32, Verdict> = HashMap::with_max_entries(8192, 0);
 /// Path hash of an approved creation, per thread, with its end time (see `decide::GRACE_NS`).
 #[map]
 pub static GRACE: HashMap<u32, [u64; 2]> = HashMap::with_max_entries(8192, 0);
+/// Approvals valid for the restarts of one syscall, per thread (see `guard_common::Approved`).
+#[map]
+pub static APPROVED: LruHashMap<u32, Approved> = LruHashMap::with_max_entries(8192, 0);
 /// One all-zero Argv to initialise entries from (it does not fit on the stack).
 #[map]
 pub static ZERO_ARGV: Array<Argv> = Array::with_max_entries(1, 0);
@@ -46,9 +49,10 @@ pub static ZERO_ARGV: Array<Argv> = Array::with_max_entries(1, 0);
 pub static ARGV: HashMap<u32, Argv> = HashMap::with_max_entries(WATCHED_CAPACITY, BPF_F_NO_PREALLOC);
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
-/// [0] events lost because the ring buffer was full.
+/// [0] events lost because the ring buffer was full; [reason code] denials that failed closed
+/// (`guard_common::counter`).
 #[map]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::LEN, 0);
 /// Tree selectors (host daemon): an unwatched task whose exec matches one starts a new tree.
 #[map]
 pub static SELECTORS: HashMap<SelKey, Selector> = HashMap::with_max_entries(MAX_SELECTORS * 4, 0);
@@ -127,7 +131,13 @@ pub fn policy_slot(w: &Watched) -> u32 {
 /// Counts one event lost to a full ring buffer.
 #[inline(always)]
 pub fn bump_lost() {
-    if let Some(c) = COUNTERS.get_ptr_mut(0) {
+    bump(counter::EVENTS_LOST);
+}
+
+/// Counts one more at `COUNTERS[index]`.
+#[inline(always)]
+pub fn bump(index: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: a per-CPU map value, valid for the program's run and used by this CPU only.
         unsafe { *c += 1 };
     }

@@ -9,7 +9,9 @@ use aya_ebpf::{
 use guard_common::{kind, reason, Action, Argv, Event, Hook, Watched, BPF_NOEXIST};
 
 use crate::decide::{emit, Op, Outcome};
-use crate::maps::{scratch, watched, watched_task, ARGV, EVENTS, GRACE, HOLDS, TASK_COUNT, VERDICTS, WATCHED};
+use crate::maps::{
+    scratch, watched, watched_task, APPROVED, ARGV, EVENTS, GRACE, HOLDS, TASK_COUNT, VERDICTS, WATCHED,
+};
 use crate::resolve::{label, walk_path_into};
 use crate::select::select_new_tree;
 use crate::task::{current_tid, max_tasks, off, offsets, read_kernel};
@@ -138,6 +140,7 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
         HOLDS.remove(tid).ok();
         VERDICTS.remove(tid).ok();
         GRACE.remove(tid).ok();
+        APPROVED.remove(tid).ok();
         ARGV.remove(tid).ok();
         if tid == (pid_tgid >> 32) as u32 {
             if let Some(mut e) = EVENTS.reserve::<Event>(0) {

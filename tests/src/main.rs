@@ -9,8 +9,10 @@
 mod bench;
 mod daemon_tests;
 mod demo;
+mod escape_decide;
 mod harness;
 mod ops;
+mod ops_decide;
 mod server_tests;
 
 use anyhow::{ensure, Context, Result};
@@ -95,6 +97,7 @@ fn run_tests() -> i32 {
         .iter()
         .chain(daemon_tests::TESTS)
         .chain(server_tests::TESTS)
+        .chain(escape_decide::TESTS)
         .map(|&(name, test)| Trial::ignorable_test(name, move || run_one(name, test)))
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);

@@ -147,6 +147,7 @@ pub fn run(args: &[String]) -> i32 {
             std::thread::sleep(Duration::from_millis(a(1).parse().unwrap_or(100)));
             Ok(())
         }
+        dec if dec.starts_with("dec-") => return crate::ops_decide::run(args),
         other => {
             eprintln!("guard-e2e do: unknown op {other:?}");
             return 2;

@@ -123,14 +123,16 @@ pub async fn deny_all(agent: &Shared, reason: Reason) {
     }
 }
 
-/// Reports ring buffer overflows as records, never silently.
+/// Reports ring buffer overflows as records, never silently: the events lost, and the
+/// `audit`/`ask` operations denied for want of room.
 pub fn report_lost(agent: &Shared) {
-    let record = {
+    let records = {
         let mut st = agent.lock();
         let total = st.kernel.lost_events();
-        handle::lost(&mut st, total)
+        let denied = st.kernel.failed_closed(guard_common::reason::RING_FULL);
+        [handle::lost(&mut st, total), handle::ring_full(&mut st, denied)]
     };
-    if let Some(r) = record {
+    for r in records.into_iter().flatten() {
         agent.audit().write(&r);
     }
 }

@@ -72,6 +72,8 @@ pub struct State {
     /// Shown on requests: the policy file's name.
     pub policy_name: String,
     pub lost_reported: u64,
+    /// The kernel's count of `ring_full` denials already recorded.
+    pub ring_full_reported: u64,
     /// What the daemon adds: several policies, trees started by selectors, stated reasons.
     pub trees: TreeState,
 }
@@ -115,6 +117,7 @@ impl State {
             host,
             policy_name,
             lost_reported: 0,
+            ring_full_reported: 0,
             trees: TreeState::default(),
         }
     }

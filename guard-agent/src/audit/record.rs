@@ -68,3 +68,14 @@ pub fn events_lost(host: &str, n: u64) -> AuditRecord {
     r.lost = Some(n);
     r
 }
+
+/// The agent's own record of `n` `audit` or `ask` operations the kernel denied because the
+/// ring buffer had no room for their records.
+pub fn ring_full(host: &str, n: u64) -> AuditRecord {
+    let mut r = events_lost(host, n);
+    r.reason = Some(Reason::RingFull);
+    r.object = Some("ring_full".into());
+    r.comment =
+        Some("audit or ask operations denied in the kernel: the ring buffer had no room for their records".into());
+    r
+}

@@ -2,7 +2,7 @@
 //! (guard-api's typed enums).
 
 use guard_api::{Action, Decision, Hook, Reason};
-use guard_common::{reason, Action as KAction, Hook as KHook};
+use guard_common::{class, reason, Action as KAction, Hook as KHook};
 
 /// The hook of a kernel event; None for a code this agent does not know.
 pub fn hook(code: u8) -> Option<Hook> {
@@ -51,6 +51,9 @@ pub fn reason(code: u8) -> Option<Reason> {
         reason::DENIED => Reason::Denied,
         reason::EXPIRED => Reason::Expired,
         reason::UNHOLDABLE => Reason::Unholdable,
+        reason::RING_FULL => Reason::RingFull,
+        reason::HOLD_TABLE_FULL => Reason::HoldTableFull,
+        reason::ARGV_UNREADABLE => Reason::ArgvUnreadable,
         _ => return None,
     })
 }
@@ -59,7 +62,15 @@ pub fn reason(code: u8) -> Option<Reason> {
 /// approval, failed it.
 pub fn decision(action_code: u8, reason_code: u8) -> Decision {
     let denied = matches!(action(action_code), Action::Deny)
-        || matches!(reason_code, reason::DENIED | reason::EXPIRED | reason::UNHOLDABLE);
+        || matches!(
+            reason_code,
+            reason::DENIED
+                | reason::EXPIRED
+                | reason::UNHOLDABLE
+                | reason::RING_FULL
+                | reason::HOLD_TABLE_FULL
+                | reason::ARGV_UNREADABLE
+        );
     if denied {
         Decision::Deny
     } else {
@@ -69,7 +80,7 @@ pub fn decision(action_code: u8, reason_code: u8) -> Decision {
 
 /// For file hooks, what the operation does to the file: read, write, delete or create. From
 /// the hook, and for `file_open` from the open mode the kernel puts in `aux`. None where the
-/// event does not say (a rename is a delete of its source and a write of its target).
+/// event does not say. A rename is a delete of its source and a write of its target.
 pub fn access(hook_code: u8, aux: u64) -> Option<&'static str> {
     const FMODE_READ: u64 = 1;
     const FMODE_WRITE: u64 = 2;
@@ -79,6 +90,9 @@ pub fn access(hook_code: u8, aux: u64) -> Option<&'static str> {
         KHook::PathMknod | KHook::PathMkdir => Some("create"),
         KHook::PathUnlink | KHook::PathRmdir => Some("delete"),
         KHook::PathTruncate => Some("write"),
+        // The kernel puts the side in aux: the source is a delete, the target a write.
+        KHook::PathRename if aux == class::DELETE as u64 => Some("delete"),
+        KHook::PathRename if aux == class::WRITE as u64 => Some("write"),
         _ => None,
     }
 }

@@ -32,6 +32,11 @@ pub trait KernelMaps: Send {
     fn held(&self) -> Vec<(u32, Hold)>;
     /// Events the kernel could not put on the ring buffer, since the maps were created.
     fn lost_events(&self) -> u64;
+    /// Operations the kernel denied because something failed (`COUNTERS[reason]`, see
+    /// `guard_common::counter`), since the maps were created.
+    fn failed_closed(&self, _reason: u8) -> u64 {
+        0
+    }
     /// The verdict for the hold (tid, seq, hash); the held thread reads it when resumed.
     fn set_verdict(&mut self, tid: u32, seq: u64, hash: u64, allow: bool) -> Result<()>;
     /// Writes a policy's rules under `id`.
@@ -215,7 +220,11 @@ impl KernelMaps for Kernel {
     }
 
     fn lost_events(&self) -> u64 {
-        self.counters.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+        self.counters.get(&guard_common::counter::EVENTS_LOST, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+
+    fn failed_closed(&self, reason: u8) -> u64 {
+        self.counters.get(&(reason as u32), 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
 
     fn set_verdict(&mut self, tid: u32, seq: u64, hash: u64, allow: bool) -> Result<()> {

@@ -131,7 +131,16 @@ impl Kernel {
         let btf = Btf::from_sys_fs().context("loading the kernel's BTF")?;
         let pin_dir = pin_root.map(|r| r.join(build_id()));
         let mut loader = EbpfLoader::new();
-        loader.override_global("OFFSETS", &offsets, true).override_global("MAX_TASKS", &max_tasks, true);
+        let hold_key = hold_key()?;
+        loader
+            .override_global("OFFSETS", &offsets, true)
+            .override_global("MAX_TASKS", &max_tasks, true)
+            .override_global("HOLD_KEY", &hold_key, true);
+        if let Some(bytes) = test_ring_bytes() {
+            // Hidden, for the tests that fill the ring buffer on purpose.
+            tracing::warn!("GUARD_TEST_RING_BYTES: a ring buffer of {bytes} bytes");
+            loader.map_max_entries("EVENTS", bytes);
+        }
         let map_paths: Vec<(&str, PathBuf)> = match &pin_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).with_context(|| {
@@ -240,6 +249,27 @@ impl Kernel {
         }
         moved
     }
+}
+
+/// The key of the kernel's hold bindings (`HOLD_KEY`, SipHash): fresh random bytes at each
+/// load, so a watched tree cannot compute which objects share a binding.
+fn hold_key() -> Result<[u64; 2]> {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .context("reading /dev/urandom for the hold binding key")?;
+    Ok([
+        u64::from_le_bytes(b[..8].try_into().expect("8 bytes")),
+        u64::from_le_bytes(b[8..].try_into().expect("8 bytes")),
+    ])
+}
+
+/// `GUARD_TEST_RING_BYTES`: a smaller ring buffer (a power of two, at least a page), for the
+/// end-to-end tests that fill it on purpose. Not a user option.
+fn test_ring_bytes() -> Option<u32> {
+    let v: u32 = std::env::var("GUARD_TEST_RING_BYTES").ok()?.parse().ok()?;
+    (v >= 4096 && v.is_power_of_two()).then_some(v)
 }
 
 /// Identifies this build's eBPF object (and so its maps' layouts): pins are per build.

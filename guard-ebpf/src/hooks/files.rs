@@ -47,15 +47,17 @@ pub fn file_open(ctx: LsmContext) -> i32 {
 
 /// A path_* hook on one entry: the prologue of [`decide_entry`].
 #[inline(always)]
-fn path_hook(ctx: &LsmContext, hook: Hook, class: u8) -> i32 {
+fn path_hook(ctx: &LsmContext, hook: Hook, class: u8, aux: u64) -> i32 {
     let Some(w) = watched() else { return 0 };
     let Some(s) = scratch() else { return 0 };
-    decide_entry(ctx, &w, s, hook, class, 0, 1)
+    decide_entry(ctx, &w, s, hook, class, 0, 1, aux)
 }
 
 /// The rules of `class` for the entry whose directory (a `struct path *`) and dentry are the
-/// hook's arguments `dir_arg` and `dentry_arg`.
+/// hook's arguments `dir_arg` and `dentry_arg`. `aux` is part of what an approval covers (the
+/// creation mode and device, the rename direction).
 #[inline(always)]
+#[expect(clippy::too_many_arguments, reason = "inlined into each hook; the arguments are the hook's own")]
 fn decide_entry(
     ctx: &LsmContext,
     w: &Watched,
@@ -64,6 +66,7 @@ fn decide_entry(
     class: u8,
     dir_arg: usize,
     dentry_arg: usize,
+    aux: u64,
 ) -> i32 {
     // SAFETY: the callers name the arguments that are the directory's path and the entry's
     // dentry of their hook; the walk reads them through bpf_probe_read_kernel only.
@@ -72,32 +75,36 @@ fn decide_entry(
         return 0;
     }
     let found = lookup_path(s, w.policy, class);
-    let op = Op { hook, aux: 0, holdable: true, always_record: false };
+    let op = Op { hook, aux, holdable: true, always_record: false };
     decide(s, w, &op, found)
 }
 
 /// path_mknod(const struct path *dir, struct dentry *dentry, umode_t mode, unsigned int dev)
 #[lsm(hook = "path_mknod")]
 pub fn path_mknod(ctx: LsmContext) -> i32 {
-    path_hook(&ctx, Hook::PathMknod, class::WRITE)
+    // The mode (type and permission bits) and device are what the approver approves.
+    let mode: u64 = ctx.arg::<u64>(2) & 0xffff;
+    let dev: u64 = ctx.arg::<u64>(3) & 0xffff_ffff;
+    path_hook(&ctx, Hook::PathMknod, class::WRITE, mode | dev << 32)
 }
 
 /// path_mkdir(const struct path *dir, struct dentry *dentry, umode_t mode)
 #[lsm(hook = "path_mkdir")]
 pub fn path_mkdir(ctx: LsmContext) -> i32 {
-    path_hook(&ctx, Hook::PathMkdir, class::WRITE)
+    let mode: u64 = ctx.arg::<u64>(2) & 0xffff;
+    path_hook(&ctx, Hook::PathMkdir, class::WRITE, mode)
 }
 
 /// path_unlink(const struct path *dir, struct dentry *dentry)
 #[lsm(hook = "path_unlink")]
 pub fn path_unlink(ctx: LsmContext) -> i32 {
-    path_hook(&ctx, Hook::PathUnlink, class::DELETE)
+    path_hook(&ctx, Hook::PathUnlink, class::DELETE, 0)
 }
 
 /// path_rmdir(const struct path *dir, struct dentry *dentry)
 #[lsm(hook = "path_rmdir")]
 pub fn path_rmdir(ctx: LsmContext) -> i32 {
-    path_hook(&ctx, Hook::PathRmdir, class::DELETE)
+    path_hook(&ctx, Hook::PathRmdir, class::DELETE, 0)
 }
 
 /// path_rename(const struct path *old_dir, struct dentry *old_dentry, const struct path
@@ -106,13 +113,14 @@ pub fn path_rmdir(ctx: LsmContext) -> i32 {
 pub fn path_rename(ctx: LsmContext) -> i32 {
     let Some(w) = watched() else { return 0 };
     let Some(s) = scratch() else { return 0 };
-    // Renaming away from a protected prefix is a delete there...
-    let r = decide_entry(&ctx, &w, s, Hook::PathRename, class::DELETE, 0, 1);
+    // Renaming away from a protected prefix is a delete there... (the class is the aux: an
+    // approval of one direction does not cover the other)
+    let r = decide_entry(&ctx, &w, s, Hook::PathRename, class::DELETE, 0, 1, class::DELETE as u64);
     if r != 0 {
         return r;
     }
     // ...and renaming into one is a write there.
-    decide_entry(&ctx, &w, s, Hook::PathRename, class::WRITE, 2, 3)
+    decide_entry(&ctx, &w, s, Hook::PathRename, class::WRITE, 2, 3, class::WRITE as u64)
 }
 
 /// path_truncate(const struct path *path)

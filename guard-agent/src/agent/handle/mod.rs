@@ -222,6 +222,19 @@ pub fn lost(st: &mut State, total: u64) -> Option<AuditRecord> {
     Some(record::events_lost(&st.host, n))
 }
 
+/// The record of `audit` and `ask` operations the kernel denied because the ring buffer was
+/// full (they could not be recorded there), given the kernel's running count; None when there
+/// were none since the last call.
+pub fn ring_full(st: &mut State, total: u64) -> Option<AuditRecord> {
+    if total <= st.ring_full_reported {
+        return None;
+    }
+    let n = total - st.ring_full_reported;
+    st.ring_full_reported = total;
+    tracing::error!("{n} audit or ask operations were denied: the ring buffer was full");
+    Some(record::ring_full(&st.host, n))
+}
+
 /// The record of a kernel event, with the rule, policy, tree and stated reason it concerns.
 fn event_record(st: &mut State, sys: &dyn System, e: &Event) -> AuditRecord {
     let mut info = proc_info(st, sys, e.tgid);
