@@ -43,9 +43,9 @@ pub fn binding(s: &Scratch, hook: u8, aux: u64) -> u64 {
     h.write(hook as u64);
     h.write(aux);
     h.write(len | (s.truncated << 32));
-    let words = len.div_ceil(8) as usize;
+    let words = len.div_ceil(8);
     for i in 0..BUF_LEN / 8 {
-        if i >= words {
+        if i as u64 >= words {
             break;
         }
         // SAFETY: i < BUF_LEN / 8, so the 8 bytes are inside `buf`.
@@ -57,6 +57,7 @@ pub fn binding(s: &Scratch, hook: u8, aux: u64) -> u64 {
         }
         h.write(word);
     }
+    let mut total = 3 + words;
     if hook == Hook::Exec as u8 {
         match ARGV.get_ptr(current_tid()) {
             Some(a) => {
@@ -67,11 +68,15 @@ pub fn binding(s: &Scratch, hook: u8, aux: u64) -> u64 {
                     // map value; every byte is initialised (entries start from ZERO_ARGV).
                     h.write(unsafe { *a.add(i) });
                 }
+                total += ARGV_WORDS as u64;
             }
-            None => h.write(u64::MAX),
+            None => {
+                h.write(u64::MAX);
+                total += 1;
+            }
         }
     }
-    h.finish()
+    h.finish(total)
 }
 
 /// What the hook knows about the operation, for the decision and its event.

@@ -77,6 +77,11 @@ fn wait_new_hold(a: &Agent, hook: &str, seen: &[String]) -> Result<Value> {
     }
 }
 
+/// The exec argv a hold shows the approver, joined by spaces.
+fn argv(h: &Value) -> String {
+    h["argv"].as_array().map(|v| v.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+}
+
 /// The distinct request ids in the records.
 fn request_ids(records: &[AuditRecord]) -> BTreeSet<String> {
     records.iter().filter_map(|r| r.request_id.clone()).collect()
@@ -101,13 +106,16 @@ fn exec_argv_rewrite() -> Result<()> {
             &format!("guard-e2e do dec-exec-rewrite {DIR}/bin/tool touch {fa} {fb}"),
         )?;
         let h1 = a.wait_hold("bprm_check_security")?;
-        ensure!(h1.to_string().contains(&fa), "the first hold does not show argv A: {h1}");
+        ensure!(argv(&h1).contains(&fa) && !argv(&h1).contains(&fb), "the first hold does not show argv A: {h1}");
         a.line_starting("REWRITTEN")?;
         let id1 = s(&h1, "id").to_string();
         a.approve(&id1)?;
         let h2 = wait_new_hold(&a, "bprm_check_security", &[id1.clone()])?;
         let id2 = s(&h2, "id").to_string();
-        ensure!(h2.to_string().contains(&fb), "the second hold does not show the rewritten argv: {h2}");
+        ensure!(
+            argv(&h2).contains(&fb) && !argv(&h2).contains(&fa),
+            "the second hold does not show the rewritten argv: {h2}"
+        );
         if approve_second {
             a.approve(&id2)?
         } else {
@@ -124,9 +132,9 @@ fn exec_argv_rewrite() -> Result<()> {
             ensure!(!exists(&fb), "the rewritten argv ran on the first approval");
         }
         let r1 = record_of(&records, &id1).context("no record of the first request")?;
-        ensure!(r1.argv.join(" ").contains(&fa), "first request's record: {r1:?}");
+        ensure!(r1.argv.join(" ").contains(&fa) && !r1.argv.join(" ").contains(&fb), "first request's record: {r1:?}");
         let r2 = record_of(&records, &id2).context("no record of the second request")?;
-        ensure!(r2.argv.join(" ").contains(&fb), "second request's record: {r2:?}");
+        ensure!(r2.argv.join(" ").contains(&fb) && !r2.argv.join(" ").contains(&fa), "second request's record: {r2:?}");
         let want = if approve_second { Decision::Allow } else { Decision::Deny };
         ensure!(r2.decision == Some(want), "second request's record: {r2:?}");
     }

@@ -32,7 +32,11 @@ pub fn handle(st: &mut State, sys: &dyn System, e: &Event, now: Instant) -> Vec<
         }
         kind::EXIT => exit(st, e, now),
         kind::DECISION => vec![Effect::Record(event_record(st, sys, e))],
-        kind::HOLD => vec![hold(st, sys, e, now)],
+        kind::HOLD => {
+            let mut out = superseded(st, e, now);
+            out.push(hold(st, sys, e, now));
+            out
+        }
         kind::RESOLVED => vec![Effect::Record(resolved(st, sys, e, now))],
         _ => {
             tracing::warn!("unknown event kind {}", e.kind);
@@ -96,6 +100,36 @@ fn exec(st: &mut State, sys: &dyn System, e: &Event) {
         st.trees.reasons.remove(&e.tgid);
     }
     st.procs.insert(e.tgid, info);
+}
+
+/// A new hold of a thread ends the thread's earlier holds: the kernel keeps one per thread,
+/// and a restarted syscall that asks again asked for a different operation (its object,
+/// access or argv changed after the hold: the earlier verdict, whatever it was, did not
+/// apply). The earlier operation never happened: a deny, recorded with who decided it.
+fn superseded(st: &mut State, e: &Event, now: Instant) -> Vec<Effect> {
+    let old: Vec<String> = st
+        .holds
+        .by_id
+        .iter()
+        .filter(|(_, h)| h.info.tid == e.tid && h.seq != e.seq)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let mut out = vec![];
+    for id in old {
+        if let Some(h) = st.holds.by_id.remove(&id) {
+            tracing::info!("hold {id} ended: thread {} asked again for a different operation", e.tid);
+            let reason = h.decision.as_ref().map_or(Reason::Cancelled, |d| d.reason);
+            let mut r = record::from_hold(&st.host, &h.info, reason);
+            r.approver = h.decision.as_ref().and_then(|d| d.approver.clone());
+            r.comment = Some(
+                "superseded: the restarted syscall asked for a different operation (a new request); this one did not run"
+                    .into(),
+            );
+            r.held_ms = Some(now.saturating_duration_since(h.started).as_millis() as u64);
+            out.push(Effect::Record(r));
+        }
+    }
+    out
 }
 
 /// A process exited: its holds end (the operation never happened: a deny, whatever was

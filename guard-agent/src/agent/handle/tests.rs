@@ -266,6 +266,27 @@ fn a_resolved_event_records_the_verdict_and_how_long_it_was_held() {
 }
 
 #[test]
+fn a_new_hold_of_the_same_thread_supersedes_its_approved_hold() {
+    let mut st = state();
+    let start = Instant::now();
+    only_ask(handle(&mut st, &FakeHost, &event(kind::HOLD, KAction::Ask, 0, 2), start));
+    let approve = Decision { allow: true, reason: Reason::Approved, approver: None, comment: None, request_id: None };
+    assert_eq!(decide(&mut st, "1", approve), Some((42, 42)));
+    // The restart asked for something else: a new hold, and the approved one ends as not run.
+    let mut again = event(kind::HOLD, KAction::Ask, 0, 2);
+    again.seq = 8;
+    again.hash = 0xdef;
+    let effects = handle(&mut st, &FakeHost, &again, start + Duration::from_millis(5));
+    assert_eq!(effects.len(), 2, "{effects:?}");
+    let Effect::Record(r) = &effects[0] else { panic!("{effects:?}") };
+    assert_eq!(r.decision, Some(Verdict::Deny));
+    assert_eq!(r.reason, Some(Reason::Approved));
+    assert_eq!(r.request_id.as_deref(), Some("1"));
+    assert!(matches!(&effects[1], Effect::Ask { hold, .. } if hold.id == "2"));
+    assert_eq!(st.holds.by_id.len(), 1);
+}
+
+#[test]
 fn an_exit_event_ends_the_holds_of_its_process() {
     let mut st = state();
     let start = Instant::now();
