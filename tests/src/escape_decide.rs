@@ -176,7 +176,9 @@ enum Say {
 /// are a failure: a loop), until its RESULT line. Returns the result, the holds seen and the
 /// records.
 fn answer(name: &str, op: &str, plan: &[Say]) -> Result<(String, Vec<Value>, Vec<AuditRecord>)> {
-    let a = Agent::start(name, &policy(), &format!("guard-e2e do {op}"))?;
+    // The tree lingers a little after the op, so that the agent is still there to be asked
+    // whether anything else was held.
+    let a = Agent::start(name, &policy(), &format!("guard-e2e do {op}; sleep 3"))?;
     let mut holds: Vec<Value> = vec![];
     let deadline = Instant::now() + Duration::from_secs(90);
     let result = loop {
