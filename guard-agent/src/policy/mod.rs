@@ -46,6 +46,16 @@ pub enum Matcher {
     Module,
     Bpf,
     Ptrace,
+    /// Creating a user namespace (unshare/clone with CLONE_NEWUSER).
+    Userns,
+    /// chroot(2).
+    Chroot,
+    /// pivot_root(2).
+    PivotRoot,
+    /// umount(2)/umount2(2), lazy (`umount -l`) or not.
+    Umount,
+    /// Running (or mapping executable) a program with no name left: a memfd, a deleted file.
+    ExecAnonymous,
 }
 
 #[derive(Debug, Clone)]

@@ -59,6 +59,11 @@ struct RawRule {
     module: Option<Spanned<bool>>,
     bpf: Option<Spanned<bool>>,
     ptrace: Option<Spanned<bool>>,
+    userns: Option<Spanned<bool>>,
+    chroot: Option<Spanned<bool>>,
+    pivot_root: Option<Spanned<bool>>,
+    umount: Option<Spanned<bool>>,
+    exec_anonymous: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -168,6 +173,52 @@ fn check_abs_path(ctx: &Source, p: &Spanned<String>, what: &str) -> Result<Strin
     Ok(s.clone())
 }
 
+/// Rule paths name objects. The kernel compares the paths it resolved, so a rule written on a
+/// path through a symbolic link (`/bin/x` on merged /usr, `/usr/bin/python3` -> `python3.11`,
+/// `/var/run/`) would never match: it is resolved here, at load, to the path the kernel will
+/// see, and a warning at the rule's `file:line:col` says so. Only the part of the path that
+/// exists is resolved (the rest is kept as written); a path that does not exist yet is kept.
+fn canonical(ctx: &Source, p: &Spanned<String>, path: String, what: &str) -> Result<String, PolicyError> {
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Ok(path);
+    }
+    let mut head = std::path::PathBuf::from(trimmed);
+    let mut tail: Vec<std::ffi::OsString> = vec![];
+    let resolved = loop {
+        match std::fs::canonicalize(&head) {
+            Ok(c) => break c,
+            Err(_) => {
+                let Some(name) = head.file_name().map(|n| n.to_os_string()) else { return Ok(path) };
+                tail.push(name);
+                if !head.pop() {
+                    return Ok(path);
+                }
+            }
+        }
+    };
+    let mut out = resolved;
+    for name in tail.iter().rev() {
+        out.push(name);
+    }
+    let Some(mut out) = out.to_str().map(str::to_string) else { return Ok(path) };
+    if path.ends_with('/') && !out.ends_with('/') {
+        out.push('/');
+    }
+    if out == path {
+        return Ok(path);
+    }
+    if out.len() >= PATH_LEN - 1 {
+        return Err(ctx.err(
+            p.span(),
+            format!("{what} {path:?} resolves to {out:?}, {} bytes long: at most {} are supported", out.len(), PATH_LEN - 2),
+        ));
+    }
+    let at = Location::of(ctx.path, ctx.text, p.span());
+    tracing::warn!("{at}: {what} {path:?} goes through a symbolic link: the rule applies to {out:?}, the object it names now");
+    Ok(out)
+}
+
 /// argv conditions: 1 to 4 whole arguments, on an exact path, for rules that restrict.
 fn check_argv(ctx: &Source, a: &Spanned<Vec<String>>, path: &str, action: Action) -> Result<Vec<String>, PolicyError> {
     let tokens = a.get_ref();
@@ -202,7 +253,7 @@ fn compile_rule(ctx: &Source, span: Range<usize>, r: RawRule) -> Result<Rule, Po
     if let Some(e) = r.exec {
         let span = e.span();
         let e = e.into_inner();
-        let path = check_abs_path(ctx, &e.path, "exec path")?;
+        let path = canonical(ctx, &e.path, check_abs_path(ctx, &e.path, "exec path")?, "exec path")?;
         let argv = match e.argv {
             None => vec![],
             Some(a) => check_argv(ctx, &a, &path, action)?,
@@ -212,7 +263,7 @@ fn compile_rule(ctx: &Source, span: Range<usize>, r: RawRule) -> Result<Rule, Po
     if let Some(f) = r.file {
         let span = f.span();
         let f = f.into_inner();
-        let path = check_abs_path(ctx, &f.path, "file path")?;
+        let path = canonical(ctx, &f.path, check_abs_path(ctx, &f.path, "file path")?, "file path")?;
         let access = match &f.access {
             None => Access::Any,
             Some(a) => match a.get_ref().as_str() {
@@ -284,9 +335,17 @@ fn compile_rule(ctx: &Source, span: Range<usize>, r: RawRule) -> Result<Rule, Po
         })?;
         matchers.push((c.span(), Matcher::Capability(n as u8)));
     }
-    for (flag, m) in
-        [(r.mount, Matcher::Mount), (r.module, Matcher::Module), (r.bpf, Matcher::Bpf), (r.ptrace, Matcher::Ptrace)]
-    {
+    for (flag, m) in [
+        (r.mount, Matcher::Mount),
+        (r.module, Matcher::Module),
+        (r.bpf, Matcher::Bpf),
+        (r.ptrace, Matcher::Ptrace),
+        (r.userns, Matcher::Userns),
+        (r.chroot, Matcher::Chroot),
+        (r.pivot_root, Matcher::PivotRoot),
+        (r.umount, Matcher::Umount),
+        (r.exec_anonymous, Matcher::ExecAnonymous),
+    ] {
         if let Some(f) = flag {
             if !*f.get_ref() {
                 return Err(ctx.err(f.span(), "this matcher only takes `true`; leave it out to not match"));
@@ -295,7 +354,7 @@ fn compile_rule(ctx: &Source, span: Range<usize>, r: RawRule) -> Result<Rule, Po
         }
     }
     match matchers.len() {
-        0 => Err(ctx.err(span, format!("rule {name:?} has no matcher: expected one of exec, file, connect, capability, mount, module, bpf, ptrace"))),
+        0 => Err(ctx.err(span, format!("rule {name:?} has no matcher: expected one of exec, file, connect, capability, mount, umount, chroot, pivot_root, userns, exec_anonymous, module, bpf, ptrace"))),
         1 => {
             let matcher = matchers.into_iter().next().expect("one").1;
             Ok(Rule { name, action, matcher })
