@@ -102,7 +102,9 @@ fn userns() -> Result<()> {
     let out = a.finish()?;
     let r = &out.records()?;
     ensure!(
-        has(r, |x| x.hook == Some(Hook::UsernsCreate) && is(&x.rule, "userns-ok") && x.decision == Some(Decision::Allow)),
+        has(r, |x| x.hook == Some(Hook::UsernsCreate)
+            && is(&x.rule, "userns-ok")
+            && x.decision == Some(Decision::Allow)),
         "no record of the allowed user namespace: {r:#?}"
     );
     Ok(())
@@ -127,7 +129,10 @@ fn chroot() -> Result<()> {
         has(r, |x| refused(std::slice::from_ref(x), Hook::PathChroot) && is(&x.object, "/tmp/t/ns-jail")),
         "no safe_default record of the chroot naming /tmp/t/ns-jail: {r:#?}"
     );
-    ensure!(r.iter().filter(|x| refused(std::slice::from_ref(x), Hook::PathChroot)).count() >= 2, "one chroot unrecorded");
+    ensure!(
+        r.iter().filter(|x| refused(std::slice::from_ref(x), Hook::PathChroot)).count() >= 2,
+        "one chroot unrecorded"
+    );
     Ok(())
 }
 

@@ -91,10 +91,18 @@ struct RawConnect {
 impl Policy {
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
         let text = Source::read(path, "policy file")?;
-        Self::parse(&path.display().to_string(), &text)
+        Self::parse_with(&path.display().to_string(), &text, true)
     }
 
+    /// Parses a policy as text alone: rule paths are taken as written (see [`canonical`] for
+    /// what [`Policy::load`] does with them).
     pub fn parse(file: &str, text: &str) -> Result<Self, PolicyError> {
+        Self::parse_with(file, text, false)
+    }
+
+    /// As `parse`; with `resolve`, rule paths through symbolic links are resolved against
+    /// this machine's filesystem (a policy file loaded to be enforced here).
+    pub fn parse_with(file: &str, text: &str, resolve: bool) -> Result<Self, PolicyError> {
         let ctx = Source { path: Path::new(file), text };
         let raw: RawPolicy = toml::from_str(text).map_err(|e| {
             let msg = e.message().to_string();
@@ -131,7 +139,7 @@ impl Policy {
             let span = r.span();
             let r = r.into_inner();
             let span_start = span.clone();
-            let rule = compile_rule(&ctx, span, r)?;
+            let rule = compile_rule(&ctx, span, r, resolve)?;
             if matches!(&rule.matcher, Matcher::Exec { argv, .. } if !argv.is_empty()) {
                 argv_rules += 1;
                 if argv_rules > MAX_ARGV_RULES {
@@ -211,11 +219,17 @@ fn canonical(ctx: &Source, p: &Spanned<String>, path: String, what: &str) -> Res
     if out.len() >= PATH_LEN - 1 {
         return Err(ctx.err(
             p.span(),
-            format!("{what} {path:?} resolves to {out:?}, {} bytes long: at most {} are supported", out.len(), PATH_LEN - 2),
+            format!(
+                "{what} {path:?} resolves to {out:?}, {} bytes long: at most {} are supported",
+                out.len(),
+                PATH_LEN - 2
+            ),
         ));
     }
     let at = Location::of(ctx.path, ctx.text, p.span());
-    tracing::warn!("{at}: {what} {path:?} goes through a symbolic link: the rule applies to {out:?}, the object it names now");
+    tracing::warn!(
+        "{at}: {what} {path:?} goes through a symbolic link: the rule applies to {out:?}, the object it names now"
+    );
     Ok(out)
 }
 
@@ -241,7 +255,7 @@ fn check_argv(ctx: &Source, a: &Spanned<Vec<String>>, path: &str, action: Action
     Ok(tokens.clone())
 }
 
-fn compile_rule(ctx: &Source, span: Range<usize>, r: RawRule) -> Result<Rule, PolicyError> {
+fn compile_rule(ctx: &Source, span: Range<usize>, r: RawRule, resolve: bool) -> Result<Rule, PolicyError> {
     let name = r.name.get_ref().trim().to_string();
     if name.is_empty() {
         return Err(ctx.err(r.name.span(), "rule name is empty"));
@@ -253,7 +267,8 @@ fn compile_rule(ctx: &Source, span: Range<usize>, r: RawRule) -> Result<Rule, Po
     if let Some(e) = r.exec {
         let span = e.span();
         let e = e.into_inner();
-        let path = canonical(ctx, &e.path, check_abs_path(ctx, &e.path, "exec path")?, "exec path")?;
+        let path = check_abs_path(ctx, &e.path, "exec path")?;
+        let path = if resolve { canonical(ctx, &e.path, path, "exec path")? } else { path };
         let argv = match e.argv {
             None => vec![],
             Some(a) => check_argv(ctx, &a, &path, action)?,
@@ -263,7 +278,8 @@ fn compile_rule(ctx: &Source, span: Range<usize>, r: RawRule) -> Result<Rule, Po
     if let Some(f) = r.file {
         let span = f.span();
         let f = f.into_inner();
-        let path = canonical(ctx, &f.path, check_abs_path(ctx, &f.path, "file path")?, "file path")?;
+        let path = check_abs_path(ctx, &f.path, "file path")?;
+        let path = if resolve { canonical(ctx, &f.path, path, "file path")? } else { path };
         let access = match &f.access {
             None => Access::Any,
             Some(a) => match a.get_ref().as_str() {
