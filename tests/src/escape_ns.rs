@@ -266,8 +266,8 @@ fn memfd_exec() -> Result<()> {
     Ok(())
 }
 
-/// A binary opened, unlinked, then run by fexecve; and one run through an O_PATH-less reopen
-/// of its /proc fd: refused (safe_default), the object its path marked "(deleted)".
+/// A binary opened, unlinked, then run by fexecve, or by execve("/proc/self/fd/N"): refused
+/// (safe_default), the object its old path marked "(deleted)".
 fn deleted_exec() -> Result<()> {
     let bb = busybox();
     std::fs::remove_file("/tmp/t/ns-deleted-ran").ok();
@@ -275,22 +275,23 @@ fn deleted_exec() -> Result<()> {
         "ns-deleted",
         OPEN_POLICY,
         &format!(
-            "guard-e2e do deleted-exec {bb} /tmp/t/bin/ns-del touch /tmp/t/ns-deleted-ran; \
-             guard-e2e do deleted-exec {bb} /tmp/t/bin/ns-del2 sh -c 'touch /tmp/t/ns-deleted-ran'"
+            "guard-e2e do deleted-exec {bb} /tmp/t/bin/ns-del fd touch /tmp/t/ns-deleted-ran; \
+             guard-e2e do deleted-exec {bb} /tmp/t/bin/ns-del2 proc touch /tmp/t/ns-deleted-ran"
         ),
     )?;
-    for v in ["fexecve of a deleted file", "fexecve of a deleted file as sh"] {
+    for v in ["fexecve of a deleted file", "execve /proc/self/fd of a deleted file"] {
         let r = a.result()?;
         ensure!(r.starts_with("RESULT errno=1 "), "{v}: {r}");
     }
     let out = a.finish()?;
     ensure!(!std::path::Path::new("/tmp/t/ns-deleted-ran").exists(), "the deleted program ran");
     let r = &out.records()?;
-    ensure!(
-        has(r, |x| refused(std::slice::from_ref(x), Hook::BprmCheckSecurity)
-            && is(&x.object, "/tmp/t/bin/ns-del (deleted)")),
-        "no safe_default record of the deleted binary: {r:#?}"
-    );
+    for obj in ["/tmp/t/bin/ns-del (deleted)", "/tmp/t/bin/ns-del2 (deleted)"] {
+        ensure!(
+            has(r, |x| refused(std::slice::from_ref(x), Hook::BprmCheckSecurity) && is(&x.object, obj)),
+            "no safe_default record of the deleted binary {obj}: {r:#?}"
+        );
+    }
     Ok(())
 }
 

@@ -213,13 +213,23 @@ pub fn run(args: &[String]) -> i32 {
             });
             report(&op, r, "")
         }
-        // deleted-exec SRC COPY ARGV...: SRC copied to COPY, opened, COPY unlinked, then fexecve.
+        // deleted-exec SRC COPY fd|proc ARGV...: SRC copied to COPY, opened, COPY unlinked, then
+        // run by fexecve (fd) or by execve("/proc/self/fd/N") (proc).
         "deleted-exec" => {
             let r = (|| {
                 std::fs::copy(a(1), a(2)).map_err(|_| Errno::EIO)?;
                 let f = std::fs::File::open(a(2)).map_err(|_| Errno::EIO)?;
                 std::fs::remove_file(a(2)).map_err(|_| Errno::EIO)?;
-                spawn_exec(|| fexecve(f.as_raw_fd(), &args[3..]))
+                if a(3) == "proc" {
+                    // The fd must survive the exec for /proc/self/fd/N to name it.
+                    nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))?;
+                    let path = format!("/proc/self/fd/{}", f.as_raw_fd());
+                    return spawn_exec(|| {
+                        let argv: Vec<CString> = args[4..].iter().map(|s| cstr(s)).collect();
+                        nix::unistd::execv(&cstr(&path), &argv).unwrap_err()
+                    });
+                }
+                spawn_exec(|| fexecve(f.as_raw_fd(), &args[4..]))
             })();
             report(&op, r, "")
         }
