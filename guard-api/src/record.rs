@@ -74,11 +74,17 @@ pub enum Reason {
     Grant,
     /// A server `[[auto]]` rule decided at once.
     Auto,
+    /// An operation that changes what paths mean (a user namespace, chroot, pivot_root, a
+    /// mount or unmount) or runs a program with no name (a memfd, a deleted file), and no rule
+    /// allows it: denied for a watched tree whatever the policy's default.
+    SafeDefault,
+    /// The program being executed, or mapped executable, could not be resolved to a path.
+    ExecUnresolved,
 }
 
 impl Reason {
     /// Every reason, in the order the README lists them.
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 15] = [
         Reason::Rule,
         Reason::Default,
         Reason::Approved,
@@ -92,6 +98,8 @@ impl Reason {
         Reason::Cancelled,
         Reason::Grant,
         Reason::Auto,
+        Reason::SafeDefault,
+        Reason::ExecUnresolved,
     ];
 
     pub fn name(self) -> &'static str {
@@ -109,6 +117,8 @@ impl Reason {
             Reason::Cancelled => "cancelled",
             Reason::Grant => "grant",
             Reason::Auto => "auto",
+            Reason::SafeDefault => "safe_default",
+            Reason::ExecUnresolved => "exec_unresolved",
         }
     }
 
@@ -145,12 +155,17 @@ pub enum Hook {
     PtraceAccessCheck,
     Bpf,
     TaskAlloc,
+    UsernsCreate,
+    PathChroot,
+    SbPivotroot,
+    SbUmount,
+    MmapFile,
     /// Not a hook: the agent's reading of the kernel's ring buffer (lost events).
     RingBuffer,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 18] = [
+    pub const ALL: [Hook; 23] = [
         Hook::BprmCheckSecurity,
         Hook::FileOpen,
         Hook::PathMknod,
@@ -168,6 +183,11 @@ impl Hook {
         Hook::PtraceAccessCheck,
         Hook::Bpf,
         Hook::TaskAlloc,
+        Hook::UsernsCreate,
+        Hook::PathChroot,
+        Hook::SbPivotroot,
+        Hook::SbUmount,
+        Hook::MmapFile,
         Hook::RingBuffer,
     ];
 
@@ -190,6 +210,11 @@ impl Hook {
             Hook::PtraceAccessCheck => "ptrace_access_check",
             Hook::Bpf => "bpf",
             Hook::TaskAlloc => "task_alloc",
+            Hook::UsernsCreate => "userns_create",
+            Hook::PathChroot => "path_chroot",
+            Hook::SbPivotroot => "sb_pivotroot",
+            Hook::SbUmount => "sb_umount",
+            Hook::MmapFile => "mmap_file",
             Hook::RingBuffer => "ring_buffer",
         }
     }

@@ -143,6 +143,12 @@ pub enum Hook {
     Bpf = 15,
     PathMkdir = 16,
     TaskAlloc = 17,
+    // Namespaces, mounts and exec objects (issue 9 items 3 and 8): codes 42-51.
+    UsernsCreate = 42,
+    PathChroot = 43,
+    SbPivotroot = 44,
+    SbUmount = 45,
+    MmapFile = 46,
 }
 
 impl Hook {
@@ -166,6 +172,11 @@ impl Hook {
             15 => Bpf,
             16 => PathMkdir,
             17 => TaskAlloc,
+            42 => UsernsCreate,
+            43 => PathChroot,
+            44 => SbPivotroot,
+            45 => SbUmount,
+            46 => MmapFile,
             _ => return None,
         })
     }
@@ -190,6 +201,11 @@ impl Hook {
             Bpf => "bpf",
             PathMkdir => "path_mkdir",
             TaskAlloc => "task_alloc",
+            UsernsCreate => "userns_create",
+            PathChroot => "path_chroot",
+            SbPivotroot => "sb_pivotroot",
+            SbUmount => "sb_umount",
+            MmapFile => "mmap_file",
         }
     }
 }
@@ -255,6 +271,15 @@ pub struct PolicyConf {
     /// `fnv1a` of the policy's name; 0 = slot unused. A restarted daemon reads it back from
     /// the pinned map to find which id each named policy has (trees keep their ids).
     pub name_hash: u64,
+    /// Operations that change what a path means, and programs without a name. With no rule
+    /// (`rule == 0`) they are denied for a watched tree whatever `default_action` says
+    /// (`reason::SAFE_DEFAULT`): the policy must allow them explicitly.
+    pub userns: RuleRef,
+    pub chroot: RuleRef,
+    pub pivot_root: RuleRef,
+    pub umount: RuleRef,
+    /// Exec (or PROT_EXEC mapping) of a file with no name left: a memfd, a deleted file.
+    pub exec_anonymous: RuleRef,
 }
 
 /// Most tree selectors the kernel checks.
@@ -357,6 +382,12 @@ pub mod reason {
     pub const EXPIRED: u8 = 5;
     /// An ask from a context that cannot be held (io_uring worker): denied at once.
     pub const UNHOLDABLE: u8 = 6;
+    /// An operation that changes what paths mean (user namespace, chroot, pivot_root, mount,
+    /// umount) or runs a program without a name (memfd, deleted file), with no rule allowing
+    /// it: denied for a watched tree whatever the policy's default.
+    pub const SAFE_DEFAULT: u8 = 16;
+    /// The program being executed or mapped executable could not be resolved to a path.
+    pub const EXEC_UNRESOLVED: u8 = 17;
 }
 
 /// Event kinds on the ring buffer.
@@ -531,7 +562,9 @@ const _: () = {
     assert!(size_of::<PathKey>() == 256);
     assert!(size_of::<RuleRef>() == 8);
     assert!(size_of::<NetRule>() == 40);
-    assert!(size_of::<PolicyConf>() == 56);
+    assert!(size_of::<PolicyConf>() == 96);
+    assert!(offset_of!(PolicyConf, userns) == 56);
+    assert!(offset_of!(PolicyConf, exec_anonymous) == 88);
     assert!(offset_of!(PolicyConf, ptrace) == 28);
     assert!(offset_of!(PolicyConf, hold_deadline_ns) == 40);
     assert!(offset_of!(PolicyConf, name_hash) == 48);

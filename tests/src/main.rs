@@ -9,8 +9,10 @@
 mod bench;
 mod daemon_tests;
 mod demo;
+mod escape_ns;
 mod harness;
 mod ops;
+mod ops_ns;
 mod server_tests;
 
 use anyhow::{ensure, Context, Result};
@@ -94,6 +96,7 @@ fn run_tests() -> i32 {
     let trials = TESTS
         .iter()
         .chain(daemon_tests::TESTS)
+        .chain(escape_ns::TESTS)
         .chain(server_tests::TESTS)
         .map(|&(name, test)| Trial::ignorable_test(name, move || run_one(name, test)))
         .collect();
@@ -371,6 +374,7 @@ fn privileged_policy(action: &str) -> String {
     for (name, m) in [
         ("time", "capability = \"CAP_SYS_TIME\""),
         ("mounts", "mount = true"),
+        ("umounts", "umount = true"),
         ("modules", "module = true"),
         ("bpf", "bpf = true"),
         ("ptrace", "ptrace = true"),
@@ -473,6 +477,10 @@ connect = {{ unix = "/tmp/t/allowed.sock" }}
 name = "ask-mount"
 action = "ask"
 mount = true
+[[rule]]
+name = "umount-ok"
+action = "allow"
+umount = true
 [[rule]]
 name = "ask-module"
 action = "ask"

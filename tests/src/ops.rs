@@ -147,6 +147,7 @@ pub fn run(args: &[String]) -> i32 {
             std::thread::sleep(Duration::from_millis(a(1).parse().unwrap_or(100)));
             Ok(())
         }
+        ns if crate::ops_ns::OPS.contains(&ns) => return crate::ops_ns::run(args),
         other => {
             eprintln!("guard-e2e do: unknown op {other:?}");
             return 2;

@@ -24,6 +24,11 @@ pub fn hook(code: u8) -> Option<Hook> {
         KHook::Ptrace => Hook::PtraceAccessCheck,
         KHook::Bpf => Hook::Bpf,
         KHook::TaskAlloc => Hook::TaskAlloc,
+        KHook::UsernsCreate => Hook::UsernsCreate,
+        KHook::PathChroot => Hook::PathChroot,
+        KHook::SbPivotroot => Hook::SbPivotroot,
+        KHook::SbUmount => Hook::SbUmount,
+        KHook::MmapFile => Hook::MmapFile,
     })
 }
 
@@ -51,6 +56,8 @@ pub fn reason(code: u8) -> Option<Reason> {
         reason::DENIED => Reason::Denied,
         reason::EXPIRED => Reason::Expired,
         reason::UNHOLDABLE => Reason::Unholdable,
+        reason::SAFE_DEFAULT => Reason::SafeDefault,
+        reason::EXEC_UNRESOLVED => Reason::ExecUnresolved,
         _ => return None,
     })
 }
@@ -59,7 +66,10 @@ pub fn reason(code: u8) -> Option<Reason> {
 /// approval, failed it.
 pub fn decision(action_code: u8, reason_code: u8) -> Decision {
     let denied = matches!(action(action_code), Action::Deny)
-        || matches!(reason_code, reason::DENIED | reason::EXPIRED | reason::UNHOLDABLE);
+        || matches!(
+            reason_code,
+            reason::DENIED | reason::EXPIRED | reason::UNHOLDABLE | reason::SAFE_DEFAULT | reason::EXEC_UNRESOLVED
+        );
     if denied {
         Decision::Deny
     } else {
@@ -89,7 +99,7 @@ mod tests {
 
     #[test]
     fn every_kernel_hook_has_its_audit_name() {
-        for code in 1..=17u8 {
+        for code in (1..=17u8).chain(42..=46) {
             let k = KHook::from_u8(code).unwrap();
             assert_eq!(hook(code).unwrap().name(), k.name(), "code {code}");
         }

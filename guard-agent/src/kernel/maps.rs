@@ -191,6 +191,11 @@ impl KernelMaps for Kernel {
             _pad2: [0; 4],
             hold_deadline_ns: (policy.ask_timeout + KERNEL_GRACE).as_nanos() as u64,
             name_hash: 0,
+            userns: c.userns.unwrap_or(none),
+            chroot: c.chroot.unwrap_or(none),
+            pivot_root: c.pivot_root.unwrap_or(none),
+            umount: c.umount.unwrap_or(none),
+            exec_anonymous: c.exec_anonymous.unwrap_or(none),
         };
         self.policies.set(id as u32, conf, 0).context("writing the policy settings")?;
         Ok(())

@@ -19,6 +19,11 @@ pub struct Compiled {
     pub module: Option<RuleRef>,
     pub bpf: Option<RuleRef>,
     pub ptrace: Option<RuleRef>,
+    pub userns: Option<RuleRef>,
+    pub chroot: Option<RuleRef>,
+    pub pivot_root: Option<RuleRef>,
+    pub umount: Option<RuleRef>,
+    pub exec_anonymous: Option<RuleRef>,
 }
 
 fn rule_ref(index: usize, action: Action) -> RuleRef {
@@ -129,6 +134,21 @@ impl Policy {
                 }
                 Matcher::Ptrace => {
                     c.ptrace.get_or_insert(rr);
+                }
+                Matcher::Userns => {
+                    c.userns.get_or_insert(rr);
+                }
+                Matcher::Chroot => {
+                    c.chroot.get_or_insert(rr);
+                }
+                Matcher::PivotRoot => {
+                    c.pivot_root.get_or_insert(rr);
+                }
+                Matcher::Umount => {
+                    c.umount.get_or_insert(rr);
+                }
+                Matcher::ExecAnonymous => {
+                    c.exec_anonymous.get_or_insert(rr);
                 }
             }
         }

@@ -46,6 +46,16 @@ pub enum Matcher {
     Module,
     Bpf,
     Ptrace,
+    /// Creating a user namespace (unshare/clone with CLONE_NEWUSER).
+    Userns,
+    /// chroot(2).
+    Chroot,
+    /// pivot_root(2).
+    PivotRoot,
+    /// umount(2)/umount2(2), lazy (`umount -l`) or not.
+    Umount,
+    /// Running (or mapping executable) a program with no name left: a memfd, a deleted file.
+    ExecAnonymous,
 }
 
 #[derive(Debug, Clone)]
@@ -260,5 +270,47 @@ file = { path = "/etc/ssh/", access = "read" }
         let c = p.compile(0);
         assert_eq!(c.net.len(), 2);
         assert!(c.net.iter().all(|n| n.port == 22));
+    }
+}
+
+#[cfg(test)]
+mod escape_ns_tests {
+    use super::*;
+
+    #[test]
+    fn namespace_and_anonymous_exec_matchers_compile_to_their_own_rules() {
+        let mut text = String::new();
+        for m in ["userns", "chroot", "pivot_root", "umount", "exec_anonymous", "mount"] {
+            text.push_str(&format!("[[rule]]\nname = \"{m}\"\naction = \"allow\"\n{m} = true\n"));
+        }
+        let c = Policy::parse("p.toml", &text).unwrap().compile(0);
+        let rules = [c.userns, c.chroot, c.pivot_root, c.umount, c.exec_anonymous, c.mount];
+        for (i, r) in rules.iter().enumerate() {
+            assert_eq!(r.map(|r| r.rule), Some(i as u32 + 1));
+        }
+        let e = Policy::parse("p.toml", "[[rule]]\nname = \"x\"\naction = \"deny\"\nuserns = false\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("p.toml:4:10:") && e.contains("only takes `true`"), "{e}");
+    }
+
+    #[test]
+    fn rule_paths_through_symlinks_are_resolved_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir(real.join("real")).unwrap();
+        std::fs::write(real.join("real/tool"), b"").unwrap();
+        std::os::unix::fs::symlink(real.join("real/tool"), real.join("tool-link")).unwrap();
+        std::os::unix::fs::symlink(real.join("real"), real.join("dir-link")).unwrap();
+        let r = real.display();
+        let text = format!(
+            "[[rule]]\nname = \"a\"\naction = \"deny\"\nexec = {{ path = \"{r}/tool-link\" }}\n\
+             [[rule]]\nname = \"b\"\naction = \"deny\"\nfile = {{ path = \"{r}/dir-link/\" }}\n\
+             [[rule]]\nname = \"c\"\naction = \"deny\"\nfile = {{ path = \"{r}/dir-link/not-yet\" }}\n"
+        );
+        let p = Policy::parse_with("p.toml", &text, true).unwrap();
+        assert_eq!(p.rules[0].matcher, Matcher::Exec { path: format!("{r}/real/tool"), argv: vec![] });
+        assert_eq!(p.rules[1].matcher, Matcher::File { path: format!("{r}/real/"), access: Access::Any });
+        assert_eq!(p.rules[2].matcher, Matcher::File { path: format!("{r}/real/not-yet"), access: Access::Any });
     }
 }

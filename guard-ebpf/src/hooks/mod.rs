@@ -2,5 +2,6 @@
 //! watched tree returns at once (one hash lookup).
 mod exec;
 mod files;
+mod namespaces;
 mod network;
 mod privileged;

@@ -1,5 +1,6 @@
-//! Privileged operations without a path: capabilities, mounts, kernel modules, ptrace attach
-//! and the bpf() syscall. All but capabilities are one rule per policy (`PolicyConf`).
+//! Privileged operations without a path: capabilities, kernel modules, ptrace attach and the
+//! bpf() syscall. All but capabilities are one rule per policy (`PolicyConf`). Mounts are in
+//! `namespaces`.
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use guard_common::{Hook, PolicyConf, RuleRef, Watched, MAX_CAPS};
 
@@ -42,18 +43,6 @@ pub fn capable(ctx: LsmContext) -> i32 {
     // failure: an ask here is decided at once (denied, recorded as unholdable).
     let op = Op { hook: Hook::Capable, aux: cap as u64, holdable: false, always_record: true };
     decide(s, &w, &op, r)
-}
-
-#[lsm(hook = "sb_mount")]
-pub fn sb_mount(_ctx: LsmContext) -> i32 {
-    let Some(w) = watched() else { return 0 };
-    singleton(&w, Hook::Mount, 0, b"mount", |c| c.mount)
-}
-
-#[lsm(hook = "move_mount")]
-pub fn move_mount(_ctx: LsmContext) -> i32 {
-    let Some(w) = watched() else { return 0 };
-    singleton(&w, Hook::MoveMount, 0, b"move_mount", |c| c.mount)
 }
 
 /// kernel_read_file(struct file *file, enum kernel_read_file_id id, bool contents)
