@@ -74,11 +74,15 @@ pub enum Reason {
     Grant,
     /// A server `[[auto]]` rule decided at once.
     Auto,
+    /// The kernel could not resolve the object to its global path (longer than its buffer,
+    /// deeper than its walk, on a detached mount, or a failed `bpf_d_path`): denied whatever
+    /// the rules say.
+    Unresolvable,
 }
 
 impl Reason {
     /// Every reason, in the order the README lists them.
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Rule,
         Reason::Default,
         Reason::Approved,
@@ -92,6 +96,7 @@ impl Reason {
         Reason::Cancelled,
         Reason::Grant,
         Reason::Auto,
+        Reason::Unresolvable,
     ];
 
     pub fn name(self) -> &'static str {
@@ -109,6 +114,7 @@ impl Reason {
             Reason::Cancelled => "cancelled",
             Reason::Grant => "grant",
             Reason::Auto => "auto",
+            Reason::Unresolvable => "unresolvable",
         }
     }
 
@@ -145,12 +151,16 @@ pub enum Hook {
     PtraceAccessCheck,
     Bpf,
     TaskAlloc,
+    PathLink,
+    PathSymlink,
+    PathChmod,
+    PathChown,
     /// Not a hook: the agent's reading of the kernel's ring buffer (lost events).
     RingBuffer,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 18] = [
+    pub const ALL: [Hook; 22] = [
         Hook::BprmCheckSecurity,
         Hook::FileOpen,
         Hook::PathMknod,
@@ -168,6 +178,10 @@ impl Hook {
         Hook::PtraceAccessCheck,
         Hook::Bpf,
         Hook::TaskAlloc,
+        Hook::PathLink,
+        Hook::PathSymlink,
+        Hook::PathChmod,
+        Hook::PathChown,
         Hook::RingBuffer,
     ];
 
@@ -190,6 +204,10 @@ impl Hook {
             Hook::PtraceAccessCheck => "ptrace_access_check",
             Hook::Bpf => "bpf",
             Hook::TaskAlloc => "task_alloc",
+            Hook::PathLink => "path_link",
+            Hook::PathSymlink => "path_symlink",
+            Hook::PathChmod => "path_chmod",
+            Hook::PathChown => "path_chown",
             Hook::RingBuffer => "ring_buffer",
         }
     }

@@ -9,8 +9,10 @@
 mod bench;
 mod daemon_tests;
 mod demo;
+mod escape_files;
 mod harness;
 mod ops;
+mod ops_files;
 mod server_tests;
 
 use anyhow::{ensure, Context, Result};
@@ -94,6 +96,7 @@ fn run_tests() -> i32 {
     let trials = TESTS
         .iter()
         .chain(daemon_tests::TESTS)
+        .chain(escape_files::TESTS)
         .chain(server_tests::TESTS)
         .map(|&(name, test)| Trial::ignorable_test(name, move || run_one(name, test)))
         .collect();

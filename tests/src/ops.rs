@@ -147,6 +147,7 @@ pub fn run(args: &[String]) -> i32 {
             std::thread::sleep(Duration::from_millis(a(1).parse().unwrap_or(100)));
             Ok(())
         }
+        op if crate::ops_files::OPS.contains(&op) => crate::ops_files::run(args),
         other => {
             eprintln!("guard-e2e do: unknown op {other:?}");
             return 2;

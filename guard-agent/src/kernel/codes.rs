@@ -24,6 +24,10 @@ pub fn hook(code: u8) -> Option<Hook> {
         KHook::Ptrace => Hook::PtraceAccessCheck,
         KHook::Bpf => Hook::Bpf,
         KHook::TaskAlloc => Hook::TaskAlloc,
+        KHook::PathLink => Hook::PathLink,
+        KHook::PathSymlink => Hook::PathSymlink,
+        KHook::PathChmod => Hook::PathChmod,
+        KHook::PathChown => Hook::PathChown,
     })
 }
 
@@ -51,6 +55,7 @@ pub fn reason(code: u8) -> Option<Reason> {
         reason::DENIED => Reason::Denied,
         reason::EXPIRED => Reason::Expired,
         reason::UNHOLDABLE => Reason::Unholdable,
+        reason::UNRESOLVABLE => Reason::Unresolvable,
         _ => return None,
     })
 }
@@ -59,7 +64,7 @@ pub fn reason(code: u8) -> Option<Reason> {
 /// approval, failed it.
 pub fn decision(action_code: u8, reason_code: u8) -> Decision {
     let denied = matches!(action(action_code), Action::Deny)
-        || matches!(reason_code, reason::DENIED | reason::EXPIRED | reason::UNHOLDABLE);
+        || matches!(reason_code, reason::DENIED | reason::EXPIRED | reason::UNHOLDABLE | reason::UNRESOLVABLE);
     if denied {
         Decision::Deny
     } else {
@@ -78,7 +83,9 @@ pub fn access(hook_code: u8, aux: u64) -> Option<&'static str> {
         KHook::FileOpen if aux & FMODE_READ != 0 => Some("read"),
         KHook::PathMknod | KHook::PathMkdir => Some("create"),
         KHook::PathUnlink | KHook::PathRmdir => Some("delete"),
-        KHook::PathTruncate => Some("write"),
+        KHook::PathTruncate | KHook::PathLink | KHook::PathSymlink | KHook::PathChmod | KHook::PathChown => {
+            Some("write")
+        }
         _ => None,
     }
 }
@@ -89,7 +96,7 @@ mod tests {
 
     #[test]
     fn every_kernel_hook_has_its_audit_name() {
-        for code in 1..=17u8 {
+        for code in (1..=17u8).chain(24..=27) {
             let k = KHook::from_u8(code).unwrap();
             assert_eq!(hook(code).unwrap().name(), k.name(), "code {code}");
         }
@@ -103,6 +110,8 @@ mod tests {
         assert_eq!(decision(KAction::Ask as u8, reason::EXPIRED), Decision::Deny);
         assert_eq!(decision(KAction::Deny as u8, reason::DEFAULT), Decision::Deny);
         assert_eq!(reason(reason::UNHOLDABLE), Some(Reason::Unholdable));
+        assert_eq!(reason(reason::UNRESOLVABLE), Some(Reason::Unresolvable));
+        assert_eq!(decision(KAction::Allow as u8, reason::UNRESOLVABLE), Decision::Deny);
         assert_eq!(reason(99), None);
         assert_eq!(access(KHook::FileOpen as u8, 1), Some("read"));
         assert_eq!(access(KHook::FileOpen as u8, 3), Some("write"));
