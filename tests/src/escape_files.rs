@@ -213,7 +213,9 @@ file = { path = "/", access = "any" }
     ensure!(Path::new(&deep).exists(), "the deep file was deleted");
     for hook in [Hook::FileOpen, Hook::PathUnlink] {
         ensure!(
-            has(r, |x| x.decision == Some(Decision::Deny) && x.hook == Some(hook) && x.reason == Some(Reason::Unresolvable)),
+            has(r, |x| x.decision == Some(Decision::Deny)
+                && x.hook == Some(hook)
+                && x.reason == Some(Reason::Unresolvable)),
             "no unresolvable deny of {hook}: {r:#?}"
         );
     }

@@ -31,28 +31,31 @@ fn open_at(dir: i32, path: &str) -> Result<(), Errno> {
     Ok(())
 }
 
+/// Every unsafe block below: the pointers are NUL-terminated CStrings (or a C string literal)
+/// that live until the call returns, and raw syscalls get the argument types the kernel
+/// expects.
 pub fn run(args: &[String]) -> Result<(), Errno> {
     let a = |i: usize| cstr(args.get(i).map(String::as_str).unwrap_or(""));
-    // SAFETY (every call below): the arguments are NUL-terminated CStrings that live until the
-    // call returns; the raw syscalls get the argument types the kernel expects.
+    let (c1, c2) = (a(1), a(2));
+    let (p1, p2) = (c1.as_ptr(), c2.as_ptr());
     match args[0].as_str() {
-        "link" => check(unsafe { libc::link(a(1).as_ptr(), a(2).as_ptr()) } as i64),
-        "symlink" => check(unsafe { libc::symlink(a(1).as_ptr(), a(2).as_ptr()) } as i64),
+        // SAFETY: see above.
+        "link" => check(unsafe { libc::link(p1, p2) } as i64),
+        // SAFETY: see above.
+        "symlink" => check(unsafe { libc::symlink(p1, p2) } as i64),
+        // SAFETY: see above.
         "exchange" => check(unsafe {
-            libc::syscall(
-                libc::SYS_renameat2,
-                libc::AT_FDCWD,
-                a(1).as_ptr(),
-                libc::AT_FDCWD,
-                a(2).as_ptr(),
-                libc::RENAME_EXCHANGE,
-            )
+            libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, p1, libc::AT_FDCWD, p2, libc::RENAME_EXCHANGE)
         }),
-        "chmod" => check(unsafe { libc::chmod(a(1).as_ptr(), 0o777) } as i64),
-        "chown" => check(unsafe { libc::chown(a(1).as_ptr(), 65534, 65534) } as i64),
+        // SAFETY: see above.
+        "chmod" => check(unsafe { libc::chmod(p1, 0o777) } as i64),
+        // SAFETY: see above.
+        "chown" => check(unsafe { libc::chown(p1, 65534, 65534) } as i64),
         // chroot(DIR), then open PATH (a name relative to the new root).
         "chroot-open" => {
-            check(unsafe { libc::chroot(a(1).as_ptr()) } as i64)?;
+            // SAFETY: see above.
+            check(unsafe { libc::chroot(p1) } as i64)?;
+            // SAFETY: see above.
             check(unsafe { libc::chdir(c"/".as_ptr()) } as i64)?;
             open_at(libc::AT_FDCWD, args.get(2).map(String::as_str).unwrap_or(""))
         }
@@ -60,11 +63,12 @@ pub fn run(args: &[String]) -> Result<(), Errno> {
         // NAME through it (its d_path would be "/NAME").
         "tree-open" => {
             const OPEN_TREE_CLONE: libc::c_long = 1;
+            // SAFETY: see above.
             let fd = unsafe {
                 libc::syscall(
                     libc::SYS_open_tree,
                     libc::AT_FDCWD,
-                    a(1).as_ptr(),
+                    p1,
                     OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_long,
                 )
             };
