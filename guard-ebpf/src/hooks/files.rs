@@ -21,7 +21,7 @@ use aya_ebpf::{macros::lsm, programs::LsmContext};
 use guard_common::{class, Action, Hook, Watched, EPERM};
 
 use crate::decide::{decide, Op};
-use crate::maps::{scratch, watched, Scratch};
+use crate::maps::{policy, scratch, watched, Scratch};
 use crate::resolve::{file_object, lookup_path, unresolvable, unresolved, walk_entry_into, walk_path_into};
 use crate::task::{off, offsets};
 
@@ -96,41 +96,53 @@ pub(super) fn decide_entry(
 }
 
 /// Decides the object whose global path is in `s.buf` as one that is about to be reached by
-/// another name (the source of a rename or link): its delete rules, then any read or write
-/// rule on it that does not simply allow, then (`ancestors`, for renames of directories) the
-/// strictest rule on anything below it.
+/// another name (the source of a rename or link): by the strictest of its delete rule (or the
+/// default), any read or write rule on it, and (`ancestors`, for renames of directories) the
+/// strictest rule on anything below it. One decision, so that an ask is one hold: two holds
+/// with the same object and hook would have the same hash and never finish.
 #[inline(always)]
 pub(super) fn decide_moved(s: &mut Scratch, w: &Watched, hook: Hook, ancestors: bool) -> i32 {
     let op = Op { hook, aux: 0, holdable: true, always_record: false };
     if unresolved(s) {
         return unresolvable(s, w, &op);
     }
-    let found = lookup_path(s, w.policy, class::DELETE);
-    let r = decide(s, w, &op, found);
-    if r != 0 {
-        return r;
-    }
+    let default = match policy(w) {
+        Some(c) => c.default_action,
+        None => Action::Deny as u8,
+    };
+    let mut best = lookup_path(s, w.policy, class::DELETE);
+    let mut best_rank = rank(if best.rule != 0 { best.action } else { default });
     let found = lookup_path(s, w.policy, class::READ);
-    if found.rule != 0 && found.action != Action::Allow as u8 {
-        let r = decide(s, w, &op, found);
-        if r != 0 {
-            return r;
-        }
+    if found.rule != 0 && rank(found.action) > best_rank {
+        best = found;
+        best_rank = rank(found.action);
     }
     let found = lookup_path(s, w.policy, class::WRITE);
-    if found.rule != 0 && found.action != Action::Allow as u8 {
-        let r = decide(s, w, &op, found);
-        if r != 0 {
-            return r;
-        }
+    if found.rule != 0 && rank(found.action) > best_rank {
+        best = found;
+        best_rank = rank(found.action);
     }
     if ancestors {
         let found = lookup_path(s, w.policy, class::ANCESTOR);
-        if found.rule != 0 && found.action != Action::Allow as u8 {
-            return decide(s, w, &op, found);
+        if found.rule != 0 && rank(found.action) > best_rank {
+            best = found;
         }
     }
-    0
+    decide(s, w, &op, best)
+}
+
+/// How strict an action is: allow < audit < ask < deny.
+#[inline(always)]
+fn rank(action: u8) -> u8 {
+    if action == Action::Deny as u8 {
+        3
+    } else if action == Action::Ask as u8 {
+        2
+    } else if action == Action::Audit as u8 {
+        1
+    } else {
+        0
+    }
 }
 
 /// path_mknod(const struct path *dir, struct dentry *dentry, umode_t mode, unsigned int dev)
