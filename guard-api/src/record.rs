@@ -80,11 +80,15 @@ pub enum Reason {
     SafeDefault,
     /// The program being executed, or mapped executable, could not be resolved to a path.
     ExecUnresolved,
+    /// The kernel could not resolve the object to its global path (longer than its buffer,
+    /// deeper than its walk, on a detached mount, or a failed `bpf_d_path`): denied whatever
+    /// the rules say.
+    Unresolvable,
 }
 
 impl Reason {
     /// Every reason, in the order the README lists them.
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::Rule,
         Reason::Default,
         Reason::Approved,
@@ -100,6 +104,7 @@ impl Reason {
         Reason::Auto,
         Reason::SafeDefault,
         Reason::ExecUnresolved,
+        Reason::Unresolvable,
     ];
 
     pub fn name(self) -> &'static str {
@@ -119,6 +124,7 @@ impl Reason {
             Reason::Auto => "auto",
             Reason::SafeDefault => "safe_default",
             Reason::ExecUnresolved => "exec_unresolved",
+            Reason::Unresolvable => "unresolvable",
         }
     }
 
@@ -160,12 +166,16 @@ pub enum Hook {
     SbPivotroot,
     SbUmount,
     MmapFile,
+    PathLink,
+    PathSymlink,
+    PathChmod,
+    PathChown,
     /// Not a hook: the agent's reading of the kernel's ring buffer (lost events).
     RingBuffer,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 23] = [
+    pub const ALL: [Hook; 27] = [
         Hook::BprmCheckSecurity,
         Hook::FileOpen,
         Hook::PathMknod,
@@ -188,6 +198,10 @@ impl Hook {
         Hook::SbPivotroot,
         Hook::SbUmount,
         Hook::MmapFile,
+        Hook::PathLink,
+        Hook::PathSymlink,
+        Hook::PathChmod,
+        Hook::PathChown,
         Hook::RingBuffer,
     ];
 
@@ -215,6 +229,10 @@ impl Hook {
             Hook::SbPivotroot => "sb_pivotroot",
             Hook::SbUmount => "sb_umount",
             Hook::MmapFile => "mmap_file",
+            Hook::PathLink => "path_link",
+            Hook::PathSymlink => "path_symlink",
+            Hook::PathChmod => "path_chmod",
+            Hook::PathChown => "path_chown",
             Hook::RingBuffer => "ring_buffer",
         }
     }

@@ -149,6 +149,10 @@ pub enum Hook {
     SbPivotroot = 44,
     SbUmount = 45,
     MmapFile = 46,
+    PathLink = 24,
+    PathSymlink = 25,
+    PathChmod = 26,
+    PathChown = 27,
 }
 
 impl Hook {
@@ -177,6 +181,10 @@ impl Hook {
             44 => SbPivotroot,
             45 => SbUmount,
             46 => MmapFile,
+            24 => PathLink,
+            25 => PathSymlink,
+            26 => PathChmod,
+            27 => PathChown,
             _ => return None,
         })
     }
@@ -206,6 +214,10 @@ impl Hook {
             SbPivotroot => "sb_pivotroot",
             SbUmount => "sb_umount",
             MmapFile => "mmap_file",
+            PathLink => "path_link",
+            PathSymlink => "path_symlink",
+            PathChmod => "path_chmod",
+            PathChown => "path_chown",
         }
     }
 }
@@ -217,6 +229,10 @@ pub mod class {
     pub const WRITE: u8 = 3;
     pub const DELETE: u8 = 4;
     pub const UNIX: u8 = 5;
+    /// Exact keys `dir\0` for every proper ancestor directory of a file rule's path, valued
+    /// with the strictest rule below it: renaming an ancestor moves every object below.
+    /// (24: from the escape-files numeric range, so that other new classes cannot collide.)
+    pub const ANCESTOR: u8 = 24;
 }
 
 /// Key data of the path LPM trie: `[policy, class, path bytes..., 0]`.
@@ -388,6 +404,9 @@ pub mod reason {
     pub const SAFE_DEFAULT: u8 = 16;
     /// The program being executed or mapped executable could not be resolved to a path.
     pub const EXEC_UNRESOLVED: u8 = 17;
+    /// The object could not be resolved to its global path (too long, too deep, a detached
+    /// mount, a failed `bpf_d_path`): denied for a watched task whatever the rules say.
+    pub const UNRESOLVABLE: u8 = 12;
 }
 
 /// Event kinds on the ring buffer.
@@ -552,6 +571,10 @@ pub struct Offsets {
     pub regs_dx: u32,
     pub regs_orig_ax: u32,
     pub _pad: u32,
+    /// `struct mount.mnt_ns` and `struct mnt_namespace.seq` (0 for the anonymous namespace of
+    /// a detached mount tree): where a dentry walk ended.
+    pub mount_mnt_ns: u32,
+    pub mnt_ns_seq: u32,
 }
 
 /// Sizes of the types that cross the kernel boundary, and so of the maps and ring buffer
@@ -586,7 +609,7 @@ const _: () = {
     assert!(size_of::<Argv>() == 584);
     assert!(offset_of!(Argv, hashes) == 520);
     assert!(size_of::<ArgvRule>() == 48);
-    assert!(size_of::<Offsets>() == 76);
+    assert!(size_of::<Offsets>() == 84);
 };
 
 #[cfg(feature = "user")]

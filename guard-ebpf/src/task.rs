@@ -29,6 +29,8 @@ static OFFSETS: Offsets = Offsets {
     regs_dx: 0,
     regs_orig_ax: 0,
     _pad: 0,
+    mount_mnt_ns: 0,
+    mnt_ns_seq: 0,
 };
 
 /// Upper bound of tasks in all watched trees, set by the agent below WATCHED's capacity: a

@@ -9,9 +9,11 @@
 mod bench;
 mod daemon_tests;
 mod demo;
+mod escape_files;
 mod escape_ns;
 mod harness;
 mod ops;
+mod ops_files;
 mod ops_ns;
 mod server_tests;
 
@@ -97,6 +99,7 @@ fn run_tests() -> i32 {
         .iter()
         .chain(daemon_tests::TESTS)
         .chain(escape_ns::TESTS)
+        .chain(escape_files::TESTS)
         .chain(server_tests::TESTS)
         .map(|&(name, test)| Trial::ignorable_test(name, move || run_one(name, test)))
         .collect();

@@ -148,6 +148,7 @@ pub fn run(args: &[String]) -> i32 {
             Ok(())
         }
         ns if crate::ops_ns::OPS.contains(&ns) => return crate::ops_ns::run(args),
+        op if crate::ops_files::OPS.contains(&op) => crate::ops_files::run(args),
         other => {
             eprintln!("guard-e2e do: unknown op {other:?}");
             return 2;

@@ -29,6 +29,10 @@ pub fn hook(code: u8) -> Option<Hook> {
         KHook::SbPivotroot => Hook::SbPivotroot,
         KHook::SbUmount => Hook::SbUmount,
         KHook::MmapFile => Hook::MmapFile,
+        KHook::PathLink => Hook::PathLink,
+        KHook::PathSymlink => Hook::PathSymlink,
+        KHook::PathChmod => Hook::PathChmod,
+        KHook::PathChown => Hook::PathChown,
     })
 }
 
@@ -58,6 +62,7 @@ pub fn reason(code: u8) -> Option<Reason> {
         reason::UNHOLDABLE => Reason::Unholdable,
         reason::SAFE_DEFAULT => Reason::SafeDefault,
         reason::EXEC_UNRESOLVED => Reason::ExecUnresolved,
+        reason::UNRESOLVABLE => Reason::Unresolvable,
         _ => return None,
     })
 }
@@ -68,7 +73,12 @@ pub fn decision(action_code: u8, reason_code: u8) -> Decision {
     let denied = matches!(action(action_code), Action::Deny)
         || matches!(
             reason_code,
-            reason::DENIED | reason::EXPIRED | reason::UNHOLDABLE | reason::SAFE_DEFAULT | reason::EXEC_UNRESOLVED
+            reason::DENIED
+                | reason::EXPIRED
+                | reason::UNHOLDABLE
+                | reason::SAFE_DEFAULT
+                | reason::EXEC_UNRESOLVED
+                | reason::UNRESOLVABLE
         );
     if denied {
         Decision::Deny
@@ -88,7 +98,9 @@ pub fn access(hook_code: u8, aux: u64) -> Option<&'static str> {
         KHook::FileOpen if aux & FMODE_READ != 0 => Some("read"),
         KHook::PathMknod | KHook::PathMkdir => Some("create"),
         KHook::PathUnlink | KHook::PathRmdir => Some("delete"),
-        KHook::PathTruncate => Some("write"),
+        KHook::PathTruncate | KHook::PathLink | KHook::PathSymlink | KHook::PathChmod | KHook::PathChown => {
+            Some("write")
+        }
         _ => None,
     }
 }
@@ -99,7 +111,7 @@ mod tests {
 
     #[test]
     fn every_kernel_hook_has_its_audit_name() {
-        for code in (1..=17u8).chain(42..=46) {
+        for code in (1..=17u8).chain(24..=27).chain(42..=46) {
             let k = KHook::from_u8(code).unwrap();
             assert_eq!(hook(code).unwrap().name(), k.name(), "code {code}");
         }
@@ -113,6 +125,8 @@ mod tests {
         assert_eq!(decision(KAction::Ask as u8, reason::EXPIRED), Decision::Deny);
         assert_eq!(decision(KAction::Deny as u8, reason::DEFAULT), Decision::Deny);
         assert_eq!(reason(reason::UNHOLDABLE), Some(Reason::Unholdable));
+        assert_eq!(reason(reason::UNRESOLVABLE), Some(Reason::Unresolvable));
+        assert_eq!(decision(KAction::Allow as u8, reason::UNRESOLVABLE), Decision::Deny);
         assert_eq!(reason(99), None);
         assert_eq!(access(KHook::FileOpen as u8, 1), Some("read"));
         assert_eq!(access(KHook::FileOpen as u8, 3), Some("write"));
