@@ -74,11 +74,16 @@ pub enum Reason {
     Grant,
     /// A server `[[auto]]` rule decided at once.
     Auto,
+    /// A fork refused because the tree is at its task limit, or a new task the kernel could
+    /// not track (its creator is killed).
+    TreeLimit,
+    /// The policy refuses io_uring (`io_uring = "deny"`).
+    IoUring,
 }
 
 impl Reason {
     /// Every reason, in the order the README lists them.
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 15] = [
         Reason::Rule,
         Reason::Default,
         Reason::Approved,
@@ -92,6 +97,8 @@ impl Reason {
         Reason::Cancelled,
         Reason::Grant,
         Reason::Auto,
+        Reason::TreeLimit,
+        Reason::IoUring,
     ];
 
     pub fn name(self) -> &'static str {
@@ -109,6 +116,8 @@ impl Reason {
             Reason::Cancelled => "cancelled",
             Reason::Grant => "grant",
             Reason::Auto => "auto",
+            Reason::TreeLimit => "tree_limit",
+            Reason::IoUring => "io_uring",
         }
     }
 
@@ -145,12 +154,16 @@ pub enum Hook {
     PtraceAccessCheck,
     Bpf,
     TaskAlloc,
+    /// The tracepoint where every new task (io_uring's threads too) joins its creator's tree.
+    TaskNewtask,
+    UringSqpoll,
+    UringOverrideCreds,
     /// Not a hook: the agent's reading of the kernel's ring buffer (lost events).
     RingBuffer,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 18] = [
+    pub const ALL: [Hook; 21] = [
         Hook::BprmCheckSecurity,
         Hook::FileOpen,
         Hook::PathMknod,
@@ -168,6 +181,9 @@ impl Hook {
         Hook::PtraceAccessCheck,
         Hook::Bpf,
         Hook::TaskAlloc,
+        Hook::TaskNewtask,
+        Hook::UringSqpoll,
+        Hook::UringOverrideCreds,
         Hook::RingBuffer,
     ];
 
@@ -190,6 +206,9 @@ impl Hook {
             Hook::PtraceAccessCheck => "ptrace_access_check",
             Hook::Bpf => "bpf",
             Hook::TaskAlloc => "task_alloc",
+            Hook::TaskNewtask => "task_newtask",
+            Hook::UringSqpoll => "uring_sqpoll",
+            Hook::UringOverrideCreds => "uring_override_creds",
             Hook::RingBuffer => "ring_buffer",
         }
     }

@@ -99,6 +99,8 @@ pub const EPERM: i32 = 1;
 /// -ERESTARTNOINTR: the kernel restarts the syscall once the task is resumed.
 pub const ERESTARTNOINTR: i32 = 513;
 pub const SIGSTOP: u32 = 19;
+/// SIGKILL, for a creator whose new task could not be tracked.
+pub const SIGKILL: u32 = 9;
 
 /// What a rule or the default does with an operation.
 #[repr(u8)]
@@ -143,6 +145,12 @@ pub enum Hook {
     Bpf = 15,
     PathMkdir = 16,
     TaskAlloc = 17,
+    /// A new task of a watched tree could not be tracked (task_newtask).
+    TaskNew = 18,
+    /// io_uring_setup with IORING_SETUP_SQPOLL.
+    UringSqpoll = 19,
+    /// An io_uring request run with registered credentials (a personality).
+    UringCreds = 20,
 }
 
 impl Hook {
@@ -166,6 +174,9 @@ impl Hook {
             15 => Bpf,
             16 => PathMkdir,
             17 => TaskAlloc,
+            18 => TaskNew,
+            19 => UringSqpoll,
+            20 => UringCreds,
             _ => return None,
         })
     }
@@ -190,6 +201,9 @@ impl Hook {
             Bpf => "bpf",
             PathMkdir => "path_mkdir",
             TaskAlloc => "task_alloc",
+            TaskNew => "task_newtask",
+            UringSqpoll => "uring_sqpoll",
+            UringCreds => "uring_override_creds",
         }
     }
 }
@@ -255,7 +269,15 @@ pub struct PolicyConf {
     /// `fnv1a` of the policy's name; 0 = slot unused. A restarted daemon reads it back from
     /// the pinned map to find which id each named policy has (trees keep their ids).
     pub name_hash: u64,
+    /// `IO_URING_DENY`: every hooked operation that comes through io_uring is refused.
+    pub io_uring: u8,
+    pub _pad3: [u8; 7],
 }
+
+/// `PolicyConf::io_uring`: io_uring requests are decided by the rules like syscalls.
+pub const IO_URING_ALLOW: u8 = 0;
+/// `PolicyConf::io_uring`: refused (hooked operations from io_uring, SQPOLL setup, personalities).
+pub const IO_URING_DENY: u8 = 1;
 
 /// Most tree selectors the kernel checks.
 pub const MAX_SELECTORS: u32 = 256;
@@ -357,6 +379,10 @@ pub mod reason {
     pub const EXPIRED: u8 = 5;
     /// An ask from a context that cannot be held (io_uring worker): denied at once.
     pub const UNHOLDABLE: u8 = 6;
+    /// A fork refused at the tree's task limit, or a new task that could not be tracked.
+    pub const TREE_LIMIT: u8 = 7;
+    /// The policy refuses io_uring (`io_uring = "deny"`).
+    pub const IO_URING: u8 = 8;
 }
 
 /// Event kinds on the ring buffer.
@@ -531,7 +557,7 @@ const _: () = {
     assert!(size_of::<PathKey>() == 256);
     assert!(size_of::<RuleRef>() == 8);
     assert!(size_of::<NetRule>() == 40);
-    assert!(size_of::<PolicyConf>() == 56);
+    assert!(size_of::<PolicyConf>() == 64);
     assert!(offset_of!(PolicyConf, ptrace) == 28);
     assert!(offset_of!(PolicyConf, hold_deadline_ns) == 40);
     assert!(offset_of!(PolicyConf, name_hash) == 48);

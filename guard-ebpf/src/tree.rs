@@ -2,11 +2,11 @@
 //! (or starts one by a selector, see `select`), an exit leaves it; and the task limit that
 //! keeps WATCHED from filling up.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_send_signal_thread},
     macros::{btf_tracepoint, lsm},
     programs::{BtfTracePointContext, LsmContext},
 };
-use guard_common::{kind, reason, Action, Argv, Event, Hook, Watched, BPF_NOEXIST};
+use guard_common::{kind, reason, Action, Argv, Event, Hook, Watched, BPF_NOEXIST, SIGKILL};
 
 use crate::decide::{emit, Op, Outcome};
 use crate::maps::{scratch, watched, watched_task, ARGV, EVENTS, GRACE, HOLDS, TASK_COUNT, VERDICTS, WATCHED};
@@ -34,10 +34,12 @@ fn count_add(delta: u64) {
 }
 
 #[inline(always)]
-fn watch_task(tid: u32, w: &Watched) {
+fn watch_task(tid: u32, w: &Watched) -> bool {
     if WATCHED.insert(tid, w, BPF_NOEXIST).is_ok() {
         count_add(1);
+        return true;
     }
+    false
 }
 
 #[inline(always)]
@@ -61,19 +63,38 @@ pub fn task_alloc(_ctx: LsmContext) -> i32 {
     if let Some(s) = scratch() {
         label(s, b"fork: tree at its task limit");
         let op = Op { hook: Hook::TaskAlloc, aux: count, holdable: false, always_record: true };
-        emit(s, &w, &op, Outcome::decision(Action::Deny as u8, reason::DEFAULT, 0, 0));
+        emit(s, &w, &op, Outcome::decision(Action::Deny as u8, reason::TREE_LIMIT, 0, 0));
     }
     -EAGAIN
 }
 
-/// sched_process_fork(struct task_struct *parent, struct task_struct *child)
-#[btf_tracepoint(function = "sched_process_fork")]
-pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
+/// task_newtask(struct task_struct *task, unsigned long clone_flags): copy_process emits it for
+/// every new task, once its pid exists and past the last point where the fork can fail, before
+/// the task first runs. Unlike `sched_process_fork` (kernel_clone only), it also sees the
+/// threads io_uring creates with create_io_thread: the io-wq workers (`iou-wrk-*`) and the
+/// SQPOLL thread (`iou-sqp-*`). The current task is the creator (for io_uring: the submitting
+/// task, its task_work, or the SQPOLL thread, which is in the tree by then), so the new task
+/// joins the creator's tree.
+#[btf_tracepoint(function = "task_newtask")]
+pub fn task_newtask(ctx: BtfTracePointContext) -> i32 {
     let Some(w) = watched() else { return 0 };
-    let child: *const u8 = ctx.arg(1);
+    let child: *const u8 = ctx.arg(0);
     // SAFETY: a plain integer read through bpf_probe_read_kernel.
     let pid: u32 = unsafe { read_kernel(child.add(off(&offsets().task_pid))) };
-    watch_task(pid, &w);
+    if watch_task(pid, &w) {
+        return 0;
+    }
+    // The child would run unwatched. It cannot be refused here (a tracepoint), so the creating
+    // thread is killed: SIGKILL takes its whole thread group, a new thread (or io_uring thread,
+    // which exits with its ring's task) included. A new *process* survives its parent; the
+    // task limit (task_alloc) keeps WATCHED from filling up, so this is a last resort.
+    if let Some(s) = scratch() {
+        label(s, b"new task: not tracked, creator killed");
+        let op = Op { hook: Hook::TaskNew, aux: pid as u64, holdable: false, always_record: true };
+        emit(s, &w, &op, Outcome::decision(Action::Deny as u8, reason::TREE_LIMIT, 0, 0));
+    }
+    // SAFETY: signals the current thread only.
+    unsafe { bpf_send_signal_thread(SIGKILL) };
     0
 }
 

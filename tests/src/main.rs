@@ -11,6 +11,8 @@ mod daemon_tests;
 mod demo;
 mod harness;
 mod ops;
+mod ops_uring;
+mod escape_uring;
 mod server_tests;
 
 use anyhow::{ensure, Context, Result};
@@ -95,6 +97,7 @@ fn run_tests() -> i32 {
         .iter()
         .chain(daemon_tests::TESTS)
         .chain(server_tests::TESTS)
+        .chain(escape_uring::TESTS)
         .map(|&(name, test)| Trial::ignorable_test(name, move || run_one(name, test)))
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);

@@ -143,6 +143,7 @@ pub fn run(args: &[String]) -> i32 {
         "fork-wide" => return fork_wide(a(1).parse().unwrap_or(10)),
         "redirect-open" => redirect_open(a(1), a(2)),
         "uring-open" => io_uring_open(a(1)),
+        "uring" => crate::ops_uring::run(&args[1..]),
         "sleep" => {
             std::thread::sleep(Duration::from_millis(a(1).parse().unwrap_or(100)));
             Ok(())

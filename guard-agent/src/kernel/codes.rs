@@ -24,6 +24,9 @@ pub fn hook(code: u8) -> Option<Hook> {
         KHook::Ptrace => Hook::PtraceAccessCheck,
         KHook::Bpf => Hook::Bpf,
         KHook::TaskAlloc => Hook::TaskAlloc,
+        KHook::TaskNew => Hook::TaskNewtask,
+        KHook::UringSqpoll => Hook::UringSqpoll,
+        KHook::UringCreds => Hook::UringOverrideCreds,
     })
 }
 
@@ -51,6 +54,8 @@ pub fn reason(code: u8) -> Option<Reason> {
         reason::DENIED => Reason::Denied,
         reason::EXPIRED => Reason::Expired,
         reason::UNHOLDABLE => Reason::Unholdable,
+        reason::TREE_LIMIT => Reason::TreeLimit,
+        reason::IO_URING => Reason::IoUring,
         _ => return None,
     })
 }
@@ -59,7 +64,10 @@ pub fn reason(code: u8) -> Option<Reason> {
 /// approval, failed it.
 pub fn decision(action_code: u8, reason_code: u8) -> Decision {
     let denied = matches!(action(action_code), Action::Deny)
-        || matches!(reason_code, reason::DENIED | reason::EXPIRED | reason::UNHOLDABLE);
+        || matches!(
+            reason_code,
+            reason::DENIED | reason::EXPIRED | reason::UNHOLDABLE | reason::TREE_LIMIT | reason::IO_URING
+        );
     if denied {
         Decision::Deny
     } else {

@@ -191,6 +191,8 @@ impl KernelMaps for Kernel {
             _pad2: [0; 4],
             hold_deadline_ns: (policy.ask_timeout + KERNEL_GRACE).as_nanos() as u64,
             name_hash: 0,
+            io_uring: if policy.io_uring_deny { guard_common::IO_URING_DENY } else { guard_common::IO_URING_ALLOW },
+            _pad3: [0; 7],
         };
         self.policies.set(id as u32, conf, 0).context("writing the policy settings")?;
         Ok(())

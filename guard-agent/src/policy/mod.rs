@@ -59,6 +59,10 @@ pub struct Rule {
 pub struct Policy {
     pub default: Action,
     pub ask_timeout: Duration,
+    /// `io_uring = "deny"`: every hooked operation that comes through io_uring is refused, and
+    /// so are SQPOLL rings and registered personalities. Default "allow": io_uring requests
+    /// are decided by the rules like the syscalls they stand for.
+    pub io_uring_deny: bool,
     pub rules: Vec<Rule>,
 }
 
