@@ -48,6 +48,8 @@ pub mod map_name {
     pub const SEL_CONF: &str = "SEL_CONF";
     pub const PENDING_SEL: &str = "PENDING_SEL";
     pub const SCRATCH: &str = "SCRATCH";
+    pub const TREE_TASKS: &str = "TREE_TASKS";
+    pub const RESERVED: &str = "RESERVED";
 
     /// Every map of guard-ebpf.
     pub const ALL: &[&str] = &[
@@ -69,6 +71,8 @@ pub mod map_name {
         SEL_CONF,
         PENDING_SEL,
         SCRATCH,
+        TREE_TASKS,
+        RESERVED,
     ];
 
     /// The maps a daemon pins, so that a restarted daemon (and the programs left attached
@@ -91,6 +95,8 @@ pub mod map_name {
         SELECTORS,
         SEL_CONF,
         PENDING_SEL,
+        TREE_TASKS,
+        RESERVED,
     ];
 }
 

@@ -9,7 +9,7 @@ use guard_api::{AuditRecord, Decision, Hook, Reason};
 use std::io::ErrorKind;
 use std::net::TcpListener;
 
-use crate::harness::{self, Agent};
+use crate::harness::{self, Agent, DaemonUnderTest, Workload};
 use crate::Test;
 
 pub const TESTS: &[Test] = &[
@@ -18,6 +18,8 @@ pub const TESTS: &[Test] = &[
     ("escape_uring_unlink_and_rename_of_delete_protected_file", delete_protected),
     ("escape_uring_ask_from_worker_or_sqpoll_is_unholdable", ask_unholdable),
     ("escape_uring_policy_io_uring_deny", policy_deny),
+    ("escape_tree_limit_is_per_tree", tree_limit_per_tree),
+    ("escape_tree_limit_concurrent_forks_never_unwatched", fork_burst),
 ];
 
 fn is(field: &Option<String>, want: &str) -> bool {
@@ -213,5 +215,78 @@ fn policy_deny() -> Result<()> {
         x.reason == Some(Reason::IoUring) && x.hook == Some(Hook::FileOpen) && x.tid.is_some() && x.tid == x.pid
     });
     ensure!(inline, "no io_uring deny record from the submitting thread itself (inline): {r:#?}");
+    Ok(())
+}
+
+fn num(key: &str, line: &str) -> u32 {
+    line.split_whitespace().find_map(|w| w.strip_prefix(key)).and_then(|v| v.parse().ok()).unwrap_or(u32::MAX)
+}
+
+/// Two trees of one daemon (a user selector starts one per process): the first is at its
+/// `max_tree_tasks` and keeps its tasks alive; its forks fail with EAGAIN and are recorded
+/// `tree_limit`, while the second tree still forks freely.
+fn tree_limit_per_tree() -> Result<()> {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    const E2E: &str = "/bin/guard-e2e";
+    let go = "/tmp/t/limit-go";
+    std::fs::remove_file(go).ok();
+    let d = DaemonUnderTest::start(
+        "dlim",
+        &[("svc", "default = \"allow\"\n")],
+        "max_tree_tasks = 10\n[[selector]]\npolicy = \"svc\"\nuser = 4247\n",
+    )?;
+    let mut a = Workload::spawn(std::process::Command::new(E2E).args(["do", "fork-hold", "30", go]).uid(4247).gid(4247))?;
+    let mut line = String::new();
+    std::io::BufReader::new(a.0.stdout.take().context("piped")?).read_line(&mut line)?;
+    let res = (|| -> Result<()> {
+        // The root counts: 10 tasks leave room for 9 children.
+        ensure!(num("forked=", &line) <= 9 && num("eagain=", &line) > 0 && num("other=", &line) == 0, "tree A: {line}");
+        let (_, out) =
+            Workload::spawn(std::process::Command::new(E2E).args(["do", "fork-wide", "5"]).uid(4247).gid(4247))?
+                .finish()?;
+        ensure!(
+            num("forked=", &out) == 5 && num("eagain=", &out) == 0,
+            "tree B could not fork while tree A was at its limit: {out}"
+        );
+        Ok(())
+    })();
+    std::fs::write(go, "")?;
+    a.finish()?;
+    res?;
+    d.wait_record("of the refused fork", |x| {
+        x.hook == Some(Hook::TaskAlloc) && x.decision == Some(Decision::Deny) && x.reason == Some(Reason::TreeLimit)
+    })?;
+    Ok(())
+}
+
+/// 16 threads fork 40 children each at once, against a task limit of 200: every child that
+/// exists is in the tree (its open of a read-denied file fails with EPERM), none runs
+/// unwatched, and the forks past the limit fail with EAGAIN.
+fn fork_burst() -> Result<()> {
+    harness::write_files(&["/tmp/t/secret/a"])?;
+    let policy = r#"
+[[rule]]
+name = "secrets"
+action = "deny"
+file = { path = "/tmp/t/secret/", access = "read" }
+"#;
+    let a = Agent::start_with(
+        "burst",
+        policy,
+        "guard-e2e do fork-burst 16 40 /tmp/t/secret/a; guard-e2e do fork-burst 16 40 /tmp/t/secret/a",
+        &["--max-tree-tasks", "200"],
+    )?;
+    for _ in 0..2 {
+        let r = a.result()?;
+        ensure!(num("escaped=", &r) == 0 && num("other=", &r) == 0, "a child ran unwatched: {r}");
+        ensure!(num("denied=", &r) > 0, "no child ran: {r}");
+    }
+    let out = a.finish()?;
+    let r = out.records()?;
+    ensure!(
+        r.iter().any(|x| x.hook == Some(Hook::FileOpen) && is(&x.rule, "secrets") && x.decision == Some(Decision::Deny)),
+        "no deny record of the children's opens"
+    );
     Ok(())
 }

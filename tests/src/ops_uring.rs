@@ -243,3 +243,102 @@ pub fn run(args: &[String]) -> Result<(), Errno> {
         _ => Err(Errno::EINVAL),
     }
 }
+
+/// `guard-e2e do fork-hold N GOFILE`: forks N children that stay alive until GOFILE exists,
+/// prints how many forks succeeded and how many failed with EAGAIN (the tree's task limit),
+/// then waits for GOFILE and reaps them.
+pub fn fork_hold(n: usize, go: &str) -> i32 {
+    let (mut forked, mut eagain, mut other) = (0, 0, 0);
+    let mut children = vec![];
+    let go_c = CString::new(go).unwrap_or_default();
+    for _ in 0..n {
+        // SAFETY: the child only calls access, usleep and _exit (async-signal-safe).
+        match unsafe { libc::fork() } {
+            0 => loop {
+                // SAFETY: go_c is a NUL-terminated string inherited from the parent.
+                if unsafe { libc::access(go_c.as_ptr(), libc::F_OK) } == 0 {
+                    // SAFETY: ends the forked child without the parent's destructors.
+                    unsafe { libc::_exit(0) };
+                }
+                // SAFETY: plain sleep.
+                unsafe { libc::usleep(50_000) };
+            },
+            pid if pid > 0 => {
+                forked += 1;
+                children.push(pid);
+            }
+            _ if Errno::last() == Errno::EAGAIN => eagain += 1,
+            _ => other += 1,
+        }
+    }
+    println!("RESULT ok fork-hold forked={forked} eagain={eagain} other={other}");
+    std::io::Write::flush(&mut std::io::stdout()).ok();
+    for pid in children {
+        // SAFETY: pid is our own child; a null status pointer is allowed.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    }
+    0
+}
+
+/// `guard-e2e do fork-burst THREADS N PATH`: THREADS threads fork N children each, all at
+/// once; every child tries to open PATH (read-denied) at once and reports by its exit status
+/// whether it was refused (EPERM), opened it (an unwatched child), or failed otherwise.
+pub fn fork_burst(threads: usize, n: usize, path: &str) -> i32 {
+    let path = CString::new(path).unwrap_or_default();
+    let path = std::sync::Arc::new(path);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (path, barrier) = (path.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let mut pids = vec![];
+                let (mut eagain, mut other) = (0u32, 0u32);
+                for _ in 0..n {
+                    // SAFETY: the child only calls open, close and _exit (async-signal-safe).
+                    match unsafe { libc::fork() } {
+                        0 => {
+                            // SAFETY: path is a NUL-terminated string inherited from the parent.
+                            let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
+                            let code = if fd >= 0 {
+                                1
+                            } else if Errno::last() == Errno::EPERM {
+                                0
+                            } else {
+                                2
+                            };
+                            // SAFETY: ends the forked child without the parent's destructors.
+                            unsafe { libc::_exit(code) };
+                        }
+                        pid if pid > 0 => pids.push(pid),
+                        _ if Errno::last() == Errno::EAGAIN => eagain += 1,
+                        _ => other += 1,
+                    }
+                }
+                let (mut denied, mut escaped) = (0u32, 0u32);
+                for pid in pids {
+                    let mut st = 0;
+                    // SAFETY: pid is a child of this process; st is a valid int.
+                    unsafe { libc::waitpid(pid, &mut st, 0) };
+                    match libc::WEXITSTATUS(st) {
+                        0 => denied += 1,
+                        1 => escaped += 1,
+                        _ => other += 1,
+                    }
+                }
+                (denied, escaped, eagain, other)
+            })
+        })
+        .collect();
+    let (mut denied, mut escaped, mut eagain, mut other) = (0, 0, 0, 0);
+    for h in handles {
+        if let Ok((d, e, a, o)) = h.join() {
+            denied += d;
+            escaped += e;
+            eagain += a;
+            other += o;
+        }
+    }
+    println!("RESULT ok fork-burst denied={denied} escaped={escaped} eagain={eagain} other={other}");
+    0
+}
