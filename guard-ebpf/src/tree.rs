@@ -126,9 +126,9 @@ pub fn task_alloc(ctx: LsmContext) -> i32 {
 pub fn task_free(ctx: LsmContext) -> i32 {
     let task: u64 = ctx.arg(0);
     // SAFETY: the value is copied out at once (see `watched_task`).
-    let Some(root) = (unsafe { RESERVED.get(&task).copied() }) else { return 0 };
+    let Some(root) = (unsafe { RESERVED.get(task).copied() }) else { return 0 };
     // Only the caller whose delete succeeds gives the slot back.
-    if RESERVED.remove(&task).is_ok() {
+    if RESERVED.remove(task).is_ok() {
         if let Some(tree) = TREE_TASKS.get_ptr_mut(root) {
             fetch_add(tree, u64::MAX);
         }

@@ -229,14 +229,16 @@ fn tree_limit_per_tree() -> Result<()> {
     use std::io::BufRead;
     use std::os::unix::process::CommandExt;
     const E2E: &str = "/bin/guard-e2e";
-    let go = "/tmp/t/limit-go";
+    // Under /tmp itself: the tree runs as uid 4247.
+    let go = "/tmp/guard-limit-go";
     std::fs::remove_file(go).ok();
     let d = DaemonUnderTest::start(
         "dlim",
         &[("svc", "default = \"allow\"\n")],
         "max_tree_tasks = 10\n[[selector]]\npolicy = \"svc\"\nuser = 4247\n",
     )?;
-    let mut a = Workload::spawn(std::process::Command::new(E2E).args(["do", "fork-hold", "30", go]).uid(4247).gid(4247))?;
+    let mut a =
+        Workload::spawn(std::process::Command::new(E2E).args(["do", "fork-hold", "30", go]).uid(4247).gid(4247))?;
     let mut line = String::new();
     std::io::BufReader::new(a.0.stdout.take().context("piped")?).read_line(&mut line)?;
     let res = (|| -> Result<()> {
@@ -285,7 +287,8 @@ file = { path = "/tmp/t/secret/", access = "read" }
     let out = a.finish()?;
     let r = out.records()?;
     ensure!(
-        r.iter().any(|x| x.hook == Some(Hook::FileOpen) && is(&x.rule, "secrets") && x.decision == Some(Decision::Deny)),
+        r.iter()
+            .any(|x| x.hook == Some(Hook::FileOpen) && is(&x.rule, "secrets") && x.decision == Some(Decision::Deny)),
         "no deny record of the children's opens"
     );
     Ok(())

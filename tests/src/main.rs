@@ -9,10 +9,10 @@
 mod bench;
 mod daemon_tests;
 mod demo;
+mod escape_uring;
 mod harness;
 mod ops;
 mod ops_uring;
-mod escape_uring;
 mod server_tests;
 
 use anyhow::{ensure, Context, Result};

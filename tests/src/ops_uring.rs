@@ -194,7 +194,12 @@ pub fn run(args: &[String]) -> Result<(), Errno> {
             let path = cstr(a(2));
             submit(
                 mode,
-                Sqe { opcode: IORING_OP_UNLINKAT, fd: libc::AT_FDCWD, addr: path.as_ptr() as u64, ..Default::default() },
+                Sqe {
+                    opcode: IORING_OP_UNLINKAT,
+                    fd: libc::AT_FDCWD,
+                    addr: path.as_ptr() as u64,
+                    ..Default::default()
+                },
             )
             .map(drop)
         }

@@ -134,10 +134,11 @@ impl Kernel {
         // The host-wide budget stays below WATCHED's capacity (what is left holds the roots
         // userspace adds); `max_tasks` (--max-tree-tasks) bounds each tree.
         let global = crate::limits::MAX_TREE_TASKS;
-        loader
-            .override_global("OFFSETS", &offsets, true)
-            .override_global("MAX_TASKS", &global, true)
-            .override_global("MAX_TREE_TASKS", &max_tasks, true);
+        loader.override_global("OFFSETS", &offsets, true).override_global("MAX_TASKS", &global, true).override_global(
+            "MAX_TREE_TASKS",
+            &max_tasks,
+            true,
+        );
         let map_paths: Vec<(&str, PathBuf)> = match &pin_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).with_context(|| {
