@@ -84,11 +84,16 @@ pub enum Reason {
     /// deeper than its walk, on a detached mount, or a failed `bpf_d_path`): denied whatever
     /// the rules say.
     Unresolvable,
+    /// A fork refused because the tree is at its task limit, or a new task the kernel could
+    /// not track (its creator is killed).
+    TreeLimit,
+    /// The policy refuses io_uring (`io_uring = "deny"`).
+    IoUring,
 }
 
 impl Reason {
     /// Every reason, in the order the README lists them.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 18] = [
         Reason::Rule,
         Reason::Default,
         Reason::Approved,
@@ -105,6 +110,8 @@ impl Reason {
         Reason::SafeDefault,
         Reason::ExecUnresolved,
         Reason::Unresolvable,
+        Reason::TreeLimit,
+        Reason::IoUring,
     ];
 
     pub fn name(self) -> &'static str {
@@ -125,6 +132,8 @@ impl Reason {
             Reason::SafeDefault => "safe_default",
             Reason::ExecUnresolved => "exec_unresolved",
             Reason::Unresolvable => "unresolvable",
+            Reason::TreeLimit => "tree_limit",
+            Reason::IoUring => "io_uring",
         }
     }
 
@@ -170,12 +179,16 @@ pub enum Hook {
     PathSymlink,
     PathChmod,
     PathChown,
+    /// The tracepoint where every new task (io_uring's threads too) joins its creator's tree.
+    TaskNewtask,
+    UringSqpoll,
+    UringOverrideCreds,
     /// Not a hook: the agent's reading of the kernel's ring buffer (lost events).
     RingBuffer,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 27] = [
+    pub const ALL: [Hook; 30] = [
         Hook::BprmCheckSecurity,
         Hook::FileOpen,
         Hook::PathMknod,
@@ -202,6 +215,9 @@ impl Hook {
         Hook::PathSymlink,
         Hook::PathChmod,
         Hook::PathChown,
+        Hook::TaskNewtask,
+        Hook::UringSqpoll,
+        Hook::UringOverrideCreds,
         Hook::RingBuffer,
     ];
 
@@ -233,6 +249,9 @@ impl Hook {
             Hook::PathSymlink => "path_symlink",
             Hook::PathChmod => "path_chmod",
             Hook::PathChown => "path_chown",
+            Hook::TaskNewtask => "task_newtask",
+            Hook::UringSqpoll => "uring_sqpoll",
+            Hook::UringOverrideCreds => "uring_override_creds",
             Hook::RingBuffer => "ring_buffer",
         }
     }

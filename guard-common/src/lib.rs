@@ -48,6 +48,8 @@ pub mod map_name {
     pub const SEL_CONF: &str = "SEL_CONF";
     pub const PENDING_SEL: &str = "PENDING_SEL";
     pub const SCRATCH: &str = "SCRATCH";
+    pub const TREE_TASKS: &str = "TREE_TASKS";
+    pub const RESERVED: &str = "RESERVED";
 
     /// Every map of guard-ebpf.
     pub const ALL: &[&str] = &[
@@ -69,6 +71,8 @@ pub mod map_name {
         SEL_CONF,
         PENDING_SEL,
         SCRATCH,
+        TREE_TASKS,
+        RESERVED,
     ];
 
     /// The maps a daemon pins, so that a restarted daemon (and the programs left attached
@@ -91,6 +95,8 @@ pub mod map_name {
         SELECTORS,
         SEL_CONF,
         PENDING_SEL,
+        TREE_TASKS,
+        RESERVED,
     ];
 }
 
@@ -99,6 +105,8 @@ pub const EPERM: i32 = 1;
 /// -ERESTARTNOINTR: the kernel restarts the syscall once the task is resumed.
 pub const ERESTARTNOINTR: i32 = 513;
 pub const SIGSTOP: u32 = 19;
+/// SIGKILL, for a creator whose new task could not be tracked.
+pub const SIGKILL: u32 = 9;
 
 /// What a rule or the default does with an operation.
 #[repr(u8)]
@@ -153,6 +161,12 @@ pub enum Hook {
     PathSymlink = 25,
     PathChmod = 26,
     PathChown = 27,
+    /// A new task of a watched tree could not be tracked (task_newtask).
+    TaskNew = 18,
+    /// io_uring_setup with IORING_SETUP_SQPOLL.
+    UringSqpoll = 19,
+    /// An io_uring request run with registered credentials (a personality).
+    UringCreds = 20,
 }
 
 impl Hook {
@@ -185,6 +199,9 @@ impl Hook {
             25 => PathSymlink,
             26 => PathChmod,
             27 => PathChown,
+            18 => TaskNew,
+            19 => UringSqpoll,
+            20 => UringCreds,
             _ => return None,
         })
     }
@@ -218,6 +235,9 @@ impl Hook {
             PathSymlink => "path_symlink",
             PathChmod => "path_chmod",
             PathChown => "path_chown",
+            TaskNew => "task_newtask",
+            UringSqpoll => "uring_sqpoll",
+            UringCreds => "uring_override_creds",
         }
     }
 }
@@ -296,7 +316,15 @@ pub struct PolicyConf {
     pub umount: RuleRef,
     /// Exec (or PROT_EXEC mapping) of a file with no name left: a memfd, a deleted file.
     pub exec_anonymous: RuleRef,
+    /// `IO_URING_DENY`: every hooked operation that comes through io_uring is refused.
+    pub io_uring: u8,
+    pub _pad3: [u8; 7],
 }
+
+/// `PolicyConf::io_uring`: io_uring requests are decided by the rules like syscalls.
+pub const IO_URING_ALLOW: u8 = 0;
+/// `PolicyConf::io_uring`: refused (hooked operations from io_uring, SQPOLL setup, personalities).
+pub const IO_URING_DENY: u8 = 1;
 
 /// Most tree selectors the kernel checks.
 pub const MAX_SELECTORS: u32 = 256;
@@ -407,6 +435,10 @@ pub mod reason {
     /// The object could not be resolved to its global path (too long, too deep, a detached
     /// mount, a failed `bpf_d_path`): denied for a watched task whatever the rules say.
     pub const UNRESOLVABLE: u8 = 12;
+    /// A fork refused at the tree's task limit, or a new task that could not be tracked.
+    pub const TREE_LIMIT: u8 = 7;
+    /// The policy refuses io_uring (`io_uring = "deny"`).
+    pub const IO_URING: u8 = 8;
 }
 
 /// Event kinds on the ring buffer.
@@ -585,9 +617,10 @@ const _: () = {
     assert!(size_of::<PathKey>() == 256);
     assert!(size_of::<RuleRef>() == 8);
     assert!(size_of::<NetRule>() == 40);
-    assert!(size_of::<PolicyConf>() == 96);
+    assert!(size_of::<PolicyConf>() == 104);
     assert!(offset_of!(PolicyConf, userns) == 56);
     assert!(offset_of!(PolicyConf, exec_anonymous) == 88);
+    assert!(offset_of!(PolicyConf, io_uring) == 96);
     assert!(offset_of!(PolicyConf, ptrace) == 28);
     assert!(offset_of!(PolicyConf, hold_deadline_ns) == 40);
     assert!(offset_of!(PolicyConf, name_hash) == 48);

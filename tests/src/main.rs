@@ -15,6 +15,8 @@ mod harness;
 mod ops;
 mod ops_files;
 mod ops_ns;
+mod escape_uring;
+mod ops_uring;
 mod server_tests;
 
 use anyhow::{ensure, Context, Result};
@@ -101,6 +103,7 @@ fn run_tests() -> i32 {
         .chain(escape_ns::TESTS)
         .chain(escape_files::TESTS)
         .chain(server_tests::TESTS)
+        .chain(escape_uring::TESTS)
         .map(|&(name, test)| Trial::ignorable_test(name, move || run_one(name, test)))
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);

@@ -143,6 +143,11 @@ pub fn run(args: &[String]) -> i32 {
         "fork-wide" => return fork_wide(a(1).parse().unwrap_or(10)),
         "redirect-open" => redirect_open(a(1), a(2)),
         "uring-open" => io_uring_open(a(1)),
+        "uring" => crate::ops_uring::run(&args[1..]),
+        "fork-hold" => return crate::ops_uring::fork_hold(a(1).parse().unwrap_or(10), a(2)),
+        "fork-burst" => {
+            return crate::ops_uring::fork_burst(a(1).parse().unwrap_or(8), a(2).parse().unwrap_or(50), a(3))
+        }
         "sleep" => {
             std::thread::sleep(Duration::from_millis(a(1).parse().unwrap_or(100)));
             Ok(())

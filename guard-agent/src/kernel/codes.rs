@@ -33,6 +33,9 @@ pub fn hook(code: u8) -> Option<Hook> {
         KHook::PathSymlink => Hook::PathSymlink,
         KHook::PathChmod => Hook::PathChmod,
         KHook::PathChown => Hook::PathChown,
+        KHook::TaskNew => Hook::TaskNewtask,
+        KHook::UringSqpoll => Hook::UringSqpoll,
+        KHook::UringCreds => Hook::UringOverrideCreds,
     })
 }
 
@@ -63,6 +66,8 @@ pub fn reason(code: u8) -> Option<Reason> {
         reason::SAFE_DEFAULT => Reason::SafeDefault,
         reason::EXEC_UNRESOLVED => Reason::ExecUnresolved,
         reason::UNRESOLVABLE => Reason::Unresolvable,
+        reason::TREE_LIMIT => Reason::TreeLimit,
+        reason::IO_URING => Reason::IoUring,
         _ => return None,
     })
 }
@@ -79,6 +84,8 @@ pub fn decision(action_code: u8, reason_code: u8) -> Decision {
                 | reason::SAFE_DEFAULT
                 | reason::EXEC_UNRESOLVED
                 | reason::UNRESOLVABLE
+                | reason::TREE_LIMIT
+                | reason::IO_URING
         );
     if denied {
         Decision::Deny
@@ -111,7 +118,7 @@ mod tests {
 
     #[test]
     fn every_kernel_hook_has_its_audit_name() {
-        for code in (1..=17u8).chain(24..=27).chain(42..=46) {
+        for code in (1..=20u8).chain(24..=27).chain(42..=46) {
             let k = KHook::from_u8(code).unwrap();
             assert_eq!(hook(code).unwrap().name(), k.name(), "code {code}");
         }

@@ -196,6 +196,8 @@ impl KernelMaps for Kernel {
             pivot_root: c.pivot_root.unwrap_or(none),
             umount: c.umount.unwrap_or(none),
             exec_anonymous: c.exec_anonymous.unwrap_or(none),
+            io_uring: if policy.io_uring_deny { guard_common::IO_URING_DENY } else { guard_common::IO_URING_ALLOW },
+            _pad3: [0; 7],
         };
         self.policies.set(id as u32, conf, 0).context("writing the policy settings")?;
         Ok(())

@@ -131,7 +131,14 @@ impl Kernel {
         let btf = Btf::from_sys_fs().context("loading the kernel's BTF")?;
         let pin_dir = pin_root.map(|r| r.join(build_id()));
         let mut loader = EbpfLoader::new();
-        loader.override_global("OFFSETS", &offsets, true).override_global("MAX_TASKS", &max_tasks, true);
+        // The host-wide budget stays below WATCHED's capacity (what is left holds the roots
+        // userspace adds); `max_tasks` (--max-tree-tasks) bounds each tree.
+        let global = crate::limits::MAX_TREE_TASKS;
+        loader.override_global("OFFSETS", &offsets, true).override_global("MAX_TASKS", &global, true).override_global(
+            "MAX_TREE_TASKS",
+            &max_tasks,
+            true,
+        );
         let map_paths: Vec<(&str, PathBuf)> = match &pin_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).with_context(|| {

@@ -69,6 +69,10 @@ pub struct Rule {
 pub struct Policy {
     pub default: Action,
     pub ask_timeout: Duration,
+    /// `io_uring = "deny"`: every hooked operation that comes through io_uring is refused, and
+    /// so are SQPOLL rings and registered personalities. Default "allow": io_uring requests
+    /// are decided by the rules like the syscalls they stand for.
+    pub io_uring_deny: bool,
     pub rules: Vec<Rule>,
 }
 
@@ -183,7 +187,7 @@ capability = "CAP_NET_ADMIN"
     fn errors_name_line_and_column() {
         assert_eq!(
             err("default = \"allow\"\nbogus = 1\n"),
-            "p.toml:2:1: unknown field `bogus`, expected one of `default`, `ask_timeout`, `rule`"
+            "p.toml:2:1: unknown field `bogus`, expected one of `default`, `ask_timeout`, `io_uring`, `rule`"
         );
         let e = err("[[rule]]\nname = \"x\"\naction = \"deny\"\nconnect = { cidr = \"10.0.0.300/8\" }\n");
         assert!(e.starts_with("p.toml:4:20: bad cidr \"10.0.0.300/8\""), "{e}");
@@ -203,6 +207,17 @@ capability = "CAP_NET_ADMIN"
         assert!(e.contains("port 70000 is out of range"), "{e}");
         let e = err("[[rule]]\nname = \"x\"\naction = \"deny\"\nfile = { path = \"/a/../b\" }\n");
         assert!(e.contains("contains '.' or '..'"), "{e}");
+    }
+
+    #[test]
+    fn io_uring_setting() {
+        assert!(!Policy::parse("p.toml", "default = \"allow\"\n").unwrap().io_uring_deny);
+        assert!(!Policy::parse("p.toml", "io_uring = \"allow\"\n").unwrap().io_uring_deny);
+        assert!(Policy::parse("p.toml", "io_uring = \"deny\"\n").unwrap().io_uring_deny);
+        assert_eq!(
+            err("io_uring = \"maybe\"\n"),
+            "p.toml:1:12: unknown io_uring setting \"maybe\": expected allow or deny"
+        );
     }
 
     #[test]

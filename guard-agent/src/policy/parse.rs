@@ -42,6 +42,7 @@ impl Source<'_> {
 struct RawPolicy {
     default: Option<Spanned<String>>,
     ask_timeout: Option<Spanned<String>>,
+    io_uring: Option<Spanned<String>>,
     #[serde(default)]
     rule: Vec<Spanned<RawRule>>,
 }
@@ -132,6 +133,16 @@ impl Policy {
                 d
             }
         };
+        let io_uring_deny = match raw.io_uring {
+            None => false,
+            Some(v) => match v.get_ref().as_str() {
+                "allow" => false,
+                "deny" => true,
+                other => {
+                    return Err(ctx.err(v.span(), format!("unknown io_uring setting {other:?}: expected allow or deny")))
+                }
+            },
+        };
         let mut rules = Vec::new();
         let mut net_rules = 0;
         let mut argv_rules = 0;
@@ -158,7 +169,7 @@ impl Policy {
             }
             rules.push(rule);
         }
-        Ok(Policy { default, ask_timeout, rules })
+        Ok(Policy { default, ask_timeout, io_uring_deny, rules })
     }
 }
 
