@@ -132,7 +132,8 @@ impl Policy {
                 }
             }
         }
-        c.net.truncate(MAX_NET_RULES as usize);
+        // `parse` refuses a policy whose entries do not fit, with the rule's place in the file.
+        assert!(c.net.len() <= MAX_NET_RULES as usize, "parse bounds the connect entries");
         // Each key maps to the earliest rule among itself and its prefixes (same class), so the
         // kernel's longest-prefix lookup yields the first matching rule in file order.
         for (class, bytes, _) in &keys {
