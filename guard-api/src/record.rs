@@ -74,11 +74,16 @@ pub enum Reason {
     Grant,
     /// A server `[[auto]]` rule decided at once.
     Auto,
+    /// The unix socket a connect or send reaches could not be resolved to its path: denied.
+    UnresolvedPeer,
+    /// A ptrace access of a process in another watched tree, which no rule allowed: denied
+    /// (a tree may trace only inside itself).
+    OtherTree,
 }
 
 impl Reason {
     /// Every reason, in the order the README lists them.
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 15] = [
         Reason::Rule,
         Reason::Default,
         Reason::Approved,
@@ -92,6 +97,8 @@ impl Reason {
         Reason::Cancelled,
         Reason::Grant,
         Reason::Auto,
+        Reason::UnresolvedPeer,
+        Reason::OtherTree,
     ];
 
     pub fn name(self) -> &'static str {
@@ -109,6 +116,8 @@ impl Reason {
             Reason::Cancelled => "cancelled",
             Reason::Grant => "grant",
             Reason::Auto => "auto",
+            Reason::UnresolvedPeer => "unresolved_peer",
+            Reason::OtherTree => "other_tree",
         }
     }
 
@@ -145,12 +154,16 @@ pub enum Hook {
     PtraceAccessCheck,
     Bpf,
     TaskAlloc,
+    UnixStreamConnect,
+    UnixMaySend,
+    SocketSendmsg,
+    KernelModuleRequest,
     /// Not a hook: the agent's reading of the kernel's ring buffer (lost events).
     RingBuffer,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 18] = [
+    pub const ALL: [Hook; 22] = [
         Hook::BprmCheckSecurity,
         Hook::FileOpen,
         Hook::PathMknod,
@@ -168,6 +181,10 @@ impl Hook {
         Hook::PtraceAccessCheck,
         Hook::Bpf,
         Hook::TaskAlloc,
+        Hook::UnixStreamConnect,
+        Hook::UnixMaySend,
+        Hook::SocketSendmsg,
+        Hook::KernelModuleRequest,
         Hook::RingBuffer,
     ];
 
@@ -190,6 +207,10 @@ impl Hook {
             Hook::PtraceAccessCheck => "ptrace_access_check",
             Hook::Bpf => "bpf",
             Hook::TaskAlloc => "task_alloc",
+            Hook::UnixStreamConnect => "unix_stream_connect",
+            Hook::UnixMaySend => "unix_may_send",
+            Hook::SocketSendmsg => "socket_sendmsg",
+            Hook::KernelModuleRequest => "kernel_module_request",
             Hook::RingBuffer => "ring_buffer",
         }
     }

@@ -143,6 +143,14 @@ pub enum Hook {
     Bpf = 15,
     PathMkdir = 16,
     TaskAlloc = 17,
+    /// A unix stream connect, matched on the listening socket the kernel found (issue 9).
+    UnixStreamConnect = 34,
+    /// A unix datagram connect or send, matched on the receiving socket the kernel found.
+    UnixMaySend = 35,
+    /// A send with an address (unconnected UDP, TCP Fast Open), matched like a connect.
+    SocketSendmsg = 36,
+    /// A module autoload (`request_module`), matched by the module rule.
+    KernelModuleRequest = 37,
 }
 
 impl Hook {
@@ -166,6 +174,10 @@ impl Hook {
             15 => Bpf,
             16 => PathMkdir,
             17 => TaskAlloc,
+            34 => UnixStreamConnect,
+            35 => UnixMaySend,
+            36 => SocketSendmsg,
+            37 => KernelModuleRequest,
             _ => return None,
         })
     }
@@ -190,6 +202,10 @@ impl Hook {
             Bpf => "bpf",
             PathMkdir => "path_mkdir",
             TaskAlloc => "task_alloc",
+            UnixStreamConnect => "unix_stream_connect",
+            UnixMaySend => "unix_may_send",
+            SocketSendmsg => "socket_sendmsg",
+            KernelModuleRequest => "kernel_module_request",
         }
     }
 }
@@ -357,6 +373,12 @@ pub mod reason {
     pub const EXPIRED: u8 = 5;
     /// An ask from a context that cannot be held (io_uring worker): denied at once.
     pub const UNHOLDABLE: u8 = 6;
+    /// The socket a unix connect or send reaches could not be resolved to a path (a read of
+    /// its kernel fields failed, or the path did not fit): denied for a watched task.
+    pub const UNRESOLVED_PEER: u8 = 14;
+    /// A ptrace access (attach or read) of a process in another watched tree, with no rule
+    /// that allows it: a tree may trace only inside itself.
+    pub const OTHER_TREE: u8 = 15;
 }
 
 /// Event kinds on the ring buffer.
@@ -521,6 +543,13 @@ pub struct Offsets {
     pub regs_dx: u32,
     pub regs_orig_ax: u32,
     pub _pad: u32,
+    /// `struct unix_sock.path` (the bound path of a unix socket).
+    pub unix_sock_path: u32,
+    /// `struct socket.sk`.
+    pub socket_sk: u32,
+    /// `struct msghdr.msg_name` / `msg_namelen`.
+    pub msghdr_name: u32,
+    pub msghdr_namelen: u32,
 }
 
 /// Sizes of the types that cross the kernel boundary, and so of the maps and ring buffer
@@ -553,7 +582,7 @@ const _: () = {
     assert!(size_of::<Argv>() == 584);
     assert!(offset_of!(Argv, hashes) == 520);
     assert!(size_of::<ArgvRule>() == 48);
-    assert!(size_of::<Offsets>() == 76);
+    assert!(size_of::<Offsets>() == 92);
 };
 
 #[cfg(feature = "user")]

@@ -29,6 +29,10 @@ static OFFSETS: Offsets = Offsets {
     regs_dx: 0,
     regs_orig_ax: 0,
     _pad: 0,
+    unix_sock_path: 0,
+    socket_sk: 0,
+    msghdr_name: 0,
+    msghdr_namelen: 0,
 };
 
 /// Upper bound of tasks in all watched trees, set by the agent below WATCHED's capacity: a

@@ -9,8 +9,10 @@
 mod bench;
 mod daemon_tests;
 mod demo;
+mod escape_net;
 mod harness;
 mod ops;
+mod ops_net;
 mod server_tests;
 
 use anyhow::{ensure, Context, Result};
@@ -95,6 +97,7 @@ fn run_tests() -> i32 {
         .iter()
         .chain(daemon_tests::TESTS)
         .chain(server_tests::TESTS)
+        .chain(escape_net::TESTS)
         .map(|&(name, test)| Trial::ignorable_test(name, move || run_one(name, test)))
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
@@ -498,7 +501,7 @@ fn held_ops(l: &Listeners, outsider: u32) -> Vec<(&'static str, String)> {
         ("path_unlink", "unlink /tmp/t/askd/a".into()),
         ("bprm_check_security", "exec /tmp/t/bin/held-tool true".into()),
         ("socket_connect", format!("connect 127.0.0.1:{}", l.tcp4[0])),
-        ("socket_connect", "connect-unix /tmp/t/allowed.sock".into()),
+        ("unix_stream_connect", "connect-unix /tmp/t/allowed.sock".into()),
         ("sb_mount", "mount /tmp/t/mnt".into()),
         ("kernel_read_file", format!("module {module}")),
         ("bpf", "bpf".into()),

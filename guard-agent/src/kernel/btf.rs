@@ -176,6 +176,10 @@ impl Btf {
             regs_dx: self.offset("pt_regs", "dx")?,
             regs_orig_ax: self.offset("pt_regs", "orig_ax")?,
             _pad: 0,
+            unix_sock_path: self.offset("unix_sock", "path")?,
+            socket_sk: self.offset("socket", "sk")?,
+            msghdr_name: self.offset("msghdr", "msg_name")?,
+            msghdr_namelen: self.offset("msghdr", "msg_namelen")?,
         })
     }
 }

@@ -24,6 +24,10 @@ pub fn hook(code: u8) -> Option<Hook> {
         KHook::Ptrace => Hook::PtraceAccessCheck,
         KHook::Bpf => Hook::Bpf,
         KHook::TaskAlloc => Hook::TaskAlloc,
+        KHook::UnixStreamConnect => Hook::UnixStreamConnect,
+        KHook::UnixMaySend => Hook::UnixMaySend,
+        KHook::SocketSendmsg => Hook::SocketSendmsg,
+        KHook::KernelModuleRequest => Hook::KernelModuleRequest,
     })
 }
 
@@ -51,6 +55,8 @@ pub fn reason(code: u8) -> Option<Reason> {
         reason::DENIED => Reason::Denied,
         reason::EXPIRED => Reason::Expired,
         reason::UNHOLDABLE => Reason::Unholdable,
+        reason::UNRESOLVED_PEER => Reason::UnresolvedPeer,
+        reason::OTHER_TREE => Reason::OtherTree,
         _ => return None,
     })
 }
@@ -59,7 +65,10 @@ pub fn reason(code: u8) -> Option<Reason> {
 /// approval, failed it.
 pub fn decision(action_code: u8, reason_code: u8) -> Decision {
     let denied = matches!(action(action_code), Action::Deny)
-        || matches!(reason_code, reason::DENIED | reason::EXPIRED | reason::UNHOLDABLE);
+        || matches!(
+            reason_code,
+            reason::DENIED | reason::EXPIRED | reason::UNHOLDABLE | reason::UNRESOLVED_PEER | reason::OTHER_TREE
+        );
     if denied {
         Decision::Deny
     } else {
@@ -89,7 +98,7 @@ mod tests {
 
     #[test]
     fn every_kernel_hook_has_its_audit_name() {
-        for code in 1..=17u8 {
+        for code in (1..=17u8).chain(34..=37) {
             let k = KHook::from_u8(code).unwrap();
             assert_eq!(hook(code).unwrap().name(), k.name(), "code {code}");
         }
@@ -104,6 +113,8 @@ mod tests {
         assert_eq!(decision(KAction::Deny as u8, reason::DEFAULT), Decision::Deny);
         assert_eq!(reason(reason::UNHOLDABLE), Some(Reason::Unholdable));
         assert_eq!(reason(99), None);
+        assert_eq!(reason(reason::UNRESOLVED_PEER), Some(Reason::UnresolvedPeer));
+        assert_eq!(decision(KAction::Deny as u8, reason::OTHER_TREE), Decision::Deny);
         assert_eq!(access(KHook::FileOpen as u8, 1), Some("read"));
         assert_eq!(access(KHook::FileOpen as u8, 3), Some("write"));
         assert_eq!(access(KHook::PathUnlink as u8, 0), Some("delete"));

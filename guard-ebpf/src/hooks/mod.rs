@@ -4,3 +4,4 @@ mod exec;
 mod files;
 mod network;
 mod privileged;
+mod unix;
