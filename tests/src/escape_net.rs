@@ -254,7 +254,8 @@ fn outside_the_tree() -> Result<()> {
     let r = &run_steps("esc-ptrace", policy, &steps)?;
     let read = r.iter().filter(|x| denied(x, "no-ptrace", Hook::PtraceAccessCheck, &format!("ptrace read pid {pid}")));
     ensure!(read.count() >= 2, "no read-mode deny records for environ and mem: {r:#?}");
-    let attach = r.iter().filter(|x| denied(x, "no-ptrace", Hook::PtraceAccessCheck, &format!("ptrace attach pid {pid}")));
+    let attach =
+        r.iter().filter(|x| denied(x, "no-ptrace", Hook::PtraceAccessCheck, &format!("ptrace attach pid {pid}")));
     ensure!(attach.count() >= 2, "no attach deny records for pidfd_getfd and ptrace: {r:#?}");
     // The outsider is untouched: still running, not stopped by an attach.
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -329,11 +330,7 @@ fn module_autoload_and_kexec() -> Result<()> {
     std::fs::write("/proc/sys/kernel/modprobe", &script)?;
     let result = (|| -> Result<()> {
         let policy = "[[rule]]\nname = \"no-modules\"\naction = \"deny\"\nmodule = true\n";
-        let a = Agent::start(
-            "esc-module",
-            policy,
-            "guard-e2e do socket-family 12; guard-e2e do kexec-unload",
-        )?;
+        let a = Agent::start("esc-module", policy, "guard-e2e do socket-family 12; guard-e2e do kexec-unload")?;
         let sock = a.result()?;
         let kexec = a.result()?;
         let r = a.finish()?.records()?;
@@ -352,7 +349,10 @@ fn module_autoload_and_kexec() -> Result<()> {
         }
         // The control: outside every tree the same request reaches modprobe.
         Command::new("guard-e2e").args(["do", "socket-family", "12"]).output()?;
-        ensure!(std::path::Path::new(&mark).exists(), "modprobe never ran even outside the tree: the test proves nothing");
+        ensure!(
+            std::path::Path::new(&mark).exists(),
+            "modprobe never ran even outside the tree: the test proves nothing"
+        );
         Ok(())
     })();
     std::fs::write("/proc/sys/kernel/modprobe", old.trim_end())?;

@@ -3,11 +3,7 @@
 //! network rules (IPv4/IPv6 address and port) or, for abstract unix sockets, against its unix
 //! rules by name. Unix sockets with a path are decided on the socket the kernel resolved, in
 //! `unix` (`unix_stream_connect`, `unix_may_send`), never on the caller's spelling here.
-use aya_ebpf::{
-    helpers::generated::bpf_probe_read_kernel,
-    macros::lsm,
-    programs::LsmContext,
-};
+use aya_ebpf::{helpers::generated::bpf_probe_read_kernel, macros::lsm, programs::LsmContext};
 use core::ffi::c_void;
 use guard_common::{class, Hook, RuleRef, Watched, MAX_NET_RULES};
 

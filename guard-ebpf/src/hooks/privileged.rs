@@ -1,9 +1,7 @@
 //! Privileged operations without a path: capabilities, mounts, kernel modules (loading,
 //! autoload requests, kexec), ptrace (attach and read) and the bpf() syscall. All but
 //! capabilities are one rule per policy (`PolicyConf`).
-use aya_ebpf::{
-    helpers::bpf_probe_read_kernel_str_bytes, macros::lsm, programs::LsmContext,
-};
+use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, macros::lsm, programs::LsmContext};
 use guard_common::{reason, Action, Hook, PolicyConf, RuleRef, Watched, EPERM, MAX_CAPS};
 
 use crate::decide::{decide, emit, Op, Outcome};
