@@ -164,7 +164,7 @@ connect = {{ unix = "{real}/d.sock" }}
         (format!("connect-unix {DIR}/via/x.sock"), DENY),
         (format!("cd {real} connect-unix x.sock"), DENY),
         (format!("cd {DIR}/via connect-unix ./x.sock"), DENY),
-        (format!("connect-unix /tmp//t/net//real/x.sock"), DENY),
+        ("connect-unix /tmp//t/net//real/x.sock".to_string(), DENY),
         (format!("connect-unix {DIR}/via/../real/x.sock"), DENY),
         (format!("connect-unix {DIR}/x-link"), DENY),
         (format!("unix-sendto {real}/d.sock"), DENY),
@@ -245,6 +245,8 @@ fn outside_the_tree() -> Result<()> {
     // mm_access turns the refusal into EACCES; pidfd_getfd and ptrace(2) into EPERM.
     let steps = [
         (format!("open-read /proc/{pid}/environ"), "RESULT errno=13 "),
+        (format!("open-read /proc/{pid}/maps"), "RESULT errno=13 "),
+        // /proc/PID/mem is an attach-mode access.
         (format!("open-read /proc/{pid}/mem"), "RESULT errno=13 "),
         (format!("pidfd-getfd {pid} 0"), "RESULT errno=1 "),
         (format!("ptrace {pid}"), "RESULT errno=1 "),
@@ -253,10 +255,10 @@ fn outside_the_tree() -> Result<()> {
     ];
     let r = &run_steps("esc-ptrace", policy, &steps)?;
     let read = r.iter().filter(|x| denied(x, "no-ptrace", Hook::PtraceAccessCheck, &format!("ptrace read pid {pid}")));
-    ensure!(read.count() >= 2, "no read-mode deny records for environ and mem: {r:#?}");
+    ensure!(read.count() >= 2, "no read-mode deny records for environ and maps: {r:#?}");
     let attach =
         r.iter().filter(|x| denied(x, "no-ptrace", Hook::PtraceAccessCheck, &format!("ptrace attach pid {pid}")));
-    ensure!(attach.count() >= 2, "no attach deny records for pidfd_getfd and ptrace: {r:#?}");
+    ensure!(attach.count() >= 3, "no attach deny records for mem, pidfd_getfd and ptrace: {r:#?}");
     // The outsider is untouched: still running, not stopped by an attach.
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let state = stat.rsplit_once(')').map(|(_, r)| r.trim_start().chars().next()).unwrap_or_default();
