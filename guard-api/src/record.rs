@@ -89,11 +89,16 @@ pub enum Reason {
     TreeLimit,
     /// The policy refuses io_uring (`io_uring = "deny"`).
     IoUring,
+    /// The unix socket a connect or send reaches could not be resolved to its path: denied.
+    UnresolvedPeer,
+    /// A ptrace access of a process in another watched tree, which no rule allowed: denied
+    /// (a tree may trace only inside itself).
+    OtherTree,
 }
 
 impl Reason {
     /// Every reason, in the order the README lists them.
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 20] = [
         Reason::Rule,
         Reason::Default,
         Reason::Approved,
@@ -112,6 +117,8 @@ impl Reason {
         Reason::Unresolvable,
         Reason::TreeLimit,
         Reason::IoUring,
+        Reason::UnresolvedPeer,
+        Reason::OtherTree,
     ];
 
     pub fn name(self) -> &'static str {
@@ -134,6 +141,8 @@ impl Reason {
             Reason::Unresolvable => "unresolvable",
             Reason::TreeLimit => "tree_limit",
             Reason::IoUring => "io_uring",
+            Reason::UnresolvedPeer => "unresolved_peer",
+            Reason::OtherTree => "other_tree",
         }
     }
 
@@ -183,12 +192,16 @@ pub enum Hook {
     TaskNewtask,
     UringSqpoll,
     UringOverrideCreds,
+    UnixStreamConnect,
+    UnixMaySend,
+    SocketSendmsg,
+    KernelModuleRequest,
     /// Not a hook: the agent's reading of the kernel's ring buffer (lost events).
     RingBuffer,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 30] = [
+    pub const ALL: [Hook; 34] = [
         Hook::BprmCheckSecurity,
         Hook::FileOpen,
         Hook::PathMknod,
@@ -218,6 +231,10 @@ impl Hook {
         Hook::TaskNewtask,
         Hook::UringSqpoll,
         Hook::UringOverrideCreds,
+        Hook::UnixStreamConnect,
+        Hook::UnixMaySend,
+        Hook::SocketSendmsg,
+        Hook::KernelModuleRequest,
         Hook::RingBuffer,
     ];
 
@@ -252,6 +269,10 @@ impl Hook {
             Hook::TaskNewtask => "task_newtask",
             Hook::UringSqpoll => "uring_sqpoll",
             Hook::UringOverrideCreds => "uring_override_creds",
+            Hook::UnixStreamConnect => "unix_stream_connect",
+            Hook::UnixMaySend => "unix_may_send",
+            Hook::SocketSendmsg => "socket_sendmsg",
+            Hook::KernelModuleRequest => "kernel_module_request",
             Hook::RingBuffer => "ring_buffer",
         }
     }

@@ -167,6 +167,14 @@ pub enum Hook {
     UringSqpoll = 19,
     /// An io_uring request run with registered credentials (a personality).
     UringCreds = 20,
+    /// A unix stream connect, matched on the listening socket the kernel found (issue 9).
+    UnixStreamConnect = 34,
+    /// A unix datagram connect or send, matched on the receiving socket the kernel found.
+    UnixMaySend = 35,
+    /// A send with an address (unconnected UDP, TCP Fast Open), matched like a connect.
+    SocketSendmsg = 36,
+    /// A module autoload (`request_module`), matched by the module rule.
+    KernelModuleRequest = 37,
 }
 
 impl Hook {
@@ -202,6 +210,10 @@ impl Hook {
             18 => TaskNew,
             19 => UringSqpoll,
             20 => UringCreds,
+            34 => UnixStreamConnect,
+            35 => UnixMaySend,
+            36 => SocketSendmsg,
+            37 => KernelModuleRequest,
             _ => return None,
         })
     }
@@ -238,6 +250,10 @@ impl Hook {
             TaskNew => "task_newtask",
             UringSqpoll => "uring_sqpoll",
             UringCreds => "uring_override_creds",
+            UnixStreamConnect => "unix_stream_connect",
+            UnixMaySend => "unix_may_send",
+            SocketSendmsg => "socket_sendmsg",
+            KernelModuleRequest => "kernel_module_request",
         }
     }
 }
@@ -439,6 +455,12 @@ pub mod reason {
     pub const TREE_LIMIT: u8 = 7;
     /// The policy refuses io_uring (`io_uring = "deny"`).
     pub const IO_URING: u8 = 8;
+    /// The socket a unix connect or send reaches could not be resolved to a path (a read of
+    /// its kernel fields failed, or the path did not fit): denied for a watched task.
+    pub const UNRESOLVED_PEER: u8 = 14;
+    /// A ptrace access (attach or read) of a process in another watched tree, with no rule
+    /// that allows it: a tree may trace only inside itself.
+    pub const OTHER_TREE: u8 = 15;
 }
 
 /// Event kinds on the ring buffer.
@@ -607,6 +629,13 @@ pub struct Offsets {
     /// a detached mount tree): where a dentry walk ended.
     pub mount_mnt_ns: u32,
     pub mnt_ns_seq: u32,
+    /// `struct unix_sock.path` (the bound path of a unix socket).
+    pub unix_sock_path: u32,
+    /// `struct socket.sk`.
+    pub socket_sk: u32,
+    /// `struct msghdr.msg_name` / `msg_namelen`.
+    pub msghdr_name: u32,
+    pub msghdr_namelen: u32,
 }
 
 /// Sizes of the types that cross the kernel boundary, and so of the maps and ring buffer
@@ -642,7 +671,7 @@ const _: () = {
     assert!(size_of::<Argv>() == 584);
     assert!(offset_of!(Argv, hashes) == 520);
     assert!(size_of::<ArgvRule>() == 48);
-    assert!(size_of::<Offsets>() == 84);
+    assert!(size_of::<Offsets>() == 100);
 };
 
 #[cfg(feature = "user")]

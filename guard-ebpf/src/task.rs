@@ -31,6 +31,10 @@ static OFFSETS: Offsets = Offsets {
     _pad: 0,
     mount_mnt_ns: 0,
     mnt_ns_seq: 0,
+    unix_sock_path: 0,
+    socket_sk: 0,
+    msghdr_name: 0,
+    msghdr_namelen: 0,
 };
 
 /// Upper bound of tasks reserved by all watched trees, set by the agent below WATCHED's

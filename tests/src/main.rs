@@ -10,12 +10,14 @@ mod bench;
 mod daemon_tests;
 mod demo;
 mod escape_files;
+mod escape_net;
 mod escape_ns;
+mod escape_uring;
 mod harness;
 mod ops;
 mod ops_files;
+mod ops_net;
 mod ops_ns;
-mod escape_uring;
 mod ops_uring;
 mod server_tests;
 
@@ -104,6 +106,7 @@ fn run_tests() -> i32 {
         .chain(escape_files::TESTS)
         .chain(server_tests::TESTS)
         .chain(escape_uring::TESTS)
+        .chain(escape_net::TESTS)
         .map(|&(name, test)| Trial::ignorable_test(name, move || run_one(name, test)))
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
@@ -512,7 +515,7 @@ fn held_ops(l: &Listeners, outsider: u32) -> Vec<(&'static str, String)> {
         ("path_unlink", "unlink /tmp/t/askd/a".into()),
         ("bprm_check_security", "exec /tmp/t/bin/held-tool true".into()),
         ("socket_connect", format!("connect 127.0.0.1:{}", l.tcp4[0])),
-        ("socket_connect", "connect-unix /tmp/t/allowed.sock".into()),
+        ("unix_stream_connect", "connect-unix /tmp/t/allowed.sock".into()),
         ("sb_mount", "mount /tmp/t/mnt".into()),
         ("kernel_read_file", format!("module {module}")),
         ("bpf", "bpf".into()),

@@ -65,6 +65,9 @@ fn connect_unix(path: &str) -> Result<(), Errno> {
 pub fn run(args: &[String]) -> i32 {
     let a = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
     let op = args.join(" ");
+    if let Some(r) = crate::ops_net::run(args) {
+        return report(&op, r);
+    }
     let r = match a(0) {
         "open-read" => open(a(1), libc::O_RDONLY),
         "open-write" => open(a(1), libc::O_WRONLY),

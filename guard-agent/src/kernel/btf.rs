@@ -182,6 +182,10 @@ impl Btf {
                 Ok(o) => o,
                 Err(_) => self.offset("mnt_namespace", "ns")? + self.offset("ns_common", "ns_id")?,
             },
+            unix_sock_path: self.offset("unix_sock", "path")?,
+            socket_sk: self.offset("socket", "sk")?,
+            msghdr_name: self.offset("msghdr", "msg_name")?,
+            msghdr_namelen: self.offset("msghdr", "msg_namelen")?,
         })
     }
 }

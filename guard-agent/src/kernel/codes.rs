@@ -36,6 +36,10 @@ pub fn hook(code: u8) -> Option<Hook> {
         KHook::TaskNew => Hook::TaskNewtask,
         KHook::UringSqpoll => Hook::UringSqpoll,
         KHook::UringCreds => Hook::UringOverrideCreds,
+        KHook::UnixStreamConnect => Hook::UnixStreamConnect,
+        KHook::UnixMaySend => Hook::UnixMaySend,
+        KHook::SocketSendmsg => Hook::SocketSendmsg,
+        KHook::KernelModuleRequest => Hook::KernelModuleRequest,
     })
 }
 
@@ -68,6 +72,8 @@ pub fn reason(code: u8) -> Option<Reason> {
         reason::UNRESOLVABLE => Reason::Unresolvable,
         reason::TREE_LIMIT => Reason::TreeLimit,
         reason::IO_URING => Reason::IoUring,
+        reason::UNRESOLVED_PEER => Reason::UnresolvedPeer,
+        reason::OTHER_TREE => Reason::OtherTree,
         _ => return None,
     })
 }
@@ -86,6 +92,8 @@ pub fn decision(action_code: u8, reason_code: u8) -> Decision {
                 | reason::UNRESOLVABLE
                 | reason::TREE_LIMIT
                 | reason::IO_URING
+                | reason::UNRESOLVED_PEER
+                | reason::OTHER_TREE
         );
     if denied {
         Decision::Deny
@@ -118,7 +126,7 @@ mod tests {
 
     #[test]
     fn every_kernel_hook_has_its_audit_name() {
-        for code in (1..=20u8).chain(24..=27).chain(42..=46) {
+        for code in (1..=20u8).chain(24..=27).chain(34..=37).chain(42..=46) {
             let k = KHook::from_u8(code).unwrap();
             assert_eq!(hook(code).unwrap().name(), k.name(), "code {code}");
         }
@@ -135,6 +143,8 @@ mod tests {
         assert_eq!(reason(reason::UNRESOLVABLE), Some(Reason::Unresolvable));
         assert_eq!(decision(KAction::Allow as u8, reason::UNRESOLVABLE), Decision::Deny);
         assert_eq!(reason(99), None);
+        assert_eq!(reason(reason::UNRESOLVED_PEER), Some(Reason::UnresolvedPeer));
+        assert_eq!(decision(KAction::Deny as u8, reason::OTHER_TREE), Decision::Deny);
         assert_eq!(access(KHook::FileOpen as u8, 1), Some("read"));
         assert_eq!(access(KHook::FileOpen as u8, 3), Some("write"));
         assert_eq!(access(KHook::PathUnlink as u8, 0), Some("delete"));

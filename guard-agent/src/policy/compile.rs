@@ -199,7 +199,8 @@ impl Policy {
             key.path[..dir.len()].copy_from_slice(dir.as_bytes());
             c.paths.push((key, ((dir.len() + 3) * 8) as u32, rule_ref(i, self.rules[i].action)));
         }
-        c.net.truncate(MAX_NET_RULES as usize);
+        // `parse` refuses a policy whose entries do not fit, with the rule's place in the file.
+        assert!(c.net.len() <= MAX_NET_RULES as usize, "parse bounds the connect entries");
         // Each key maps to the earliest rule among itself and its prefixes (same class), so the
         // kernel's longest-prefix lookup yields the first matching rule in file order.
         for (class, bytes, _) in &keys {

@@ -143,7 +143,7 @@ pub fn action_name(a: Action) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use guard_common::{class, fnv1a};
+    use guard_common::{class, fnv1a, MAX_NET_RULES};
 
     fn err(text: &str) -> String {
         Policy::parse("p.toml", text).unwrap_err().to_string()
@@ -276,6 +276,34 @@ file = { path = "/etc/ssh/", access = "read" }
         assert!(e.contains("exact exec path"), "{e}");
         let e = err("[[rule]]\nname = \"x\"\naction = \"deny\"\nexec = { path = \"/bin/x\", argv = [] }\n");
         assert!(e.contains("1 to 4 arguments"), "{e}");
+    }
+
+    /// A policy of `n` connect rules, each `matcher`.
+    fn connect_rules(n: usize, matcher: &str) -> String {
+        (0..n).map(|i| format!("[[rule]]\nname = \"r{i}\"\naction = \"deny\"\nconnect = {matcher}\n")).collect()
+    }
+
+    #[test]
+    fn connect_rules_past_the_kernel_limit_are_refused_with_their_place() {
+        let max = MAX_NET_RULES as usize;
+        // Rules for one network take one entry each: exactly the limit fits, one more does not.
+        let p = Policy::parse("p.toml", &connect_rules(max, "{ cidr = \"10.0.0.0/8\" }")).unwrap();
+        assert_eq!(p.compile(0).net.len(), max);
+        let e = err(&connect_rules(max + 1, "{ cidr = \"10.0.0.0/8\" }"));
+        let line = 4 * max + 1;
+        assert!(e.starts_with(&format!("p.toml:{line}:")) && e.contains(&format!("rule \"r{max}\"")), "{e}");
+        // A port alone (any address) takes two entries: half as many rules fit, and the first
+        // that does not is named, never cut off at compile time.
+        let p = Policy::parse("p.toml", &connect_rules(max / 2, "{ port = 22 }")).unwrap();
+        assert_eq!(p.compile(0).net.len(), max);
+        let e = err(&connect_rules(max / 2 + 1, "{ port = 22 }"));
+        let line = 4 * (max / 2) + 1;
+        assert!(e.starts_with(&format!("p.toml:{line}:")) && e.contains(&format!("rule \"r{}\"", max / 2)), "{e}");
+        // The same with a /0 among one-entry rules: the /0 is the one refused.
+        let mut text = connect_rules(max - 1, "{ cidr = \"10.0.0.0/8\" }");
+        text.push_str("[[rule]]\nname = \"any\"\naction = \"deny\"\nconnect = { cidr = \"::/0\" }\n");
+        let e = err(&text);
+        assert!(e.contains("rule \"any\"") && e.starts_with(&format!("p.toml:{}:", 4 * (max - 1) + 1)), "{e}");
     }
 
     #[test]

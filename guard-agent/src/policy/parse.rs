@@ -159,12 +159,20 @@ impl Policy {
                     );
                 }
             }
-            if matches!(rule.matcher, Matcher::Net { .. }) {
-                net_rules += 1;
+            if let Matcher::Net { net, .. } = &rule.matcher {
+                // The count is of kernel entries, not rules: a rule for any address ("/0", or a
+                // port alone) takes one entry per family (see `compile`). A rule that does not
+                // fit is refused here, at its own place in the file; never installed in part.
+                net_rules += if net.prefix_len() == 0 { 2 } else { 1 };
                 if net_rules > MAX_NET_RULES {
-                    return Err(
-                        ctx.err(0..0, format!("at most {MAX_NET_RULES} connect rules with a cidr are supported"))
-                    );
+                    return Err(ctx.err(
+                        span_start,
+                        format!(
+                            "rule {:?}: too many connect rules with a cidr or port: the kernel holds {MAX_NET_RULES} \
+                             entries per policy, and a rule for any address (a port alone, or a /0) takes two",
+                            rule.name
+                        ),
+                    ));
                 }
             }
             rules.push(rule);

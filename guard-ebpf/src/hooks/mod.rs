@@ -7,3 +7,4 @@ mod links;
 mod namespaces;
 mod network;
 mod privileged;
+mod unix;
