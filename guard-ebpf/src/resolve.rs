@@ -202,6 +202,29 @@ pub fn label(s: &mut Scratch, text: &[u8]) {
     s.truncated = 0;
 }
 
+/// What d_path appends to the path of a file with no name left (unlinked, or a memfd).
+const DELETED: &[u8; 10] = b" (deleted)";
+
+/// Whether the path in `s.buf` is that of a file with no name left. d_path appends
+/// " (deleted)" to an unlinked dentry (memfds are created unlinked); a file really named
+/// "x (deleted)" is also taken for one, which only ever denies more where it decides exec.
+#[inline(always)]
+pub fn anonymous(s: &Scratch) -> bool {
+    let len = s.len as usize;
+    if len < DELETED.len() || len >= BUF_LEN {
+        return false;
+    }
+    let start = len - DELETED.len();
+    let mut i = 0;
+    while i < DELETED.len() {
+        if s.buf[(start + i) & (BUF_LEN - 1)] != DELETED[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// Whether the last walk failed to give the object's whole global path (see [`walk_into`]).
 #[inline(always)]
 pub fn unresolved(s: &Scratch) -> bool {
@@ -250,7 +273,11 @@ pub unsafe fn file_object(s: &mut Scratch, file: *const u8) -> bool {
             return false;
         }
     }
-    if s.buf[0] == b'/' {
+    // A file with no name left (a memfd, reopened through /proc/self/fd, as an interpreter does
+    // for a script run from a memfd) is its own anonymous object, not a name of some other one:
+    // decided by its d_path name ("/memfd:x (deleted)", which only a "/" rule matches), as a
+    // pipe is. Running one is decided by `exec_anonymous` at bprm_check_security.
+    if s.buf[0] == b'/' && !anonymous(s) {
         s.truncated = 2;
         return false;
     }

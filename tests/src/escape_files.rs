@@ -235,6 +235,12 @@ default = "allow"
 name = "secret"
 action = "deny"
 file = { path = "/tmp/ef4/jail/secret/", access = "read" }
+# chroot is refused by default (safe_default); allowed here so that the opens below show how a
+# path is resolved inside a chroot.
+[[rule]]
+name = "jail"
+action = "allow"
+chroot = true
 "#;
     let r = &run_steps(
         "ef4",

@@ -15,36 +15,13 @@ use super::namespaces::guarded;
 use crate::arch::is_exec_syscall;
 use crate::argv::{capture_exec_argv, match_argv_rules};
 use crate::decide::{decide, emit, Op, Outcome};
-use crate::maps::{policy, scratch, watched, Scratch, BUF_LEN};
-use crate::resolve::{file_path_into, lookup_path, NO_RULE};
+use crate::maps::{policy, scratch, watched, Scratch};
+use crate::resolve::{anonymous, file_path_into, lookup_path, NO_RULE};
 use crate::select::select_by_exe;
 use crate::task::{off, offsets, syscall_nr};
 
 /// `PROT_EXEC` of mmap(2).
 const PROT_EXEC: u64 = 0x4;
-/// What d_path appends to the path of a file with no name left (unlinked, or a memfd).
-const DELETED: &[u8; 10] = b" (deleted)";
-
-/// Whether the path in `s.buf` is that of a file with no name left. d_path appends
-/// " (deleted)" to an unlinked dentry (memfds are created unlinked); a file really named
-/// "x (deleted)" is also taken for one, which only ever denies more.
-#[inline(always)]
-fn anonymous(s: &Scratch) -> bool {
-    let len = s.len as usize;
-    if len < DELETED.len() || len >= BUF_LEN {
-        return false;
-    }
-    let start = len - DELETED.len();
-    let mut i = 0;
-    while i < DELETED.len() {
-        if s.buf[(start + i) & (BUF_LEN - 1)] != DELETED[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
-}
-
 /// A deny of a program that could not be resolved to a path.
 #[inline(always)]
 fn unresolved(s: &mut Scratch, w: &Watched, op: &Op) -> i32 {
