@@ -3,6 +3,7 @@
 //! prints `RESULT ok|errno=N OP` followed by ` | ` and what it can see afterwards (the effect
 //! the test asserts did not happen).
 
+use crate::ops::cstr;
 use nix::errno::Errno;
 use std::{ffi::CString, io::Write, os::fd::AsRawFd};
 
@@ -23,10 +24,6 @@ pub const OPS: &[&str] = &[
     "run-status",
     "marker",
 ];
-
-fn cstr(s: &str) -> CString {
-    CString::new(s).expect("no NUL in test paths")
-}
 
 fn check(rc: i64) -> Result<(), Errno> {
     if rc < 0 {
@@ -75,7 +72,7 @@ fn become_uid(uid: &str) -> Result<(), Errno> {
 
 /// Forks; the child runs `child` (which should exec) and reports its errno through a pipe.
 /// Ok when the child exec'd (the pipe closed on exec), the exec's errno otherwise.
-fn spawn_exec(child: impl FnOnce() -> Errno) -> Result<(), Errno> {
+pub(crate) fn spawn_exec(child: impl FnOnce() -> Errno) -> Result<(), Errno> {
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     // SAFETY: the child only execs, writes to a pipe and calls _exit.
     match unsafe { nix::unistd::fork() }? {

@@ -8,6 +8,7 @@
 //!
 //! OP: `open PATH` (O_RDONLY), `unlink PATH`, `rename OLD NEW`, `connect IP:PORT` (TCP).
 
+use crate::ops::cstr;
 use nix::errno::Errno;
 use std::{ffi::CString, net::SocketAddr, os::fd::AsRawFd};
 
@@ -22,45 +23,45 @@ const IORING_ENTER_SQ_WAKEUP: u32 = 2;
 
 #[repr(C)]
 #[derive(Default)]
-struct SqOff {
-    head: u32,
-    tail: u32,
-    ring_mask: u32,
-    ring_entries: u32,
-    flags: u32,
-    dropped: u32,
-    array: u32,
-    resv1: u32,
-    user_addr: u64,
+pub(crate) struct SqOff {
+    pub head: u32,
+    pub tail: u32,
+    pub ring_mask: u32,
+    pub ring_entries: u32,
+    pub flags: u32,
+    pub dropped: u32,
+    pub array: u32,
+    pub resv1: u32,
+    pub user_addr: u64,
 }
 
 #[repr(C)]
 #[derive(Default)]
-struct CqOff {
-    head: u32,
-    tail: u32,
-    ring_mask: u32,
-    ring_entries: u32,
-    overflow: u32,
-    cqes: u32,
-    flags: u32,
-    resv1: u32,
-    user_addr: u64,
+pub(crate) struct CqOff {
+    pub head: u32,
+    pub tail: u32,
+    pub ring_mask: u32,
+    pub ring_entries: u32,
+    pub overflow: u32,
+    pub cqes: u32,
+    pub flags: u32,
+    pub resv1: u32,
+    pub user_addr: u64,
 }
 
 #[repr(C)]
 #[derive(Default)]
-struct Params {
-    sq_entries: u32,
-    cq_entries: u32,
-    flags: u32,
-    sq_thread_cpu: u32,
-    sq_thread_idle: u32,
-    features: u32,
-    wq_fd: u32,
-    resv: [u32; 3],
-    sq_off: SqOff,
-    cq_off: CqOff,
+pub(crate) struct Params {
+    pub sq_entries: u32,
+    pub cq_entries: u32,
+    pub flags: u32,
+    pub sq_thread_cpu: u32,
+    pub sq_thread_idle: u32,
+    pub features: u32,
+    pub wq_fd: u32,
+    pub resv: [u32; 3],
+    pub sq_off: SqOff,
+    pub cq_off: CqOff,
 }
 
 /// The fields of one SQE this module uses (the rest stay zero).
@@ -74,10 +75,6 @@ struct Sqe {
     len: u32,
     /// `open_flags`, `rename_flags`, `unlink_flags` (offset 28).
     op_flags: u32,
-}
-
-fn cstr(s: &str) -> CString {
-    CString::new(s).expect("no NUL in test paths")
 }
 
 /// Submits one SQE on a fresh ring and waits for its completion; the CQE's result as a
