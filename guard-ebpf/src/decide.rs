@@ -138,7 +138,9 @@ pub fn via_io_uring() -> bool {
 /// Applies a matched rule (or the policy default) to the operation described by `op` and `s`.
 #[inline(always)]
 pub fn decide(s: &mut Scratch, w: &Watched, op: &Op, found: RuleRef) -> i32 {
-    let Some(conf) = policy(w) else { return 0 };
+    // A watched task whose policy slot cannot be read is denied, never allowed (an array
+    // lookup within bounds does not fail: this is the fail-closed branch, not a path).
+    let Some(conf) = policy(w) else { return -EPERM };
     if conf.io_uring == IO_URING_DENY && via_io_uring() {
         emit(s, w, op, Outcome::decision(Action::Deny as u8, reason::IO_URING, found.rule, 0));
         return -EPERM;

@@ -26,8 +26,10 @@ const NR_PTRACE: u64 = 101;
 /// An operation decided by one rule of the policy (`pick`), recorded under `name`.
 #[inline(always)]
 fn singleton(w: &Watched, hook: Hook, aux: u64, name: &[u8], pick: fn(&PolicyConf) -> RuleRef) -> i32 {
-    let Some(s) = scratch() else { return 0 };
-    let Some(conf) = policy(w) else { return 0 };
+    // Fail closed: a watched task is never allowed because working memory or its policy
+    // could not be read.
+    let Some(s) = scratch() else { return -EPERM };
+    let Some(conf) = policy(w) else { return -EPERM };
     label(s, name);
     let op = Op { hook, aux, holdable: true, always_record: true };
     decide(s, w, &op, pick(conf))
@@ -37,10 +39,10 @@ fn singleton(w: &Watched, hook: Hook, aux: u64, name: &[u8], pick: fn(&PolicyCon
 #[lsm(hook = "capable")]
 pub fn capable(ctx: LsmContext) -> i32 {
     let Some(w) = watched() else { return 0 };
-    let Some(s) = scratch() else { return 0 };
+    let Some(s) = scratch() else { return -EPERM };
     let cap: i32 = ctx.arg(2);
     let cap = (cap as u32) % MAX_CAPS;
-    let Some(r) = CAP_RULES.get(policy_slot(&w) * MAX_CAPS + cap) else { return 0 };
+    let Some(r) = CAP_RULES.get(policy_slot(&w) * MAX_CAPS + cap) else { return -EPERM };
     if r.rule == 0 {
         // No rule names this capability: the kernel's own checks decide (no record; capable()
         // is called far too often for that).
