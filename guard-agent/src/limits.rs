@@ -19,8 +19,9 @@ pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// the agent is the one that decides; the kernel only covers for an agent that is gone.
 pub const KERNEL_GRACE: Duration = Duration::from_secs(10);
 
-/// The most tasks all watched trees may hold: WATCHED's capacity less a margin for forks that
-/// pass the check at the same moment.
+/// The most tasks one tree may hold (the default of `--max-tree-tasks`), and the most all
+/// trees together may reserve: WATCHED's capacity less a margin for the roots and adopted
+/// tasks userspace adds (those hold no reservation).
 pub const MAX_TREE_TASKS: u64 = guard_common::WATCHED_CAPACITY as u64 - 512;
 
 /// Policy slots in the kernel (guard-common's, as a policy id).

@@ -74,6 +74,26 @@ pub enum Reason {
     Grant,
     /// A server `[[auto]]` rule decided at once.
     Auto,
+    /// An operation that changes what paths mean (a user namespace, chroot, pivot_root, a
+    /// mount or unmount) or runs a program with no name (a memfd, a deleted file), and no rule
+    /// allows it: denied for a watched tree whatever the policy's default.
+    SafeDefault,
+    /// The program being executed, or mapped executable, could not be resolved to a path.
+    ExecUnresolved,
+    /// The kernel could not resolve the object to its global path (longer than its buffer,
+    /// deeper than its walk, on a detached mount, or a failed `bpf_d_path`): denied whatever
+    /// the rules say.
+    Unresolvable,
+    /// A fork refused because the tree is at its task limit, or a new task the kernel could
+    /// not track (its creator is killed).
+    TreeLimit,
+    /// The policy refuses io_uring (`io_uring = "deny"`).
+    IoUring,
+    /// The unix socket a connect or send reaches could not be resolved to its path: denied.
+    UnresolvedPeer,
+    /// A ptrace access of a process in another watched tree, which no rule allowed: denied
+    /// (a tree may trace only inside itself).
+    OtherTree,
     /// The kernel's ring buffer was full, so an `audit` or `ask` operation that could not be
     /// recorded or reported was denied (counted in the kernel, recorded by the agent).
     RingFull,
@@ -85,7 +105,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order the README lists them.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 23] = [
         Reason::Rule,
         Reason::Default,
         Reason::Approved,
@@ -99,6 +119,13 @@ impl Reason {
         Reason::Cancelled,
         Reason::Grant,
         Reason::Auto,
+        Reason::SafeDefault,
+        Reason::ExecUnresolved,
+        Reason::Unresolvable,
+        Reason::TreeLimit,
+        Reason::IoUring,
+        Reason::UnresolvedPeer,
+        Reason::OtherTree,
         Reason::RingFull,
         Reason::HoldTableFull,
         Reason::ArgvUnreadable,
@@ -119,6 +146,13 @@ impl Reason {
             Reason::Cancelled => "cancelled",
             Reason::Grant => "grant",
             Reason::Auto => "auto",
+            Reason::SafeDefault => "safe_default",
+            Reason::ExecUnresolved => "exec_unresolved",
+            Reason::Unresolvable => "unresolvable",
+            Reason::TreeLimit => "tree_limit",
+            Reason::IoUring => "io_uring",
+            Reason::UnresolvedPeer => "unresolved_peer",
+            Reason::OtherTree => "other_tree",
             Reason::RingFull => "ring_full",
             Reason::HoldTableFull => "hold_table_full",
             Reason::ArgvUnreadable => "argv_unreadable",
@@ -158,12 +192,29 @@ pub enum Hook {
     PtraceAccessCheck,
     Bpf,
     TaskAlloc,
+    UsernsCreate,
+    PathChroot,
+    SbPivotroot,
+    SbUmount,
+    MmapFile,
+    PathLink,
+    PathSymlink,
+    PathChmod,
+    PathChown,
+    /// The tracepoint where every new task (io_uring's threads too) joins its creator's tree.
+    TaskNewtask,
+    UringSqpoll,
+    UringOverrideCreds,
+    UnixStreamConnect,
+    UnixMaySend,
+    SocketSendmsg,
+    KernelModuleRequest,
     /// Not a hook: the agent's reading of the kernel's ring buffer (lost events).
     RingBuffer,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 18] = [
+    pub const ALL: [Hook; 34] = [
         Hook::BprmCheckSecurity,
         Hook::FileOpen,
         Hook::PathMknod,
@@ -181,6 +232,22 @@ impl Hook {
         Hook::PtraceAccessCheck,
         Hook::Bpf,
         Hook::TaskAlloc,
+        Hook::UsernsCreate,
+        Hook::PathChroot,
+        Hook::SbPivotroot,
+        Hook::SbUmount,
+        Hook::MmapFile,
+        Hook::PathLink,
+        Hook::PathSymlink,
+        Hook::PathChmod,
+        Hook::PathChown,
+        Hook::TaskNewtask,
+        Hook::UringSqpoll,
+        Hook::UringOverrideCreds,
+        Hook::UnixStreamConnect,
+        Hook::UnixMaySend,
+        Hook::SocketSendmsg,
+        Hook::KernelModuleRequest,
         Hook::RingBuffer,
     ];
 
@@ -203,6 +270,22 @@ impl Hook {
             Hook::PtraceAccessCheck => "ptrace_access_check",
             Hook::Bpf => "bpf",
             Hook::TaskAlloc => "task_alloc",
+            Hook::UsernsCreate => "userns_create",
+            Hook::PathChroot => "path_chroot",
+            Hook::SbPivotroot => "sb_pivotroot",
+            Hook::SbUmount => "sb_umount",
+            Hook::MmapFile => "mmap_file",
+            Hook::PathLink => "path_link",
+            Hook::PathSymlink => "path_symlink",
+            Hook::PathChmod => "path_chmod",
+            Hook::PathChown => "path_chown",
+            Hook::TaskNewtask => "task_newtask",
+            Hook::UringSqpoll => "uring_sqpoll",
+            Hook::UringOverrideCreds => "uring_override_creds",
+            Hook::UnixStreamConnect => "unix_stream_connect",
+            Hook::UnixMaySend => "unix_may_send",
+            Hook::SocketSendmsg => "socket_sendmsg",
+            Hook::KernelModuleRequest => "kernel_module_request",
             Hook::RingBuffer => "ring_buffer",
         }
     }

@@ -49,6 +49,8 @@ pub mod map_name {
     pub const SEL_CONF: &str = "SEL_CONF";
     pub const PENDING_SEL: &str = "PENDING_SEL";
     pub const SCRATCH: &str = "SCRATCH";
+    pub const TREE_TASKS: &str = "TREE_TASKS";
+    pub const RESERVED: &str = "RESERVED";
 
     /// Every map of guard-ebpf.
     pub const ALL: &[&str] = &[
@@ -71,6 +73,8 @@ pub mod map_name {
         SEL_CONF,
         PENDING_SEL,
         SCRATCH,
+        TREE_TASKS,
+        RESERVED,
     ];
 
     /// The maps a daemon pins, so that a restarted daemon (and the programs left attached
@@ -94,6 +98,8 @@ pub mod map_name {
         SELECTORS,
         SEL_CONF,
         PENDING_SEL,
+        TREE_TASKS,
+        RESERVED,
     ];
 }
 
@@ -102,6 +108,8 @@ pub const EPERM: i32 = 1;
 /// -ERESTARTNOINTR: the kernel restarts the syscall once the task is resumed.
 pub const ERESTARTNOINTR: i32 = 513;
 pub const SIGSTOP: u32 = 19;
+/// SIGKILL, for a creator whose new task could not be tracked.
+pub const SIGKILL: u32 = 9;
 
 /// What a rule or the default does with an operation.
 #[repr(u8)]
@@ -146,6 +154,30 @@ pub enum Hook {
     Bpf = 15,
     PathMkdir = 16,
     TaskAlloc = 17,
+    // Namespaces, mounts and exec objects (issue 9 items 3 and 8): codes 42-51.
+    UsernsCreate = 42,
+    PathChroot = 43,
+    SbPivotroot = 44,
+    SbUmount = 45,
+    MmapFile = 46,
+    PathLink = 24,
+    PathSymlink = 25,
+    PathChmod = 26,
+    PathChown = 27,
+    /// A new task of a watched tree could not be tracked (task_newtask).
+    TaskNew = 18,
+    /// io_uring_setup with IORING_SETUP_SQPOLL.
+    UringSqpoll = 19,
+    /// An io_uring request run with registered credentials (a personality).
+    UringCreds = 20,
+    /// A unix stream connect, matched on the listening socket the kernel found (issue 9).
+    UnixStreamConnect = 34,
+    /// A unix datagram connect or send, matched on the receiving socket the kernel found.
+    UnixMaySend = 35,
+    /// A send with an address (unconnected UDP, TCP Fast Open), matched like a connect.
+    SocketSendmsg = 36,
+    /// A module autoload (`request_module`), matched by the module rule.
+    KernelModuleRequest = 37,
 }
 
 impl Hook {
@@ -169,6 +201,22 @@ impl Hook {
             15 => Bpf,
             16 => PathMkdir,
             17 => TaskAlloc,
+            42 => UsernsCreate,
+            43 => PathChroot,
+            44 => SbPivotroot,
+            45 => SbUmount,
+            46 => MmapFile,
+            24 => PathLink,
+            25 => PathSymlink,
+            26 => PathChmod,
+            27 => PathChown,
+            18 => TaskNew,
+            19 => UringSqpoll,
+            20 => UringCreds,
+            34 => UnixStreamConnect,
+            35 => UnixMaySend,
+            36 => SocketSendmsg,
+            37 => KernelModuleRequest,
             _ => return None,
         })
     }
@@ -193,6 +241,22 @@ impl Hook {
             Bpf => "bpf",
             PathMkdir => "path_mkdir",
             TaskAlloc => "task_alloc",
+            UsernsCreate => "userns_create",
+            PathChroot => "path_chroot",
+            SbPivotroot => "sb_pivotroot",
+            SbUmount => "sb_umount",
+            MmapFile => "mmap_file",
+            PathLink => "path_link",
+            PathSymlink => "path_symlink",
+            PathChmod => "path_chmod",
+            PathChown => "path_chown",
+            TaskNew => "task_newtask",
+            UringSqpoll => "uring_sqpoll",
+            UringCreds => "uring_override_creds",
+            UnixStreamConnect => "unix_stream_connect",
+            UnixMaySend => "unix_may_send",
+            SocketSendmsg => "socket_sendmsg",
+            KernelModuleRequest => "kernel_module_request",
         }
     }
 }
@@ -204,6 +268,10 @@ pub mod class {
     pub const WRITE: u8 = 3;
     pub const DELETE: u8 = 4;
     pub const UNIX: u8 = 5;
+    /// Exact keys `dir\0` for every proper ancestor directory of a file rule's path, valued
+    /// with the strictest rule below it: renaming an ancestor moves every object below.
+    /// (24: from the escape-files numeric range, so that other new classes cannot collide.)
+    pub const ANCESTOR: u8 = 24;
 }
 
 /// Key data of the path LPM trie: `[policy, class, path bytes..., 0]`.
@@ -258,7 +326,24 @@ pub struct PolicyConf {
     /// `fnv1a` of the policy's name; 0 = slot unused. A restarted daemon reads it back from
     /// the pinned map to find which id each named policy has (trees keep their ids).
     pub name_hash: u64,
+    /// Operations that change what a path means, and programs without a name. With no rule
+    /// (`rule == 0`) they are denied for a watched tree whatever `default_action` says
+    /// (`reason::SAFE_DEFAULT`): the policy must allow them explicitly.
+    pub userns: RuleRef,
+    pub chroot: RuleRef,
+    pub pivot_root: RuleRef,
+    pub umount: RuleRef,
+    /// Exec (or PROT_EXEC mapping) of a file with no name left: a memfd, a deleted file.
+    pub exec_anonymous: RuleRef,
+    /// `IO_URING_DENY`: every hooked operation that comes through io_uring is refused.
+    pub io_uring: u8,
+    pub _pad3: [u8; 7],
 }
+
+/// `PolicyConf::io_uring`: io_uring requests are decided by the rules like syscalls.
+pub const IO_URING_ALLOW: u8 = 0;
+/// `PolicyConf::io_uring`: refused (hooked operations from io_uring, SQPOLL setup, personalities).
+pub const IO_URING_DENY: u8 = 1;
 
 /// Most tree selectors the kernel checks.
 pub const MAX_SELECTORS: u32 = 256;
@@ -377,6 +462,25 @@ pub mod reason {
     pub const EXPIRED: u8 = 5;
     /// An ask from a context that cannot be held (io_uring worker): denied at once.
     pub const UNHOLDABLE: u8 = 6;
+    /// An operation that changes what paths mean (user namespace, chroot, pivot_root, mount,
+    /// umount) or runs a program without a name (memfd, deleted file), with no rule allowing
+    /// it: denied for a watched tree whatever the policy's default.
+    pub const SAFE_DEFAULT: u8 = 16;
+    /// The program being executed or mapped executable could not be resolved to a path.
+    pub const EXEC_UNRESOLVED: u8 = 17;
+    /// The object could not be resolved to its global path (too long, too deep, a detached
+    /// mount, a failed `bpf_d_path`): denied for a watched task whatever the rules say.
+    pub const UNRESOLVABLE: u8 = 12;
+    /// A fork refused at the tree's task limit, or a new task that could not be tracked.
+    pub const TREE_LIMIT: u8 = 7;
+    /// The policy refuses io_uring (`io_uring = "deny"`).
+    pub const IO_URING: u8 = 8;
+    /// The socket a unix connect or send reaches could not be resolved to a path (a read of
+    /// its kernel fields failed, or the path did not fit): denied for a watched task.
+    pub const UNRESOLVED_PEER: u8 = 14;
+    /// A ptrace access (attach or read) of a process in another watched tree, with no rule
+    /// that allows it: a tree may trace only inside itself.
+    pub const OTHER_TREE: u8 = 15;
     /// The ring buffer was full: an `audit` or `ask` that could not be recorded was denied
     /// (recorded by the agent from the counter of the same index in `COUNTERS`).
     pub const RING_FULL: u8 = 9;
@@ -624,6 +728,17 @@ pub struct Offsets {
     pub regs_dx: u32,
     pub regs_orig_ax: u32,
     pub _pad: u32,
+    /// `struct mount.mnt_ns` and `struct mnt_namespace.seq` (0 for the anonymous namespace of
+    /// a detached mount tree): where a dentry walk ended.
+    pub mount_mnt_ns: u32,
+    pub mnt_ns_seq: u32,
+    /// `struct unix_sock.path` (the bound path of a unix socket).
+    pub unix_sock_path: u32,
+    /// `struct socket.sk`.
+    pub socket_sk: u32,
+    /// `struct msghdr.msg_name` / `msg_namelen`.
+    pub msghdr_name: u32,
+    pub msghdr_namelen: u32,
 }
 
 /// Sizes of the types that cross the kernel boundary, and so of the maps and ring buffer
@@ -634,7 +749,10 @@ const _: () = {
     assert!(size_of::<PathKey>() == 256);
     assert!(size_of::<RuleRef>() == 8);
     assert!(size_of::<NetRule>() == 40);
-    assert!(size_of::<PolicyConf>() == 56);
+    assert!(size_of::<PolicyConf>() == 104);
+    assert!(offset_of!(PolicyConf, userns) == 56);
+    assert!(offset_of!(PolicyConf, exec_anonymous) == 88);
+    assert!(offset_of!(PolicyConf, io_uring) == 96);
     assert!(offset_of!(PolicyConf, ptrace) == 28);
     assert!(offset_of!(PolicyConf, hold_deadline_ns) == 40);
     assert!(offset_of!(PolicyConf, name_hash) == 48);
@@ -657,7 +775,7 @@ const _: () = {
     assert!(size_of::<Argv>() == 584);
     assert!(offset_of!(Argv, hashes) == 520);
     assert!(size_of::<ArgvRule>() == 48);
-    assert!(size_of::<Offsets>() == 76);
+    assert!(size_of::<Offsets>() == 100);
 };
 
 #[cfg(feature = "user")]

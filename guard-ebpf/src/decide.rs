@@ -10,7 +10,7 @@ use aya_ebpf::{
 use core::ffi::c_void;
 use guard_common::{
     kind, reason, Action, Approved, Event, Hold, Hook, RuleRef, SipHash, Watched, APPROVED_SLOTS, ARG_LEN, EPERM,
-    ERESTARTNOINTR, MAX_ARGS, OBJECT_LEN, SIGSTOP,
+    ERESTARTNOINTR, IO_URING_DENY, MAX_ARGS, OBJECT_LEN, SIGSTOP,
 };
 
 use crate::arch::NR_IO_URING_ENTER;
@@ -183,11 +183,24 @@ fn fill_and_submit(mut entry: RingBufEntry<Event>, s: &Scratch, w: &Watched, op:
     entry.submit(flags);
 }
 
+/// The operation comes through io_uring: from an io-wq worker or the SQPOLL thread (both are
+/// PF_IO_WORKER tasks, tracked into the tree at task_newtask), or inline in io_uring_enter.
+/// Nothing restarts such a request, so it cannot be held.
+#[inline(always)]
+pub fn via_io_uring() -> bool {
+    task_flags() & PF_IO_WORKER != 0 || syscall_nr() == NR_IO_URING_ENTER
+}
+
 /// Applies a matched rule (or the policy default) to the operation described by `op` and `s`.
 #[inline(always)]
 pub fn decide(s: &mut Scratch, w: &Watched, op: &Op, found: RuleRef) -> i32 {
-    // Fail closed: the policy slot always exists; if it ever did not, nothing was decided.
+    // A watched task whose policy slot cannot be read is denied, never allowed (an array
+    // lookup within bounds does not fail: this is the fail-closed branch, not a path).
     let Some(conf) = policy(w) else { return -EPERM };
+    if conf.io_uring == IO_URING_DENY && via_io_uring() {
+        emit(s, w, op, Outcome::decision(Action::Deny as u8, reason::IO_URING, found.rule, 0));
+        return -EPERM;
+    }
     let (action, rule, reason) = if found.rule != 0 {
         (found.action, found.rule, reason::RULE)
     } else {
@@ -291,7 +304,7 @@ fn hold(s: &mut Scratch, w: &Watched, op: &Op, rule: u32, deadline_ns: u64) -> i
     }
 
     let unholdable = Outcome::decision(Action::Deny as u8, reason::UNHOLDABLE, rule, hash);
-    if !op.holdable || task_flags() & PF_IO_WORKER != 0 || syscall_nr() == NR_IO_URING_ENTER {
+    if !op.holdable || via_io_uring() {
         emit(s, w, op, unholdable);
         return -EPERM;
     }

@@ -22,7 +22,9 @@
 //! - [`resolve`]: the object of an operation (path by `bpf_d_path` or a dentry walk) and the
 //!   path rule lookup;
 //! - [`decide`]: rule or default -> allow, deny, record or hold; events on the ring buffer;
-//! - [`tree`]: which tasks are watched (fork, exec, exit, the task limit);
+//! - [`tree`]: which tasks are watched (every new task incl. io_uring threads, exec, exit, the
+//!   task limit);
+//! - [`uring`]: io_uring's own hooks (SQPOLL, personalities) for `io_uring = "deny"`;
 //! - [`select`]: selectors that start a new tree at an exec;
 //! - [`argv`]: argv capture at exec and the exec rules with argv conditions;
 //! - [`hooks`]: the LSM programs, one module per family (exec, files, network, privileged).
@@ -43,6 +45,7 @@ mod resolve;
 mod select;
 mod task;
 mod tree;
+mod uring;
 
 #[link_section = "license"]
 #[no_mangle]

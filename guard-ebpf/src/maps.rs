@@ -12,14 +12,26 @@ use guard_common::{
 
 use crate::task::current_tid;
 
+/// Index in `TASK_COUNT` of the host-wide reservation count.
+pub const RESERVED_SLOT: u32 = 1;
+
 /// `BPF_F_NO_PREALLOC`: hash map entries allocated on insert.
 const BPF_F_NO_PREALLOC: u32 = 1;
 
 #[map]
 pub static WATCHED: HashMap<u32, Watched> = HashMap::with_max_entries(WATCHED_CAPACITY, 0);
-/// [0] = entries in WATCHED, kept with every insert and remove.
+/// [0] = entries in WATCHED, kept with every insert and remove; [`RESERVED_SLOT`] = task slots
+/// reserved by all trees (see `tree::reserve`).
 #[map]
-pub static TASK_COUNT: Array<u64> = Array::with_max_entries(1, 0);
+pub static TASK_COUNT: Array<u64> = Array::with_max_entries(2, 0);
+/// Task slots each tree holds, by the tree's root (tasks allocated in it and not yet freed).
+/// Entries are not removed: a count is only ever changed by atomic adds.
+#[map]
+pub static TREE_TASKS: HashMap<u32, u64> = HashMap::with_max_entries(WATCHED_CAPACITY, BPF_F_NO_PREALLOC);
+/// The tree (root) each reserved task was counted against, by the task_struct's address, from
+/// task_alloc to task_free.
+#[map]
+pub static RESERVED: HashMap<u64, u32> = HashMap::with_max_entries(WATCHED_CAPACITY, 0);
 #[map]
 pub static PATH_RULES: LpmTrie<PathKey, RuleRef> = LpmTrie::with_max_entries(8192, 0);
 #[map]

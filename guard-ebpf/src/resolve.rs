@@ -3,9 +3,10 @@
 //! without one, and the path rule lookup.
 use aya_ebpf::helpers::generated::{bpf_d_path, bpf_probe_read_kernel};
 use core::ffi::c_void;
-use guard_common::{RuleRef, OBJECT_LEN, PATH_LEN};
+use guard_common::{reason, Action, RuleRef, Watched, EPERM, OBJECT_LEN, PATH_LEN};
 
 use crate::arch::{QSTR_LEN, QSTR_NAME};
+use crate::decide::{emit, Op, Outcome};
 use crate::maps::{Scratch, BUF_LEN, PATH_RULES, WALK_END};
 use crate::task::{off, offsets, read_kernel};
 
@@ -50,7 +51,15 @@ pub unsafe fn file_path_into(s: &mut Scratch, file: *const u8) -> bool {
 }
 
 /// Builds the absolute path of `dentry` in mount `vfsmnt` into `s.buf` by walking d_parent and
-/// crossing mount points. Used where the kernel refuses `bpf_d_path` (the path_* hooks).
+/// crossing mount points. Used where the kernel refuses `bpf_d_path` (the path_* hooks), and
+/// for opens and execs, because it is the *global* path: it ignores the task's root (chroot)
+/// and goes up to the top of the mount tree.
+///
+/// Always leaves a path (possibly a tail) in `s.buf` for the record, and says in
+/// `s.truncated` whether it is the object's whole global path: 0 yes; 1 the path was longer
+/// than the buffer or deeper than MAX_DEPTH (never to be matched on its tail); 2 the walk
+/// ended at the root of a detached or internal mount, not of a mount namespace. See
+/// [`unresolved`].
 ///
 /// # Safety
 /// `vfsmnt` and `dentry` must be kernel pointers a hook received (every read of them goes
@@ -66,7 +75,8 @@ pub unsafe fn walk_into(s: &mut Scratch, vfsmnt: *const u8, dentry: *const u8) -
         core::ptr::write_volatile(&mut (*sp).pos, WALK_END);
         core::ptr::write_volatile(&mut (*sp).dentry, dentry as u64);
         core::ptr::write_volatile(&mut (*sp).mnt, (vfsmnt as u64).wrapping_sub(off(&o.mount_mnt) as u64));
-        core::ptr::write_volatile(&mut (*sp).truncated, 0);
+        // 1 until the walk reaches a root: a walk that runs out of depth is unresolvable.
+        core::ptr::write_volatile(&mut (*sp).truncated, 1);
         s.walk[WALK_END as usize] = 0;
         for _ in 0..MAX_DEPTH {
             let d = core::ptr::read_volatile(&(*sp).dentry) as *const u8;
@@ -76,6 +86,15 @@ pub unsafe fn walk_into(s: &mut Scratch, vfsmnt: *const u8, dentry: *const u8) -
             if d as u64 == mnt_root || d as u64 == parent {
                 let mparent: u64 = read_kernel(m.add(off(&o.mount_parent)));
                 if mparent == m as u64 || mparent == 0 {
+                    // The top of the mount tree. It is a real namespace's root only if that
+                    // namespace has a sequence number: a detached tree (open_tree with
+                    // OPEN_TREE_CLONE, fsmount) has an anonymous namespace (seq 0), and the
+                    // kernel's internal mounts (pipes, sockets, memfd) a pointer that does not
+                    // read. A path there is not a global path: `truncated` = 2.
+                    let ns: u64 = read_kernel(m.add(off(&o.mount_mnt_ns)));
+                    let seq: u64 = read_kernel((ns as *const u8).add(off(&o.mnt_ns_seq)));
+                    let state = if seq == 0 { 2 } else { 0 };
+                    core::ptr::write_volatile(&mut (*sp).truncated, state);
                     break;
                 }
                 let mp: u64 = read_kernel(m.add(off(&o.mount_mountpoint)));
@@ -181,4 +200,86 @@ pub fn label(s: &mut Scratch, text: &[u8]) {
     s.buf[i & BUF_MASK as usize] = 0;
     s.len = i as u64;
     s.truncated = 0;
+}
+
+/// What d_path appends to the path of a file with no name left (unlinked, or a memfd).
+const DELETED: &[u8; 10] = b" (deleted)";
+
+/// Whether the path in `s.buf` is that of a file with no name left. d_path appends
+/// " (deleted)" to an unlinked dentry (memfds are created unlinked); a file really named
+/// "x (deleted)" is also taken for one, which only ever denies more where it decides exec.
+#[inline(always)]
+pub fn anonymous(s: &Scratch) -> bool {
+    let len = s.len as usize;
+    if len < DELETED.len() || len >= BUF_LEN {
+        return false;
+    }
+    let start = len - DELETED.len();
+    let mut i = 0;
+    while i < DELETED.len() {
+        if s.buf[(start + i) & (BUF_LEN - 1)] != DELETED[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Whether the last walk failed to give the object's whole global path (see [`walk_into`]).
+#[inline(always)]
+pub fn unresolved(s: &Scratch) -> bool {
+    s.truncated != 0
+}
+
+/// Denies an operation whose object could not be resolved, and records it as `unresolvable`:
+/// a watched task never gets an allow because a path was too long, too deep, on a detached
+/// mount, or because `bpf_d_path` failed. Whatever the walk left in `s.buf` is the record's
+/// object (at worst a tail, marked truncated).
+#[inline(always)]
+pub fn unresolvable(s: &mut Scratch, w: &Watched, op: &Op) -> i32 {
+    if s.truncated == 0 {
+        s.truncated = 1;
+    }
+    emit(s, w, op, Outcome::decision(Action::Deny as u8, reason::UNRESOLVABLE, 0, 0));
+    -EPERM
+}
+
+/// Resolves the object of an open or exec (`file`, a `struct file *` the kernel gave the hook)
+/// to its global path. Returns false when it cannot: then the caller denies with
+/// [`unresolvable`].
+///
+/// The dentry walk gives the global path even for a task in a chroot (bpf_d_path would give
+/// the chroot-relative one). Where the walk ends outside every mount namespace the object is
+/// either a pseudo-file without a path (a pipe or socket reopened through /proc/self/fd:
+/// bpf_d_path names it `pipe:[N]`, which no path rule can name, so the rules and default
+/// decide as before) or a file reached through a detached mount or an internal filesystem
+/// (bpf_d_path gives something starting with '/', which would be matched as if it were a
+/// global path): unresolvable.
+///
+/// # Safety
+/// As [`d_path_into`]: `file` is a file the kernel gave this hook, and the hook is on
+/// bpf_d_path's allow list.
+#[inline(always)]
+pub unsafe fn file_object(s: &mut Scratch, file: *const u8) -> bool {
+    // SAFETY: `f_path` is inside the file, by the offset the kernel's BTF gave; the walk reads
+    // through bpf_probe_read_kernel only; bpf_d_path's contract is the caller's.
+    unsafe {
+        walk_path_into(s, file.add(off(&offsets().file_f_path)));
+        if s.truncated != 2 {
+            return s.truncated == 0;
+        }
+        if !file_path_into(s, file) {
+            s.truncated = 2;
+            return false;
+        }
+    }
+    // A file with no name left (a memfd, reopened through /proc/self/fd, as an interpreter does
+    // for a script run from a memfd) is its own anonymous object, not a name of some other one:
+    // decided by its d_path name ("/memfd:x (deleted)", which only a "/" rule matches), as a
+    // pipe is. Running one is decided by `exec_anonymous` at bprm_check_security.
+    if s.buf[0] == b'/' && !anonymous(s) {
+        s.truncated = 2;
+        return false;
+    }
+    true
 }

@@ -29,12 +29,24 @@ static OFFSETS: Offsets = Offsets {
     regs_dx: 0,
     regs_orig_ax: 0,
     _pad: 0,
+    mount_mnt_ns: 0,
+    mnt_ns_seq: 0,
+    unix_sock_path: 0,
+    socket_sk: 0,
+    msghdr_name: 0,
+    msghdr_namelen: 0,
 };
 
-/// Upper bound of tasks in all watched trees, set by the agent below WATCHED's capacity: a
-/// fork past it is refused (task_alloc), so no child can escape because the map is full.
+/// Upper bound of tasks reserved by all watched trees, set by the agent below WATCHED's
+/// capacity: a fork past it is refused (task_alloc), so no child can escape because the map is
+/// full.
 #[no_mangle]
 static MAX_TASKS: u64 = 0;
+
+/// Upper bound of tasks in one tree (`--max-tree-tasks`), so one tree cannot use up another's
+/// budget.
+#[no_mangle]
+static MAX_TREE_TASKS: u64 = 0;
 
 /// Task flag of io_uring worker threads: a hold there cannot restart anything.
 pub const PF_IO_WORKER: u32 = 0x10;
@@ -57,6 +69,13 @@ pub fn offsets() -> &'static Offsets {
 pub fn max_tasks() -> u64 {
     // SAFETY: a reference to a static: valid and aligned. Volatile for the reason given at `off`.
     unsafe { core::ptr::read_volatile(&MAX_TASKS) }
+}
+
+/// The per-tree task limit the agent set (see `MAX_TREE_TASKS`).
+#[inline(always)]
+pub fn max_tree_tasks() -> u64 {
+    // SAFETY: a reference to a static: valid and aligned. Volatile for the reason given at `off`.
+    unsafe { core::ptr::read_volatile(&MAX_TREE_TASKS) }
 }
 
 /// Reads a `T` from kernel memory at `src` with `bpf_probe_read_kernel`; all zeros if the read

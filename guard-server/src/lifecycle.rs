@@ -278,18 +278,7 @@ mod tests {
             ..Default::default()
         };
         let submit = SubmitRequest { operation: Some(operation), timeout_seconds: 30, hold_key: String::new() };
-        let new = plan_submit(&policy(), "h1", "r1".into(), submit, NOW);
-        Request {
-            id: new.id,
-            host: new.host,
-            operation: Some(new.operation),
-            state: State::Pending as i32,
-            created_ms: new.created_ms,
-            expires_ms: new.expires_ms,
-            approvals_required: new.approvals_required,
-            eligible_approvers: new.eligible_approvers,
-            ..Default::default()
-        }
+        plan_submit(&policy(), "h1", "r1".into(), submit, NOW).pending()
     }
 
     fn approve(grant_seconds: u64) -> ReviewRequest {

@@ -10,9 +10,17 @@ mod bench;
 mod daemon_tests;
 mod demo;
 mod escape_decide;
+mod escape_files;
+mod escape_net;
+mod escape_ns;
+mod escape_uring;
 mod harness;
 mod ops;
 mod ops_decide;
+mod ops_files;
+mod ops_net;
+mod ops_ns;
+mod ops_uring;
 mod server_tests;
 
 use anyhow::{ensure, Context, Result};
@@ -96,7 +104,11 @@ fn run_tests() -> i32 {
     let trials = TESTS
         .iter()
         .chain(daemon_tests::TESTS)
+        .chain(escape_ns::TESTS)
+        .chain(escape_files::TESTS)
         .chain(server_tests::TESTS)
+        .chain(escape_uring::TESTS)
+        .chain(escape_net::TESTS)
         .chain(escape_decide::TESTS)
         .map(|&(name, test)| Trial::ignorable_test(name, move || run_one(name, test)))
         .collect();
@@ -374,6 +386,7 @@ fn privileged_policy(action: &str) -> String {
     for (name, m) in [
         ("time", "capability = \"CAP_SYS_TIME\""),
         ("mounts", "mount = true"),
+        ("umounts", "umount = true"),
         ("modules", "module = true"),
         ("bpf", "bpf = true"),
         ("ptrace", "ptrace = true"),
@@ -477,6 +490,10 @@ name = "ask-mount"
 action = "ask"
 mount = true
 [[rule]]
+name = "umount-ok"
+action = "allow"
+umount = true
+[[rule]]
 name = "ask-module"
 action = "ask"
 module = true
@@ -501,7 +518,7 @@ fn held_ops(l: &Listeners, outsider: u32) -> Vec<(&'static str, String)> {
         ("path_unlink", "unlink /tmp/t/askd/a".into()),
         ("bprm_check_security", "exec /tmp/t/bin/held-tool true".into()),
         ("socket_connect", format!("connect 127.0.0.1:{}", l.tcp4[0])),
-        ("socket_connect", "connect-unix /tmp/t/allowed.sock".into()),
+        ("unix_stream_connect", "connect-unix /tmp/t/allowed.sock".into()),
         ("sb_mount", "mount /tmp/t/mnt".into()),
         ("kernel_read_file", format!("module {module}")),
         ("bpf", "bpf".into()),

@@ -30,7 +30,7 @@ fn io_errno(e: std::io::Error) -> Errno {
     Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
-fn cstr(s: &str) -> CString {
+pub(crate) fn cstr(s: &str) -> CString {
     CString::new(s).expect("no NUL in test paths")
 }
 
@@ -65,6 +65,9 @@ fn connect_unix(path: &str) -> Result<(), Errno> {
 pub fn run(args: &[String]) -> i32 {
     let a = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
     let op = args.join(" ");
+    if let Some(r) = crate::ops_net::run(args) {
+        return report(&op, r);
+    }
     let r = match a(0) {
         "open-read" => open(a(1), libc::O_RDONLY),
         "open-write" => open(a(1), libc::O_WRONLY),
@@ -143,11 +146,18 @@ pub fn run(args: &[String]) -> i32 {
         "fork-wide" => return fork_wide(a(1).parse().unwrap_or(10)),
         "redirect-open" => redirect_open(a(1), a(2)),
         "uring-open" => io_uring_open(a(1)),
+        "uring" => crate::ops_uring::run(&args[1..]),
+        "fork-hold" => return crate::ops_uring::fork_hold(a(1).parse().unwrap_or(10), a(2)),
+        "fork-burst" => {
+            return crate::ops_uring::fork_burst(a(1).parse().unwrap_or(8), a(2).parse().unwrap_or(50), a(3))
+        }
         "sleep" => {
             std::thread::sleep(Duration::from_millis(a(1).parse().unwrap_or(100)));
             Ok(())
         }
         dec if dec.starts_with("dec-") => return crate::ops_decide::run(args),
+        ns if crate::ops_ns::OPS.contains(&ns) => return crate::ops_ns::run(args),
+        op if crate::ops_files::OPS.contains(&op) => crate::ops_files::run(args),
         other => {
             eprintln!("guard-e2e do: unknown op {other:?}");
             return 2;
@@ -274,74 +284,14 @@ fn redirect_open(first: &str, second: &str) -> Result<(), Errno> {
 /// if execv fails, and closes empty if it succeeded (whatever the program then does).
 fn exec_child(argv: &[String]) -> Result<(), Errno> {
     let argv: Vec<CString> = argv.iter().map(|s| cstr(s)).collect();
-    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    // SAFETY: the child only execs, writes to a pipe and calls _exit.
-    match unsafe { nix::unistd::fork() }? {
-        nix::unistd::ForkResult::Child => {
-            drop(rd);
-            let e = nix::unistd::execv(&argv[0], &argv).unwrap_err() as i32;
-            let mut f = std::fs::File::from(wr);
-            f.write_all(&e.to_ne_bytes()).ok();
-            // SAFETY: _exit ends the forked child without running the parent's destructors.
-            unsafe { libc::_exit(127) };
-        }
-        nix::unistd::ForkResult::Parent { child } => {
-            drop(wr);
-            let mut buf = Vec::new();
-            std::io::Read::read_to_end(&mut std::fs::File::from(rd), &mut buf).ok();
-            nix::sys::wait::waitpid(child, None).ok();
-            match buf.get(..4) {
-                Some(b) => Err(Errno::from_raw(i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))),
-                None => Ok(()),
-            }
-        }
-    }
+    crate::ops_ns::spawn_exec(|| nix::unistd::execv(&argv[0], &argv).unwrap_err())
 }
 
 /// One IORING_OP_OPENAT through a raw io_uring (no liburing in the VM). The hook runs inside
 /// io_uring_enter or an io-wq worker, where a hold cannot restart anything: guard must decide
 /// at once.
 pub fn io_uring_open(path: &str) -> Result<(), Errno> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct SqOff {
-        head: u32,
-        tail: u32,
-        ring_mask: u32,
-        ring_entries: u32,
-        flags: u32,
-        dropped: u32,
-        array: u32,
-        resv1: u32,
-        user_addr: u64,
-    }
-    #[repr(C)]
-    #[derive(Default)]
-    struct CqOff {
-        head: u32,
-        tail: u32,
-        ring_mask: u32,
-        ring_entries: u32,
-        overflow: u32,
-        cqes: u32,
-        flags: u32,
-        resv1: u32,
-        user_addr: u64,
-    }
-    #[repr(C)]
-    #[derive(Default)]
-    struct Params {
-        sq_entries: u32,
-        cq_entries: u32,
-        flags: u32,
-        sq_thread_cpu: u32,
-        sq_thread_idle: u32,
-        features: u32,
-        wq_fd: u32,
-        resv: [u32; 3],
-        sq_off: SqOff,
-        cq_off: CqOff,
-    }
+    use crate::ops_uring::Params;
     let mut p = Params::default();
     // SAFETY: p is a valid, writable io_uring_params of the layout the kernel expects.
     let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4, &mut p as *mut Params) };

@@ -41,9 +41,10 @@ pub struct Central {
     pub guest_env: Vec<(String, String)>,
 }
 
-/// Starts the services; `guest_env` tells the guest where they are.
-pub fn start(with_postgres: bool) -> Result<Central> {
-    let dir = workspace_root().join("target/central");
+/// Starts the services in `target/central/NAME` (one directory per concurrent run: the two
+/// kernels' suites run side by side); `guest_env` tells the guest where they are.
+pub fn start(name: &str, with_postgres: bool) -> Result<Central> {
+    let dir = workspace_root().join("target/central").join(name);
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let server = services::server_binary()?;

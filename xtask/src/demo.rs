@@ -19,7 +19,7 @@ use std::time::Duration;
 pub fn run(kernel: Series, interactive: bool) -> Result<u8> {
     setup::run()?;
     compile::build()?;
-    let central = central::start(false)?;
+    let central = central::start("demo", false)?;
     let ctl = Ctl::new(&central);
     let done = Arc::new(AtomicBool::new(false));
     let approver = {
@@ -35,6 +35,7 @@ pub fn run(kernel: Series, interactive: bool) -> Result<u8> {
         no_build: true,
         cmd: vec!["/bin/guard-e2e".into(), "demo".into()],
         env: central.guest_env.clone(),
+        label: None,
     };
     let code = vm::run(&args);
     done.store(true, Ordering::SeqCst);

@@ -35,7 +35,14 @@ pub fn run(args: &TestArgs) -> Result<u8> {
         Some(k) => vec![k],
         None => Series::ALL.to_vec(),
     };
-    let results: Vec<(Series, KernelRun)> = kernels.into_iter().map(|k| (k, run_kernel(k, &args.e2e_args))).collect();
+    // The kernels run side by side, one single-CPU VM each: the suite's wall time is the
+    // slower kernel's, not the sum (CI has 2 cores).
+    let label = |k: Series| (kernels.len() > 1).then(|| format!("[{}] ", k.name()));
+    let results: Vec<(Series, KernelRun)> = std::thread::scope(|s| {
+        let runs: Vec<_> =
+            kernels.iter().map(|&k| (k, s.spawn(move || run_kernel(k, &args.e2e_args, label(k))))).collect();
+        runs.into_iter().map(|(k, h)| (k, h.join().expect("a kernel's run panicked"))).collect()
+    });
     Ok(summarize(&results))
 }
 
@@ -71,14 +78,14 @@ fn parse_guest_tests(console: &str) -> Option<GuestTests> {
 }
 
 /// One kernel's e2e run; a guest kernel crash earns one retry.
-fn run_kernel(series: Series, e2e_args: &[String]) -> KernelRun {
+fn run_kernel(series: Series, e2e_args: &[String], label: Option<String>) -> KernelRun {
     let mut cmd = vec![E2E.to_owned()];
     // /cmd is shell text, so quote the filter arguments to pass them verbatim.
     cmd.extend(e2e_args.iter().map(|a| sh_quote(a)));
     let failed = |why: String| KernelRun { outcome: Err(why), tests: None };
     for attempt in 1..=2 {
         // Fresh services per boot: a retried kernel must not see the first attempt's requests.
-        let central = match central::start(true) {
+        let central = match central::start(series.name(), true) {
             Ok(c) => c,
             Err(e) => return failed(format!("starting guard-server on the host: {e:#}")),
         };
@@ -91,6 +98,7 @@ fn run_kernel(series: Series, e2e_args: &[String]) -> KernelRun {
             no_build: true,
             cmd: cmd.clone(),
             env: central.guest_env.clone(),
+            label: label.clone(),
         };
         eprintln!("xtask: e2e on kernel {} (attempt {attempt})", series.name());
         match vm::run_with_console(&vm_args) {

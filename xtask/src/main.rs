@@ -119,5 +119,6 @@ fn in_vm(kernel: kernel::Series, smp: u32, cmd: Vec<String>, timeout: u64) -> Re
         no_build: true,
         cmd,
         env: Vec::new(),
+        label: None,
     })
 }

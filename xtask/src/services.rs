@@ -196,28 +196,22 @@ pub fn wait_for_line(log: &Path, needle: &str, name: &str, child: &mut Child) ->
     }
 }
 
-/// `cargo build --release --bins` of `packages` (every workspace member when empty), with
-/// guard-server built by a cargo run of its own, with its `testing` feature (which gates
-/// `dev-postgres`) when its manifest declares one, so this also works for a guard-server
-/// without it, for which cargo would refuse the flag. Its own run because guard-server has a
-/// dev-dependency on itself with `testing`: in a `--workspace` build,
-/// `--features guard-server/testing` names that dependency and the binary comes out without
-/// the feature.
+/// `cargo build --release --bins` of `packages` (every workspace member when empty) in one
+/// cargo run, so every dependency is built once with one set of features, with guard-server's
+/// `testing` feature (which gates `dev-postgres`). guard-server's own tests reach that feature
+/// through a self dev-dependency renamed `guard-server-testing`: under its plain name,
+/// `--features guard-server/testing` would name that dependency instead of the package.
 pub fn build_release_binaries(packages: &[&str]) -> Result<()> {
-    let root = workspace_root();
-    let mut rest = Command::new("cargo");
-    rest.args(["build", "--release", "--bins"]).current_dir(&root);
+    let mut build = Command::new("cargo");
+    build.args(["build", "--release", "--bins", "--features", "guard-server/testing"]).current_dir(workspace_root());
     if packages.is_empty() {
         // guard-ebpf's host build is only a stub (it is built for bpfel by build_ebpf).
-        rest.args(["--workspace", "--exclude", "guard-server", "--exclude", "guard-ebpf"]);
+        build.args(["--workspace", "--exclude", "guard-ebpf"]);
     }
-    for p in packages.iter().filter(|p| **p != "guard-server") {
-        rest.args(["-p", p]);
+    for p in packages {
+        build.args(["-p", p]);
     }
-    util::run(&mut rest)?;
-    let mut server = Command::new("cargo");
-    server.args(["build", "--release", "--bins", "-p", "guard-server", "--features", "testing"]).current_dir(&root);
-    util::run(&mut server)
+    util::run(&mut build)
 }
 
 #[cfg(test)]

@@ -39,6 +39,9 @@ pub struct VmArgs {
     /// guest gets too): how the host's services tell the guest where they are.
     #[arg(skip)]
     pub env: Vec<(String, String)>,
+    /// Put before each console line (`[6.1] `): when two VMs share one terminal.
+    #[arg(skip)]
+    pub label: Option<String>,
 }
 
 /// The guest kernel crashed (Oops, panic, lockup, BUG). Distinct so `test`
@@ -74,7 +77,7 @@ pub fn run_with_console(args: &VmArgs) -> Result<(u8, String)> {
     eprintln!("xtask: booting {} (smp {}, timeout {}s)", kernel.package, args.smp, args.timeout);
     let mut qemu = qemu_command(args, &kernel, &initrd, &log)?;
     let timeout = Duration::from_secs(args.timeout);
-    let finished = stream(&mut qemu, &log, timeout)?;
+    let finished = stream(&mut qemu, &log, timeout, args.label.as_deref())?;
     let text = fs::read_to_string(&log).unwrap_or_default();
     if let Some(status) = finished.filter(|s| !s.success() && text.is_empty()) {
         bail!("QEMU failed to start ({status}; see its messages above){}", forward_hint(&args.forward));
@@ -185,9 +188,9 @@ pub fn relay(port: u16) -> Result<u8> {
 
 /// Copies the serial log to stdout as it grows until QEMU exits (Some(status))
 /// or the timeout passes (None; QEMU is killed).
-fn stream(qemu: &mut Child, log: &Path, timeout: Duration) -> Result<Option<ExitStatus>> {
+fn stream(qemu: &mut Child, log: &Path, timeout: Duration, label: Option<&str>) -> Result<Option<ExitStatus>> {
     let deadline = Instant::now() + timeout;
-    let mut tail = Tail::new(log.to_path_buf());
+    let mut tail = Tail::new(log.to_path_buf(), label);
     loop {
         tail.pump()?;
         if let Some(status) = qemu.try_wait()? {
@@ -204,16 +207,19 @@ fn stream(qemu: &mut Child, log: &Path, timeout: Duration) -> Result<Option<Exit
     }
 }
 
-/// Follows a file that may not exist yet.
-struct Tail {
+/// Follows a file that may not exist yet. With a label, whole lines only, each labelled, so
+/// two VMs' consoles can share stdout.
+struct Tail<'a> {
     path: PathBuf,
     file: Option<File>,
     pos: u64,
+    label: Option<&'a str>,
+    partial: Vec<u8>,
 }
 
-impl Tail {
-    fn new(path: PathBuf) -> Self {
-        Tail { path, file: None, pos: 0 }
+impl<'a> Tail<'a> {
+    fn new(path: PathBuf, label: Option<&'a str>) -> Self {
+        Tail { path, file: None, pos: 0, label, partial: Vec::new() }
     }
 
     fn pump(&mut self) -> Result<()> {
@@ -229,7 +235,18 @@ impl Tail {
         // The serial console emits CRLF; CI logs read better without the CRs.
         buf.retain(|&b| b != b'\r');
         let mut out = std::io::stdout().lock();
-        out.write_all(&buf)?;
+        match self.label {
+            None => out.write_all(&buf)?,
+            Some(label) => {
+                self.partial.extend_from_slice(&buf);
+                let Some(end) = self.partial.iter().rposition(|&b| b == b'\n') else { return Ok(()) };
+                let whole: Vec<u8> = self.partial.drain(..=end).collect();
+                for line in whole.split_inclusive(|&b| b == b'\n') {
+                    out.write_all(label.as_bytes())?;
+                    out.write_all(line)?;
+                }
+            }
+        }
         out.flush()?;
         Ok(())
     }

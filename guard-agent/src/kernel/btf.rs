@@ -176,6 +176,16 @@ impl Btf {
             regs_dx: self.offset("pt_regs", "dx")?,
             regs_orig_ax: self.offset("pt_regs", "orig_ax")?,
             _pad: 0,
+            mount_mnt_ns: self.offset("mount", "mnt_ns")?,
+            // 0 for anonymous namespaces: `seq` up to 6.17, `ns.ns_id` from 6.18 on.
+            mnt_ns_seq: match self.offset("mnt_namespace", "seq") {
+                Ok(o) => o,
+                Err(_) => self.offset("mnt_namespace", "ns")? + self.offset("ns_common", "ns_id")?,
+            },
+            unix_sock_path: self.offset("unix_sock", "path")?,
+            socket_sk: self.offset("socket", "sk")?,
+            msghdr_name: self.offset("msghdr", "msg_name")?,
+            msghdr_namelen: self.offset("msghdr", "msg_namelen")?,
         })
     }
 }

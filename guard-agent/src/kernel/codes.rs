@@ -24,6 +24,22 @@ pub fn hook(code: u8) -> Option<Hook> {
         KHook::Ptrace => Hook::PtraceAccessCheck,
         KHook::Bpf => Hook::Bpf,
         KHook::TaskAlloc => Hook::TaskAlloc,
+        KHook::UsernsCreate => Hook::UsernsCreate,
+        KHook::PathChroot => Hook::PathChroot,
+        KHook::SbPivotroot => Hook::SbPivotroot,
+        KHook::SbUmount => Hook::SbUmount,
+        KHook::MmapFile => Hook::MmapFile,
+        KHook::PathLink => Hook::PathLink,
+        KHook::PathSymlink => Hook::PathSymlink,
+        KHook::PathChmod => Hook::PathChmod,
+        KHook::PathChown => Hook::PathChown,
+        KHook::TaskNew => Hook::TaskNewtask,
+        KHook::UringSqpoll => Hook::UringSqpoll,
+        KHook::UringCreds => Hook::UringOverrideCreds,
+        KHook::UnixStreamConnect => Hook::UnixStreamConnect,
+        KHook::UnixMaySend => Hook::UnixMaySend,
+        KHook::SocketSendmsg => Hook::SocketSendmsg,
+        KHook::KernelModuleRequest => Hook::KernelModuleRequest,
     })
 }
 
@@ -51,6 +67,13 @@ pub fn reason(code: u8) -> Option<Reason> {
         reason::DENIED => Reason::Denied,
         reason::EXPIRED => Reason::Expired,
         reason::UNHOLDABLE => Reason::Unholdable,
+        reason::SAFE_DEFAULT => Reason::SafeDefault,
+        reason::EXEC_UNRESOLVED => Reason::ExecUnresolved,
+        reason::UNRESOLVABLE => Reason::Unresolvable,
+        reason::TREE_LIMIT => Reason::TreeLimit,
+        reason::IO_URING => Reason::IoUring,
+        reason::UNRESOLVED_PEER => Reason::UnresolvedPeer,
+        reason::OTHER_TREE => Reason::OtherTree,
         reason::RING_FULL => Reason::RingFull,
         reason::HOLD_TABLE_FULL => Reason::HoldTableFull,
         reason::ARGV_UNREADABLE => Reason::ArgvUnreadable,
@@ -67,6 +90,13 @@ pub fn decision(action_code: u8, reason_code: u8) -> Decision {
             reason::DENIED
                 | reason::EXPIRED
                 | reason::UNHOLDABLE
+                | reason::SAFE_DEFAULT
+                | reason::EXEC_UNRESOLVED
+                | reason::UNRESOLVABLE
+                | reason::TREE_LIMIT
+                | reason::IO_URING
+                | reason::UNRESOLVED_PEER
+                | reason::OTHER_TREE
                 | reason::RING_FULL
                 | reason::HOLD_TABLE_FULL
                 | reason::ARGV_UNREADABLE
@@ -89,7 +119,9 @@ pub fn access(hook_code: u8, aux: u64) -> Option<&'static str> {
         KHook::FileOpen if aux & FMODE_READ != 0 => Some("read"),
         KHook::PathMknod | KHook::PathMkdir => Some("create"),
         KHook::PathUnlink | KHook::PathRmdir => Some("delete"),
-        KHook::PathTruncate => Some("write"),
+        KHook::PathTruncate | KHook::PathLink | KHook::PathSymlink | KHook::PathChmod | KHook::PathChown => {
+            Some("write")
+        }
         // The kernel puts the side in aux: the source is a delete, the target a write.
         KHook::PathRename if aux == class::DELETE as u64 => Some("delete"),
         KHook::PathRename if aux == class::WRITE as u64 => Some("write"),
@@ -103,7 +135,7 @@ mod tests {
 
     #[test]
     fn every_kernel_hook_has_its_audit_name() {
-        for code in 1..=17u8 {
+        for code in (1..=20u8).chain(24..=27).chain(34..=37).chain(42..=46) {
             let k = KHook::from_u8(code).unwrap();
             assert_eq!(hook(code).unwrap().name(), k.name(), "code {code}");
         }
@@ -117,7 +149,11 @@ mod tests {
         assert_eq!(decision(KAction::Ask as u8, reason::EXPIRED), Decision::Deny);
         assert_eq!(decision(KAction::Deny as u8, reason::DEFAULT), Decision::Deny);
         assert_eq!(reason(reason::UNHOLDABLE), Some(Reason::Unholdable));
+        assert_eq!(reason(reason::UNRESOLVABLE), Some(Reason::Unresolvable));
+        assert_eq!(decision(KAction::Allow as u8, reason::UNRESOLVABLE), Decision::Deny);
         assert_eq!(reason(99), None);
+        assert_eq!(reason(reason::UNRESOLVED_PEER), Some(Reason::UnresolvedPeer));
+        assert_eq!(decision(KAction::Deny as u8, reason::OTHER_TREE), Decision::Deny);
         assert_eq!(access(KHook::FileOpen as u8, 1), Some("read"));
         assert_eq!(access(KHook::FileOpen as u8, 3), Some("write"));
         assert_eq!(access(KHook::PathUnlink as u8, 0), Some("delete"));

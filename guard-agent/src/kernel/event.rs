@@ -21,7 +21,8 @@ fn c_str(bytes: &[u8]) -> String {
 /// The object of an event, as people read it: a path, "addr:port", "@abstract" or a label.
 pub fn object_text(e: &Event) -> String {
     let o = &e.object;
-    if e.hook == Hook::Connect as u8 && (o[0] == 2 || o[0] == 10) {
+    let is_connect = e.hook == Hook::Connect as u8 || e.hook == Hook::SocketSendmsg as u8;
+    if is_connect && (o[0] == 2 || o[0] == 10) {
         let port = u16::from_be_bytes([o[2], o[3]]);
         let mut a = [0u8; 16];
         a.copy_from_slice(&o[4..20]);
@@ -38,7 +39,9 @@ pub fn object_text(e: &Event) -> String {
             .map(|c| c.to_string())
             .unwrap_or(format!("capability {}", e.aux));
     } else if e.hook == Hook::Ptrace as u8 {
-        s = format!("ptrace pid {}", e.aux);
+        // The kernel labels the mode: "ptrace attach" or "ptrace read".
+        let mode = if s.starts_with("ptrace ") { s.as_str() } else { "ptrace" };
+        s = format!("{mode} pid {}", e.aux);
     }
     if e.truncated != 0 {
         s.push_str("...");

@@ -196,6 +196,13 @@ impl KernelMaps for Kernel {
             _pad2: [0; 4],
             hold_deadline_ns: (policy.ask_timeout + KERNEL_GRACE).as_nanos() as u64,
             name_hash: 0,
+            userns: c.userns.unwrap_or(none),
+            chroot: c.chroot.unwrap_or(none),
+            pivot_root: c.pivot_root.unwrap_or(none),
+            umount: c.umount.unwrap_or(none),
+            exec_anonymous: c.exec_anonymous.unwrap_or(none),
+            io_uring: if policy.io_uring_deny { guard_common::IO_URING_DENY } else { guard_common::IO_URING_ALLOW },
+            _pad3: [0; 7],
         };
         self.policies.set(id as u32, conf, 0).context("writing the policy settings")?;
         Ok(())

@@ -131,11 +131,16 @@ impl Kernel {
         let btf = Btf::from_sys_fs().context("loading the kernel's BTF")?;
         let pin_dir = pin_root.map(|r| r.join(build_id()));
         let mut loader = EbpfLoader::new();
+        // The host-wide budget stays below WATCHED's capacity (what is left holds the roots
+        // userspace adds); `max_tasks` (--max-tree-tasks) bounds each tree.
+        let global = crate::limits::MAX_TREE_TASKS;
         let hold_key = hold_key()?;
-        loader
-            .override_global("OFFSETS", &offsets, true)
-            .override_global("MAX_TASKS", &max_tasks, true)
-            .override_global("HOLD_KEY", &hold_key, true);
+        loader.override_global("OFFSETS", &offsets, true).override_global("MAX_TASKS", &global, true).override_global(
+            "MAX_TREE_TASKS",
+            &max_tasks,
+            true,
+        );
+        loader.override_global("HOLD_KEY", &hold_key, true);
         if let Some(bytes) = test_ring_bytes() {
             // Hidden, for the tests that fill the ring buffer on purpose.
             tracing::warn!("GUARD_TEST_RING_BYTES: a ring buffer of {bytes} bytes");

@@ -19,6 +19,11 @@ pub struct Compiled {
     pub module: Option<RuleRef>,
     pub bpf: Option<RuleRef>,
     pub ptrace: Option<RuleRef>,
+    pub userns: Option<RuleRef>,
+    pub chroot: Option<RuleRef>,
+    pub pivot_root: Option<RuleRef>,
+    pub umount: Option<RuleRef>,
+    pub exec_anonymous: Option<RuleRef>,
 }
 
 fn rule_ref(index: usize, action: Action) -> RuleRef {
@@ -26,11 +31,17 @@ fn rule_ref(index: usize, action: Action) -> RuleRef {
 }
 
 /// Keys (class, bytes) for a path matcher: "/x/" is a prefix; "/x" is the path itself and,
-/// for files, everything under it.
+/// for files, everything under it. A file rule "/x/" also covers the directory "/x" itself
+/// (renaming, opening or removing the directory is an operation on everything below it).
 fn path_keys(path: &str, classes: &[u8], dir_too: bool) -> Vec<(u8, Vec<u8>)> {
     let mut out = vec![];
     for &c in classes {
         let mut exact = path.as_bytes().to_vec();
+        if dir_too && path.len() > 1 && path.ends_with('/') {
+            let mut itself = path.trim_end_matches('/').as_bytes().to_vec();
+            itself.push(0);
+            out.push((c, itself));
+        }
         if !path.ends_with('/') {
             if dir_too {
                 let mut under = exact.clone();
@@ -42,6 +53,23 @@ fn path_keys(path: &str, classes: &[u8], dir_too: bool) -> Vec<(u8, Vec<u8>)> {
         out.push((c, exact));
     }
     out
+}
+
+/// How strict an action is, for the rule that stands for everything below a directory.
+fn strictness(a: Action) -> u8 {
+    match a {
+        Action::Allow => 0,
+        Action::Audit => 1,
+        Action::Ask => 2,
+        Action::Deny => 3,
+    }
+}
+
+/// The proper ancestor directories of a rule path ("/a/b/c/" -> "/a", "/a/b"), without "/"
+/// (the root cannot be renamed).
+fn ancestors(path: &str) -> Vec<&str> {
+    let p = path.trim_end_matches('/');
+    p.match_indices('/').map(|(i, _)| &p[..i]).filter(|a| !a.is_empty()).collect()
 }
 
 fn v6_bytes(net: &IpNet) -> ([u8; 16], [u8; 16]) {
@@ -130,9 +158,49 @@ impl Policy {
                 Matcher::Ptrace => {
                     c.ptrace.get_or_insert(rr);
                 }
+                Matcher::Userns => {
+                    c.userns.get_or_insert(rr);
+                }
+                Matcher::Chroot => {
+                    c.chroot.get_or_insert(rr);
+                }
+                Matcher::PivotRoot => {
+                    c.pivot_root.get_or_insert(rr);
+                }
+                Matcher::Umount => {
+                    c.umount.get_or_insert(rr);
+                }
+                Matcher::ExecAnonymous => {
+                    c.exec_anonymous.get_or_insert(rr);
+                }
             }
         }
-        c.net.truncate(MAX_NET_RULES as usize);
+        // Renaming a directory renames everything below it: each proper ancestor of a file rule
+        // path gets an exact key (`dir\0`) in class ANCESTOR, valued with the strictest rule
+        // below it (the earliest among equals). Rules that allow need no key.
+        let mut below: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, r) in self.rules.iter().enumerate() {
+            let Matcher::File { path, .. } = &r.matcher else { continue };
+            if r.action == Action::Allow {
+                continue;
+            }
+            for a in ancestors(path) {
+                let e = below.entry(a).or_insert(i);
+                if strictness(r.action) > strictness(self.rules[*e].action) {
+                    *e = i;
+                }
+            }
+        }
+        for (dir, i) in below {
+            let mut key = PathKey { policy: policy_id, class: class::ANCESTOR, path: [0; PATH_LEN] };
+            if dir.len() + 1 > PATH_LEN {
+                continue;
+            }
+            key.path[..dir.len()].copy_from_slice(dir.as_bytes());
+            c.paths.push((key, ((dir.len() + 3) * 8) as u32, rule_ref(i, self.rules[i].action)));
+        }
+        // `parse` refuses a policy whose entries do not fit, with the rule's place in the file.
+        assert!(c.net.len() <= MAX_NET_RULES as usize, "parse bounds the connect entries");
         // Each key maps to the earliest rule among itself and its prefixes (same class), so the
         // kernel's longest-prefix lookup yields the first matching rule in file order.
         for (class, bytes, _) in &keys {
@@ -152,5 +220,54 @@ impl Policy {
             c.paths.push((key, ((bytes.len() + 2) * 8) as u32, rule_ref(best, self.rules[best].action)));
         }
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_of(c: &Compiled, class: u8, bytes: &[u8]) -> Option<RuleRef> {
+        c.paths
+            .iter()
+            .find(|(k, len, _)| {
+                k.class == class && *len as usize == (bytes.len() + 2) * 8 && &k.path[..bytes.len()] == bytes
+            })
+            .map(|(_, _, r)| *r)
+    }
+
+    #[test]
+    fn directories_and_ancestors_of_rule_paths_have_keys() {
+        let p = Policy::parse(
+            "p.toml",
+            r#"
+default = "allow"
+[[rule]]
+name = "aws"
+action = "audit"
+file = { path = "/home/u/.aws/", access = "read" }
+[[rule]]
+name = "ssh"
+action = "deny"
+file = { path = "/home/u/.ssh/id", access = "any" }
+[[rule]]
+name = "tmp"
+action = "allow"
+file = { path = "/tmp/a/b/", access = "write" }
+"#,
+        )
+        .unwrap();
+        let c = p.compile(0);
+        // "/x/" covers "/x" itself.
+        assert_eq!(key_of(&c, class::READ, b"/home/u/.aws\0").unwrap().rule, 1);
+        assert_eq!(key_of(&c, class::READ, b"/home/u/.aws/").unwrap().rule, 1);
+        // Ancestors: the strictest rule below (deny beats the earlier audit).
+        assert_eq!(key_of(&c, class::ANCESTOR, b"/home/u/.ssh\0").unwrap().rule, 2);
+        assert_eq!(key_of(&c, class::ANCESTOR, b"/home/u\0").unwrap().rule, 2);
+        assert_eq!(key_of(&c, class::ANCESTOR, b"/home\0").unwrap().rule, 2);
+        // Not the rule paths themselves, not "/", nothing for allow rules.
+        assert!(key_of(&c, class::ANCESTOR, b"/home/u/.aws\0").is_none());
+        assert!(key_of(&c, class::ANCESTOR, b"/\0").is_none());
+        assert!(key_of(&c, class::ANCESTOR, b"/tmp\0").is_none());
     }
 }

@@ -46,6 +46,16 @@ pub enum Matcher {
     Module,
     Bpf,
     Ptrace,
+    /// Creating a user namespace (unshare/clone with CLONE_NEWUSER).
+    Userns,
+    /// chroot(2).
+    Chroot,
+    /// pivot_root(2).
+    PivotRoot,
+    /// umount(2)/umount2(2), lazy (`umount -l`) or not.
+    Umount,
+    /// Running (or mapping executable) a program with no name left: a memfd, a deleted file.
+    ExecAnonymous,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +69,10 @@ pub struct Rule {
 pub struct Policy {
     pub default: Action,
     pub ask_timeout: Duration,
+    /// `io_uring = "deny"`: every hooked operation that comes through io_uring is refused, and
+    /// so are SQPOLL rings and registered personalities. Default "allow": io_uring requests
+    /// are decided by the rules like the syscalls they stand for.
+    pub io_uring_deny: bool,
     pub rules: Vec<Rule>,
 }
 
@@ -129,7 +143,7 @@ pub fn action_name(a: Action) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use guard_common::{class, fnv1a};
+    use guard_common::{class, fnv1a, MAX_NET_RULES};
 
     fn err(text: &str) -> String {
         Policy::parse("p.toml", text).unwrap_err().to_string()
@@ -173,7 +187,7 @@ capability = "CAP_NET_ADMIN"
     fn errors_name_line_and_column() {
         assert_eq!(
             err("default = \"allow\"\nbogus = 1\n"),
-            "p.toml:2:1: unknown field `bogus`, expected one of `default`, `ask_timeout`, `rule`"
+            "p.toml:2:1: unknown field `bogus`, expected one of `default`, `ask_timeout`, `io_uring`, `rule`"
         );
         let e = err("[[rule]]\nname = \"x\"\naction = \"deny\"\nconnect = { cidr = \"10.0.0.300/8\" }\n");
         assert!(e.starts_with("p.toml:4:20: bad cidr \"10.0.0.300/8\""), "{e}");
@@ -193,6 +207,17 @@ capability = "CAP_NET_ADMIN"
         assert!(e.contains("port 70000 is out of range"), "{e}");
         let e = err("[[rule]]\nname = \"x\"\naction = \"deny\"\nfile = { path = \"/a/../b\" }\n");
         assert!(e.contains("contains '.' or '..'"), "{e}");
+    }
+
+    #[test]
+    fn io_uring_setting() {
+        assert!(!Policy::parse("p.toml", "default = \"allow\"\n").unwrap().io_uring_deny);
+        assert!(!Policy::parse("p.toml", "io_uring = \"allow\"\n").unwrap().io_uring_deny);
+        assert!(Policy::parse("p.toml", "io_uring = \"deny\"\n").unwrap().io_uring_deny);
+        assert_eq!(
+            err("io_uring = \"maybe\"\n"),
+            "p.toml:1:12: unknown io_uring setting \"maybe\": expected allow or deny"
+        );
     }
 
     #[test]
@@ -253,6 +278,34 @@ file = { path = "/etc/ssh/", access = "read" }
         assert!(e.contains("1 to 4 arguments"), "{e}");
     }
 
+    /// A policy of `n` connect rules, each `matcher`.
+    fn connect_rules(n: usize, matcher: &str) -> String {
+        (0..n).map(|i| format!("[[rule]]\nname = \"r{i}\"\naction = \"deny\"\nconnect = {matcher}\n")).collect()
+    }
+
+    #[test]
+    fn connect_rules_past_the_kernel_limit_are_refused_with_their_place() {
+        let max = MAX_NET_RULES as usize;
+        // Rules for one network take one entry each: exactly the limit fits, one more does not.
+        let p = Policy::parse("p.toml", &connect_rules(max, "{ cidr = \"10.0.0.0/8\" }")).unwrap();
+        assert_eq!(p.compile(0).net.len(), max);
+        let e = err(&connect_rules(max + 1, "{ cidr = \"10.0.0.0/8\" }"));
+        let line = 4 * max + 1;
+        assert!(e.starts_with(&format!("p.toml:{line}:")) && e.contains(&format!("rule \"r{max}\"")), "{e}");
+        // A port alone (any address) takes two entries: half as many rules fit, and the first
+        // that does not is named, never cut off at compile time.
+        let p = Policy::parse("p.toml", &connect_rules(max / 2, "{ port = 22 }")).unwrap();
+        assert_eq!(p.compile(0).net.len(), max);
+        let e = err(&connect_rules(max / 2 + 1, "{ port = 22 }"));
+        let line = 4 * (max / 2) + 1;
+        assert!(e.starts_with(&format!("p.toml:{line}:")) && e.contains(&format!("rule \"r{}\"", max / 2)), "{e}");
+        // The same with a /0 among one-entry rules: the /0 is the one refused.
+        let mut text = connect_rules(max - 1, "{ cidr = \"10.0.0.0/8\" }");
+        text.push_str("[[rule]]\nname = \"any\"\naction = \"deny\"\nconnect = { cidr = \"::/0\" }\n");
+        let e = err(&text);
+        assert!(e.contains("rule \"any\"") && e.starts_with(&format!("p.toml:{}:", 4 * (max - 1) + 1)), "{e}");
+    }
+
     #[test]
     fn port_only_connect_covers_both_families() {
         let p =
@@ -260,5 +313,47 @@ file = { path = "/etc/ssh/", access = "read" }
         let c = p.compile(0);
         assert_eq!(c.net.len(), 2);
         assert!(c.net.iter().all(|n| n.port == 22));
+    }
+}
+
+#[cfg(test)]
+mod escape_ns_tests {
+    use super::*;
+
+    #[test]
+    fn namespace_and_anonymous_exec_matchers_compile_to_their_own_rules() {
+        let mut text = String::new();
+        for m in ["userns", "chroot", "pivot_root", "umount", "exec_anonymous", "mount"] {
+            text.push_str(&format!("[[rule]]\nname = \"{m}\"\naction = \"allow\"\n{m} = true\n"));
+        }
+        let c = Policy::parse("p.toml", &text).unwrap().compile(0);
+        let rules = [c.userns, c.chroot, c.pivot_root, c.umount, c.exec_anonymous, c.mount];
+        for (i, r) in rules.iter().enumerate() {
+            assert_eq!(r.map(|r| r.rule), Some(i as u32 + 1));
+        }
+        let e = Policy::parse("p.toml", "[[rule]]\nname = \"x\"\naction = \"deny\"\nuserns = false\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("p.toml:4:10:") && e.contains("only takes `true`"), "{e}");
+    }
+
+    #[test]
+    fn rule_paths_through_symlinks_are_resolved_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir(real.join("real")).unwrap();
+        std::fs::write(real.join("real/tool"), b"").unwrap();
+        std::os::unix::fs::symlink(real.join("real/tool"), real.join("tool-link")).unwrap();
+        std::os::unix::fs::symlink(real.join("real"), real.join("dir-link")).unwrap();
+        let r = real.display();
+        let text = format!(
+            "[[rule]]\nname = \"a\"\naction = \"deny\"\nexec = {{ path = \"{r}/tool-link\" }}\n\
+             [[rule]]\nname = \"b\"\naction = \"deny\"\nfile = {{ path = \"{r}/dir-link/\" }}\n\
+             [[rule]]\nname = \"c\"\naction = \"deny\"\nfile = {{ path = \"{r}/dir-link/not-yet\" }}\n"
+        );
+        let p = Policy::parse_with("p.toml", &text, true).unwrap();
+        assert_eq!(p.rules[0].matcher, Matcher::Exec { path: format!("{r}/real/tool"), argv: vec![] });
+        assert_eq!(p.rules[1].matcher, Matcher::File { path: format!("{r}/real/"), access: Access::Any });
+        assert_eq!(p.rules[2].matcher, Matcher::File { path: format!("{r}/real/not-yet"), access: Access::Any });
     }
 }

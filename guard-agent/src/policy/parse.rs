@@ -42,6 +42,7 @@ impl Source<'_> {
 struct RawPolicy {
     default: Option<Spanned<String>>,
     ask_timeout: Option<Spanned<String>>,
+    io_uring: Option<Spanned<String>>,
     #[serde(default)]
     rule: Vec<Spanned<RawRule>>,
 }
@@ -59,6 +60,11 @@ struct RawRule {
     module: Option<Spanned<bool>>,
     bpf: Option<Spanned<bool>>,
     ptrace: Option<Spanned<bool>>,
+    userns: Option<Spanned<bool>>,
+    chroot: Option<Spanned<bool>>,
+    pivot_root: Option<Spanned<bool>>,
+    umount: Option<Spanned<bool>>,
+    exec_anonymous: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -86,10 +92,18 @@ struct RawConnect {
 impl Policy {
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
         let text = Source::read(path, "policy file")?;
-        Self::parse(&path.display().to_string(), &text)
+        Self::parse_with(&path.display().to_string(), &text, true)
     }
 
+    /// Parses a policy as text alone: rule paths are taken as written (see [`canonical`] for
+    /// what [`Policy::load`] does with them).
     pub fn parse(file: &str, text: &str) -> Result<Self, PolicyError> {
+        Self::parse_with(file, text, false)
+    }
+
+    /// As `parse`; with `resolve`, rule paths through symbolic links are resolved against
+    /// this machine's filesystem (a policy file loaded to be enforced here).
+    pub fn parse_with(file: &str, text: &str, resolve: bool) -> Result<Self, PolicyError> {
         let ctx = Source { path: Path::new(file), text };
         let raw: RawPolicy = toml::from_str(text).map_err(|e| {
             let msg = e.message().to_string();
@@ -119,6 +133,16 @@ impl Policy {
                 d
             }
         };
+        let io_uring_deny = match raw.io_uring {
+            None => false,
+            Some(v) => match v.get_ref().as_str() {
+                "allow" => false,
+                "deny" => true,
+                other => {
+                    return Err(ctx.err(v.span(), format!("unknown io_uring setting {other:?}: expected allow or deny")))
+                }
+            },
+        };
         let mut rules = Vec::new();
         let mut net_rules = 0;
         let mut argv_rules = 0;
@@ -126,7 +150,7 @@ impl Policy {
             let span = r.span();
             let r = r.into_inner();
             let span_start = span.clone();
-            let rule = compile_rule(&ctx, span, r)?;
+            let rule = compile_rule(&ctx, span, r, resolve)?;
             if matches!(&rule.matcher, Matcher::Exec { argv, .. } if !argv.is_empty()) {
                 argv_rules += 1;
                 if argv_rules > MAX_ARGV_RULES {
@@ -135,17 +159,25 @@ impl Policy {
                     );
                 }
             }
-            if matches!(rule.matcher, Matcher::Net { .. }) {
-                net_rules += 1;
+            if let Matcher::Net { net, .. } = &rule.matcher {
+                // The count is of kernel entries, not rules: a rule for any address ("/0", or a
+                // port alone) takes one entry per family (see `compile`). A rule that does not
+                // fit is refused here, at its own place in the file; never installed in part.
+                net_rules += if net.prefix_len() == 0 { 2 } else { 1 };
                 if net_rules > MAX_NET_RULES {
-                    return Err(
-                        ctx.err(0..0, format!("at most {MAX_NET_RULES} connect rules with a cidr are supported"))
-                    );
+                    return Err(ctx.err(
+                        span_start,
+                        format!(
+                            "rule {:?}: too many connect rules with a cidr or port: the kernel holds {MAX_NET_RULES} \
+                             entries per policy, and a rule for any address (a port alone, or a /0) takes two",
+                            rule.name
+                        ),
+                    ));
                 }
             }
             rules.push(rule);
         }
-        Ok(Policy { default, ask_timeout, rules })
+        Ok(Policy { default, ask_timeout, io_uring_deny, rules })
     }
 }
 
@@ -166,6 +198,58 @@ fn check_abs_path(ctx: &Source, p: &Spanned<String>, what: &str) -> Result<Strin
         );
     }
     Ok(s.clone())
+}
+
+/// Rule paths name objects. The kernel compares the paths it resolved, so a rule written on a
+/// path through a symbolic link (`/bin/x` on merged /usr, `/usr/bin/python3` -> `python3.11`,
+/// `/var/run/`) would never match: it is resolved here, at load, to the path the kernel will
+/// see, and a warning at the rule's `file:line:col` says so. Only the part of the path that
+/// exists is resolved (the rest is kept as written); a path that does not exist yet is kept.
+fn canonical(ctx: &Source, p: &Spanned<String>, path: String, what: &str) -> Result<String, PolicyError> {
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Ok(path);
+    }
+    let mut head = std::path::PathBuf::from(trimmed);
+    let mut tail: Vec<std::ffi::OsString> = vec![];
+    let resolved = loop {
+        match std::fs::canonicalize(&head) {
+            Ok(c) => break c,
+            Err(_) => {
+                let Some(name) = head.file_name().map(|n| n.to_os_string()) else { return Ok(path) };
+                tail.push(name);
+                if !head.pop() {
+                    return Ok(path);
+                }
+            }
+        }
+    };
+    let mut out = resolved;
+    for name in tail.iter().rev() {
+        out.push(name);
+    }
+    let Some(mut out) = out.to_str().map(str::to_string) else { return Ok(path) };
+    if path.ends_with('/') && !out.ends_with('/') {
+        out.push('/');
+    }
+    if out == path {
+        return Ok(path);
+    }
+    if out.len() >= PATH_LEN - 1 {
+        return Err(ctx.err(
+            p.span(),
+            format!(
+                "{what} {path:?} resolves to {out:?}, {} bytes long: at most {} are supported",
+                out.len(),
+                PATH_LEN - 2
+            ),
+        ));
+    }
+    let at = Location::of(ctx.path, ctx.text, p.span());
+    tracing::warn!(
+        "{at}: {what} {path:?} goes through a symbolic link: the rule applies to {out:?}, the object it names now"
+    );
+    Ok(out)
 }
 
 /// argv conditions: 1 to 4 whole arguments, on an exact path, for rules that restrict.
@@ -190,7 +274,7 @@ fn check_argv(ctx: &Source, a: &Spanned<Vec<String>>, path: &str, action: Action
     Ok(tokens.clone())
 }
 
-fn compile_rule(ctx: &Source, span: Range<usize>, r: RawRule) -> Result<Rule, PolicyError> {
+fn compile_rule(ctx: &Source, span: Range<usize>, r: RawRule, resolve: bool) -> Result<Rule, PolicyError> {
     let name = r.name.get_ref().trim().to_string();
     if name.is_empty() {
         return Err(ctx.err(r.name.span(), "rule name is empty"));
@@ -203,6 +287,7 @@ fn compile_rule(ctx: &Source, span: Range<usize>, r: RawRule) -> Result<Rule, Po
         let span = e.span();
         let e = e.into_inner();
         let path = check_abs_path(ctx, &e.path, "exec path")?;
+        let path = if resolve { canonical(ctx, &e.path, path, "exec path")? } else { path };
         let argv = match e.argv {
             None => vec![],
             Some(a) => check_argv(ctx, &a, &path, action)?,
@@ -213,6 +298,7 @@ fn compile_rule(ctx: &Source, span: Range<usize>, r: RawRule) -> Result<Rule, Po
         let span = f.span();
         let f = f.into_inner();
         let path = check_abs_path(ctx, &f.path, "file path")?;
+        let path = if resolve { canonical(ctx, &f.path, path, "file path")? } else { path };
         let access = match &f.access {
             None => Access::Any,
             Some(a) => match a.get_ref().as_str() {
@@ -284,9 +370,17 @@ fn compile_rule(ctx: &Source, span: Range<usize>, r: RawRule) -> Result<Rule, Po
         })?;
         matchers.push((c.span(), Matcher::Capability(n as u8)));
     }
-    for (flag, m) in
-        [(r.mount, Matcher::Mount), (r.module, Matcher::Module), (r.bpf, Matcher::Bpf), (r.ptrace, Matcher::Ptrace)]
-    {
+    for (flag, m) in [
+        (r.mount, Matcher::Mount),
+        (r.module, Matcher::Module),
+        (r.bpf, Matcher::Bpf),
+        (r.ptrace, Matcher::Ptrace),
+        (r.userns, Matcher::Userns),
+        (r.chroot, Matcher::Chroot),
+        (r.pivot_root, Matcher::PivotRoot),
+        (r.umount, Matcher::Umount),
+        (r.exec_anonymous, Matcher::ExecAnonymous),
+    ] {
         if let Some(f) = flag {
             if !*f.get_ref() {
                 return Err(ctx.err(f.span(), "this matcher only takes `true`; leave it out to not match"));
@@ -295,7 +389,7 @@ fn compile_rule(ctx: &Source, span: Range<usize>, r: RawRule) -> Result<Rule, Po
         }
     }
     match matchers.len() {
-        0 => Err(ctx.err(span, format!("rule {name:?} has no matcher: expected one of exec, file, connect, capability, mount, module, bpf, ptrace"))),
+        0 => Err(ctx.err(span, format!("rule {name:?} has no matcher: expected one of exec, file, connect, capability, mount, umount, chroot, pivot_root, userns, exec_anonymous, module, bpf, ptrace"))),
         1 => {
             let matcher = matchers.into_iter().next().expect("one").1;
             Ok(Rule { name, action, matcher })

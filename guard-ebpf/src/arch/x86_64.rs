@@ -13,6 +13,13 @@ pub const NR_IO_URING_ENTER: u64 = 426;
 pub const QSTR_LEN: usize = 4;
 pub const QSTR_NAME: usize = 8;
 
+/// Whether `nr` is execve or execveat (the kernel maps the new program and its interpreter
+/// inside them, after bprm_check_security decided the exec).
+#[inline(always)]
+pub fn is_exec_syscall(nr: u64) -> bool {
+    nr == NR_EXECVE || nr == NR_EXECVEAT
+}
+
 /// Offset in `struct pt_regs` of the register that holds the user `argv` pointer of the exec
 /// syscall `nr`: execve(filename, argv, envp) -> 2nd argument (rsi); execveat(dirfd, filename,
 /// argv, envp, flags) -> 3rd (rdx). None for another syscall.

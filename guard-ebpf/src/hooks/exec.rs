@@ -1,14 +1,43 @@
 //! Exec: `bprm_check_security` decides exec rules (path, then argv conditions) for watched
 //! threads, and looks for a selector that starts a new tree for the others.
+//!
+//! Exec rules mean programs (issue 9 item 8):
+//! - a program with no name left (a memfd run by `fexecve`, a deleted or never-linked file)
+//!   is decided by the policy's `exec_anonymous` rule, denied with none (`safe_default`);
+//! - a program that cannot be resolved to a path is denied (`exec_unresolved`);
+//! - a program mapped executable by the dynamic loader (`ld.so /usr/bin/X` maps X, it does not
+//!   exec it) is decided at `mmap_file`: a PROT_EXEC mapping of a file an exec rule denies (or
+//!   asks for: a mapping cannot be held) is refused, and so is one of an anonymous file.
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use guard_common::{class, reason, Action, Hook, EPERM};
+use guard_common::{class, reason, Action, Hook, Watched, EPERM};
 
+use super::namespaces::guarded;
+use crate::arch::is_exec_syscall;
 use crate::argv::{capture_exec_argv, match_argv_rules};
 use crate::decide::{decide, emit, Op, Outcome};
-use crate::maps::{bump, scratch, watched};
-use crate::resolve::{file_path_into, lookup_path};
+use crate::maps::{bump, policy, scratch, watched, Scratch};
+use crate::resolve::{anonymous, file_path_into, lookup_path, NO_RULE};
 use crate::select::select_by_exe;
-use crate::task::{off, offsets};
+use crate::task::{off, offsets, syscall_nr};
+
+/// `PROT_EXEC` of mmap(2).
+const PROT_EXEC: u64 = 0x4;
+/// A deny of a program that could not be resolved to a path.
+#[inline(always)]
+fn unresolved(s: &mut Scratch, w: &Watched, op: &Op) -> i32 {
+    crate::resolve::label(s, b"unresolved program");
+    emit(s, w, op, Outcome::decision(Action::Deny as u8, reason::EXEC_UNRESOLVED, 0, 0));
+    -EPERM
+}
+
+/// The policy's rule for anonymous programs.
+#[inline(always)]
+fn anonymous_rule(w: &Watched) -> guard_common::RuleRef {
+    match policy(w) {
+        Some(c) => c.exec_anonymous,
+        None => NO_RULE,
+    }
+}
 
 #[lsm(hook = "bprm_check_security")]
 pub fn bprm_check_security(ctx: LsmContext) -> i32 {
@@ -16,7 +45,7 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
         select_by_exe(&ctx);
         return 0;
     };
-    let Some(s) = scratch() else { return 0 };
+    let Some(s) = scratch() else { return -EPERM };
     let bprm: *const u8 = ctx.arg(0);
     let argv_read = capture_exec_argv();
     // SAFETY: `file` is the file the kernel opened for the exec; bpf_d_path is allowed in
@@ -25,17 +54,52 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
         let file = *(bprm.add(off(&offsets().binprm_file)) as *const *const u8);
         file_path_into(s, file)
     };
-    if !resolved {
-        return 0;
-    }
     let op = Op { hook: Hook::Exec, aux: 0, holdable: true, always_record: false };
+    if !resolved {
+        return unresolved(s, &w, &op);
+    }
     if !argv_read {
         // Arguments that cannot be read cannot be decided on or shown to an approver.
         bump(reason::ARGV_UNREADABLE as u32);
         emit(s, &w, &op, Outcome::decision(Action::Deny as u8, reason::ARGV_UNREADABLE, 0, 0));
         return -EPERM;
     }
+    if anonymous(s) {
+        let op = Op { always_record: true, ..op };
+        return guarded(s, &w, &op, anonymous_rule(&w));
+    }
     let found = lookup_path(s, w.policy, class::EXEC);
     let found = match_argv_rules(s, &w, found);
     decide(s, &w, &op, found)
+}
+
+/// mmap_file(struct file *file, unsigned long reqprot, unsigned long prot, unsigned long
+/// flags): code mapped from a file. The dynamic loader run as a program (`ld.so X`) maps X
+/// without an exec of X, so exec rules are applied here too, but only their refusals (deny,
+/// and ask, which cannot be held here): an allow or a default still leaves the libraries every
+/// program maps alone. Mappings the kernel makes inside execve (the new program and its
+/// interpreter, decided at bprm_check_security) are not decided again.
+#[lsm(hook = "mmap_file")]
+pub fn mmap_file(ctx: LsmContext) -> i32 {
+    let Some(w) = watched() else { return 0 };
+    let file: *const u8 = ctx.arg(0);
+    let prot: u64 = ctx.arg(2);
+    if file.is_null() || prot & PROT_EXEC == 0 || is_exec_syscall(syscall_nr()) {
+        return 0;
+    }
+    let Some(s) = scratch() else { return -EPERM };
+    let op = Op { hook: Hook::MmapFile, aux: prot, holdable: false, always_record: true };
+    // SAFETY: `file` is the file the kernel is about to map; bpf_d_path is allowed in
+    // mmap_file (a sleepable LSM hook).
+    if !unsafe { file_path_into(s, file) } {
+        return unresolved(s, &w, &op);
+    }
+    if anonymous(s) {
+        return guarded(s, &w, &op, anonymous_rule(&w));
+    }
+    let found = lookup_path(s, w.policy, class::EXEC);
+    if found.rule != 0 && (found.action == Action::Deny as u8 || found.action == Action::Ask as u8) {
+        return decide(s, &w, &op, found);
+    }
+    0
 }

@@ -1,6 +1,10 @@
 //! The LSM programs, one module per family. Each starts the same way: a thread outside every
 //! watched tree returns at once (one hash lookup).
+mod attrs;
 mod exec;
 mod files;
+mod links;
+mod namespaces;
 mod network;
 mod privileged;
+mod unix;

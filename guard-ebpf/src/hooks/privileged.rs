@@ -1,23 +1,35 @@
-//! Privileged operations without a path: capabilities, mounts, kernel modules, ptrace attach
-//! and the bpf() syscall. All but capabilities are one rule per policy (`PolicyConf`).
-use aya_ebpf::{macros::lsm, programs::LsmContext};
-use guard_common::{Hook, PolicyConf, RuleRef, Watched, MAX_CAPS};
+//! Privileged operations without a path: capabilities, kernel modules (loading, autoload
+//! requests, kexec), ptrace (attach and read) and the bpf() syscall. All but capabilities are
+//! one rule per policy (`PolicyConf`). Mounts are in `namespaces`.
+use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, macros::lsm, programs::LsmContext};
+use guard_common::{reason, Action, Hook, PolicyConf, RuleRef, Watched, EPERM, MAX_CAPS};
 
-use crate::decide::{decide, Op};
+use crate::decide::{decide, emit, Op, Outcome};
 use crate::maps::{policy, policy_slot, scratch, watched, watched_task, CAP_RULES};
 use crate::resolve::label;
-use crate::task::{off, offsets, read_kernel};
+use crate::task::{off, offsets, read_kernel, syscall_nr};
 
-/// enum kernel_read_file_id / kernel_load_data_id: READING_MODULE = LOADING_MODULE = 2.
+/// enum kernel_read_file_id / kernel_load_data_id: READING_MODULE = LOADING_MODULE = 2,
+/// READING_KEXEC_IMAGE = LOADING_KEXEC_IMAGE = 3, READING_KEXEC_INITRAMFS = 4.
 const MODULE_ID: u32 = 2;
-/// ptrace modes: only attaching (not /proc reads) is a privileged operation.
+const KEXEC_IMAGE_ID: u32 = 3;
+const KEXEC_INITRAMFS_ID: u32 = 4;
+/// ptrace modes (include/linux/ptrace.h).
 const PTRACE_MODE_ATTACH: u32 = 0x02;
+/// The kernel's own probe of access (e.g. whether /proc/PID/stat may show wchan), not an
+/// access the caller asked for.
+const PTRACE_MODE_NOAUDIT: u32 = 0x04;
+/// x86-64 `ptrace` syscall: the only caller that returns this hook's error as is (mm_access,
+/// /proc and pidfd_getfd turn it into a bool), so the only one a hold can restart.
+const NR_PTRACE: u64 = 101;
 
 /// An operation decided by one rule of the policy (`pick`), recorded under `name`.
 #[inline(always)]
 fn singleton(w: &Watched, hook: Hook, aux: u64, name: &[u8], pick: fn(&PolicyConf) -> RuleRef) -> i32 {
-    let Some(s) = scratch() else { return 0 };
-    let Some(conf) = policy(w) else { return 0 };
+    // Fail closed: a watched task is never allowed because working memory or its policy
+    // could not be read.
+    let Some(s) = scratch() else { return -EPERM };
+    let Some(conf) = policy(w) else { return -EPERM };
     label(s, name);
     let op = Op { hook, aux, holdable: true, always_record: true };
     decide(s, w, &op, pick(conf))
@@ -27,10 +39,10 @@ fn singleton(w: &Watched, hook: Hook, aux: u64, name: &[u8], pick: fn(&PolicyCon
 #[lsm(hook = "capable")]
 pub fn capable(ctx: LsmContext) -> i32 {
     let Some(w) = watched() else { return 0 };
-    let Some(s) = scratch() else { return 0 };
+    let Some(s) = scratch() else { return -EPERM };
     let cap: i32 = ctx.arg(2);
     let cap = (cap as u32) % MAX_CAPS;
-    let Some(r) = CAP_RULES.get(policy_slot(&w) * MAX_CAPS + cap) else { return 0 };
+    let Some(r) = CAP_RULES.get(policy_slot(&w) * MAX_CAPS + cap) else { return -EPERM };
     if r.rule == 0 {
         // No rule names this capability: the kernel's own checks decide (no record; capable()
         // is called far too often for that).
@@ -44,16 +56,16 @@ pub fn capable(ctx: LsmContext) -> i32 {
     decide(s, &w, &op, r)
 }
 
-#[lsm(hook = "sb_mount")]
-pub fn sb_mount(_ctx: LsmContext) -> i32 {
-    let Some(w) = watched() else { return 0 };
-    singleton(&w, Hook::Mount, 0, b"mount", |c| c.mount)
-}
-
-#[lsm(hook = "move_mount")]
-pub fn move_mount(_ctx: LsmContext) -> i32 {
-    let Some(w) = watched() else { return 0 };
-    singleton(&w, Hook::MoveMount, 0, b"move_mount", |c| c.mount)
+/// What a kernel_read_file / kernel_load_data id loads into the kernel, if the module rule
+/// covers it: modules, and kexec images (a new kernel replaces this one and every LSM).
+#[inline(always)]
+fn module_label(id: u32) -> Option<&'static [u8]> {
+    match id {
+        MODULE_ID => Some(b"kernel module"),
+        KEXEC_IMAGE_ID => Some(b"kexec image"),
+        KEXEC_INITRAMFS_ID => Some(b"kexec initramfs"),
+        _ => None,
+    }
 }
 
 /// kernel_read_file(struct file *file, enum kernel_read_file_id id, bool contents)
@@ -61,10 +73,8 @@ pub fn move_mount(_ctx: LsmContext) -> i32 {
 pub fn kernel_read_file(ctx: LsmContext) -> i32 {
     let Some(w) = watched() else { return 0 };
     let id: u32 = ctx.arg(1);
-    if id != MODULE_ID {
-        return 0;
-    }
-    singleton(&w, Hook::KernelReadFile, id as u64, b"kernel module", |c| c.module)
+    let Some(name) = module_label(id) else { return 0 };
+    singleton(&w, Hook::KernelReadFile, id as u64, name, |c| c.module)
 }
 
 /// kernel_load_data(enum kernel_load_data_id id, bool contents)
@@ -72,27 +82,82 @@ pub fn kernel_read_file(ctx: LsmContext) -> i32 {
 pub fn kernel_load_data(ctx: LsmContext) -> i32 {
     let Some(w) = watched() else { return 0 };
     let id: u32 = ctx.arg(0);
-    if id != MODULE_ID {
-        return 0;
-    }
-    singleton(&w, Hook::KernelLoadData, id as u64, b"kernel module", |c| c.module)
+    let Some(name) = module_label(id) else { return 0 };
+    singleton(&w, Hook::KernelLoadData, id as u64, name, |c| c.module)
 }
 
-/// ptrace_access_check(struct task_struct *child, unsigned int mode)
+/// kernel_module_request(char *kmod_name): an autoload (`request_module`, e.g. by
+/// `socket(AF_<rare>)`) makes the kernel run modprobe outside the tree. Decided by the module
+/// rule; the object is the requested name ("net-pf-5"). Not holdable: request_module's callers
+/// mostly ignore its result, so nothing would restart.
+#[lsm(hook = "kernel_module_request")]
+pub fn kernel_module_request(ctx: LsmContext) -> i32 {
+    let Some(w) = watched() else { return 0 };
+    let Some(s) = scratch() else { return -EPERM };
+    let Some(conf) = policy(&w) else { return -EPERM };
+    let name: *const u8 = ctx.arg(0);
+    s.buf[0] = 0;
+    // SAFETY: the helper checks the kernel source address; the destination is a slice of buf.
+    let r = unsafe { bpf_probe_read_kernel_str_bytes(name, &mut s.buf[..64]) };
+    match r {
+        Ok(b) if !b.is_empty() => {
+            s.len = b.len() as u64;
+            s.truncated = 0;
+        }
+        _ => label(s, b"module request"),
+    }
+    let op = Op { hook: Hook::KernelModuleRequest, aux: 0, holdable: false, always_record: true };
+    decide(s, &w, &op, conf.module)
+}
+
+/// ptrace_access_check(struct task_struct *child, unsigned int mode): attaching (ptrace,
+/// pidfd_getfd, process_vm_*) and reading (/proc/PID/environ, mem, maps, fd, ...).
+///
+/// - A target in the caller's own tree (same `Watched.root`): allowed, ordinary debugging.
+/// - A target in another watched tree: the policy's `ptrace` rule if it has one, else denied
+///   (`other_tree`); a tree never reaches into another tree, whose policy may be looser.
+/// - A target outside every tree: the `ptrace` rule, else the policy default. Reads are
+///   recorded when not allowed (they are frequent: `ps`, `lsof`), attaches always.
+///
+/// The kernel's own probes (`PTRACE_MODE_NOAUDIT`) get the same decision without a record.
+/// Only the ptrace syscall can be held; elsewhere an ask is denied at once (`unholdable`).
 #[lsm(hook = "ptrace_access_check")]
 pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
     let Some(w) = watched() else { return 0 };
     let mode: u32 = ctx.arg(1);
-    if mode & PTRACE_MODE_ATTACH == 0 {
-        return 0;
-    }
     // SAFETY: argument 0 is the target task; its pid is read through bpf_probe_read_kernel.
     let target: u32 = unsafe { read_kernel(ctx.arg::<*const u8>(0).add(off(&offsets().task_pid))) };
-    // Tracing inside one's own tree is ordinary debugging, not an escape.
-    if watched_task(target).is_some() {
-        return 0;
+    let other_tree = match watched_task(target) {
+        Some(t) if t.root == w.root => return 0,
+        Some(_) => true,
+        None => false,
+    };
+    let Some(s) = scratch() else { return -EPERM };
+    let Some(conf) = policy(&w) else { return -EPERM };
+    let rule = conf.ptrace;
+    let attach = mode & PTRACE_MODE_ATTACH != 0;
+    if mode & PTRACE_MODE_NOAUDIT != 0 {
+        let action = if rule.rule != 0 {
+            rule.action
+        } else if other_tree {
+            Action::Deny as u8
+        } else {
+            conf.default_action
+        };
+        return if action == Action::Allow as u8 || action == Action::Audit as u8 { 0 } else { -EPERM };
     }
-    singleton(&w, Hook::Ptrace, target as u64, b"ptrace", |c| c.ptrace)
+    label(s, if attach { b"ptrace attach" } else { b"ptrace read" });
+    let op = Op {
+        hook: Hook::Ptrace,
+        aux: target as u64,
+        holdable: attach && syscall_nr() == NR_PTRACE,
+        always_record: attach || other_tree,
+    };
+    if other_tree && rule.rule == 0 {
+        emit(s, &w, &op, Outcome::decision(Action::Deny as u8, reason::OTHER_TREE, 0, 0));
+        return -EPERM;
+    }
+    decide(s, &w, &op, rule)
 }
 
 /// bpf(int cmd, union bpf_attr *attr, unsigned int size, bool kernel)

@@ -41,6 +41,24 @@ pub struct NewRequest {
     pub auto: Option<Decision>,
 }
 
+impl NewRequest {
+    /// The request as it is created: pending, no reviews (an `[[auto]]` decision is applied
+    /// by the writer, after grants are checked).
+    pub fn pending(&self) -> Request {
+        Request {
+            id: self.id.clone(),
+            host: self.host.clone(),
+            operation: Some(self.operation.clone()),
+            state: State::Pending as i32,
+            created_ms: self.created_ms,
+            expires_ms: self.expires_ms,
+            approvals_required: self.approvals_required,
+            eligible_approvers: self.eligible_approvers.clone(),
+            ..Default::default()
+        }
+    }
+}
+
 /// How a request ends.
 #[derive(Debug, Clone)]
 pub struct Decision {

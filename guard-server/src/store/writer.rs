@@ -57,21 +57,7 @@ pub fn submit_entries(request: &Request) -> Vec<AuditEntry> {
 }
 
 pub fn prepare(new: NewRequest) -> Prepared {
-    let mut request = Request {
-        id: new.id,
-        host: new.host,
-        operation: Some(new.operation),
-        state: State::Pending as i32,
-        created_ms: new.created_ms,
-        expires_ms: new.expires_ms,
-        decided_ms: 0,
-        approvals_required: new.approvals_required,
-        eligible_approvers: new.eligible_approvers,
-        reviews: Vec::new(),
-        reason: String::new(),
-        decided_by: String::new(),
-        comment: String::new(),
-    };
+    let mut request = new.pending();
     if let Some(d) = &new.auto {
         apply(&mut request, d);
     }

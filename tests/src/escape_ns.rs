@@ -1,0 +1,400 @@
+//! Escape suite, issue 9 items 3 and 8: namespaces and mounts cannot change what a path means,
+//! and exec rules mean programs. Each test tries the escape the way an agent would, in at
+//! least two variants, and asserts both that the effect did not happen (what the workload
+//! could see afterwards) and that a record says what was refused and why.
+
+use crate::harness::{self, Agent, Skip};
+use crate::{has, is};
+use anyhow::{ensure, Context, Result};
+use guard_api::{AuditRecord, Decision, Hook, Reason};
+
+pub const TESTS: &[crate::Test] = &[
+    ("escape_ns_user_namespaces_refused_unless_allowed", userns),
+    ("escape_ns_chroot_refused", chroot),
+    ("escape_ns_unmounts_lazy_or_not_refused", umount),
+    ("escape_ns_bind_mounts_and_remounts_refused", bind_mounts),
+    ("escape_ns_pivot_root_refused", pivot_root),
+    ("escape_ns_memfd_exec_is_a_policy_decision", memfd_exec),
+    ("escape_ns_deleted_binary_exec_refused", deleted_exec),
+    ("escape_ns_loader_cannot_run_an_exec_denied_program", loader),
+    ("escape_ns_exec_rule_on_a_symlink_protects_the_target", symlink_rule),
+];
+
+/// A policy that allows everything by default: the operations tested here must be refused
+/// anyway (safe defaults), not because the default denies.
+const OPEN_POLICY: &str = "default = \"allow\"\n";
+
+/// A safe-default refusal of `hook` is recorded.
+fn refused(r: &[AuditRecord], hook: Hook) -> bool {
+    has(r, |x| x.hook == Some(hook) && x.decision == Some(Decision::Deny) && x.reason == Some(Reason::SafeDefault))
+}
+
+fn busybox() -> String {
+    std::fs::canonicalize("/bin/sh").map(|p| p.display().to_string()).unwrap_or_else(|_| "/bin/busybox".into())
+}
+
+/// A tmpfs mounted (by the test, outside every tree) at `at`, unmounted when dropped.
+struct Tmpfs(&'static str);
+
+impl Tmpfs {
+    fn mount(at: &'static str) -> Result<Self> {
+        std::fs::create_dir_all(at)?;
+        nix::mount::umount2(at, nix::mount::MntFlags::MNT_DETACH).ok();
+        nix::mount::mount(Some("none"), at, Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>)
+            .with_context(|| format!("mounting a tmpfs on {at}"))?;
+        Ok(Tmpfs(at))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        nix::mount::umount2(self.0, nix::mount::MntFlags::MNT_DETACH).ok();
+    }
+}
+
+fn mounted(at: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| m.lines().any(|l| l.split_whitespace().nth(4) == Some(at)))
+        .unwrap_or(false)
+}
+
+/// Debian can turn unprivileged user namespaces off before any LSM runs; the test needs them
+/// on, so that the refusal seen is guard's.
+fn enable_unprivileged_userns() {
+    std::fs::write("/proc/sys/kernel/unprivileged_userns_clone", "1").ok();
+    std::fs::write("/proc/sys/user/max_user_namespaces", "1000").ok();
+}
+
+/// Unprivileged (uid 1000) `unshare(CLONE_NEWUSER)` and `clone(CLONE_NEWUSER)`, and root's
+/// unshare: refused, still in the initial user namespace (uid_map unchanged), recorded at
+/// userns_create as safe_default. With a `userns = true` allow rule, the same unshare works
+/// (and the uid_map shows the new namespace), recorded with the rule.
+fn userns() -> Result<()> {
+    enable_unprivileged_userns();
+    let init = "uid_map=0 0 4294967295";
+    let a = Agent::start(
+        "ns-userns",
+        OPEN_POLICY,
+        "guard-e2e do userns-unshare 1000; guard-e2e do userns-clone 1000; guard-e2e do userns-unshare -",
+    )?;
+    for v in ["unshare as uid 1000", "clone as uid 1000", "unshare as root"] {
+        let r = a.result()?;
+        ensure!(r.starts_with("RESULT errno=1 ") && r.ends_with(init), "{v}: a user namespace was made: {r}");
+    }
+    let out = a.finish()?;
+    let r = &out.records()?;
+    ensure!(
+        has(r, |x| x.hook == Some(Hook::UsernsCreate)
+            && x.decision == Some(Decision::Deny)
+            && x.reason == Some(Reason::SafeDefault)
+            && x.uid == Some(1000)),
+        "no safe_default record of uid 1000's user namespace: {r:#?}"
+    );
+    ensure!(
+        has(r, |x| refused(std::slice::from_ref(x), Hook::UsernsCreate) && x.uid == Some(0)),
+        "no record of root's user namespace"
+    );
+
+    let allow = "[[rule]]\nname = \"userns-ok\"\naction = \"allow\"\nuserns = true\n";
+    let a = Agent::start("ns-userns-allow", allow, "guard-e2e do userns-unshare 1000")?;
+    let r = a.result()?;
+    ensure!(r.starts_with("RESULT ok ") && !r.ends_with(init), "an allowed user namespace: {r}");
+    let out = a.finish()?;
+    let r = &out.records()?;
+    ensure!(
+        has(r, |x| x.hook == Some(Hook::UsernsCreate)
+            && is(&x.rule, "userns-ok")
+            && x.decision == Some(Decision::Allow)),
+        "no record of the allowed user namespace: {r:#?}"
+    );
+    Ok(())
+}
+
+/// Root `chroot(dir)` and `chdir(dir); chroot(".")`: refused, the old root still visible,
+/// recorded at path_chroot with the new root as the object.
+fn chroot() -> Result<()> {
+    harness::write_files(&["/tmp/t/ns-jail/secret", "/tmp/t/ns-probe"])?;
+    let a = Agent::start(
+        "ns-chroot",
+        OPEN_POLICY,
+        "guard-e2e do chroot /tmp/t/ns-jail /tmp/t/ns-probe; guard-e2e do chroot-dot /tmp/t/ns-jail /tmp/t/ns-probe",
+    )?;
+    for v in ["chroot", "chroot ."] {
+        let r = a.result()?;
+        ensure!(r.starts_with("RESULT errno=1 ") && r.ends_with("probe=visible"), "{v}: {r}");
+    }
+    let out = a.finish()?;
+    let r = &out.records()?;
+    ensure!(
+        has(r, |x| refused(std::slice::from_ref(x), Hook::PathChroot) && is(&x.object, "/tmp/t/ns-jail")),
+        "no safe_default record of the chroot naming /tmp/t/ns-jail: {r:#?}"
+    );
+    ensure!(
+        r.iter().filter(|x| refused(std::slice::from_ref(x), Hook::PathChroot)).count() >= 2,
+        "one chroot unrecorded"
+    );
+    Ok(())
+}
+
+/// A tmpfs mounted from outside the tree; the tree tries `umount -l` (MNT_DETACH) and a plain
+/// umount: refused, the mount still there, recorded at sb_umount.
+fn umount() -> Result<()> {
+    let m = Tmpfs::mount("/tmp/t/ns-m")?;
+    std::fs::write("/tmp/t/ns-m/marker", b"on the mount\n")?;
+    let a = Agent::start(
+        "ns-umount",
+        OPEN_POLICY,
+        "guard-e2e do umount2 /tmp/t/ns-m 2 /tmp/t/ns-m/marker; guard-e2e do umount2 /tmp/t/ns-m 0 /tmp/t/ns-m/marker",
+    )?;
+    for v in ["umount -l", "umount"] {
+        let r = a.result()?;
+        ensure!(r.starts_with("RESULT errno=1 ") && r.ends_with("probe=visible"), "{v}: {r}");
+    }
+    let out = a.finish()?;
+    ensure!(mounted(m.0), "the mount is gone");
+    let r = &out.records()?;
+    ensure!(
+        r.iter().filter(|x| refused(std::slice::from_ref(x), Hook::SbUmount) && is(&x.object, "/tmp/t/ns-m")).count()
+            >= 2,
+        "not two safe_default sb_umount records naming /tmp/t/ns-m: {r:#?}"
+    );
+    Ok(())
+}
+
+/// Bind mounts (plain and recursive) of a directory onto another, and a read-only remount of
+/// a mount: refused, nothing visible at the target, the mount still writable, recorded at
+/// sb_mount.
+fn bind_mounts() -> Result<()> {
+    harness::write_files(&["/tmp/t/ns-secret/a"])?;
+    std::fs::create_dir_all("/tmp/t/ns-bind")?;
+    let _m = Tmpfs::mount("/tmp/t/ns-m")?;
+    let a = Agent::start(
+        "ns-bind",
+        OPEN_POLICY,
+        "guard-e2e do mount-bind /tmp/t/ns-secret /tmp/t/ns-bind plain /tmp/t/ns-bind/a; \
+         guard-e2e do mount-bind /tmp/t/ns-secret /tmp/t/ns-bind rec /tmp/t/ns-bind/a; \
+         guard-e2e do remount-ro /tmp/t/ns-m",
+    )?;
+    for v in ["bind", "rbind"] {
+        let r = a.result()?;
+        ensure!(r.starts_with("RESULT errno=1 ") && r.ends_with("probe=gone"), "{v}: {r}");
+    }
+    let r = a.result()?;
+    ensure!(r.starts_with("RESULT errno=1 ") && r.ends_with("writable"), "remount: {r}");
+    let out = a.finish()?;
+    ensure!(!mounted("/tmp/t/ns-bind"), "a bind mount is in place");
+    let r = &out.records()?;
+    ensure!(
+        r.iter().filter(|x| refused(std::slice::from_ref(x), Hook::SbMount) && is(&x.object, "/tmp/t/ns-bind")).count()
+            >= 2,
+        "not two safe_default sb_mount records of the bind mounts: {r:#?}"
+    );
+    ensure!(
+        has(r, |x| refused(std::slice::from_ref(x), Hook::SbMount) && is(&x.object, "/tmp/t/ns-m")),
+        "no safe_default record of the remount: {r:#?}"
+    );
+    Ok(())
+}
+
+/// In a new mount namespace, `pivot_root(new, new/old)` and `pivot_root(".", ".")`: refused
+/// (EPERM from guard, before the kernel's own checks), the old root still visible, recorded at
+/// sb_pivotroot.
+fn pivot_root() -> Result<()> {
+    harness::write_files(&["/tmp/t/ns-probe"])?;
+    let _m = Tmpfs::mount("/tmp/t/ns-m")?;
+    std::fs::create_dir_all("/tmp/t/ns-m/old")?;
+    let a = Agent::start(
+        "ns-pivot",
+        OPEN_POLICY,
+        "guard-e2e do pivot-root /tmp/t/ns-m /tmp/t/ns-m/old /tmp/t/ns-probe; \
+         guard-e2e do pivot-root-dot /tmp/t/ns-m /tmp/t/ns-probe",
+    )?;
+    for v in ["pivot_root(new, old)", "pivot_root(., .)"] {
+        let r = a.result()?;
+        ensure!(r.starts_with("RESULT errno=1 ") && r.ends_with("probe=visible"), "{v}: {r}");
+    }
+    let out = a.finish()?;
+    let r = &out.records()?;
+    ensure!(
+        r.iter().filter(|x| refused(std::slice::from_ref(x), Hook::SbPivotroot)).count() >= 2,
+        "not two safe_default sb_pivotroot records: {r:#?}"
+    );
+    Ok(())
+}
+
+/// A copy of busybox in a memfd, run by fexecve and by execve("/proc/self/fd/N"): refused by
+/// default (safe_default at bprm_check_security, the object the memfd); run when the policy
+/// has an `exec_anonymous = true` allow rule.
+fn memfd_exec() -> Result<()> {
+    let bb = busybox();
+    let script = format!(
+        "guard-e2e do memfd-exec {bb} touch /tmp/t/ns-memfd-ran; guard-e2e do memfd-exec-proc {bb} touch /tmp/t/ns-memfd-ran"
+    );
+    std::fs::remove_file("/tmp/t/ns-memfd-ran").ok();
+    let a = Agent::start("ns-memfd", OPEN_POLICY, &script)?;
+    for v in ["fexecve", "execve /proc/self/fd"] {
+        let r = a.result()?;
+        ensure!(r.starts_with("RESULT errno=1 "), "{v} of a memfd: {r}");
+    }
+    let out = a.finish()?;
+    ensure!(!std::path::Path::new("/tmp/t/ns-memfd-ran").exists(), "the memfd program ran");
+    let r = &out.records()?;
+    ensure!(
+        r.iter()
+            .filter(|x| refused(std::slice::from_ref(x), Hook::BprmCheckSecurity)
+                && x.object.as_deref().is_some_and(|o| o.starts_with("/memfd:guard-anon")))
+            .count()
+            >= 2,
+        "not two safe_default exec records of the memfd: {r:#?}"
+    );
+
+    let allow = "[[rule]]\nname = \"anon-ok\"\naction = \"allow\"\nexec_anonymous = true\n";
+    let a = Agent::start("ns-memfd-allow", allow, &script)?;
+    for v in ["fexecve", "execve /proc/self/fd"] {
+        let r = a.result()?;
+        ensure!(r.starts_with("RESULT ok "), "{v} of a memfd under an allow rule: {r}");
+    }
+    let out = a.finish()?;
+    ensure!(std::path::Path::new("/tmp/t/ns-memfd-ran").exists(), "the allowed memfd program did not run");
+    let r = &out.records()?;
+    ensure!(
+        has(r, |x| x.hook == Some(Hook::BprmCheckSecurity)
+            && is(&x.rule, "anon-ok")
+            && x.decision == Some(Decision::Allow)),
+        "no record of the allowed memfd exec: {r:#?}"
+    );
+    Ok(())
+}
+
+/// A binary opened, unlinked, then run by fexecve, or by execve("/proc/self/fd/N"): refused
+/// (safe_default), the object its old path marked "(deleted)".
+fn deleted_exec() -> Result<()> {
+    let bb = busybox();
+    std::fs::remove_file("/tmp/t/ns-deleted-ran").ok();
+    let a = Agent::start(
+        "ns-deleted",
+        OPEN_POLICY,
+        &format!(
+            "guard-e2e do deleted-exec {bb} /tmp/t/bin/ns-del fd touch /tmp/t/ns-deleted-ran; \
+             guard-e2e do deleted-exec {bb} /tmp/t/bin/ns-del2 proc touch /tmp/t/ns-deleted-ran"
+        ),
+    )?;
+    for v in ["fexecve of a deleted file", "execve /proc/self/fd of a deleted file"] {
+        let r = a.result()?;
+        ensure!(r.starts_with("RESULT errno=1 "), "{v}: {r}");
+    }
+    let out = a.finish()?;
+    ensure!(!std::path::Path::new("/tmp/t/ns-deleted-ran").exists(), "the deleted program ran");
+    let r = &out.records()?;
+    for obj in ["/tmp/t/bin/ns-del (deleted)", "/tmp/t/bin/ns-del2 (deleted)"] {
+        ensure!(
+            has(r, |x| refused(std::slice::from_ref(x), Hook::BprmCheckSecurity) && is(&x.object, obj)),
+            "no safe_default record of the deleted binary {obj}: {r:#?}"
+        );
+    }
+    Ok(())
+}
+
+/// The ELF interpreter named by a binary (PT_INTERP), if it is dynamic.
+fn interpreter(bin: &str) -> Option<String> {
+    let data = std::fs::read(bin).ok()?;
+    let u16_at = |o: usize| Some(u16::from_le_bytes(data.get(o..o + 2)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(data.get(o..o + 8)?.try_into().ok()?));
+    let (phoff, phentsize, phnum) = (u64_at(0x20)? as usize, u16_at(0x36)? as usize, u16_at(0x38)? as usize);
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        if u32::from_le_bytes(data.get(ph..ph + 4)?.try_into().ok()?) == 3 {
+            let (off, len) = (u64_at(ph + 8)? as usize, u64_at(ph + 0x20)? as usize);
+            let s = data.get(off..off + len)?;
+            return Some(String::from_utf8_lossy(s).trim_end_matches('\0').to_string());
+        }
+    }
+    None
+}
+
+/// `ld.so /tmp/t/bin/X` where X is exec-denied, directly and through a symlink: the loader
+/// runs but cannot map X executable (refused at mmap_file with X's exec rule), so X never
+/// runs; a copy with no rule runs the same way (the control).
+fn loader() -> Result<()> {
+    let me = std::env::current_exe()?.display().to_string();
+    let Some(ld) = interpreter(&me).filter(|l| std::path::Path::new(l).exists()) else {
+        return Err(Skip("guard-e2e is not dynamically linked here: no loader to run".into()).into());
+    };
+    std::fs::copy(&me, "/tmp/t/bin/ns-dyn-denied")?;
+    std::fs::copy(&me, "/tmp/t/bin/ns-dyn-ok")?;
+    std::fs::remove_file("/tmp/t/bin/ns-dyn-link").ok();
+    std::os::unix::fs::symlink("/tmp/t/bin/ns-dyn-denied", "/tmp/t/bin/ns-dyn-link")?;
+    for m in ["/tmp/t/ns-ld-1", "/tmp/t/ns-ld-2", "/tmp/t/ns-ld-ok"] {
+        std::fs::remove_file(m).ok();
+    }
+    let policy = "[[rule]]\nname = \"no-dyn\"\naction = \"deny\"\nexec = { path = \"/tmp/t/bin/ns-dyn-denied\" }\n";
+    let a = Agent::start(
+        "ns-loader",
+        policy,
+        &format!(
+            "guard-e2e do run-status {ld} /tmp/t/bin/ns-dyn-denied do marker /tmp/t/ns-ld-1; \
+             guard-e2e do run-status {ld} /tmp/t/bin/ns-dyn-link do marker /tmp/t/ns-ld-2; \
+             guard-e2e do run-status {ld} /tmp/t/bin/ns-dyn-ok do marker /tmp/t/ns-ld-ok"
+        ),
+    )?;
+    for v in ["ld.so X", "ld.so link-to-X"] {
+        let r = a.line_starting("RESULT ok run-status")?;
+        ensure!(!r.ends_with("exit=0"), "{v}: the denied program ran: {r}");
+    }
+    let r = a.line_starting("RESULT ok run-status")?;
+    ensure!(r.ends_with("exit=0"), "the control program did not run under the loader: {r}");
+    let out = a.finish()?;
+    ensure!(!std::path::Path::new("/tmp/t/ns-ld-1").exists(), "X ran under ld.so");
+    ensure!(!std::path::Path::new("/tmp/t/ns-ld-2").exists(), "X ran under ld.so through a link");
+    ensure!(std::path::Path::new("/tmp/t/ns-ld-ok").exists(), "the control did not run");
+    let r = &out.records()?;
+    ensure!(
+        r.iter()
+            .filter(|x| x.hook == Some(Hook::MmapFile)
+                && is(&x.rule, "no-dyn")
+                && is(&x.object, "/tmp/t/bin/ns-dyn-denied")
+                && x.decision == Some(Decision::Deny))
+            .count()
+            >= 2,
+        "not two mmap_file deny records naming X: {r:#?}"
+    );
+    Ok(())
+}
+
+/// An exec rule written on a symlink is resolved at load (with a warning naming the rule's
+/// place): the target is protected, run by its own name or through the link.
+fn symlink_rule() -> Result<()> {
+    harness::copy_busybox("/tmp/t/bin/ns-real-tool")?;
+    std::fs::remove_file("/tmp/t/bin/ns-tool-link").ok();
+    std::os::unix::fs::symlink("/tmp/t/bin/ns-real-tool", "/tmp/t/bin/ns-tool-link")?;
+    std::fs::remove_file("/tmp/t/ns-tool-ran").ok();
+    let policy = "[[rule]]\nname = \"link-rule\"\naction = \"deny\"\nexec = { path = \"/tmp/t/bin/ns-tool-link\" }\n";
+    let a = Agent::start(
+        "ns-symlink-rule",
+        policy,
+        "guard-e2e do exec /tmp/t/bin/ns-real-tool touch /tmp/t/ns-tool-ran; \
+         guard-e2e do exec /tmp/t/bin/ns-tool-link touch /tmp/t/ns-tool-ran",
+    )?;
+    for v in ["the target by its name", "the target through the link"] {
+        let r = a.result()?;
+        ensure!(r.starts_with("RESULT errno=1 "), "{v}: {r}");
+    }
+    let out = a.finish()?;
+    ensure!(!std::path::Path::new("/tmp/t/ns-tool-ran").exists(), "the protected program ran");
+    ensure!(
+        out.stderr.contains("goes through a symbolic link") && out.stderr.contains("/tmp/t/bin/ns-real-tool"),
+        "no warning about the rule on a symlink: {}",
+        out.stderr
+    );
+    let r = &out.records()?;
+    ensure!(
+        r.iter()
+            .filter(|x| is(&x.rule, "link-rule")
+                && is(&x.object, "/tmp/t/bin/ns-real-tool")
+                && x.decision == Some(Decision::Deny))
+            .count()
+            >= 2,
+        "not two deny records of the target: {r:#?}"
+    );
+    Ok(())
+}
