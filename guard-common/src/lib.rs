@@ -551,6 +551,13 @@ pub struct Argv {
     pub args: [[u8; ARG_LEN]; MAX_ARGS],
     /// `fnv1a` of each captured argument, for argv conditions.
     pub hashes: [u64; MAX_ARGS],
+    /// Keyed digest (SipHash with the hold key) of argc, truncation and every captured
+    /// argument's bytes: what an exec's hold binds (computed as the arguments are read, where
+    /// the verifier walks the loop once, rather than in every decision path).
+    pub digest: u64,
+    /// 1 when the caller's memory could not be read (a pointer or a string failed).
+    pub unreadable: u32,
+    pub _pad: u32,
 }
 
 /// An exec rule with argv conditions: the binary's exact resolved path (as its hash) and
@@ -772,7 +779,7 @@ const _: () = {
     assert!(offset_of!(Event, time_ns) == 56);
     assert!(offset_of!(Event, object) == 64);
     assert!(offset_of!(Event, argv) == 320);
-    assert!(size_of::<Argv>() == 584);
+    assert!(size_of::<Argv>() == 600);
     assert!(offset_of!(Argv, hashes) == 520);
     assert!(size_of::<ArgvRule>() == 48);
     assert!(size_of::<Offsets>() == 100);

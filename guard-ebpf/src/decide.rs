@@ -20,8 +20,6 @@ use crate::task::{current_tid, parent_tgid, syscall_nr, task_flags, PF_IO_WORKER
 /// An approved creation also covers the open that follows it for this long; approvals given
 /// in one syscall last this long after the last of them (see `APPROVED`).
 const GRACE_NS: u64 = 2_000_000_000;
-/// Words of an `Argv` bound into an exec's hold: argc, truncated and the argument bytes.
-const ARGV_WORDS: usize = 1 + MAX_ARGS * ARG_LEN / 8;
 
 /// The SipHash key of hold bindings, drawn by the agent at each load and written into frozen
 /// .rodata (like `OFFSETS`): the watched tree cannot read it (unprivileged; a root tree's
@@ -29,19 +27,22 @@ const ARGV_WORDS: usize = 1 + MAX_ARGS * ARG_LEN / 8;
 #[no_mangle]
 static HOLD_KEY: [u64; 2] = [0, 0];
 
-/// The binding of an operation: what an approval covers. A keyed hash of the hook, its aux
-/// (access mode, rename direction, creation mode...), every byte of the object, and for exec
-/// the argv as captured (argc, truncation, the argument bytes). A restart whose object, access
-/// or argv differs in any byte gets another binding, so a new request.
+/// The SipHash of the key (see [`HOLD_KEY`]).
 #[inline(always)]
-pub fn binding(s: &Scratch, hook: u8, aux: u64) -> u64 {
+pub fn keyed() -> SipHash {
     // SAFETY: references to a static: valid and aligned. Volatile for the reason given at
     // `task::off` (only the loader fills the value in).
     let (k0, k1) = unsafe { (core::ptr::read_volatile(&HOLD_KEY[0]), core::ptr::read_volatile(&HOLD_KEY[1])) };
-    let mut h = SipHash::new(k0, k1);
+    SipHash::new(k0, k1)
+}
+
+/// A keyed digest of the object in `s`: its length, whether it was truncated, and every one of
+/// its bytes. Computed once per hold; the loop is the costly part for the verifier, so the
+/// bindings below combine this digest instead of walking the bytes again.
+#[inline(always)]
+fn object_digest(s: &Scratch) -> u64 {
+    let mut h = keyed();
     let len = if s.len > BUF_LEN as u64 { BUF_LEN as u64 } else { s.len };
-    h.write(hook as u64);
-    h.write(aux);
     h.write(len | (s.truncated << 32));
     let words = len.div_ceil(8);
     for i in 0..BUF_LEN / 8 {
@@ -57,24 +58,30 @@ pub fn binding(s: &Scratch, hook: u8, aux: u64) -> u64 {
         }
         h.write(word);
     }
-    let mut total = 3 + words;
+    h.finish(1 + words)
+}
+
+/// The binding of an operation: what an approval covers. A keyed hash of the object's digest,
+/// the hook, its aux (access mode, rename direction, creation mode...), and for exec the argv
+/// as captured (argc, truncation, the argument bytes). A restart whose object, access or argv
+/// differs in any byte gets another binding, so a new request.
+#[inline(always)]
+fn binding(object: u64, hook: u8, aux: u64) -> u64 {
+    let mut h = keyed();
+    h.write(object);
+    h.write(hook as u64);
+    h.write(aux);
+    let mut total = 3;
     if hook == Hook::Exec as u8 {
-        match ARGV.get_ptr(current_tid()) {
-            Some(a) => {
-                let a = a as *const u64;
-                for i in 0..ARGV_WORDS {
-                    // SAFETY: `Argv` starts with argc and truncated (8 bytes) and the
-                    // argument bytes (MAX_ARGS * ARG_LEN), ARGV_WORDS words in all, inside the
-                    // map value; every byte is initialised (entries start from ZERO_ARGV).
-                    h.write(unsafe { *a.add(i) });
-                }
-                total += ARGV_WORDS as u64;
-            }
-            None => {
-                h.write(u64::MAX);
-                total += 1;
-            }
-        }
+        // The argv as captured, by its keyed digest (see `Argv::digest`); no entry (it could
+        // not be allocated) binds as a value no digest is.
+        let digest = match ARGV.get_ptr(current_tid()) {
+            // SAFETY: this thread's ARGV entry, a map value valid for the program's run.
+            Some(a) => unsafe { (*a).digest },
+            None => u64::MAX,
+        };
+        h.write(digest);
+        total += 1;
     }
     h.finish(total)
 }
@@ -228,7 +235,8 @@ pub fn decide(s: &mut Scratch, w: &Watched, op: &Op, found: RuleRef) -> i32 {
 #[inline(always)]
 fn hold(s: &mut Scratch, w: &Watched, op: &Op, rule: u32, deadline_ns: u64) -> i32 {
     let tid = current_tid();
-    let hash = binding(s, op.hook as u8, op.aux);
+    let object = object_digest(s);
+    let hash = binding(object, op.hook as u8, op.aux);
     let nr = syscall_nr();
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -240,7 +248,7 @@ fn hold(s: &mut Scratch, w: &Watched, op: &Op, rule: u32, deadline_ns: u64) -> i
         if let Some(g) = GRACE.get_ptr(tid) {
             // SAFETY: a map value, copied out at once.
             let g = unsafe { *g };
-            if now < g[1] && g[0] == binding(s, 0, 0) {
+            if now < g[1] && g[0] == object {
                 GRACE.remove(tid).ok();
                 emit(s, w, op, Outcome::decision(Action::Ask as u8, reason::APPROVED, rule, hash));
                 return 0;
@@ -279,7 +287,7 @@ fn hold(s: &mut Scratch, w: &Watched, op: &Op, rule: u32, deadline_ns: u64) -> i
                     HOLDS.remove(tid).ok();
                     if v.allow == 1 {
                         if op.hook as u8 == Hook::PathMknod as u8 {
-                            GRACE.insert(tid, [binding(s, 0, 0), now + GRACE_NS], 0).ok();
+                            GRACE.insert(tid, [object, now + GRACE_NS], 0).ok();
                         }
                         remember_approval(tid, nr, hash, now);
                         emit(s, w, op, Outcome::resolved(reason::APPROVED, rule, h.seq, hash));

@@ -11,8 +11,8 @@ use guard_common::{kind, reason, Action, Argv, Event, Hook, Watched, BPF_NOEXIST
 
 use crate::decide::{emit, Op, Outcome};
 use crate::maps::{
-    scratch, watched, watched_task, APPROVED, ARGV, EVENTS, GRACE, HOLDS, RESERVED, RESERVED_SLOT, TASK_COUNT, TREE_TASKS,
-    VERDICTS, WATCHED,
+    scratch, watched, watched_task, APPROVED, ARGV, EVENTS, GRACE, HOLDS, RESERVED, RESERVED_SLOT, TASK_COUNT,
+    TREE_TASKS, VERDICTS, WATCHED,
 };
 use crate::resolve::{label, walk_path_into};
 use crate::select::select_new_tree;

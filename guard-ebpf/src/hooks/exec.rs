@@ -13,7 +13,7 @@ use guard_common::{class, reason, Action, Hook, Watched, EPERM};
 
 use super::namespaces::guarded;
 use crate::arch::is_exec_syscall;
-use crate::argv::{capture_exec_argv, match_argv_rules};
+use crate::argv::{argv_readable, capture_exec_argv, match_argv_rules};
 use crate::decide::{decide, emit, Op, Outcome};
 use crate::maps::{bump, policy, scratch, watched, Scratch};
 use crate::resolve::{anonymous, file_path_into, lookup_path, NO_RULE};
@@ -39,6 +39,18 @@ fn anonymous_rule(w: &Watched) -> guard_common::RuleRef {
     }
 }
 
+/// bprm_creds_for_exec(struct linux_binprm *bprm): once per execve, before the binary
+/// handlers (and so before every `bprm_check_security` of this exec, scripts included).
+/// Captures argv here rather than in `bprm_check_security`: the capture loop and the decision
+/// are then verified as two programs, not one whose every path repeats the other.
+#[lsm(hook = "bprm_creds_for_exec")]
+pub fn bprm_creds_for_exec(_ctx: LsmContext) -> i32 {
+    if watched().is_some() {
+        capture_exec_argv();
+    }
+    0
+}
+
 #[lsm(hook = "bprm_check_security")]
 pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     let Some(w) = watched() else {
@@ -47,7 +59,7 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     };
     let Some(s) = scratch() else { return -EPERM };
     let bprm: *const u8 = ctx.arg(0);
-    let argv_read = capture_exec_argv();
+    let argv_read = argv_readable();
     // SAFETY: `file` is the file the kernel opened for the exec; bpf_d_path is allowed in
     // bprm_check_security.
     let resolved = unsafe {
