@@ -4,7 +4,7 @@ mod common;
 use common::*;
 use guard_api::{AuditRecord, Decision, RecordKind};
 use guard_proto::v1::{
-    AuditQuery, AwaitRequest, CancelRequestRequest, GetRequestRequest, ListRequestsRequest, Record,
+    AuditQuery, AwaitRequest, CancelRequestRequest, GetRequestRequest, ListRequestsRequest, Operation, Record,
     ReportRecordsRequest, ReviewRequest, State, TreeExitedRequest, WatchPendingRequest, WhoAmIRequest, WithdrawRequest,
 };
 use std::time::Duration;
@@ -123,6 +123,53 @@ async fn n_of_m_needs_distinct_eligible_approvers() {
     assert_eq!(state(&last), State::Approved);
     assert_eq!(last.reviews.len(), 2);
     ends(&mut stream).await;
+}
+
+/// A grant covers exactly what the approver saw (issue 9 item 5): a read grant is not a write
+/// grant, an exec grant names its argv, and an exec whose argv was cut short gets none.
+#[tokio::test]
+async fn grant_binds_access_and_argv() {
+    let site = Site::new();
+    let server = site.start(None).await;
+    let mut agent = server.agent("h1").await;
+    let approve_for_a_minute = |id: &str| {
+        let mut r = review(id, true);
+        r.grant_seconds = 60;
+        r
+    };
+    let file = |access: &str| Operation {
+        hook: "file_open".into(),
+        access: access.into(),
+        ..op("secrets", "100-7", "dev", 2000, "/etc/app/key")
+    };
+    let mut first = agent.submit(submit(file("read"), 30, "")).await.unwrap().into_inner();
+    let created = next(&mut first).await;
+    server.approver("alice").await.review(approve_for_a_minute(&created.id)).await.unwrap();
+    assert_eq!(state(&next(&mut first).await), State::Approved);
+    let mut again = agent.submit(submit(file("read"), 30, "")).await.unwrap().into_inner();
+    assert_eq!(next(&mut again).await.reason, "grant", "the same read is granted");
+    let mut write = agent.submit(submit(file("write"), 30, "")).await.unwrap().into_inner();
+    assert_eq!(state(&next(&mut write).await), State::Pending, "a read grant covered a write");
+
+    let exec = |args: &[&str], truncated: bool| {
+        let mut o = op("kubectl", "100-7", "dev", 2000, "/usr/bin/kubectl");
+        o.ancestry[0].argv = args.iter().map(|a| a.to_string()).collect();
+        o.ancestry[0].argv_truncated = truncated;
+        o
+    };
+    let get = ["kubectl", "get", "pods"];
+    let mut first = agent.submit(submit(exec(&get, false), 30, "")).await.unwrap().into_inner();
+    let created = next(&mut first).await;
+    server.approver("alice").await.review(approve_for_a_minute(&created.id)).await.unwrap();
+    assert_eq!(state(&next(&mut first).await), State::Approved);
+    let mut same = agent.submit(submit(exec(&get, false), 30, "")).await.unwrap().into_inner();
+    assert_eq!(next(&mut same).await.reason, "grant", "the same argv is granted");
+    for other in [&["kubectl", "delete", "pods"][..], &["kubectl", "get pods"], &["kubectl", "get", "pods", "-A"]] {
+        let mut s = agent.submit(submit(exec(other, false), 30, "")).await.unwrap().into_inner();
+        assert_eq!(state(&next(&mut s).await), State::Pending, "the grant for {get:?} covered {other:?}");
+    }
+    let mut cut = agent.submit(submit(exec(&get, true), 30, "")).await.unwrap().into_inner();
+    assert_eq!(state(&next(&mut cut).await), State::Pending, "a grant covered an argv nobody saw whole");
 }
 
 #[tokio::test]

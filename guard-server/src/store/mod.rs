@@ -25,6 +25,24 @@ use std::sync::Arc;
 
 pub use sql::SqlStore;
 
+/// The hook of an exec, whose grants also name the argv.
+const EXEC_HOOK: &str = "bprm_check_security";
+
+/// What a grant binds besides host, tree, hook and object: the acting process's argv for an
+/// exec (as JSON, so that `["a b"]` and `["a", "b"]` differ), empty for anything else. `None`
+/// for an exec whose argv was cut short: the approver did not see all of it, so no grant
+/// covers such an exec (it asks every time).
+pub fn grant_argv(op: &Operation) -> Option<String> {
+    if op.hook != EXEC_HOOK {
+        return Some(String::new());
+    }
+    let acting = op.ancestry.first()?;
+    if acting.argv_truncated {
+        return None;
+    }
+    serde_json::to_string(&acting.argv).ok()
+}
+
 /// A request to create, as the lifecycle planned it.
 #[derive(Debug, Clone)]
 pub struct NewRequest {

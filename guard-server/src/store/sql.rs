@@ -16,6 +16,8 @@ use crate::ids;
 use async_trait::async_trait;
 use guard_api::{AuditRecord, RecordKind};
 use guard_proto::v1::{AuditEvent, Request, Review, State};
+
+use super::grant_argv;
 use sqlx::AnyPool;
 use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
@@ -296,17 +298,22 @@ impl Store for SqlStore {
             apply(&mut request, decision);
             entries.push(audit::entry(RecordKind::Decision, now_ms, &request, None));
         }
-        if let (Some(until), Some(op)) = (effect.grant_until_ms, &request.operation) {
+        // An exec whose argv was cut short gets no grant (`grant_argv`): the approval covers
+        // this request only.
+        let grant = effect.grant_until_ms.zip(request.operation.as_ref().and_then(|op| Some((op, grant_argv(op)?))));
+        if let Some((until, (op, argv))) = grant {
             let grant_id = ids::new_request_id().map_err(|_| GuardError::Internal("no randomness".into()))?;
             sqlx::query(
-                "INSERT INTO grants (id, host, tree_id, hook, object, approver, request_id, created_ms, expires_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                "INSERT INTO grants (id, host, tree_id, hook, object, access, argv, approver, request_id, created_ms, \
+                 expires_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
             .bind(grant_id)
             .bind(request.host.clone())
             .bind(op.tree_id.clone())
             .bind(op.hook.clone())
             .bind(op.object.clone())
+            .bind(op.access.clone())
+            .bind(argv)
             .bind(review.approver.clone())
             .bind(id.to_string())
             .bind(now_ms)

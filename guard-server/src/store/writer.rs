@@ -7,7 +7,7 @@
 use super::chain::append_audit_refs;
 use super::rows::{operation_to_json, params, state_label};
 use super::sql::{apply, begin_write, commit, state_of, Backend, Tx};
-use super::{Decision, NewRequest};
+use super::{grant_argv, Decision, NewRequest};
 use crate::audit::{self, AuditEntry};
 use crate::error::GuardResult;
 use crate::fanout::Fanout;
@@ -78,6 +78,8 @@ struct LiveGrant {
     tree_id: String,
     hook: String,
     object: String,
+    access: String,
+    argv: String,
     expires_ms: i64,
 }
 
@@ -209,7 +211,7 @@ impl Writer {
             scoped().filter_map(|r| r.operation.as_ref()).map(|op| op.tree_id.as_str()).collect();
         let since = scoped().map(|r| r.created_ms).min().unwrap_or_default();
         let sql = format!(
-            "SELECT id, approver, host, tree_id, hook, object, expires_ms FROM grants \
+            "SELECT id, approver, host, tree_id, hook, object, access, argv, expires_ms FROM grants \
              WHERE host IN ({}) AND tree_id IN ({}) AND ended_ms IS NULL AND expires_ms > {}",
             params(self.backend, 1, hosts.len()),
             params(self.backend, hosts.len() + 1, trees.len()),
@@ -236,6 +238,8 @@ impl Writer {
                     tree_id: row.try_get("tree_id")?,
                     hook: row.try_get("hook")?,
                     object: row.try_get("object")?,
+                    access: row.try_get("access")?,
+                    argv: row.try_get("argv")?,
                     expires_ms: row.try_get("expires_ms")?,
                 })
             })
@@ -245,6 +249,9 @@ impl Writer {
             let Some(op) = r.operation.as_ref().filter(|op| !op.tree_id.is_empty()) else {
                 continue;
             };
+            // Exactly what the approver saw: the access, and for an exec the argv (an exec
+            // with a cut-short argv has no binding and meets no grant).
+            let Some(argv) = grant_argv(op) else { continue };
             let best = grants
                 .iter()
                 .filter(|g| {
@@ -252,6 +259,8 @@ impl Writer {
                         && g.tree_id == op.tree_id
                         && g.hook == op.hook
                         && g.object == op.object
+                        && g.access == op.access
+                        && g.argv == argv
                         && g.expires_ms > r.created_ms
                 })
                 .max_by_key(|g| g.expires_ms);
