@@ -13,7 +13,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-const OPS: [(&str, u32); 3] = [("open", 200_000), ("exec", 500), ("connect", 5_000)];
+/// The hooked operations timed: opens (file_open), execs (bprm_creds_for_exec and
+/// bprm_check_security, plus the fork), connects (socket_connect), forks (task_alloc,
+/// task_newtask, task_free: the tree's task reservation) and renames there and back
+/// (path_rename, whose source is decided as the object and its ancestors).
+const OPS: [(&str, u32); 5] =
+    [("open", 200_000), ("exec", 500), ("connect", 5_000), ("fork", 2_000), ("rename", 50_000)];
 const MODES: [&str; 4] = ["none", "unwatched", "watched-nomatch", "watched-allow"];
 const BENCH_FILE: &str = "/tmp/t/bench/file";
 
@@ -84,6 +89,31 @@ pub fn bench_loop(op: &str, n: u32) -> Result<f64> {
             start = Instant::now();
             for _ in 0..n {
                 drop(TcpStream::connect(addr)?);
+            }
+        }
+        "fork" => {
+            start = Instant::now();
+            for _ in 0..n {
+                // SAFETY: the child only calls _exit, which is async-signal-safe.
+                let pid = unsafe { libc::fork() };
+                if pid < 0 {
+                    bail!("fork failed: {}", std::io::Error::last_os_error());
+                }
+                if pid == 0 {
+                    // SAFETY: ends the child at once, without running the parent's destructors.
+                    unsafe { libc::_exit(0) };
+                }
+                let mut status = 0;
+                // SAFETY: waits for the child just forked; status is a valid out pointer.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+            }
+        }
+        "rename" => {
+            let there = format!("{BENCH_FILE}.renamed");
+            start = Instant::now();
+            for _ in 0..n {
+                std::fs::rename(BENCH_FILE, &there)?;
+                std::fs::rename(&there, BENCH_FILE)?;
             }
         }
         other => bail!("unknown bench op {other}"),

@@ -19,6 +19,7 @@ pub const TESTS: &[Test] = &[
     ("escape_decide_rename_between_two_asks_completes", rename_two_asks),
     ("escape_decide_o_trunc_open_under_a_write_ask_completes", o_trunc_two_asks),
     ("escape_decide_full_ring_buffer_fails_closed_and_is_recorded", ring_full),
+    ("escape_decide_full_hold_table_fails_closed_and_is_recorded", hold_table_full),
 ];
 
 const DIR: &str = "/tmp/t/dec";
@@ -110,7 +111,7 @@ fn exec_argv_rewrite() -> Result<()> {
         a.line_starting("REWRITTEN")?;
         let id1 = s(&h1, "id").to_string();
         a.approve(&id1)?;
-        let h2 = wait_new_hold(&a, "bprm_check_security", &[id1.clone()])?;
+        let h2 = wait_new_hold(&a, "bprm_check_security", std::slice::from_ref(&id1))?;
         let id2 = s(&h2, "id").to_string();
         ensure!(
             argv(&h2).contains(&fb) && !argv(&h2).contains(&fa),
@@ -152,7 +153,7 @@ fn create_path_rewrite() -> Result<()> {
     a.line_starting("REWRITTEN")?;
     let id1 = s(&h1, "id").to_string();
     a.approve(&id1)?;
-    let h2 = wait_new_hold(&a, "path_mknod", &[id1.clone()])?;
+    let h2 = wait_new_hold(&a, "path_mknod", std::slice::from_ref(&id1))?;
     ensure!(s(&h2, "object") == fb, "second hold: {h2}");
     let id2 = s(&h2, "id").to_string();
     a.deny(&id2)?;
@@ -301,11 +302,7 @@ fn ring_full() -> Result<()> {
          guard-e2e do dec-flood {DIR}/aud/f 40; guard-e2e do open-read {DIR}/ask/a; \
          while [ ! -e {go2} ]; do sleep 0.2; done"
     );
-    // Only the agent started here inherits it (tests run one at a time).
-    std::env::set_var("GUARD_TEST_RING_BYTES", "4096");
-    let started = Agent::start("dec-ring", &policy(), &script);
-    std::env::remove_var("GUARD_TEST_RING_BYTES");
-    let a = started?;
+    let a = Agent::start_with_env("dec-ring", &policy(), &script, &[], &[("GUARD_TEST_RING_BYTES", "4096")])?;
     let pid: i32 = a.line_starting("AGENT=")?.trim_start_matches("AGENT=").parse()?;
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))?;
     ensure!(comm.trim() == "guard-agent", "AGENT={pid} is {comm}");
@@ -336,5 +333,35 @@ fn ring_full() -> Result<()> {
         .count() as u64;
     ensure!(audited == ok, "{audited} audit records for {ok} opens that went ahead");
     ensure!(!records.iter().any(|r| r.request_id.is_some()), "a request was made although it could not be reported");
+    Ok(())
+}
+
+/// The hold table loaded with one entry: a first ask holds it, a second ask from another
+/// process meanwhile is denied at once (`hold_table_full`), never let through and never a
+/// request; the first then expires as usual.
+fn hold_table_full() -> Result<()> {
+    prepare()?;
+    let (a, b) = (format!("{DIR}/ask/a"), format!("{DIR}/ask/b"));
+    harness::write_files(&[&a, &b])?;
+    let script = format!("guard-e2e do open-read {a} & sleep 1; guard-e2e do open-read {b}; wait");
+    let policy = policy().replace("ask_timeout = \"60s\"", "ask_timeout = \"3s\"");
+    let agent = Agent::start_with_env("dec-holds", &policy, &script, &[], &[("GUARD_TEST_HOLD_SLOTS", "1")])?;
+    let first = agent.result()?;
+    ensure!(first == format!("RESULT errno=1 open-read {b}"), "the second ask, with the table full: {first}");
+    let second = agent.result()?;
+    ensure!(second == format!("RESULT errno=1 open-read {a}"), "the held ask after its timeout: {second}");
+    let records = agent.finish()?.records()?;
+    let full: Vec<&AuditRecord> = records.iter().filter(|r| r.reason == Some(Reason::HoldTableFull)).collect();
+    ensure!(
+        full.len() == 1
+            && full[0].object.as_deref() == Some(b.as_str())
+            && full[0].decision == Some(Decision::Deny)
+            && full[0].request_id.is_none(),
+        "one hold_table_full deny of {b}: {records:#?}"
+    );
+    ensure!(
+        records.iter().any(|r| r.object.as_deref() == Some(a.as_str()) && r.reason == Some(Reason::Expired)),
+        "the held ask of {a} expired: {records:#?}"
+    );
     Ok(())
 }

@@ -136,6 +136,17 @@ impl Agent {
 
     /// As `start`, with extra `guard-agent run` flags.
     pub fn start_with(name: &str, policy: &str, script: &str, flags: &[&str]) -> Result<Agent> {
+        Self::start_with_env(name, policy, script, flags, &[])
+    }
+
+    /// As `start_with`, with extra environment variables for the agent (and so the tree).
+    pub fn start_with_env(
+        name: &str,
+        policy: &str,
+        script: &str,
+        flags: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Agent> {
         let (pol, log, sock) = paths(name);
         std::fs::write(&pol, policy)?;
         std::fs::remove_file(&log).ok();
@@ -144,6 +155,7 @@ impl Agent {
             .args(flags)
             .args(["--", "/bin/sh", "-c", script])
             .env("GUARD_SOCKET", &sock)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -141,10 +141,14 @@ impl Kernel {
             true,
         );
         loader.override_global("HOLD_KEY", &hold_key, true);
-        if let Some(bytes) = test_ring_bytes() {
-            // Hidden, for the tests that fill the ring buffer on purpose.
+        // Hidden, for the tests that fill the ring buffer or the hold table on purpose.
+        if let Some(bytes) = test_size("GUARD_TEST_RING_BYTES").filter(|v| *v >= 4096 && v.is_power_of_two()) {
             tracing::warn!("GUARD_TEST_RING_BYTES: a ring buffer of {bytes} bytes");
             loader.map_max_entries("EVENTS", bytes);
+        }
+        if let Some(slots) = test_size("GUARD_TEST_HOLD_SLOTS").filter(|v| *v >= 1) {
+            tracing::warn!("GUARD_TEST_HOLD_SLOTS: a hold table of {slots} entries");
+            loader.map_max_entries("HOLDS", slots);
         }
         let map_paths: Vec<(&str, PathBuf)> = match &pin_dir {
             Some(dir) => {
@@ -272,9 +276,10 @@ fn hold_key() -> Result<[u64; 2]> {
 
 /// `GUARD_TEST_RING_BYTES`: a smaller ring buffer (a power of two, at least a page), for the
 /// end-to-end tests that fill it on purpose. Not a user option.
-fn test_ring_bytes() -> Option<u32> {
-    let v: u32 = std::env::var("GUARD_TEST_RING_BYTES").ok()?.parse().ok()?;
-    (v >= 4096 && v.is_power_of_two()).then_some(v)
+/// A map size the tests set through the environment (never documented for users: a smaller
+/// map only makes guard deny sooner).
+fn test_size(var: &str) -> Option<u32> {
+    std::env::var(var).ok()?.parse().ok()
 }
 
 /// Identifies this build's eBPF object (and so its maps' layouts): pins are per build.
