@@ -16,6 +16,8 @@ pub struct ServerToml {
     autos: Vec<(String, &'static str)>,
     /// TOML appended as it is (host groups, scoped rules, redaction, rate limits).
     extra: String,
+    /// Top-level keys, written before the first table.
+    top: String,
 }
 
 impl ServerToml {
@@ -31,6 +33,7 @@ impl ServerToml {
             requires: Vec::new(),
             autos: Vec::new(),
             extra: String::new(),
+            top: String::new(),
         }
     }
 
@@ -60,6 +63,13 @@ impl ServerToml {
     pub fn approver_in(mut self, name: &str, unix_users: &[&str], host_groups: &[&str]) -> Self {
         let users = unix_users.iter().map(|u| u.to_string()).collect();
         self.approvers.push((name.into(), users, host_groups.iter().map(|g| g.to_string()).collect()));
+        self
+    }
+
+    /// A top-level `key = value` line, written before the first table.
+    pub fn top(mut self, line: &str) -> Self {
+        self.top.push_str(line.trim_end());
+        self.top.push('\n');
         self
     }
 
@@ -100,6 +110,7 @@ impl ServerToml {
         if let Some(timeout) = &self.default_timeout {
             let _ = writeln!(t, "default_timeout = {timeout:?}");
         }
+        t.push_str(&self.top);
         let file = |f: &str| format!("{}/{f}", self.tls_dir.trim_end_matches('/'));
         let _ = writeln!(
             t,

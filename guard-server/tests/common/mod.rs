@@ -39,6 +39,11 @@ pub struct Site {
 
 impl Site {
     pub fn new() -> Site {
+        Site::with(config())
+    }
+
+    /// A site whose server runs under `config`.
+    pub fn with(config: ServerToml) -> Site {
         let dir = tempfile::tempdir().expect("tempdir");
         let spec = PkiSpec {
             server_names: vec![],
@@ -46,8 +51,13 @@ impl Site {
             approvers: APPROVERS.iter().map(|s| s.to_string()).collect(),
         };
         init_pki(&dir.path().join("pki"), &spec).expect("init-pki");
-        std::fs::write(dir.path().join("server.toml"), config().render()).expect("config");
+        std::fs::write(dir.path().join("server.toml"), config.render()).expect("config");
         Site { dir }
+    }
+
+    /// The SQLite database the config's default puts next to it.
+    pub fn db_url(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("guard.db").display())
     }
 
     pub fn pki(&self) -> PathBuf {
