@@ -191,6 +191,8 @@ pub fn operation(object: &str, reason: &str) -> Operation {
         owner: "dev".into(),
         owner_uid: 1000,
         owner_source: "loginuid".into(),
+        // Not registered: the server shows such a request with a policy-changed flag.
+        policy_hash: String::new(),
         tree_id: "4200-123456".into(),
         stated_reason: Some(StatedReason {
             tool: "shell".into(),
