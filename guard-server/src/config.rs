@@ -477,4 +477,29 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.at.line, 9, "{err}");
     }
+
+    #[test]
+    fn trust_settings_parse() {
+        let text = format!(
+            "policy_changed = \"refuse\"\n{TLS}\
+             [[host_group]]\nname = \"prod\"\nhosts = [\"prod-*\"]\n\
+             [[approver]]\nname = \"alice\"\nunix_users = [\"alice\", \"1000\"]\nhost_groups = [\"prod\"]\n\
+             [[require]]\nhost = \"prod-*\"\npolicy = \"coding-agent\"\nrule = \"deploy-*\"\napprovals = 2\napprovers = [\"alice\", \"bob\", \"carol\"]\n\
+             [[auto]]\nrule = \"read-docs\"\ndecision = \"approve\"\n\
+             [redact]\npatterns = [\"sk_live_[a-z0-9]+\"]\n\
+             [rate_limit]\nhost_per_minute = 600\ntree_per_minute = 0\n"
+        );
+        let p = parse(&text).expect("valid").policy;
+        assert_eq!(p.policy_changed, PolicyChanged::Refuse);
+        assert!(p.sees_host("alice", "prod-db") && !p.sees_host("alice", "dev-1") && !p.sees_host("bob", "prod-db"));
+        assert_eq!(p.requirement("prod-db", "coding-agent", "deploy-web").map(|r| r.approvals), Some(2));
+        assert!(p.requirement("prod-db", "other", "deploy-web").is_none());
+        let mut argv = vec!["x".to_string(), "sk_live_abc".into(), "--password=p".into()];
+        assert!(p.redact.redact(&mut argv));
+        assert_eq!(argv, ["x", "[REDACTED]", "--password=[REDACTED]"], "configured and default patterns");
+        assert_eq!(p.limits.host, Some(Rate { per_minute: 600, burst: 120 }));
+        assert_eq!(p.limits.tree, None, "0 per minute: no limit");
+        // Without any host group, everyone sees every host.
+        assert!(parse(TLS).unwrap().policy.sees_host("anyone", "any-host"));
+    }
 }
