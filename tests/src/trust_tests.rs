@@ -17,7 +17,7 @@ fn owner_is_the_login_uid() -> Result<()> {
     let e = env()?;
     let p = files(&["owned-1", "owned-2"])?;
     // The second read comes after the tree set its login uid to 2000 (allowed for root).
-    let script = format!("{}; echo 2000 > /proc/self/loginuid; {}", reads(&p[..1].to_vec()), reads(&p[1..].to_vec()));
+    let script = format!("{}; echo 2000 > /proc/self/loginuid; {}", reads(&p[..1]), reads(&p[1..]));
     let a = e.start_with_loginuid("trust-owner", &policy("secrets", "60s"), &script, 1000)?;
     for (i, path) in p.iter().enumerate() {
         let r = e.wait_request(path)?;
