@@ -10,6 +10,9 @@ use ring::digest;
 /// (enforcement or agent) is inside its JSON; the row kind says where the row came from.
 pub const KIND_RECORD: &str = "record";
 
+/// What a record's comment says when its argv was redacted.
+pub const REDACTED_NOTE: &str = "argv redacted by guard-server";
+
 /// One audit row to append.
 #[derive(Debug, Clone)]
 pub struct AuditEntry {
@@ -48,6 +51,7 @@ fn text(s: &str) -> Option<String> {
 pub fn record(kind: RecordKind, time_ms: i64, request: &Request, review: Option<&Review>) -> AuditRecord {
     let op = request.operation.clone().unwrap_or_default();
     let actor = op.ancestry.first().cloned().unwrap_or_default();
+    let redacted = op.ancestry.iter().any(|p| p.argv_redacted);
     let state = State::try_from(request.state).unwrap_or(State::Unspecified);
     let mut r = AuditRecord::at(Timestamp::from_unix_ms(time_ms), kind, request.host.clone());
     r.state = Some(state.label().to_string());
@@ -85,6 +89,12 @@ pub fn record(kind: RecordKind, time_ms: i64, request: &Request, review: Option<
             r.comment = Some(request.comment.clone());
         }
         _ => {}
+    }
+    if redacted {
+        r.comment = Some(match r.comment.take().filter(|c| !c.is_empty()) {
+            Some(c) => format!("{c} ({REDACTED_NOTE})"),
+            None => REDACTED_NOTE.to_string(),
+        });
     }
     r
 }

@@ -1,6 +1,8 @@
 //! The server's TOML configuration. Unknown keys are refused and every error names
 //! `file:line:col`, so a typo in a rule is found at start-up rather than when a request
 //! arrives and nobody can approve it.
+use crate::ratelimit::{Limits, Rate};
+use crate::rules::{Glob, Redactor, Scope};
 use guard_api::Location;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -31,14 +33,21 @@ pub struct TlsPaths {
 }
 
 /// The rules the lifecycle applies: who may approve what, how many approvals, what is
-/// decided without a person.
+/// decided without a person, who sees which hosts, what is redacted, how often a host may ask.
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub default_timeout: Duration,
     pub max_timeout: Duration,
     pub approvers: BTreeMap<String, ApproverConfig>,
-    pub requires: BTreeMap<String, Requirement>,
-    pub autos: BTreeMap<String, AutoDecision>,
+    /// In file order; the first whose scope matches applies.
+    pub requires: Vec<Requirement>,
+    /// In file order; applies only when no `[[require]]` matches, the first match wins.
+    pub autos: Vec<AutoRule>,
+    /// Host groups by name. Empty: every approver sees every host.
+    pub host_groups: BTreeMap<String, Vec<Glob>>,
+    pub redact: Redactor,
+    pub policy_changed: PolicyChanged,
+    pub limits: Limits,
 }
 
 impl Default for Policy {
@@ -47,23 +56,62 @@ impl Default for Policy {
             default_timeout: DEFAULT_TIMEOUT,
             max_timeout: DEFAULT_MAX_TIMEOUT,
             approvers: BTreeMap::new(),
-            requires: BTreeMap::new(),
-            autos: BTreeMap::new(),
+            requires: Vec::new(),
+            autos: Vec::new(),
+            host_groups: BTreeMap::new(),
+            redact: Redactor::default(),
+            policy_changed: PolicyChanged::Flag,
+            limits: Limits::default(),
         }
+    }
+}
+
+impl Policy {
+    /// The `[[require]]` that applies to a request from `host` under `policy` by `rule`.
+    pub fn requirement(&self, host: &str, policy: &str, rule: &str) -> Option<&Requirement> {
+        self.requires.iter().find(|r| r.scope.matches(host, policy, rule))
+    }
+
+    /// The `[[auto]]` that applies, when no `[[require]]` does.
+    pub fn auto(&self, host: &str, policy: &str, rule: &str) -> Option<&AutoRule> {
+        if self.requirement(host, policy, rule).is_some() {
+            return None;
+        }
+        self.autos.iter().find(|a| a.scope.matches(host, policy, rule))
+    }
+
+    /// Whether `approver` may see (list, show, review, cancel) requests and records of `host`.
+    /// With no host groups configured every approver sees every host; with some, an approver
+    /// sees the hosts of the groups their `[[approver]]` entry names, and nothing else.
+    pub fn sees_host(&self, approver: &str, host: &str) -> bool {
+        if self.host_groups.is_empty() {
+            return true;
+        }
+        let Some(a) = self.approvers.get(approver) else { return false };
+        a.host_groups.iter().filter_map(|g| self.host_groups.get(g)).flatten().any(|glob| glob.matches(host))
     }
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct ApproverConfig {
     /// Unix users (names or uids as text) that are this approver's own: requests from trees
-    /// running as them are not theirs to approve.
+    /// they own are not theirs to approve.
     pub unix_users: Vec<String>,
+    /// The host groups whose requests this approver sees.
+    pub host_groups: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Requirement {
+    pub scope: Scope,
     pub approvals: u32,
     pub approvers: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AutoRule {
+    pub scope: Scope,
+    pub decision: AutoDecision,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -71,6 +119,16 @@ pub struct Requirement {
 pub enum AutoDecision {
     Approve,
     Deny,
+}
+
+/// What to do with a request whose policy hash is not the one its host registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyChanged {
+    /// Create it, with a `policy-changed` flag approvers see; `[[auto]]` rules do not apply.
+    Flag,
+    /// Refuse it (PERMISSION_DENIED): the agent denies the hold.
+    Refuse,
 }
 
 /// A configuration error and where it is (`guard_api::Location`: the one file:line:col rule).
@@ -95,6 +153,36 @@ struct RawConfig {
     require: Vec<Spanned<RawRequire>>,
     #[serde(default)]
     auto: Vec<Spanned<RawAuto>>,
+    #[serde(default)]
+    host_group: Vec<Spanned<RawHostGroup>>,
+    redact: Option<Spanned<RawRedact>>,
+    policy_changed: Option<Spanned<String>>,
+    rate_limit: Option<Spanned<RawRateLimit>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHostGroup {
+    name: Spanned<String>,
+    hosts: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedact {
+    /// Keep the built-in patterns (true unless said otherwise).
+    defaults: Option<bool>,
+    #[serde(default)]
+    patterns: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    host_per_minute: Option<Spanned<u32>>,
+    host_burst: Option<Spanned<u32>>,
+    tree_per_minute: Option<Spanned<u32>>,
+    tree_burst: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,11 +199,15 @@ struct RawApprover {
     name: Spanned<String>,
     #[serde(default)]
     unix_users: Vec<String>,
+    #[serde(default)]
+    host_groups: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRequire {
+    host: Option<Spanned<String>>,
+    policy: Option<Spanned<String>>,
     rule: Spanned<String>,
     approvals: Spanned<u32>,
     approvers: Spanned<Vec<Spanned<String>>>,
@@ -124,6 +216,8 @@ struct RawRequire {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAuto {
+    host: Option<Spanned<String>>,
+    policy: Option<Spanned<String>>,
     rule: Spanned<String>,
     decision: AutoDecision,
 }
@@ -175,24 +269,47 @@ impl ServerConfig {
         let tls = raw.tls.get_ref();
         let tls = TlsPaths { ca: resolve(&tls.ca)?, cert: resolve(&tls.cert)?, key: resolve(&tls.key)? };
 
+        let glob = |g: &Spanned<String>| Glob::new(g.get_ref()).map_err(|e| at(g.span(), e));
+        let opt_glob = |g: &Option<Spanned<String>>| g.as_ref().map(glob).unwrap_or_else(|| Ok(Glob::any()));
+
+        let mut host_groups = BTreeMap::new();
+        for g in &raw.host_group {
+            let g = g.get_ref();
+            if g.name.get_ref().is_empty() {
+                return Err(at(g.name.span(), "host group name is empty".into()));
+            }
+            let hosts = g.hosts.iter().map(glob).collect::<Result<Vec<_>, _>>()?;
+            if host_groups.insert(g.name.get_ref().clone(), hosts).is_some() {
+                return Err(at(g.name.span(), format!("host group {:?} is declared twice", g.name.get_ref())));
+            }
+        }
+
         let mut approvers = BTreeMap::new();
         for a in &raw.approver {
             let name = &a.get_ref().name;
             if name.get_ref().is_empty() {
                 return Err(at(name.span(), "approver name is empty".into()));
             }
-            let entry = ApproverConfig { unix_users: a.get_ref().unix_users.clone() };
+            for g in &a.get_ref().host_groups {
+                if !host_groups.contains_key(g.get_ref()) {
+                    return Err(at(g.span(), format!("no [[host_group]] is named {:?}", g.get_ref())));
+                }
+            }
+            let entry = ApproverConfig {
+                unix_users: a.get_ref().unix_users.clone(),
+                host_groups: a.get_ref().host_groups.iter().map(|g| g.get_ref().clone()).collect(),
+            };
             if approvers.insert(name.get_ref().clone(), entry).is_some() {
                 return Err(at(name.span(), format!("approver {:?} is declared twice", name.get_ref())));
             }
         }
 
-        let mut requires = BTreeMap::new();
+        let mut requires: Vec<Requirement> = Vec::new();
         for r in &raw.require {
             let r = r.get_ref();
             let list = r.approvers.get_ref();
-            // Approvers need no [[approver]] entry (that is only for their unix_users): a
-            // certificate is enough. Empty names can only be typos.
+            // Approvers need no [[approver]] entry (that is only for their unix_users and host
+            // groups): a certificate is enough. Empty names can only be typos.
             for a in list {
                 if a.get_ref().is_empty() {
                     return Err(at(a.span(), "empty approver name".into()));
@@ -207,31 +324,86 @@ impl ServerConfig {
                     format!("approvals must be between 1 and the {distinct} distinct approvers listed"),
                 ));
             }
-            let requirement = Requirement { approvals, approvers: names };
-            if requires.insert(r.rule.get_ref().clone(), requirement).is_some() {
-                return Err(at(r.rule.span(), format!("rule {:?} has two [[require]] entries", r.rule.get_ref())));
+            let scope = Scope { host: opt_glob(&r.host)?, policy: opt_glob(&r.policy)?, rule: glob(&r.rule)? };
+            if requires.iter().any(|q| q.scope == scope) {
+                return Err(at(r.rule.span(), format!("two [[require]] entries for {}", scope.describe())));
             }
+            requires.push(Requirement { scope, approvals, approvers: names });
         }
 
-        let mut autos = BTreeMap::new();
+        let mut autos: Vec<AutoRule> = Vec::new();
         for a in &raw.auto {
             let a = a.get_ref();
-            if requires.contains_key(a.rule.get_ref()) {
-                return Err(at(
-                    a.rule.span(),
-                    format!("rule {:?} is both in [[require]] and [[auto]]", a.rule.get_ref()),
-                ));
+            let scope = Scope { host: opt_glob(&a.host)?, policy: opt_glob(&a.policy)?, rule: glob(&a.rule)? };
+            if requires.iter().any(|r| r.scope == scope) {
+                return Err(at(a.rule.span(), format!("{} is both in [[require]] and [[auto]]", scope.describe())));
             }
-            if autos.insert(a.rule.get_ref().clone(), a.decision).is_some() {
-                return Err(at(a.rule.span(), format!("rule {:?} has two [[auto]] entries", a.rule.get_ref())));
+            if autos.iter().any(|q| q.scope == scope) {
+                return Err(at(a.rule.span(), format!("two [[auto]] entries for {}", scope.describe())));
             }
+            autos.push(AutoRule { scope, decision: a.decision });
+        }
+
+        let redact = match &raw.redact {
+            None => Redactor::default(),
+            Some(r) => {
+                let r = r.get_ref();
+                let mut patterns: Vec<String> = Vec::new();
+                let defaults = r.defaults.unwrap_or(true);
+                if defaults {
+                    patterns.extend(crate::rules::DEFAULT_PATTERNS.iter().map(|p| p.to_string()));
+                }
+                for p in &r.patterns {
+                    Redactor::check(p.get_ref()).map_err(|e| at(p.span(), format!("bad redaction pattern: {e}")))?;
+                    patterns.push(p.get_ref().clone());
+                }
+                let flag = defaults.then(|| crate::rules::DEFAULT_SECRET_FLAGS.to_string());
+                Redactor::new(patterns, flag).map_err(|e| at(0..0, e))?
+            }
+        };
+
+        let policy_changed = match &raw.policy_changed {
+            None => PolicyChanged::Flag,
+            Some(p) => match p.get_ref().as_str() {
+                "flag" => PolicyChanged::Flag,
+                "refuse" => PolicyChanged::Refuse,
+                other => return Err(at(p.span(), format!("policy_changed is {other:?}: one of \"flag\", \"refuse\""))),
+            },
+        };
+
+        let mut limits = Limits::default();
+        if let Some(r) = &raw.rate_limit {
+            let r = r.get_ref();
+            // 0 per minute: no limit of that kind.
+            let rate = |per: &Option<Spanned<u32>>, burst: &Option<Spanned<u32>>, default: Option<Rate>| {
+                let d = default.unwrap_or(Rate { per_minute: 0, burst: 0 });
+                let per_minute = per.as_ref().map(|p| *p.get_ref()).unwrap_or(d.per_minute);
+                let burst_v = burst.as_ref().map(|b| *b.get_ref()).unwrap_or(d.burst.max(1));
+                if per_minute > 0 && burst_v == 0 {
+                    let span = burst.as_ref().map(|b| b.span()).unwrap_or(0..0);
+                    return Err(at(span, "burst must be at least 1 (0 would refuse everything)".into()));
+                }
+                Ok((per_minute > 0).then_some(Rate { per_minute, burst: burst_v }))
+            };
+            limits.host = rate(&r.host_per_minute, &r.host_burst, limits.host)?;
+            limits.tree = rate(&r.tree_per_minute, &r.tree_burst, limits.tree)?;
         }
 
         Ok(ServerConfig {
             listen,
             database_url,
             tls,
-            policy: Policy { default_timeout, max_timeout, approvers, requires, autos },
+            policy: Policy {
+                default_timeout,
+                max_timeout,
+                approvers,
+                requires,
+                autos,
+                host_groups,
+                redact,
+                policy_changed,
+                limits,
+            },
         })
     }
 
@@ -276,8 +448,8 @@ mod tests {
         assert_eq!(c.tls.ca, Path::new("/etc/guard/pki/ca.crt"));
         assert_eq!(c.database_url, "sqlite:///etc/guard/guard.db");
         assert_eq!(c.policy.default_timeout, Duration::from_secs(120));
-        assert_eq!(c.policy.requires["prod"].approvals, 2);
-        assert_eq!(c.policy.autos["bench-auto"], AutoDecision::Approve);
+        assert_eq!(c.policy.requirement("h1", "any", "prod").map(|r| r.approvals), Some(2));
+        assert_eq!(c.policy.auto("h1", "any", "bench-auto").map(|a| a.decision), Some(AutoDecision::Approve));
         assert_eq!(c.policy.approvers["alice"].unix_users, ["alice", "1000"]);
     }
 
@@ -304,5 +476,30 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(err.at.line, 9, "{err}");
+    }
+
+    #[test]
+    fn trust_settings_parse() {
+        let text = format!(
+            "policy_changed = \"refuse\"\n{TLS}\
+             [[host_group]]\nname = \"prod\"\nhosts = [\"prod-*\"]\n\
+             [[approver]]\nname = \"alice\"\nunix_users = [\"alice\", \"1000\"]\nhost_groups = [\"prod\"]\n\
+             [[require]]\nhost = \"prod-*\"\npolicy = \"coding-agent\"\nrule = \"deploy-*\"\napprovals = 2\napprovers = [\"alice\", \"bob\", \"carol\"]\n\
+             [[auto]]\nrule = \"read-docs\"\ndecision = \"approve\"\n\
+             [redact]\npatterns = [\"sk_live_[a-z0-9]+\"]\n\
+             [rate_limit]\nhost_per_minute = 600\ntree_per_minute = 0\n"
+        );
+        let p = parse(&text).expect("valid").policy;
+        assert_eq!(p.policy_changed, PolicyChanged::Refuse);
+        assert!(p.sees_host("alice", "prod-db") && !p.sees_host("alice", "dev-1") && !p.sees_host("bob", "prod-db"));
+        assert_eq!(p.requirement("prod-db", "coding-agent", "deploy-web").map(|r| r.approvals), Some(2));
+        assert!(p.requirement("prod-db", "other", "deploy-web").is_none());
+        let mut argv = vec!["x".to_string(), "sk_live_abc".into(), "--password=p".into()];
+        assert!(p.redact.redact(&mut argv));
+        assert_eq!(argv, ["x", "[REDACTED]", "--password=[REDACTED]"], "configured and default patterns");
+        assert_eq!(p.limits.host, Some(Rate { per_minute: 600, burst: 120 }));
+        assert_eq!(p.limits.tree, None, "0 per minute: no limit");
+        // Without any host group, everyone sees every host.
+        assert!(parse(TLS).unwrap().policy.sees_host("anyone", "any-host"));
     }
 }

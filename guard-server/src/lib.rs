@@ -9,6 +9,8 @@ pub mod identity;
 pub mod ids;
 pub mod lifecycle;
 pub mod pki;
+pub mod ratelimit;
+pub mod rules;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -1,11 +1,12 @@
 //! The rules of a request's life, as pure functions: what a valid submission is, how a new
 //! request starts (timeout, approvals, auto rule), and what a review may do. The store runs
 //! `judge_review` inside its transaction, on the row as it is under the lock.
-use crate::config::{AutoDecision, Policy};
+use crate::config::{AutoDecision, Policy, PolicyChanged};
 use crate::error::{GuardError, GuardResult};
 use crate::store::{Decision, NewRequest, ReviewEffect};
 use guard_api::{Hook, Timestamp};
 use guard_proto::v1::{Request, ReviewRequest, State, SubmitRequest};
+use std::collections::HashMap;
 use tonic_types::FieldViolation;
 
 /// Whole gRPC message, enforced by tonic before decoding.
@@ -70,8 +71,18 @@ pub fn validate_submit(req: &SubmitRequest) -> GuardResult<()> {
         ("operation.policy", &op.policy),
         ("operation.user", &op.user),
         ("operation.tree_id", &op.tree_id),
+        ("operation.policy_hash", &op.policy_hash),
     ] {
         v.text(field, value, MAX_NAME_BYTES, false);
+    }
+    // Separation of duties keys on the tree's owner: without one it cannot be checked, and a
+    // request nobody can be refused on is not created.
+    v.text("operation.owner", &op.owner, MAX_NAME_BYTES, true);
+    if !matches!(op.owner_source.as_str(), "" | OWNER_LOGINUID | OWNER_STARTER) {
+        v.add(
+            "operation.owner_source",
+            format!("unknown source {:?}: one of {OWNER_LOGINUID}, {OWNER_STARTER}", op.owner_source),
+        );
     }
     v.text("operation.cwd", &op.cwd, MAX_TEXT_BYTES, false);
     if op.ancestry.len() > MAX_ANCESTRY {
@@ -115,15 +126,84 @@ pub fn timeout_ms(policy: &Policy, timeout_seconds: u64) -> i64 {
     i64::try_from(asked.min(policy.max_timeout).as_millis()).unwrap_or(i64::MAX)
 }
 
-/// The request a (validated) submission creates.
-pub fn plan_submit(policy: &Policy, host: &str, id: String, req: SubmitRequest, now_ms: i64) -> NewRequest {
-    let operation = req.operation.unwrap_or_default();
-    let (approvals_required, eligible_approvers) = match policy.requires.get(&operation.rule) {
+/// `Operation.owner_source`: the audit login uid of the tree's root.
+pub const OWNER_LOGINUID: &str = "loginuid";
+/// `Operation.owner_source`: the uid that started the tree (no login uid was set).
+pub const OWNER_STARTER: &str = "starter";
+/// Request flag: the policy hash is not the one the host registered.
+pub const FLAG_POLICY_CHANGED: &str = "policy-changed";
+/// Request flag: some of argv was replaced by the redaction patterns.
+pub const FLAG_ARGV_REDACTED: &str = "argv-redacted";
+
+/// What the host registered: its policies' hashes by name; None when it never registered.
+pub type Registered<'a> = Option<&'a HashMap<String, String>>;
+
+/// Why the request's policy cannot be trusted to be the registered one, if it cannot.
+fn policy_mismatch(registered: Registered<'_>, host: &str, policy: &str, hash: &str) -> Option<String> {
+    let Some(hashes) = registered else {
+        return Some(format!("host {host} has not registered its policies"));
+    };
+    match hashes.get(policy) {
+        None => Some(format!("host {host} registered no policy named {policy:?}")),
+        Some(_) if hash.is_empty() => Some(format!("the request carries no hash of policy {policy:?}")),
+        Some(h) if h != hash => {
+            Some(format!("policy {policy:?} is {} now; {} when host {host} registered", short(hash), short(h)))
+        }
+        Some(_) => None,
+    }
+}
+
+fn short(hash: &str) -> &str {
+    hash.get(..hash.len().min("sha256:".len() + 12)).unwrap_or(hash)
+}
+
+/// The request a (validated) submission creates. The server picks the approval rules by the
+/// certificate's host and the reported policy and rule, trusting the latter two only while
+/// the policy's hash is the one the host registered; argv is redacted before anything is
+/// stored or shown.
+pub fn plan_submit(
+    policy: &Policy,
+    host: &str,
+    id: String,
+    req: SubmitRequest,
+    now_ms: i64,
+    registered: Registered<'_>,
+) -> GuardResult<NewRequest> {
+    let mut operation = req.operation.unwrap_or_default();
+    let mut flags = Vec::new();
+    let mismatch = policy_mismatch(registered, host, &operation.policy, &operation.policy_hash);
+    if let Some(why) = &mismatch {
+        match (policy.policy_changed, registered.is_some()) {
+            // Not registered yet (the agent registers in the background as it starts): the
+            // agent retries until it has.
+            (PolicyChanged::Refuse, false) => {
+                return Err(GuardError::precondition("UNREGISTERED", format!("host/{host}"), why.clone()))
+            }
+            (PolicyChanged::Refuse, true) => {
+                return Err(GuardError::PermissionDenied(format!(
+                    "{why}: refused (policy_changed = \"refuse\" in the server config)"
+                )))
+            }
+            (PolicyChanged::Flag, _) => flags.push(format!("{FLAG_POLICY_CHANGED}: {why}")),
+        }
+    }
+    let mut redacted = false;
+    for p in &mut operation.ancestry {
+        if policy.redact.redact(&mut p.argv) {
+            p.argv_redacted = true;
+            redacted = true;
+        }
+    }
+    if redacted {
+        flags.push(FLAG_ARGV_REDACTED.to_string());
+    }
+    let (approvals_required, eligible_approvers) = match policy.requirement(host, &operation.policy, &operation.rule) {
         Some(r) => (r.approvals, r.approvers.clone()),
         None => (1, Vec::new()),
     };
-    let auto = policy.autos.get(&operation.rule).map(|d| Decision {
-        state: match d {
+    // A rule name from a policy that is not the registered one decides nothing on its own.
+    let auto = policy.auto(host, &operation.policy, &operation.rule).filter(|_| mismatch.is_none()).map(|a| Decision {
+        state: match a.decision {
             AutoDecision::Approve => State::Approved,
             AutoDecision::Deny => State::Denied,
         },
@@ -132,7 +212,7 @@ pub fn plan_submit(policy: &Policy, host: &str, id: String, req: SubmitRequest, 
         comment: String::new(),
         decided_ms: now_ms,
     });
-    NewRequest {
+    Ok(NewRequest {
         id,
         host: host.to_string(),
         hold_key: Some(req.hold_key).filter(|k| !k.is_empty()),
@@ -142,7 +222,8 @@ pub fn plan_submit(policy: &Policy, host: &str, id: String, req: SubmitRequest, 
         eligible_approvers,
         auto,
         operation,
-    }
+        flags,
+    })
 }
 
 /// Checks of a review that need no database: run before the transaction.
@@ -182,24 +263,8 @@ pub fn judge_review(
             format!("{approver} already reviewed request {}", request.id),
         ));
     }
-    if !request.eligible_approvers.is_empty() && !request.eligible_approvers.iter().any(|a| a == approver) {
-        return Err(GuardError::PermissionDenied(format!(
-            "{approver} is not among the approvers of rule {:?}: {}",
-            request.operation.as_ref().map(|o| o.rule.as_str()).unwrap_or_default(),
-            request.eligible_approvers.join(", ")
-        )));
-    }
+    may_decide(policy, approver, request)?;
     let op = request.operation.clone().unwrap_or_default();
-    let uid = op.uid.to_string();
-    let own_users = policy.approvers.get(approver).map(|a| a.unix_users.as_slice()).unwrap_or_default();
-    let own = (!op.user.is_empty() && op.user == approver)
-        || own_users.iter().any(|u| !u.is_empty() && (*u == op.user || *u == uid));
-    if own {
-        return Err(GuardError::PermissionDenied(format!(
-            "request {} comes from a tree running as {} (uid {}), which is {approver}'s own: another approver must review it",
-            request.id, op.user, op.uid
-        )));
-    }
 
     if !review.approve {
         return Ok(ReviewEffect {
@@ -215,16 +280,72 @@ pub fn judge_review(
     if approvers.len() < needed {
         return Ok(ReviewEffect { decision: None, grant_until_ms: None });
     }
-    let grant_until_ms = if review.grant_seconds > 0 {
+    // Every approver consented to at most what they granted: the grant is the smallest of
+    // theirs (one who approved this request only grants nothing beyond it).
+    let grant_seconds = request
+        .reviews
+        .iter()
+        .filter(|r| r.approve)
+        .map(|r| r.grant_seconds)
+        .chain([review.grant_seconds])
+        .min()
+        .unwrap_or(0);
+    let grant_until_ms = if grant_seconds > 0 {
         if op.tree_id.is_empty() {
             return Err(GuardError::invalid("grant_seconds", "the request has no tree_id to scope a grant to"));
         }
-        let ms = i64::try_from(review.grant_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let ms = i64::try_from(grant_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
         Some(now_ms.saturating_add(ms))
     } else {
         None
     };
     Ok(ReviewEffect { decision: Some(decided(State::Approved, "approved", approver, review, now_ms)), grant_until_ms })
+}
+
+/// Whether `approver` may decide `request` at all (approve, deny or cancel): they see its
+/// host, they are among the eligible approvers of its rule, and the tree is not their own.
+/// The tree's owner is the login uid of its root (or whoever started it), so neither sudo in
+/// the tree nor the acting uid changes whose it is; the acting user is refused too.
+pub fn may_decide(policy: &Policy, approver: &str, request: &Request) -> GuardResult<()> {
+    if !policy.sees_host(approver, &request.host) {
+        return Err(GuardError::PermissionDenied(format!(
+            "{approver} is not assigned to host {} (host groups in the server config)",
+            request.host
+        )));
+    }
+    if !request.eligible_approvers.is_empty() && !request.eligible_approvers.iter().any(|a| a == approver) {
+        return Err(GuardError::PermissionDenied(format!(
+            "{approver} is not among the approvers of rule {:?}: {}",
+            request.operation.as_ref().map(|o| o.rule.as_str()).unwrap_or_default(),
+            request.eligible_approvers.join(", ")
+        )));
+    }
+    let op = request.operation.clone().unwrap_or_default();
+    if op.owner.is_empty() {
+        return Err(GuardError::PermissionDenied(format!(
+            "request {} names no tree owner, so separation of duties cannot be checked",
+            request.id
+        )));
+    }
+    let (owner_uid, uid) = (op.owner_uid.to_string(), op.uid.to_string());
+    let own_users = policy.approvers.get(approver).map(|a| a.unix_users.as_slice()).unwrap_or_default();
+    let is_own =
+        |u: &str| !u.is_empty() && [op.owner.as_str(), owner_uid.as_str(), op.user.as_str(), uid.as_str()].contains(&u);
+    let own =
+        op.owner == approver || (!op.user.is_empty() && op.user == approver) || own_users.iter().any(|u| is_own(u));
+    if own {
+        return Err(GuardError::PermissionDenied(format!(
+            "request {} comes from a tree owned by {} (uid {}, by {}), acting as {} (uid {}), which is {approver}'s own: \
+             another approver must decide it",
+            request.id,
+            op.owner,
+            op.owner_uid,
+            if op.owner_source.is_empty() { "?" } else { &op.owner_source },
+            op.user,
+            op.uid
+        )));
+    }
+    Ok(())
 }
 
 fn decided(state: State, reason: &str, approver: &str, review: &ReviewRequest, now_ms: i64) -> Decision {
@@ -249,21 +370,32 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ApproverConfig, Requirement};
+    use crate::config::{ApproverConfig, AutoRule, Requirement};
+    use crate::rules::{Glob, Scope};
     use guard_proto::v1::{Operation, Review};
     use std::time::Duration;
 
     const NOW: i64 = 1_000_000;
+    const HASH_A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const HASH_B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 
     /// alice's own Unix users are `alice` and uid 1000; `prod` needs two of alice, bob, carol.
+    fn scope(rule: &str) -> Scope {
+        Scope { host: Glob::any(), policy: Glob::any(), rule: Glob::new(rule).unwrap() }
+    }
+
     fn policy() -> Policy {
         let mut p = Policy::default();
-        p.approvers.insert("alice".into(), ApproverConfig { unix_users: vec!["alice".into(), "1000".into()] });
-        p.requires.insert(
-            "prod".into(),
-            Requirement { approvals: 2, approvers: vec!["alice".into(), "bob".into(), "carol".into()] },
+        p.approvers.insert(
+            "alice".into(),
+            ApproverConfig { unix_users: vec!["alice".into(), "1000".into()], host_groups: vec![] },
         );
-        p.autos.insert("auto-ok".into(), AutoDecision::Approve);
+        p.requires.push(Requirement {
+            scope: scope("prod"),
+            approvals: 2,
+            approvers: vec!["alice".into(), "bob".into(), "carol".into()],
+        });
+        p.autos.push(AutoRule { scope: scope("auto-ok"), decision: AutoDecision::Approve });
         p
     }
 
@@ -274,11 +406,14 @@ mod tests {
             rule: rule.into(),
             user: user.into(),
             uid,
+            owner: user.into(),
+            owner_uid: uid,
+            owner_source: OWNER_LOGINUID.into(),
             tree_id: "10-1".into(),
             ..Default::default()
         };
         let submit = SubmitRequest { operation: Some(operation), timeout_seconds: 30, hold_key: String::new() };
-        plan_submit(&policy(), "h1", "r1".into(), submit, NOW).pending()
+        plan_submit(&policy(), "h1", "r1".into(), submit, NOW, None).unwrap().pending()
     }
 
     fn approve(grant_seconds: u64) -> ReviewRequest {
@@ -396,10 +531,18 @@ mod tests {
     #[test]
     fn auto_rules_decide_at_creation() {
         let submit = SubmitRequest {
-            operation: Some(Operation { hook: "file_open".into(), rule: "auto-ok".into(), ..Default::default() }),
+            operation: Some(Operation {
+                hook: "file_open".into(),
+                rule: "auto-ok".into(),
+                policy: "p".into(),
+                policy_hash: HASH_A.into(),
+                ..Default::default()
+            }),
             ..Default::default()
         };
-        let auto = plan_submit(&policy(), "h1", "r2".into(), submit, NOW).auto.expect("auto decision");
+        let hashes = HashMap::from([("p".to_string(), HASH_A.to_string())]);
+        let auto =
+            plan_submit(&policy(), "h1", "r2".into(), submit, NOW, Some(&hashes)).unwrap().auto.expect("auto decision");
         assert_eq!(
             (auto.state, auto.reason.as_str(), auto.decided_by.as_str()),
             (State::Approved, "auto", "auto:auto-ok")
@@ -409,7 +552,12 @@ mod tests {
     #[test]
     fn the_hook_is_a_kernel_hook_name() {
         let submit = |hook: &str| SubmitRequest {
-            operation: Some(Operation { hook: hook.into(), object: "/x".into(), ..Default::default() }),
+            operation: Some(Operation {
+                hook: hook.into(),
+                object: "/x".into(),
+                owner: "dev".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         assert!(validate_submit(&submit("file_open")).is_ok());
@@ -422,5 +570,99 @@ mod tests {
                 other => panic!("{bad}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_owner_decides_whose_tree_it_is_not_the_acting_uid() {
+        // The tree runs as root (acting uid 0), but alice logged in and started it: hers.
+        let mut request = pending("r", "root", 0);
+        if let Some(op) = request.operation.as_mut() {
+            (op.owner, op.owner_uid) = ("alice".into(), 1000);
+        }
+        assert!(matches!(judge("alice", &approve(0), &request), Err(GuardError::PermissionDenied(_))));
+        // Listed by uid only: the owner's uid is enough.
+        if let Some(op) = request.operation.as_mut() {
+            op.owner = "someone-else-on-this-host".into();
+        }
+        assert!(matches!(judge("alice", &approve(0), &request), Err(GuardError::PermissionDenied(_))));
+        // bob may.
+        assert!(judge("bob", &approve(0), &request).unwrap().decision.is_some());
+        // No owner: nobody may decide, as separation of duties cannot be checked.
+        if let Some(op) = request.operation.as_mut() {
+            op.owner.clear();
+        }
+        assert!(matches!(judge("bob", &approve(0), &request), Err(GuardError::PermissionDenied(_))));
+        let submit = SubmitRequest {
+            operation: Some(Operation { hook: "file_open".into(), object: "/x".into(), ..Default::default() }),
+            ..Default::default()
+        };
+        match validate_submit(&submit) {
+            Err(GuardError::InvalidArgument(v)) => assert_eq!(v[0].field, "operation.owner"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn n_of_m_grants_the_smallest_any_approver_granted() {
+        let mut request = pending("prod", "dev", 2000);
+        request.reviews.push(Review { approver: "bob".into(), approve: true, grant_seconds: 60, ..Default::default() });
+        let effect = judge("carol", &approve(3600), &request).unwrap();
+        assert_eq!(effect.grant_until_ms, Some(NOW + 10 + 60_000), "bob's minute, not carol's hour");
+        // One approver who approved this request only: no grant at all.
+        request.reviews[0].grant_seconds = 0;
+        assert_eq!(judge("carol", &approve(3600), &request).unwrap().grant_until_ms, None);
+    }
+
+    #[test]
+    fn rules_match_host_policy_and_rule_in_file_order() {
+        let mut p = Policy::default();
+        p.requires.push(Requirement {
+            scope: Scope {
+                host: Glob::new("prod-*").unwrap(),
+                policy: Glob::new("coding").unwrap(),
+                rule: Glob::new("*").unwrap(),
+            },
+            approvals: 2,
+            approvers: vec!["a".into(), "b".into()],
+        });
+        p.autos.push(AutoRule { scope: scope("bench-*"), decision: AutoDecision::Approve });
+        assert_eq!(p.requirement("prod-db", "coding", "anything").map(|r| r.approvals), Some(2));
+        assert!(p.requirement("dev-1", "coding", "anything").is_none());
+        assert!(p.requirement("prod-db", "other", "anything").is_none());
+        // [[require]] wins over [[auto]] wherever both match.
+        assert!(p.auto("prod-db", "coding", "bench-x").is_none());
+        assert!(p.auto("dev-1", "coding", "bench-x").is_some());
+    }
+
+    #[test]
+    fn a_changed_policy_is_flagged_or_refused_and_never_auto_decided() {
+        let submit = |hash: &str| SubmitRequest {
+            operation: Some(Operation {
+                hook: "file_open".into(),
+                object: "/x".into(),
+                rule: "auto-ok".into(),
+                policy: "p".into(),
+                policy_hash: hash.into(),
+                owner: "dev".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let hashes = HashMap::from([("p".to_string(), HASH_A.to_string())]);
+        let same = plan_submit(&policy(), "h1", "r".into(), submit(HASH_A), NOW, Some(&hashes)).unwrap();
+        assert!(same.flags.is_empty() && same.auto.is_some());
+        let changed = plan_submit(&policy(), "h1", "r".into(), submit(HASH_B), NOW, Some(&hashes)).unwrap();
+        assert!(changed.auto.is_none(), "a renamed rule must not reach an [[auto]] approve");
+        assert!(changed.flags[0].starts_with("policy-changed: "), "{:?}", changed.flags);
+        let mut strict = policy();
+        strict.policy_changed = PolicyChanged::Refuse;
+        assert!(matches!(
+            plan_submit(&strict, "h1", "r".into(), submit(HASH_B), NOW, Some(&hashes)),
+            Err(GuardError::PermissionDenied(_))
+        ));
+        assert!(matches!(
+            plan_submit(&strict, "h1", "r".into(), submit(HASH_A), NOW, None),
+            Err(GuardError::FailedPrecondition { .. })
+        ));
     }
 }

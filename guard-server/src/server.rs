@@ -59,7 +59,13 @@ pub async fn start(config: &ServerConfig) -> Result<ServerHandle> {
     let fanout = Fanout::default();
     let store = store::open(&config.database_url, fanout.clone()).await?;
     let (stop, shutdown) = watch::channel(false);
-    let shared = Shared { store: store.clone(), policy: Arc::new(config.policy.clone()), fanout, shutdown };
+    let shared = Shared {
+        store: store.clone(),
+        policy: Arc::new(config.policy.clone()),
+        limiter: Arc::new(crate::ratelimit::Limiter::new(config.policy.limits)),
+        fanout,
+        shutdown,
+    };
 
     let sweeper = tokio::spawn(async move {
         let mut tick = tokio::time::interval(SWEEP_EVERY);

@@ -153,7 +153,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             if let Some(status) = err.downcast_ref::<tonic::Status>() {
-                eprintln!("{}", failure::describe_status(status));
+                // Server messages quote names a tree chose (rules, objects): escaped per line.
+                let text = failure::describe_status(status);
+                let lines: Vec<String> = text.lines().map(|l| guard_api::screen::escape(l).into_owned()).collect();
+                eprintln!("{}", lines.join("\n"));
                 ExitCode::from(failure::exit_code(status))
             } else {
                 eprintln!("guardctl: {err:#}");
@@ -313,12 +316,14 @@ fn print_pending(reqs: &[Request]) {
         "age",
         "host",
         "user",
+        "owner",
         "hook",
         "object",
         "rule",
         "stated reason",
         "approvals",
         "expires in",
+        "flags",
     ]);
     for r in reqs {
         let op = op(r);
@@ -328,12 +333,14 @@ fn print_pending(reqs: &[Request]) {
             render::short_duration(now - r.created_ms),
             r.host.clone(),
             op.user.clone(),
+            op.owner.clone(),
             op.hook.clone(),
             keep_end(&op.object, 48),
             op.rule.clone(),
             keep_start(render::stated_reason(&op), 40),
             format!("{got}/{need}"),
             render::expires_in(r, now),
+            render::flag_words(r),
         ]);
     }
     print!("{}", t.render());

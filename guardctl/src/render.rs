@@ -2,6 +2,7 @@
 //! in guard.v1 through the messages' serde derives, states by their lower-case label; audit
 //! events as `guard_api::AuditRecord`), text for people.
 
+use guard_api::screen::escape;
 use guard_api::{AuditRecord, Timestamp};
 use guard_proto::v1::{AuditEvent, Operation, Process, Request, RequestEvent, State};
 use serde_json::{json, Value};
@@ -64,8 +65,12 @@ pub fn stated_reason(op: &Operation) -> &str {
     op.stated_reason.as_ref().map(|s| s.reason.as_str()).unwrap_or("")
 }
 
-/// Shell-like quoting of one argument, for argv shown to people.
+/// Shell-like quoting of one argument, for argv shown to people. Escaped first
+/// (`guard_api::screen::escape`): no control character, escape sequence or bidi mark of the
+/// tree's reaches the terminal.
 pub fn quote_arg(a: &str) -> String {
+    let a = escape(a);
+    let a = a.as_ref();
     let plain = !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
     if plain {
         a.to_string()
@@ -79,7 +84,18 @@ pub fn argv_text(p: &Process) -> String {
     if p.argv_truncated {
         s.push_str(" …(truncated)");
     }
+    if p.argv_redacted {
+        s.push_str("  [redacted by the server]");
+    }
+    if p.argv_from_proc {
+        s.push_str("  [from /proc: the process can rewrite it; unverified]");
+    }
     s
+}
+
+/// The server's flags of a request, by their first word ("policy-changed argv-redacted").
+pub fn flag_words(r: &Request) -> String {
+    r.flags.iter().map(|f| f.split(':').next().unwrap_or_default().trim()).collect::<Vec<_>>().join(" ")
 }
 
 /// The request as guard.v1 has it (serde derive), with its state by label and the approvals
@@ -167,11 +183,11 @@ pub fn event_line(e: &RequestEvent, now: i64) -> String {
         e.kind,
         r.id,
         state_label(r),
-        r.host,
-        op.user,
-        op.hook,
+        escape(&r.host),
+        escape(&op.user),
+        escape(&op.hook),
         quote_arg(&op.object),
-        op.rule
+        escape(&op.rule)
     );
     if r.state == State::Pending as i32 {
         line.push_str(&format!(" expires_in={}", expires_in(r, now)));
@@ -189,6 +205,9 @@ pub fn event_line(e: &RequestEvent, now: i64) -> String {
     if !stated.is_empty() && e.kind != "reviewed" && e.kind != "decided" {
         line.push_str(&format!(" stated={}", quote_arg(stated)));
     }
+    if !r.flags.is_empty() {
+        line.push_str(&format!(" flags={}", quote_arg(&flag_words(r))));
+    }
     line
 }
 
@@ -197,9 +216,10 @@ pub fn request_details(r: &Request, now: i64) -> String {
     let default_op = Operation::default();
     let op = r.operation.as_ref().unwrap_or(&default_op);
     let mut out = String::new();
+    // Every value escaped: most come from the watched tree.
     let mut field = |k: &str, v: &str| {
         if !v.is_empty() {
-            out.push_str(&format!("{:<10} {v}\n", format!("{k}:")));
+            out.push_str(&format!("{:<10} {}\n", format!("{k}:"), escape(v)));
         }
     };
     field("id", &r.id);
@@ -207,12 +227,24 @@ pub fn request_details(r: &Request, now: i64) -> String {
     field("host", &r.host);
     let user = if op.user.is_empty() { String::new() } else { format!("{} (uid {})", op.user, op.uid) };
     field("user", &user);
+    let owner = if op.owner.is_empty() {
+        "unknown".to_string()
+    } else {
+        format!(
+            "{} (uid {}, by {})",
+            op.owner,
+            op.owner_uid,
+            if op.owner_source.is_empty() { "?" } else { &op.owner_source }
+        )
+    };
+    field("owner", &owner);
     field("cwd", &op.cwd);
     field("hook", &op.hook);
     field("object", &op.object);
     field("access", &op.access);
     field("rule", &op.rule);
     field("policy", &op.policy);
+    field("policy hash", &op.policy_hash);
     field("tree", &op.tree_id);
     let (got, need) = approvals(r);
     let eligible =
@@ -223,15 +255,18 @@ pub fn request_details(r: &Request, now: i64) -> String {
         field("decided by", &r.decided_by);
     }
     field("comment", &r.comment);
+    for flag in &r.flags {
+        field("FLAG", flag);
+    }
 
     if let Some(s) = op.stated_reason.as_ref() {
         out.push_str("stated reason (from the AI agent; never decides):\n");
         if !s.reason.is_empty() {
-            out.push_str(&format!("  {}\n", s.reason));
+            out.push_str(&format!("  {}\n", escape(&s.reason)));
         }
         for (k, v) in [("tool", &s.tool), ("call", &s.call_id), ("session", &s.session)] {
             if !v.is_empty() {
-                out.push_str(&format!("  {k}: {v}\n"));
+                out.push_str(&format!("  {k}: {}\n", escape(v)));
             }
         }
     }
@@ -243,7 +278,7 @@ pub fn request_details(r: &Request, now: i64) -> String {
             let branch = if depth == 0 { "" } else { "└─ " };
             let acting = if depth + 1 == op.ancestry.len() { " *" } else { "" };
             let cont = if depth == 0 { "" } else { "   " };
-            out.push_str(&format!("  {indent}{branch}pid {} uid {} {}{acting}\n", p.pid, p.uid, p.exe));
+            out.push_str(&format!("  {indent}{branch}pid {} uid {} {}{acting}\n", p.pid, p.uid, escape(&p.exe)));
             out.push_str(&format!("  {indent}{cont}  argv: {}\n", argv_text(p)));
         }
     }
@@ -252,12 +287,12 @@ pub fn request_details(r: &Request, now: i64) -> String {
         out.push_str("reviews:\n");
         for v in &r.reviews {
             let verdict = if v.approve { "approve" } else { "deny" };
-            let mut line = format!("  {} {verdict} at {}", v.approver, timestamp(v.time_ms));
+            let mut line = format!("  {} {verdict} at {}", escape(&v.approver), timestamp(v.time_ms));
             if v.grant_seconds > 0 {
                 line.push_str(&format!(" grant {}", short_duration(v.grant_seconds as i64 * 1000)));
             }
             if !v.comment.is_empty() {
-                line.push_str(&format!(": {}", v.comment));
+                line.push_str(&format!(": {}", escape(&v.comment)));
             }
             out.push_str(&line);
             out.push('\n');
@@ -317,6 +352,56 @@ mod tests {
         let actor = text.find("└─ pid 30 uid 0 /usr/bin/rm *\n").expect(&text);
         assert!(root < actor, "{text}");
         assert!(text.contains("argv: rm -rf '/etc/my file'"), "{text}");
+    }
+
+    /// The security review's attack (18): escapes in argv that redraw the object line, a
+    /// newline in cwd that forges a field, a bidi override in exe, OSC 52 in the stated reason.
+    #[test]
+    fn nothing_the_tree_sends_drives_the_approvers_terminal() {
+        let hostile = Process {
+            pid: 30,
+            exe: "/tmp/evil\u{202e}txt.sh".into(),
+            argv: vec!["tee".into(), "\x1b[6A\r\x1b[2Kobject:    /home/u/README.md\x1b[6B".into()],
+            argv_from_proc: true,
+            ..Default::default()
+        };
+        let r = Request {
+            id: "r1".into(),
+            state: State::Pending as i32,
+            flags: vec!["policy-changed: policy \"p\" is sha256:1 now".into()],
+            reviews: vec![guard_proto::v1::Review {
+                approver: "bob".into(),
+                comment: "fine\x1b]52;c;ZXZpbA==\x07".into(),
+                ..Default::default()
+            }],
+            operation: Some(Operation {
+                object: "/home/u/.ssh/authorized_keys".into(),
+                cwd: "/tmp\nobject:     /home/u/README.md".into(),
+                owner: "alice".into(),
+                owner_uid: 1000,
+                owner_source: "loginuid".into(),
+                stated_reason: Some(guard_proto::v1::StatedReason {
+                    reason: "tidy up\u{9b}2J\u{2066}".into(),
+                    ..Default::default()
+                }),
+                ancestry: vec![hostile],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let shown = request_details(&r, 0);
+        for bad in ['\x1b', '\r', '\x07', '\u{202e}', '\u{9b}', '\u{2066}'] {
+            assert!(!shown.contains(bad), "{bad:?} reached the screen:\n{shown}");
+        }
+        // The only object line is the real one; the forged ones are visibly inside other fields.
+        let objects: Vec<&str> = shown.lines().filter(|l| l.starts_with("object:")).collect();
+        assert_eq!(objects, ["object:    /home/u/.ssh/authorized_keys"], "{shown}");
+        assert!(shown.contains("cwd:       /tmp\\nobject:"), "{shown}");
+        assert!(shown.contains("[from /proc: the process can rewrite it; unverified]"), "{shown}");
+        assert!(shown.contains("owner:     alice (uid 1000, by loginuid)"), "{shown}");
+        assert!(shown.contains("FLAG:      policy-changed: "), "{shown}");
+        let line = event_line(&RequestEvent { kind: "created".into(), request: Some(r) }, 0);
+        assert!(line.contains("flags=policy-changed") && !line.contains('\n'), "{line}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! A tiny aligned-table formatter: upper-case headers, columns separated by two spaces, the
-//! last column not padded (so long values do not push trailing blanks).
+//! last column not padded (so long values do not push trailing blanks). Every cell is escaped
+//! (`guard_api::screen::escape`): cells hold objects, rules and reasons a watched tree chose.
 
 pub struct Table {
     headers: Vec<String>,
@@ -13,7 +14,7 @@ impl Table {
 
     pub fn row(&mut self, cells: Vec<String>) {
         debug_assert_eq!(cells.len(), self.headers.len());
-        self.rows.push(cells);
+        self.rows.push(cells.into_iter().map(|c| guard_api::screen::escape(&c).into_owned()).collect());
     }
 
     pub fn is_empty(&self) -> bool {
@@ -75,6 +76,15 @@ mod tests {
         t.row(vec!["r1".into(), "/etc/passwd".into(), "etc".into()]);
         t.row(vec!["request-2".into(), "/x".into(), "".into()]);
         assert_eq!(t.render(), "ID         OBJECT       RULE\nr1         /etc/passwd  etc\nrequest-2  /x\n");
+    }
+
+    #[test]
+    fn cells_cannot_move_the_cursor_or_add_lines() {
+        let mut t = Table::new(&["id", "object"]);
+        t.row(vec!["r1".into(), "/tmp/x\x1b[1A\x1b[2K\nr9  /home/u/README.md\u{202e}".into()]);
+        let text = t.render();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(!text.contains('\x1b') && !text.contains('\u{202e}'), "{text}");
     }
 
     #[test]

@@ -174,7 +174,7 @@ pub fn operation(object: &str, reason: &str) -> Operation {
                 uid: 1000,
                 exe: "/usr/bin/tee".into(),
                 argv: vec!["tee".into(), object.into()],
-                argv_truncated: false,
+                ..Default::default()
             },
             Process {
                 pid: 4200,
@@ -182,12 +182,17 @@ pub fn operation(object: &str, reason: &str) -> Operation {
                 uid: 1000,
                 exe: "/usr/bin/python3".into(),
                 argv: vec!["python3".into(), "agent.py".into(), "--task".into(), "fix config".into()],
-                argv_truncated: false,
+                ..Default::default()
             },
         ],
         cwd: "/home/dev/project".into(),
         user: "dev".into(),
         uid: 1000,
+        owner: "dev".into(),
+        owner_uid: 1000,
+        owner_source: "loginuid".into(),
+        // Not registered: the server shows such a request with a policy-changed flag.
+        policy_hash: String::new(),
         tree_id: "4200-123456".into(),
         stated_reason: Some(StatedReason {
             tool: "shell".into(),

@@ -147,15 +147,29 @@ impl Agent {
         flags: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Agent> {
+        let mut program = Command::new("guard-agent");
+        program.envs(env.iter().copied());
+        Self::start_program(program, name, policy, script, flags)
+    }
+
+    /// As `start_with`, from a session whose audit login uid is `loginuid` (as after a login
+    /// as that user, then sudo): guard-agent and its tree inherit it.
+    pub fn start_with_loginuid(name: &str, policy: &str, script: &str, flags: &[&str], loginuid: u32) -> Result<Agent> {
+        let mut sh = Command::new("/bin/sh");
+        sh.args(["-c", "echo \"$0\" > /proc/self/loginuid && exec guard-agent \"$@\"", &loginuid.to_string()]);
+        Self::start_program(sh, name, policy, script, flags)
+    }
+
+    /// `program` (guard-agent, or what execs it) with `run`'s arguments.
+    fn start_program(mut program: Command, name: &str, policy: &str, script: &str, flags: &[&str]) -> Result<Agent> {
         let (pol, log, sock) = paths(name);
         std::fs::write(&pol, policy)?;
         std::fs::remove_file(&log).ok();
-        let mut child = Command::new("guard-agent")
+        let mut child = program
             .args(["run", "--policy", &pol, "--audit-log", &log, "--admin-socket", &sock])
             .args(flags)
             .args(["--", "/bin/sh", "-c", script])
             .env("GUARD_SOCKET", &sock)
-            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

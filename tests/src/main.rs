@@ -22,6 +22,7 @@ mod ops_net;
 mod ops_ns;
 mod ops_uring;
 mod server_tests;
+mod trust_tests;
 
 use anyhow::{ensure, Context, Result};
 use guard_api::{Action, AuditRecord, Decision, Hook, Reason};
@@ -107,6 +108,7 @@ fn run_tests() -> i32 {
         .chain(escape_ns::TESTS)
         .chain(escape_files::TESTS)
         .chain(server_tests::TESTS)
+        .chain(trust_tests::TESTS)
         .chain(escape_uring::TESTS)
         .chain(escape_net::TESTS)
         .chain(escape_decide::TESTS)

@@ -53,6 +53,13 @@ impl Env {
         ]
     }
 
+    /// As `start`, from a session with audit login uid `loginuid`.
+    pub fn start_with_loginuid(&self, name: &str, policy: &str, script: &str, loginuid: u32) -> Result<Agent> {
+        let flags = self.agent_flags(&self.server.clone());
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        Agent::start_with_loginuid(name, policy, script, &flags, loginuid)
+    }
+
     pub fn start(&self, name: &str, policy: &str, script: &str) -> Result<Agent> {
         self.start_on(&self.server.clone(), name, policy, script)
     }
@@ -81,7 +88,7 @@ impl Env {
         Ok(String::from_utf8_lossy(&out.stdout).into())
     }
 
-    fn ctl(&self, who: &str, args: &[&str]) -> Result<String> {
+    pub(crate) fn ctl(&self, who: &str, args: &[&str]) -> Result<String> {
         self.ctl_on(&self.server.clone(), who, args)
     }
 
@@ -105,7 +112,7 @@ impl Env {
         }
     }
 
-    fn wait_request(&self, object: &str) -> Result<Value> {
+    pub(crate) fn wait_request(&self, object: &str) -> Result<Value> {
         self.wait_request_on(&self.server.clone(), object)
     }
 
@@ -121,7 +128,7 @@ impl Env {
             .collect()
     }
 
-    fn show(&self, id: &str) -> Result<Value> {
+    pub(crate) fn show(&self, id: &str) -> Result<Value> {
         let text = self.ctl("alice", &["show", id, "--json"])?;
         serde_json::from_str(text.trim()).with_context(|| format!("guardctl show --json: {text}"))
     }
@@ -137,7 +144,7 @@ fn json_list(text: &str) -> Result<Vec<Value>> {
 }
 
 /// A request's field, at the top level or inside its operation.
-fn field(r: &Value, k: &str) -> String {
+pub(crate) fn field(r: &Value, k: &str) -> String {
     let v = r.get(k).or_else(|| r.get("operation").and_then(|o| o.get(k)));
     match v {
         Some(Value::String(s)) => s.clone(),
@@ -146,7 +153,7 @@ fn field(r: &Value, k: &str) -> String {
     }
 }
 
-fn policy(rule: &str, timeout: &str) -> String {
+pub(crate) fn policy(rule: &str, timeout: &str) -> String {
     format!(
         r#"default = "allow"
 ask_timeout = "{timeout}"
@@ -158,14 +165,14 @@ file = {{ path = "/tmp/t/srv/", access = "read" }}
     )
 }
 
-fn files(names: &[&str]) -> Result<Vec<String>> {
+pub(crate) fn files(names: &[&str]) -> Result<Vec<String>> {
     let paths: Vec<String> = names.iter().map(|n| format!("/tmp/t/srv/{n}")).collect();
     let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
     harness::write_files(&refs)?;
     Ok(paths)
 }
 
-fn reads(paths: &[String]) -> String {
+pub(crate) fn reads(paths: &[String]) -> String {
     paths.iter().map(|p| format!("guard-e2e do open-read {p}")).collect::<Vec<_>>().join("; ")
 }
 

@@ -19,6 +19,11 @@ const RULES: &str = r#"[[approver]]
 name = "rooty"
 unix_users = ["root", "0"]
 
+# uid 1000 is alice's login on the test VM (trust_tests: the tree's owner is its login uid).
+[[approver]]
+name = "alice"
+unix_users = ["1000"]
+
 [[require]]
 rule = "two-person"
 approvals = 2

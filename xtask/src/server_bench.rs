@@ -125,7 +125,8 @@ fn bench_backend(
         pki,
         port,
         database_url,
-        &format!("[[auto]]\nrule = \"{RULE}\"\ndecision = \"approve\"\n"),
+        // No rate limits: the load generator is one host asking as fast as it can.
+        &format!("[[auto]]\nrule = \"{RULE}\"\ndecision = \"approve\"\n[rate_limit]\nhost_per_minute = 0\ntree_per_minute = 0\n"),
     );
     let name = format!("guard-server ({backend})");
     let file_stem = format!("server-{backend}");

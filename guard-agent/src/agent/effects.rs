@@ -4,7 +4,7 @@
 
 use super::{
     handle::{self, Effect},
-    Shared, System,
+    Owner, Shared, System,
 };
 use crate::{
     hold::{Decision, DecisionSource},
@@ -51,13 +51,20 @@ struct Prefetched<'a> {
     proc: Option<Option<Proc>>,
     cwd: Option<Option<String>>,
     user: Option<(u32, String)>,
+    /// For the exec that starts a tree: its owner.
+    owner: Option<Option<Owner>>,
 }
 
 impl<'a> Prefetched<'a> {
     fn for_event(host: &'a dyn System, e: &Event) -> Self {
-        let mut p = Prefetched { host, pid: e.tgid, proc: None, cwd: None, user: None };
+        let mut p = Prefetched { host, pid: e.tgid, proc: None, cwd: None, user: None, owner: None };
         match e.kind {
-            kind::EXEC => p.proc = Some(host.proc(e.tgid)),
+            kind::EXEC => {
+                p.proc = Some(host.proc(e.tgid));
+                if e.aux != 0 {
+                    p.owner = Some(host.owner(e.tgid));
+                }
+            }
             kind::HOLD => {
                 p.cwd = Some(host.cwd(e.tgid));
                 p.user = Some((e.uid, host.user_name(e.uid)));
@@ -92,6 +99,13 @@ impl System for Prefetched<'_> {
 
     fn tree_id(&self, root: u32) -> String {
         self.host.tree_id(root)
+    }
+
+    fn owner(&self, root: u32) -> Option<Owner> {
+        match &self.owner {
+            Some(o) if root == self.pid => o.clone(),
+            _ => self.host.owner(root),
+        }
     }
 }
 
@@ -169,6 +183,10 @@ mod tests {
         }
         fn tree_id(&self, root: u32) -> String {
             root.to_string()
+        }
+        fn owner(&self, _: u32) -> Option<Owner> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            None
         }
     }
 

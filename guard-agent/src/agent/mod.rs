@@ -27,6 +27,20 @@ pub struct ProcInfo {
     pub exe: Option<String>,
     pub argv: Vec<String>,
     pub ppid: u32,
+    /// argv came from /proc/PID/cmdline (which the process can rewrite), not the kernel's
+    /// copy at exec; approvers are told.
+    pub argv_from_proc: bool,
+}
+
+/// Who owns a watched tree, for the approval server's separation of duties.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Owner {
+    pub uid: u32,
+    /// The user's name, or the uid as text when it has none.
+    pub name: String,
+    /// loginuid: the audit login uid of the tree's root (set at login, kept across sudo and
+    /// setuid); starter: none was set, the uid that started the tree.
+    pub source: &'static str,
 }
 
 /// What the agent asks of the host outside the kernel maps: /proc and the user database.
@@ -39,6 +53,9 @@ pub trait System: Send + Sync {
     fn user_name(&self, uid: u32) -> String;
     /// "<pid>-<start time in clock ticks>": unique on this host even when pids are reused.
     fn tree_id(&self, root: u32) -> String;
+    /// The owner of the tree rooted at `root`, read while it lives: its login uid, else its
+    /// real uid. None when the process is gone.
+    fn owner(&self, root: u32) -> Option<Owner>;
 }
 
 /// This host.
@@ -60,6 +77,14 @@ impl System for Host {
     fn tree_id(&self, root: u32) -> String {
         format!("{root}-{}", proc::start_time(root).unwrap_or(0))
     }
+
+    fn owner(&self, root: u32) -> Option<Owner> {
+        let (uid, source) = match proc::loginuid(root) {
+            Some(uid) => (uid, "loginuid"),
+            None => (proc::read_proc(root)?.uid, "starter"),
+        };
+        Some(Owner { uid, name: self.user_name(uid), source })
+    }
 }
 
 pub struct State {
@@ -76,6 +101,9 @@ pub struct State {
     pub ring_full_reported: u64,
     /// What the daemon adds: several policies, trees started by selectors, stated reasons.
     pub trees: TreeState,
+    /// Each tree's owner by root pid, taken when the tree started (a tree whose start the
+    /// agent did not see is asked of /proc at its first hold).
+    pub owners: HashMap<u32, Owner>,
 }
 
 /// The daemon's view of its trees. Under `run` it stays empty and `State::policy` applies.
@@ -119,6 +147,7 @@ impl State {
             lost_reported: 0,
             ring_full_reported: 0,
             trees: TreeState::default(),
+            owners: HashMap::new(),
         }
     }
 

@@ -47,6 +47,8 @@ pub struct HoldInfo {
     pub uid: u32,
     pub exe: Option<String>,
     pub argv: Vec<String>,
+    /// `argv` was read from /proc/PID/cmdline, which the process can rewrite.
+    pub argv_from_proc: bool,
     /// The kernel cut the acting process's argv to fit (it does not say so today: false).
     pub argv_truncated: bool,
     /// Ancestry inside the watched tree, nearest first: "pid exe".
@@ -60,6 +62,10 @@ pub struct HoldInfo {
     pub tree_id: String,
     /// Name of the policy in force for the tree.
     pub policy: String,
+    /// "sha256:<hex>" of that policy's text.
+    pub policy_hash: String,
+    /// Who owns the tree (separation of duties); None when it could not be told.
+    pub owner: Option<crate::agent::Owner>,
     /// What the agent inside the tree said about why it acts; shown, never decides.
     pub stated_reason: Option<StatedReason>,
     pub held_secs: u64,
@@ -73,6 +79,8 @@ pub struct Lineage {
     pub ppid: u32,
     pub exe: Option<String>,
     pub argv: Vec<String>,
+    /// argv from /proc/PID/cmdline, which the process can rewrite.
+    pub argv_from_proc: bool,
 }
 
 /// A source of decisions for holds: a person on this host, or guard-server.

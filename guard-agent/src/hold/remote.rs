@@ -84,7 +84,8 @@ pub struct RemoteDecisions {
 
 impl RemoteDecisions {
     /// Starts the background registration; must run inside a runtime.
-    pub fn start(cfg: ServerConfig, policies: Vec<String>) -> Result<Arc<Self>> {
+    /// `policies`: (name, "sha256:<hex>") of each policy in force, registered with the server.
+    pub fn start(cfg: ServerConfig, policies: Vec<(String, String)>) -> Result<Arc<Self>> {
         let channel = cfg.channel()?;
         let me = Arc::new(Self { url: cfg.url, channel, instance: instance_id(), registered: AtomicBool::new(false) });
         tokio::spawn(me.clone().register(policies));
@@ -101,11 +102,12 @@ impl RemoteDecisions {
         serde_json::json!({"url": self.url, "registered": self.registered.load(Ordering::Relaxed)})
     }
 
-    async fn register(self: Arc<Self>, policies: Vec<String>) {
+    async fn register(self: Arc<Self>, policies: Vec<(String, String)>) {
         let req = RegisterRequest {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             kernel: nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
-            policies,
+            policies: policies.iter().map(|(name, _)| name.clone()).collect(),
+            policy_hashes: policies.into_iter().collect(),
         };
         let mut delays = backoff();
         loop {
@@ -224,6 +226,9 @@ pub fn operation(h: &HoldInfo) -> Operation {
                     exe: l.exe.clone().unwrap_or_default(),
                     argv: l.argv.clone(),
                     argv_truncated: acting && h.argv_truncated,
+                    argv_from_proc: l.argv_from_proc,
+                    // Set by the server.
+                    argv_redacted: false,
                 }
             })
             .collect(),
@@ -231,6 +236,10 @@ pub fn operation(h: &HoldInfo) -> Operation {
         user: h.user.clone(),
         uid: h.uid,
         tree_id: h.tree_id.clone(),
+        owner_uid: h.owner.as_ref().map_or(0, |o| o.uid),
+        owner: h.owner.as_ref().map(|o| o.name.clone()).unwrap_or_default(),
+        owner_source: h.owner.as_ref().map(|o| o.source.to_string()).unwrap_or_default(),
+        policy_hash: h.policy_hash.clone(),
         stated_reason: h.stated_reason.as_ref().map(|r| StatedReason {
             tool: r.tool.clone(),
             call_id: r.call_id.clone(),
@@ -278,9 +287,18 @@ fn unreachable_decision(url: &str, last_error: &str) -> Decision {
     Decision::deny(Reason::Unreachable, Some(format!("guard-server {url} unreachable: {last_error}")))
 }
 
-/// Errors that retrying cannot fix.
+/// Errors that retrying cannot fix. RESOURCE_EXHAUSTED is the server's rate limit on this
+/// host or tree: waiting out the hold would only keep the thread stopped for an answer that
+/// was refused.
 fn refused(e: &Status) -> bool {
-    matches!(e.code(), Code::InvalidArgument | Code::PermissionDenied | Code::Unauthenticated | Code::NotFound)
+    matches!(
+        e.code(),
+        Code::InvalidArgument
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::NotFound
+            | Code::ResourceExhausted
+    )
 }
 
 fn describe(e: &Status) -> String {
@@ -346,6 +364,11 @@ mod tests {
         let d = expired_decision("r7".into());
         assert_eq!((d.allow, d.reason, d.request_id.as_deref()), (false, Reason::Expired, Some("r7")));
         assert!(refused(&Status::permission_denied("x")));
+        let limited = Status::resource_exhausted("rate limit: tree \"1-2\" of host h1 submitted more than 120");
+        assert!(refused(&limited), "a rate-limited hold is denied at once");
+        let d = refused_decision(&describe(&limited));
+        assert_eq!((d.allow, d.reason), (false, Reason::Refused));
+        assert!(d.comment.unwrap().contains("ResourceExhausted: rate limit: tree"));
         assert!(!refused(&Status::unavailable("x")));
     }
 
@@ -359,7 +382,13 @@ mod tests {
 
     #[test]
     fn a_hold_becomes_the_servers_operation() {
-        let lineage = |pid, ppid, exe: &str| Lineage { pid, ppid, exe: Some(exe.into()), argv: vec![exe.into()] };
+        let lineage = |pid, ppid, exe: &str| Lineage {
+            pid,
+            ppid,
+            exe: Some(exe.into()),
+            argv: vec![exe.into()],
+            argv_from_proc: pid == 10,
+        };
         let hold = HoldInfo {
             id: "3".into(),
             hook: Some(Hook::FileOpen),
@@ -372,12 +401,15 @@ mod tests {
             uid: 1000,
             exe: Some("/usr/bin/cat".into()),
             argv: vec!["cat".into()],
+            argv_from_proc: false,
             argv_truncated: true,
             ancestry: vec![],
             lineage: vec![lineage(42, 10, "/usr/bin/cat"), lineage(10, 1, "/bin/sh")],
             cwd: Some("/home/alice".into()),
             user: "alice".into(),
             tree_id: "10-777".into(),
+            owner: Some(crate::agent::Owner { uid: 1001, name: "bob".into(), source: "loginuid" }),
+            policy_hash: "sha256:00".into(),
             policy: "coding".into(),
             stated_reason: Some(guard_api::StatedReason { tool: "bash".into(), ..Default::default() }),
             held_secs: 0,
@@ -394,6 +426,11 @@ mod tests {
         // The acting process has its uid and the kernel's argv flag; ancestors' uids are unknown.
         assert_eq!((op.ancestry[0].pid, op.ancestry[0].uid, op.ancestry[0].argv_truncated), (42, 1000, true));
         assert_eq!((op.ancestry[1].pid, op.ancestry[1].uid, op.ancestry[1].argv_truncated), (10, 0, false));
+        // The tree's owner, not the acting user, and the policy's hash.
+        assert_eq!((op.owner.as_str(), op.owner_uid, op.owner_source.as_str()), ("bob", 1001, "loginuid"));
+        assert_eq!(op.policy_hash, "sha256:00");
+        // The parent's argv was read from /proc: marked.
+        assert_eq!((op.ancestry[0].argv_from_proc, op.ancestry[1].argv_from_proc), (false, true));
         assert_eq!(op.stated_reason.unwrap().tool, "bash");
         let none = HoldInfo { hook: None, access: None, ..hold };
         assert_eq!((operation(&none).hook.as_str(), operation(&none).access.as_str()), ("", ""));

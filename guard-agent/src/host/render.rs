@@ -1,22 +1,41 @@
 //! The CLI's screens for `pending` and a daemon's `status` (the JSON the admin socket answers,
-//! as text).
+//! as text). Every string is printed through `guard_api::screen::escape`: objects, argv, exe
+//! and cwd come from the watched tree and must not drive the terminal.
+use guard_api::screen::{escape, escape_argv};
 
-/// A value as text: strings without their quotes.
+/// A value as text: strings without their quotes, escaped for the terminal.
 fn text(v: &serde_json::Value) -> String {
-    v.as_str().map(String::from).unwrap_or_else(|| v.to_string())
+    v.as_str().map(|s| escape(s).into_owned()).unwrap_or_else(|| escape(&v.to_string()).into_owned())
+}
+
+/// argv as the approver reads it: arguments escaped and delimited, marked when it was read
+/// from /proc (the process can rewrite that at will).
+fn argv_text(argv: &serde_json::Value, from_proc: bool) -> String {
+    let args: Vec<String> =
+        argv.as_array().into_iter().flatten().map(|a| a.as_str().map(String::from).unwrap_or_default()).collect();
+    let mark = if from_proc { "  [argv from /proc, unverified]" } else { "" };
+    format!("{}{mark}", escape_argv(&args))
 }
 
 /// `guard-agent pending`: one block per waiting hold.
 pub fn print_pending(data: &serde_json::Value) {
-    let Some(list) = data.as_array() else { return };
+    print!("{}", pending_text(data));
+}
+
+fn pending_text(data: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let Some(list) = data.as_array() else { return out };
     if list.is_empty() {
-        println!("no holds waiting");
-        return;
+        out.push_str("no holds waiting\n");
+        return out;
     }
-    println!("{:<6} {:<20} {:<8} {:<24} {:<6} OBJECT", "ID", "HOOK", "PID", "RULE", "HELD");
+    // Writing to a String cannot fail.
+    let _ = writeln!(out, "{:<6} {:<20} {:<8} {:<24} {:<6} OBJECT", "ID", "HOOK", "PID", "RULE", "HELD");
     for h in list {
         let s = |k: &str| h.get(k).map(text).unwrap_or_default();
-        println!(
+        let _ = writeln!(
+            out,
             "{:<6} {:<20} {:<8} {:<24} {:<6} {}",
             s("id"),
             s("hook"),
@@ -25,8 +44,20 @@ pub fn print_pending(data: &serde_json::Value) {
             format!("{}s", s("held_secs")),
             s("object")
         );
-        println!("       by {} {}", s("exe"), h.get("argv").map(|a| a.to_string()).unwrap_or_default());
+        let from_proc = h.get("argv_from_proc").and_then(|v| v.as_bool()).unwrap_or(false);
+        let _ = writeln!(out, "       by {} {}", s("exe"), argv_text(&h["argv"], from_proc));
+        let owner = &h["owner"];
+        let _ = writeln!(
+            out,
+            "       cwd {}  tree {} owned by {} (uid {}, {})",
+            s("cwd"),
+            s("tree_id"),
+            text(&owner["name"]),
+            text(&owner["uid"]),
+            text(&owner["source"])
+        );
     }
+    out
 }
 
 /// `guard-agent status` for a daemon: one screen.
@@ -82,5 +113,34 @@ pub fn print_status(v: &serde_json::Value) {
         if let Some(r) = t["stated_reason"].as_object() {
             println!("         reason: {}", serde_json::Value::Object(r.clone()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_shows_hostile_text_escaped_and_proc_argv_marked() {
+        let hold = serde_json::json!([{
+            "id": "1", "hook": "file_open", "pid": 42, "rule": "ask", "held_secs": 3,
+            "object": "/home/u/.ssh/authorized_keys\u{1b}[2K\r/home/u/README.md",
+            "exe": "/usr/bin/tee\u{202e}txt.sh",
+            "argv": ["tee", "\u{1b}[6A\r\u{1b}[2Kobject:    /home/u/README.md\u{1b}[6B", "\u{1b}]52;c;ZXZpbA==\u{7}"],
+            "argv_from_proc": true,
+            "cwd": "/tmp\nrule:       harmless",
+            "tree_id": "10-1",
+            "owner": {"uid": 1000, "name": "alice", "source": "loginuid"},
+        }]);
+        let screen = pending_text(&hold);
+        for bad in ['\u{1b}', '\r', '\u{7}', '\u{202e}'] {
+            assert!(!screen.contains(bad), "{bad:?} reached the screen: {screen}");
+        }
+        // Four lines: the header and three per hold; no forged line from the cwd.
+        assert_eq!(screen.lines().count(), 4, "{screen}");
+        assert!(screen.contains("\\x1b[6A\\r\\x1b[2Kobject:"), "{screen}");
+        assert!(screen.contains("/usr/bin/tee\\u{202e}txt.sh"), "{screen}");
+        assert!(screen.contains("[argv from /proc, unverified]"), "{screen}");
+        assert!(screen.contains("owned by alice (uid 1000, loginuid)"), "{screen}");
     }
 }

@@ -6,7 +6,7 @@ use super::{
     spawn::{spawn_blocked, wait_child},
 };
 use crate::{
-    agent::{effects, Agent, Host, Shared, State, System},
+    agent::{effects, Agent, Host, Owner, Shared, State, System},
     audit::{forward, AuditLog},
     hold::{local::LocalDecisions, remote, DecisionSource},
     kernel::{self, ring, Kernel, KernelMaps},
@@ -60,6 +60,7 @@ pub fn run(
         anyhow::bail!("--max-tree-tasks {max_tasks} is out of range: expected 1 to {}", MAX_TREE_TASKS);
     }
     let policy = Policy::load(policy_path)?;
+    let policy_hash = policy.hash.clone();
     let audit = AuditLog::open(audit_path)?;
     let (mut kernel, ring) = Kernel::load(max_tasks)?;
     kernel.install_policy(RUN_POLICY, &policy)?;
@@ -78,13 +79,16 @@ pub fn run(
         audit,
         Box::new(Host),
     );
+    if let Some(owner) = run_owner(pid) {
+        state.lock().owners.insert(pid, owner);
+    }
     let local = Arc::new(LocalDecisions::default());
     // With a server, holds are decided centrally only: a local `guard-agent approve` would be
     // a decision the approval service (separation of duties, its audit trail) never saw.
     let remote = server
         .map(|cfg| {
             rt.block_on(async {
-                let r = remote::RemoteDecisions::start(cfg, vec![policy_name(policy_path)])?;
+                let r = remote::RemoteDecisions::start(cfg, vec![(policy_name(policy_path), policy_hash)])?;
                 let (tx, rx) = forward::channel();
                 tokio::spawn(forward::report(r.client(), rx));
                 state.audit().forward_to(tx);
@@ -138,6 +142,18 @@ pub fn run(
     });
     std::fs::remove_file(socket).ok();
     Ok(code)
+}
+
+/// The owner of the tree `run` starts: the login uid CMD inherits from the session that ran
+/// guard-agent (kept across sudo), else the user who ran it (`SUDO_UID` under sudo, else the
+/// real uid) — not root just because guard-agent runs as root.
+fn run_owner(pid: u32) -> Option<Owner> {
+    if let Some(uid) = crate::tree::proc::loginuid(pid) {
+        return Some(Owner { uid, name: Host.user_name(uid), source: "loginuid" });
+    }
+    let uid =
+        std::env::var("SUDO_UID").ok().and_then(|u| u.parse().ok()).unwrap_or_else(|| nix::unistd::getuid().as_raw());
+    Some(Owner { uid, name: Host.user_name(uid), source: "starter" })
 }
 
 /// The name shown on requests: the policy file's stem ("coding-agent" for coding-agent.toml).

@@ -74,6 +74,16 @@ pub struct Policy {
     /// are decided by the rules like the syscalls they stand for.
     pub io_uring_deny: bool,
     pub rules: Vec<Rule>,
+    /// "sha256:<hex>" of the policy's text: guard-server checks requests name the policy the
+    /// host registered (a tree that edits the policy to rename its rules is flagged).
+    pub hash: String,
+}
+
+/// "sha256:<hex>" of a policy's text.
+pub fn text_hash(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(text.as_bytes());
+    format!("sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
 /// Capability names of Linux 6.x, in number order.

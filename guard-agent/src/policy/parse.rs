@@ -177,7 +177,7 @@ impl Policy {
             }
             rules.push(rule);
         }
-        Ok(Policy { default, ask_timeout, io_uring_deny, rules })
+        Ok(Policy { default, ask_timeout, io_uring_deny, rules, hash: super::text_hash(text) })
     }
 }
 

@@ -40,6 +40,13 @@ pub fn ppid(pid: u32) -> Option<u32> {
 }
 
 /// When `pid` started, in clock ticks after boot.
+/// The audit login uid of `pid` (`/proc/PID/loginuid`); None when it is unset (u32::MAX:
+/// no login, e.g. a service) or unreadable.
+pub fn loginuid(pid: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/loginuid")).ok()?;
+    text.trim().parse::<u32>().ok().filter(|uid| *uid != u32::MAX)
+}
+
 pub fn start_time(pid: u32) -> Option<u64> {
     Some(process(pid)?.stat().ok()?.starttime)
 }

@@ -5,6 +5,7 @@ use super::{not_found, Reply, Shared};
 use crate::error::GuardError;
 use crate::identity::{require, Role};
 use crate::lifecycle::{self, now_ms, Violations, MAX_RECORDS_PER_CALL};
+use crate::ratelimit::Over;
 use crate::store::{Decision, Finish, HostInfo};
 use crate::{ids, lifecycle::MAX_NAME_BYTES};
 use guard_api::AuditRecord;
@@ -34,6 +35,17 @@ impl AgentService for AgentApi {
         for (i, p) in r.policies.iter().enumerate() {
             v.text(&format!("policies[{i}]"), p, MAX_NAME_BYTES, false);
         }
+        if r.policy_hashes.len() > 256 {
+            v.add("policy_hashes", "at most 256 entries");
+        }
+        let mut named: Vec<(&String, &String)> = r.policy_hashes.iter().collect();
+        named.sort();
+        for (name, hash) in named {
+            v.text(&format!("policy_hashes[{name:?}]"), name, MAX_NAME_BYTES, true);
+            if !is_policy_hash(hash) {
+                v.add(format!("policy_hashes[{name:?}]"), "want \"sha256:\" and 64 lowercase hex digits");
+            }
+        }
         v.into_result()?;
         let now = now_ms();
         let info = HostInfo {
@@ -41,9 +53,21 @@ impl AgentService for AgentApi {
             agent_version: r.agent_version,
             kernel: r.kernel,
             policies: r.policies,
+            policy_hashes: r.policy_hashes.clone(),
             seen_ms: now,
         };
-        self.shared.store.register_host(info).await?;
+        // A changed hash at registration is the host's word (its agent restarted with another
+        // policy); it is logged, and requests carry the hash they were decided under.
+        if let Some(before) = self.shared.store.register_host(info).await? {
+            for (name, hash) in &r.policy_hashes {
+                match before.get(name) {
+                    Some(old) if old != hash => {
+                        tracing::warn!("host {host} re-registered policy {name:?}: {old} -> {hash}")
+                    }
+                    _ => {}
+                }
+            }
+        }
         Ok(Response::new(RegisterResponse { host, server_time_ms: now }))
     }
 
@@ -53,8 +77,21 @@ impl AgentService for AgentApi {
         let host = require(&request, Role::Agent)?.name;
         let submit = request.into_inner();
         lifecycle::validate_submit(&submit)?;
+        let tree = submit.operation.as_ref().map(|o| o.tree_id.as_str()).unwrap_or_default();
+        if let Err(over) = self.shared.limiter.admit(&host, tree, std::time::Instant::now()) {
+            let (what, rate, key) = match over {
+                Over::Host(r) => (format!("host {host}"), r, "host"),
+                Over::Tree(r) => (format!("tree {tree:?} of host {host}"), r, "tree"),
+            };
+            return Err(tonic::Status::resource_exhausted(format!(
+                "rate limit: {what} submitted more than {} requests a minute (burst {}); \
+                 [rate_limit] {key}_per_minute in the server config",
+                rate.per_minute, rate.burst
+            )));
+        }
+        let registered = self.shared.store.host_policies(&host).await?;
         let id = ids::new_request_id().map_err(|_| GuardError::Internal("system randomness failed".into()))?;
-        let new = lifecycle::plan_submit(&self.shared.policy, &host, id, submit, now_ms());
+        let new = lifecycle::plan_submit(&self.shared.policy, &host, id, submit, now_ms(), registered.as_ref())?;
         // Subscribe before the request exists: a decision right after creation is not missed.
         let rx = self.shared.fanout.subscribe();
         let created = self.shared.store.submit(new).await?;
@@ -125,7 +162,17 @@ impl AgentService for AgentApi {
         let mut parsed = Vec::with_capacity(records.len());
         for (i, r) in records.iter().enumerate() {
             match AuditRecord::from_json(&r.json) {
-                Ok(record) => parsed.push(record),
+                Ok(mut record) => {
+                    // Redacted before it is stored, like a request's argv; the record says so.
+                    if self.shared.policy.redact.redact(&mut record.argv) {
+                        let note = crate::audit::REDACTED_NOTE;
+                        record.comment = Some(match record.comment.take().filter(|c| !c.is_empty()) {
+                            Some(c) => format!("{c} ({note})"),
+                            None => note.to_string(),
+                        });
+                    }
+                    parsed.push(record)
+                }
                 Err(e) => v.add(format!("records[{i}].json"), e.to_string()),
             }
         }
@@ -133,4 +180,10 @@ impl AgentService for AgentApi {
         let accepted = self.shared.store.append_records(&host, parsed, now_ms()).await?;
         Ok(Response::new(ReportRecordsResponse { accepted }))
     }
+}
+
+/// "sha256:" and 64 lowercase hex digits, as the agent reports a policy file's hash.
+fn is_policy_hash(s: &str) -> bool {
+    s.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }

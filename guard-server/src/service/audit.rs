@@ -18,19 +18,24 @@ impl AuditService for AuditApi {
     type QueryStream = BoxStream<AuditEvent>;
 
     async fn query(&self, request: tonic::Request<AuditQuery>) -> Reply<Self::QueryStream> {
-        require(&request, Role::Approver)?;
+        let approver = require(&request, Role::Approver)?.name;
         let q = request.into_inner();
         let mut v = Violations::default();
         v.text("host", &q.host, MAX_NAME_BYTES, false);
         v.text("request_id", &q.request_id, MAX_NAME_BYTES, false);
         v.into_result()?;
+        if !q.host.is_empty() {
+            super::check_sees(&self.shared, &approver, &q.host)?;
+        }
         let filter = AuditFilter {
             since_ms: q.since_ms,
             host: Some(q.host).filter(|h| !h.is_empty()),
             request_id: Some(q.request_id).filter(|r| !r.is_empty()),
             limit: q.limit,
         };
-        let events = self.shared.store.audit(&filter).await?;
+        let mut events = self.shared.store.audit(&filter).await?;
+        // Only the hosts this approver is assigned to (the trail holds argv and paths).
+        events.retain(|e| self.shared.policy.sees_host(&approver, &e.host));
         Ok(Response::new(Box::pin(tokio_stream::iter(events.into_iter().map(Ok)))))
     }
 }

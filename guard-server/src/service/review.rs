@@ -1,6 +1,6 @@
 //! ReviewService: called by approvers (guardctl, the console) with an approver certificate.
 use super::streams::{watch_pending, BoxStream};
-use super::{not_found, Reply, Shared};
+use super::{check_sees, not_found, Reply, Shared};
 use crate::error::GuardError;
 use crate::identity::{caller, require, Role};
 use crate::ids;
@@ -23,12 +23,12 @@ impl ReviewService for ReviewApi {
     type WatchPendingStream = BoxStream<RequestEvent>;
 
     async fn watch_pending(&self, request: tonic::Request<WatchPendingRequest>) -> Reply<Self::WatchPendingStream> {
-        require(&request, Role::Approver)?;
-        Ok(Response::new(watch_pending(self.shared.clone()).await?))
+        let approver = require(&request, Role::Approver)?.name;
+        Ok(Response::new(watch_pending(self.shared.clone(), approver).await?))
     }
 
     async fn list_requests(&self, request: tonic::Request<ListRequestsRequest>) -> Reply<ListRequestsResponse> {
-        require(&request, Role::Approver)?;
+        let approver = require(&request, Role::Approver)?.name;
         let r = request.into_inner();
         let mut states = Vec::with_capacity(r.states.len());
         for (i, s) in r.states.iter().enumerate() {
@@ -42,19 +42,24 @@ impl ReviewService for ReviewApi {
         let mut v = lifecycle::Violations::default();
         v.text("host", &r.host, MAX_NAME_BYTES, false);
         v.into_result()?;
+        if !r.host.is_empty() {
+            check_sees(&self.shared, &approver, &r.host)?;
+        }
         let filter = ListFilter { states, host: Some(r.host).filter(|h| !h.is_empty()), limit: r.limit };
-        let requests = self.shared.store.list(&filter).await?;
+        let mut requests = self.shared.store.list(&filter).await?;
+        requests.retain(|req| self.shared.policy.sees_host(&approver, &req.host));
         Ok(Response::new(ListRequestsResponse { requests }))
     }
 
     async fn get_request(&self, request: tonic::Request<GetRequestRequest>) -> Reply<Request> {
-        require(&request, Role::Approver)?;
+        let approver = require(&request, Role::Approver)?.name;
         let id = request.into_inner().id;
         if !ids::looks_like_request_id(&id) {
             return Err(not_found(&id, ""));
         }
-        let found = self.shared.store.get(&id, now_ms()).await?;
-        Ok(Response::new(found.ok_or_else(|| not_found(&id, ""))?))
+        let found = self.shared.store.get(&id, now_ms()).await?.ok_or_else(|| not_found(&id, ""))?;
+        check_sees(&self.shared, &approver, &found.host)?;
+        Ok(Response::new(found))
     }
 
     async fn review(&self, request: tonic::Request<ReviewRequest>) -> Reply<Request> {
@@ -88,6 +93,10 @@ impl ReviewService for ReviewApi {
         let mut v = lifecycle::Violations::default();
         v.text("comment", &comment, lifecycle::MAX_TEXT_BYTES, false);
         v.into_result()?;
+        // Cancelling ends the request as a deny does: only one who may deny it may cancel it.
+        // What decides that (host, eligible approvers, owner) never changes after creation.
+        let current = self.shared.store.get(&id, now_ms()).await?.ok_or_else(|| not_found(&id, ""))?;
+        lifecycle::may_decide(&self.shared.policy, &approver, &current)?;
         let decision = Decision {
             state: State::Cancelled,
             reason: "cancelled".into(),

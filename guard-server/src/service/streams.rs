@@ -72,10 +72,10 @@ pub fn follow(shared: Shared, mut rx: Receiver<Change>, first: Request) -> BoxSt
 ///
 /// The snapshot is read before the call is answered: a request submitted after the caller
 /// has its stream comes as "created", never folded into the snapshot.
-pub async fn watch_pending(shared: Shared) -> Result<BoxStream<RequestEvent>, Status> {
+pub async fn watch_pending(shared: Shared, approver: String) -> Result<BoxStream<RequestEvent>, Status> {
     let mut rx = shared.fanout.subscribe();
     let mut shutdown = shared.shutdown.clone();
-    let snapshot = pending(&shared).await?;
+    let snapshot = pending(&shared, &approver).await?;
     Ok(Box::pin(async_stream::try_stream! {
         // Pending ids this watcher has sent, with how many reviews it showed.
         let mut seen: HashMap<String, usize> = HashMap::new();
@@ -94,7 +94,7 @@ pub async fn watch_pending(shared: Shared) -> Result<BoxStream<RequestEvent>, St
                 }
                 Wake::Change(Ok(Change::Resync) | Err(RecvError::Lagged(_))) | Wake::Timer => {
                     // Re-read everything: what is pending now, and what we showed that no longer is.
-                    let now_pending = pending(&shared).await?;
+                    let now_pending = pending(&shared, &approver).await?;
                     let mut all = Vec::new();
                     for id in seen.keys() {
                         if !now_pending.iter().any(|r| &r.id == id) {
@@ -106,7 +106,8 @@ pub async fn watch_pending(shared: Shared) -> Result<BoxStream<RequestEvent>, St
                 }
                 Wake::Change(Err(RecvError::Closed)) | Wake::Stop => Err(Status::unavailable("server shutting down"))?,
             };
-            for request in changed {
+            // Only the hosts this approver is assigned to.
+            for request in changed.into_iter().filter(|r| shared.policy.sees_host(&approver, &r.host)) {
                 let reviews = request.reviews.len();
                 let kind = if is_final(request.state) {
                     if seen.remove(&request.id).is_none() { continue; }
@@ -124,9 +125,10 @@ pub async fn watch_pending(shared: Shared) -> Result<BoxStream<RequestEvent>, St
     }))
 }
 
-async fn pending(shared: &Shared) -> Result<Vec<Request>, Status> {
+async fn pending(shared: &Shared, approver: &str) -> Result<Vec<Request>, Status> {
     let filter = ListFilter { states: vec![State::Pending], host: None, limit: 0 };
     let mut requests = shared.store.list(&filter).await.map_err(Status::from)?;
+    requests.retain(|r| shared.policy.sees_host(approver, &r.host));
     // Oldest first: the order they arrived in.
     requests.reverse();
     Ok(requests)

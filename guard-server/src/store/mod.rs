@@ -21,6 +21,7 @@ use crate::fanout::Fanout;
 use async_trait::async_trait;
 use guard_api::AuditRecord;
 use guard_proto::v1::{AuditEvent, Operation, Request, Review, State};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use sql::SqlStore;
@@ -57,6 +58,8 @@ pub struct NewRequest {
     pub eligible_approvers: Vec<String>,
     /// Decision of an `[[auto]]` rule, applied when no grant covers the operation.
     pub auto: Option<Decision>,
+    /// What the server noticed (`Request.flags`).
+    pub flags: Vec<String>,
 }
 
 impl NewRequest {
@@ -72,6 +75,7 @@ impl NewRequest {
             expires_ms: self.expires_ms,
             approvals_required: self.approvals_required,
             eligible_approvers: self.eligible_approvers.clone(),
+            flags: self.flags.clone(),
             ..Default::default()
         }
     }
@@ -128,6 +132,8 @@ pub struct HostInfo {
     pub agent_version: String,
     pub kernel: String,
     pub policies: Vec<String>,
+    /// Policy name -> "sha256:<hex>".
+    pub policy_hashes: HashMap<String, String>,
     pub seen_ms: i64,
 }
 
@@ -151,7 +157,10 @@ pub trait Store: Send + Sync {
     /// `host`).
     async fn append_records(&self, host: &str, records: Vec<AuditRecord>, now_ms: i64) -> GuardResult<u32>;
     async fn audit(&self, filter: &AuditFilter) -> GuardResult<Vec<AuditEvent>>;
-    async fn register_host(&self, info: HostInfo) -> GuardResult<()>;
+    /// Records the host's registration; returns the policy hashes it had registered before.
+    async fn register_host(&self, info: HostInfo) -> GuardResult<Option<HashMap<String, String>>>;
+    /// The policy hashes `host` registered; None when it never registered.
+    async fn host_policies(&self, host: &str) -> GuardResult<Option<HashMap<String, String>>>;
 }
 
 /// Opens the store named by `url` (`sqlite:...` or `postgres://...`), creating its schema,

@@ -38,6 +38,8 @@ pub fn request_from_row(row: &AnyRow) -> GuardResult<Request> {
     let eligible: String = row.try_get("eligible_approvers")?;
     let eligible: Vec<String> = serde_json::from_str(&eligible).map_err(|_| corrupt("eligible_approvers"))?;
     let approvals: i64 = row.try_get("approvals_required")?;
+    let flags: String = row.try_get("flags")?;
+    let flags: Vec<String> = serde_json::from_str(&flags).map_err(|_| corrupt("flags"))?;
     Ok(Request {
         host: row.try_get("host")?,
         operation: Some(operation),
@@ -51,6 +53,7 @@ pub fn request_from_row(row: &AnyRow) -> GuardResult<Request> {
         reason: row.try_get("reason")?,
         decided_by: row.try_get("decided_by")?,
         comment: row.try_get("comment")?,
+        flags,
         id,
     })
 }

@@ -20,6 +20,7 @@ use guard_proto::v1::{AuditEvent, Request, Review, State};
 use super::grant_argv;
 use sqlx::AnyPool;
 use sqlx::{Any, AssertSqlSafe, Row, Transaction};
+use std::collections::HashMap;
 use tokio::sync::{mpsc, oneshot};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +50,7 @@ impl Drop for SqlStore {
 pub type Tx = Transaction<'static, Any>;
 
 pub const REQUEST_COLUMNS: &str = "id, host, operation, state, created_ms, expires_ms, decided_ms, \
-     approvals_required, eligible_approvers, reason, decided_by, comment";
+     approvals_required, eligible_approvers, reason, decided_by, comment, flags";
 
 /// Most rows a list or an audit query returns in one call.
 const MAX_ROWS: u32 = 10_000;
@@ -427,19 +428,34 @@ impl Store for SqlStore {
             .collect()
     }
 
-    async fn register_host(&self, info: HostInfo) -> GuardResult<()> {
+    async fn register_host(&self, info: HostInfo) -> GuardResult<Option<HashMap<String, String>>> {
+        let before = self.host_policies(&info.host).await?;
         sqlx::query(
-            "INSERT INTO hosts (host, agent_version, kernel, policies, seen_ms) VALUES ($1, $2, $3, $4, $5) \
+            "INSERT INTO hosts (host, agent_version, kernel, policies, seen_ms, policy_hashes) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (host) DO UPDATE SET agent_version = excluded.agent_version, kernel = excluded.kernel, \
-             policies = excluded.policies, seen_ms = excluded.seen_ms",
+             policies = excluded.policies, seen_ms = excluded.seen_ms, policy_hashes = excluded.policy_hashes",
         )
         .bind(info.host)
         .bind(info.agent_version)
         .bind(info.kernel)
         .bind(serde_json::to_string(&info.policies).unwrap_or_else(|_| "[]".into()))
         .bind(info.seen_ms)
+        .bind(serde_json::to_string(&info.policy_hashes).unwrap_or_else(|_| "{}".into()))
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(before)
+    }
+
+    async fn host_policies(&self, host: &str) -> GuardResult<Option<HashMap<String, String>>> {
+        let row = sqlx::query("SELECT policy_hashes FROM hosts WHERE host = $1")
+            .bind(host.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let text: String = row.try_get("policy_hashes")?;
+        let hashes = serde_json::from_str(&text)
+            .map_err(|_| GuardError::Internal(format!("host {host}: bad policy_hashes in the database")))?;
+        Ok(Some(hashes))
     }
 }

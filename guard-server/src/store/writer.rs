@@ -17,13 +17,13 @@ use sqlx::{AnyPool, AssertSqlSafe, Row};
 use std::collections::{BTreeSet, HashSet};
 use tokio::sync::{mpsc, oneshot};
 
-/// Most submissions one group commit takes: at 17 bound values a request and 8 an audit
+/// Most submissions one group commit takes: at 18 bound values a request and 8 an audit
 /// row (two rows a request), far below SQLite's 32766 and PostgreSQL's 65535 parameters.
 const MAX_BATCH: usize = 256;
 /// Submissions waiting for the writer before callers wait to hand theirs in.
 pub const QUEUE: usize = 4096;
 /// Bound values of one row of `requests`.
-const REQUEST_VALUES: usize = 17;
+const REQUEST_VALUES: usize = 18;
 
 /// One submission handed to the writer.
 pub struct SubmitJob {
@@ -38,6 +38,7 @@ pub struct Prepared {
     pub request: Request,
     operation_json: String,
     eligible_json: String,
+    flags_json: String,
     entries: Vec<AuditEntry>,
 }
 
@@ -65,6 +66,7 @@ pub fn prepare(new: NewRequest) -> Prepared {
         hold_key: new.hold_key,
         operation_json: operation_to_json(request.operation.as_ref().unwrap_or(&Default::default())),
         eligible_json: serde_json::to_string(&request.eligible_approvers).unwrap_or_else(|_| "[]".into()),
+        flags_json: serde_json::to_string(&request.flags).unwrap_or_else(|_| "[]".into()),
         entries: submit_entries(&request),
         request,
     }
@@ -145,7 +147,7 @@ impl Writer {
             .collect::<Vec<_>>();
         let sql = format!(
             "INSERT INTO requests (id, host, hold_key, operation, hook, object, rule, tree_id, state, created_ms, \
-             expires_ms, decided_ms, approvals_required, eligible_approvers, reason, decided_by, comment) \
+             expires_ms, decided_ms, approvals_required, eligible_approvers, reason, decided_by, comment, flags) \
              VALUES {} ON CONFLICT (host, hold_key) DO NOTHING RETURNING id",
             rows.join(", ")
         );
@@ -171,7 +173,8 @@ impl Writer {
                 .bind(p.eligible_json.clone())
                 .bind(r.reason.clone())
                 .bind(r.decided_by.clone())
-                .bind(r.comment.clone());
+                .bind(r.comment.clone())
+                .bind(p.flags_json.clone());
         }
         let mut created = HashSet::with_capacity(jobs.len());
         for row in query.fetch_all(&mut *tx).await? {

@@ -11,9 +11,13 @@ pub struct ServerToml {
     database_url: Option<String>,
     default_timeout: Option<String>,
     tls_dir: String,
-    approvers: Vec<(String, Vec<String>)>,
+    approvers: Vec<(String, Vec<String>, Vec<String>)>,
     requires: Vec<(String, u32, Vec<String>)>,
     autos: Vec<(String, &'static str)>,
+    /// TOML appended as it is (host groups, scoped rules, redaction, rate limits).
+    extra: String,
+    /// Top-level keys, written before the first table.
+    top: String,
 }
 
 impl ServerToml {
@@ -28,6 +32,8 @@ impl ServerToml {
             approvers: Vec::new(),
             requires: Vec::new(),
             autos: Vec::new(),
+            extra: String::new(),
+            top: String::new(),
         }
     }
 
@@ -49,7 +55,30 @@ impl ServerToml {
 
     /// An `[[approver]]` whose own Unix users (names or uids) are `unix_users`.
     pub fn approver(mut self, name: &str, unix_users: &[&str]) -> Self {
-        self.approvers.push((name.into(), unix_users.iter().map(|u| u.to_string()).collect()));
+        self.approvers.push((name.into(), unix_users.iter().map(|u| u.to_string()).collect(), Vec::new()));
+        self
+    }
+
+    /// An `[[approver]]` who sees the hosts of `host_groups` only.
+    pub fn approver_in(mut self, name: &str, unix_users: &[&str], host_groups: &[&str]) -> Self {
+        let users = unix_users.iter().map(|u| u.to_string()).collect();
+        self.approvers.push((name.into(), users, host_groups.iter().map(|g| g.to_string()).collect()));
+        self
+    }
+
+    /// A top-level `key = value` line, written before the first table.
+    pub fn top(mut self, line: &str) -> Self {
+        self.top.push_str(line.trim_end());
+        self.top.push('\n');
+        self
+    }
+
+    /// TOML appended to the file as it is.
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra.push_str(toml);
+        if !self.extra.ends_with('\n') {
+            self.extra.push('\n');
+        }
         self
     }
 
@@ -81,6 +110,7 @@ impl ServerToml {
         if let Some(timeout) = &self.default_timeout {
             let _ = writeln!(t, "default_timeout = {timeout:?}");
         }
+        t.push_str(&self.top);
         let file = |f: &str| format!("{}/{f}", self.tls_dir.trim_end_matches('/'));
         let _ = writeln!(
             t,
@@ -89,10 +119,13 @@ impl ServerToml {
             file("server.crt"),
             file("server.key")
         );
-        for (name, users) in &self.approvers {
+        for (name, users, groups) in &self.approvers {
             let _ = writeln!(t, "[[approver]]\nname = {name:?}");
             if !users.is_empty() {
                 let _ = writeln!(t, "unix_users = {users:?}");
+            }
+            if !groups.is_empty() {
+                let _ = writeln!(t, "host_groups = {groups:?}");
             }
         }
         for (rule, approvals, approvers) in &self.requires {
@@ -101,6 +134,7 @@ impl ServerToml {
         for (rule, decision) in &self.autos {
             let _ = writeln!(t, "[[auto]]\nrule = {rule:?}\ndecision = {decision:?}");
         }
+        t.push_str(&self.extra);
         t
     }
 }
@@ -125,7 +159,7 @@ mod tests {
         let config = ServerConfig::parse(Path::new("/etc/guard/server.toml"), &text).expect(&text);
         assert_eq!(config.tls.ca, Path::new("/etc/guard/pki/ca.crt"));
         assert_eq!(config.database_url, "sqlite:/tmp/x.db");
-        assert_eq!(config.policy.requires["prod-deploy"].approvals, 2);
+        assert_eq!(config.policy.requirement("h", "p", "prod-deploy").map(|r| r.approvals), Some(2));
         assert_eq!(config.policy.approvers["alice"].unix_users, ["alice", "1000"]);
         assert_eq!(config.policy.autos.len(), 2);
     }

@@ -5,7 +5,7 @@ use guard_proto::client::{self, TlsFiles, TlsMaterial};
 use guard_proto::v1::agent_service_client::AgentServiceClient;
 use guard_proto::v1::audit_service_client::AuditServiceClient;
 use guard_proto::v1::review_service_client::ReviewServiceClient;
-use guard_proto::v1::{Operation, Process, Request, State, SubmitRequest};
+use guard_proto::v1::{Operation, Process, RegisterRequest, Request, State, SubmitRequest};
 use guard_server::config::ServerConfig;
 use guard_server::pki::{init_pki, PkiSpec};
 use guard_server::server::{self, ServerHandle};
@@ -39,6 +39,11 @@ pub struct Site {
 
 impl Site {
     pub fn new() -> Site {
+        Site::with(config())
+    }
+
+    /// A site whose server runs under `config`.
+    pub fn with(config: ServerToml) -> Site {
         let dir = tempfile::tempdir().expect("tempdir");
         let spec = PkiSpec {
             server_names: vec![],
@@ -46,8 +51,13 @@ impl Site {
             approvers: APPROVERS.iter().map(|s| s.to_string()).collect(),
         };
         init_pki(&dir.path().join("pki"), &spec).expect("init-pki");
-        std::fs::write(dir.path().join("server.toml"), config().render()).expect("config");
+        std::fs::write(dir.path().join("server.toml"), config.render()).expect("config");
         Site { dir }
+    }
+
+    /// The SQLite database the config's default puts next to it.
+    pub fn db_url(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("guard.db").display())
     }
 
     pub fn pki(&self) -> PathBuf {
@@ -79,7 +89,16 @@ impl Server {
         channel_with(self.addr(), &self.pki, &self.pki, stem).await.expect("connect")
     }
 
+    /// An agent of `host`, registered with policy `test` at [`POLICY_HASH`] (as every agent
+    /// registers before it submits).
     pub async fn agent(&self, host: &str) -> AgentServiceClient<Channel> {
+        let mut agent = self.unregistered_agent(host).await;
+        agent.register(registration(&[("test", POLICY_HASH)])).await.expect("register");
+        agent
+    }
+
+    /// An agent of `host` that has not registered.
+    pub async fn unregistered_agent(&self, host: &str) -> AgentServiceClient<Channel> {
         AgentServiceClient::new(self.channel(&format!("agent-{host}")).await)
     }
 
@@ -114,15 +133,32 @@ pub async fn channel_with(
     client::connect(&format!("https://{addr}"), &TlsMaterial::load(&files)?).await
 }
 
-/// An operation as an agent would send it.
+/// The hash of policy `test` as every test agent registers it.
+pub const POLICY_HASH: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// A registration with these (policy, hash) pairs.
+pub fn registration(policies: &[(&str, &str)]) -> RegisterRequest {
+    RegisterRequest {
+        agent_version: "test".into(),
+        kernel: "6.1".into(),
+        policies: policies.iter().map(|(p, _)| p.to_string()).collect(),
+        policy_hashes: policies.iter().map(|(p, h)| (p.to_string(), h.to_string())).collect(),
+    }
+}
+
+/// An operation as an agent would send it: the tree belongs to `user` too.
 pub fn op(rule: &str, tree: &str, user: &str, uid: u32, object: &str) -> Operation {
     Operation {
         hook: "bprm_check_security".into(),
         object: object.into(),
         rule: rule.into(),
         policy: "test".into(),
+        policy_hash: POLICY_HASH.into(),
         user: user.into(),
         uid,
+        owner: user.into(),
+        owner_uid: uid,
+        owner_source: "loginuid".into(),
         tree_id: tree.into(),
         ancestry: vec![Process {
             pid: 4242,
@@ -130,7 +166,7 @@ pub fn op(rule: &str, tree: &str, user: &str, uid: u32, object: &str) -> Operati
             uid,
             exe: object.into(),
             argv: vec![object.into(), "--now".into()],
-            argv_truncated: false,
+            ..Default::default()
         }],
         ..Default::default()
     }

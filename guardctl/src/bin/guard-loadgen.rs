@@ -61,6 +61,10 @@ struct AgentResult {
     first_error: Option<String>,
 }
 
+/// The hash the load generator's agents register for policy "bench" and send with each
+/// request, so the server applies its `[[auto]]` rule (it does not for a changed policy).
+const BENCH_POLICY_HASH: &str = "sha256:be9c4be9c4be9c4be9c4be9c4be9c4be9c4be9c4be9c4be9c4be9c4be9c4be9c";
+
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     raise_nofile(args.agents as u64 * 2 + 64);
@@ -133,6 +137,7 @@ async fn run(args: Args) -> Result<()> {
                         agent_version: "guard-loadgen".into(),
                         kernel: String::new(),
                         policies: vec!["bench".into()],
+                        policy_hashes: [("bench".to_string(), BENCH_POLICY_HASH.to_string())].into(),
                     })
                     .await
                     .map_err(|s| anyhow::anyhow!("Register: {}: {}", s.code(), s.message()))?;
@@ -233,11 +238,15 @@ async fn agent_loop(
                     uid: 1000,
                     exe: "/usr/bin/true".into(),
                     argv: vec!["true".into(), seq.to_string()],
-                    argv_truncated: false,
+                    ..Default::default()
                 }],
                 cwd: "/".into(),
                 user: "bench".into(),
                 uid: 1000,
+                owner: "bench".into(),
+                owner_uid: 1000,
+                owner_source: "loginuid".into(),
+                policy_hash: BENCH_POLICY_HASH.into(),
                 tree_id: format!("{pid}-{nonce}"),
                 ..Default::default()
             }),

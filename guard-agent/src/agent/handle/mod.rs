@@ -48,14 +48,9 @@ pub fn handle(st: &mut State, sys: &dyn System, e: &Event, now: Instant) -> Vec<
 /// A watched process executed a program; for the exec that starts a tree, the tree begins.
 fn exec(st: &mut State, sys: &dyn System, e: &Event) {
     let proc = sys.proc(e.tgid);
-    let mut info = ProcInfo {
-        exe: Some(event::object_text(e)),
-        argv: proc.as_ref().map(|p| p.argv.clone()).unwrap_or_default(),
-        ppid: proc.as_ref().map_or(0, |p| p.ppid),
-    };
-    if info.argv.is_empty() {
-        info.argv = event::argv_of(e);
-    }
+    let (argv, argv_from_proc) = choose_argv(event::argv_of(e), proc.as_ref().map(|p| p.argv.clone()));
+    let mut info =
+        ProcInfo { exe: Some(event::object_text(e)), argv, ppid: proc.as_ref().map_or(0, |p| p.ppid), argv_from_proc };
     if info.ppid == 0 {
         info.ppid = e.ppid;
     }
@@ -78,8 +73,8 @@ fn exec(st: &mut State, sys: &dyn System, e: &Event) {
         tracing::info!(
             "new tree {}: {} ({}) selected by {selector}, policy {policy}{}",
             e.tgid,
-            info.exe.as_deref().unwrap_or("?"),
-            info.argv.join(" "),
+            guard_api::screen::escape(info.exe.as_deref().unwrap_or("?")),
+            guard_api::screen::escape_argv(&info.argv),
             if also.is_empty() {
                 String::new()
             } else {
@@ -96,6 +91,15 @@ fn exec(st: &mut State, sys: &dyn System, e: &Event) {
             since: Timestamp::now(),
         };
         st.trees.trees.insert(e.tgid, t);
+        // Whose tree it is, now, while its root lives (a pid reused by a new tree gets its own).
+        match sys.owner(e.tgid) {
+            Some(owner) => {
+                st.owners.insert(e.tgid, owner);
+            }
+            None => {
+                st.owners.remove(&e.tgid);
+            }
+        }
         // A pid reused by a new tree does not inherit an old tree's reason.
         st.trees.reasons.remove(&e.tgid);
     }
@@ -160,10 +164,23 @@ fn hold(st: &mut State, sys: &dyn System, e: &Event, now: Instant) -> Effect {
         let (p, name) = st.policy_of(e.policy);
         (p.ask_timeout, name.to_string())
     };
-    let (exe, argv) = program(e, info);
+    let (exe, argv, argv_from_proc) = program(e, info);
     let lineage = lineage(st, sys, e.tgid);
     let root = st.tree_root(e.tid).unwrap_or_else(|| lineage.last().map(|l| l.pid).unwrap_or(e.tgid));
     let tree_id = st.trees.trees.get(&root).map(|t| t.tree_id.clone()).unwrap_or_else(|| sys.tree_id(root));
+    // Unknown (the root is gone and its start was not seen): sent empty, which the server
+    // refuses, so the hold is denied rather than decided without separation of duties.
+    let owner = match st.owners.get(&root) {
+        Some(o) => Some(o.clone()),
+        None => {
+            let o = sys.owner(root);
+            if let Some(o) = &o {
+                st.owners.insert(root, o.clone());
+            }
+            o
+        }
+    };
+    let policy_hash = st.policy_of(e.policy).0.hash.clone();
     let hold = HoldInfo {
         id: id.clone(),
         hook: codes::hook(e.hook),
@@ -176,6 +193,7 @@ fn hold(st: &mut State, sys: &dyn System, e: &Event, now: Instant) -> Effect {
         uid: e.uid,
         exe,
         argv,
+        argv_from_proc,
         // The event carries no flag for a cut argv (only for a cut object).
         argv_truncated: false,
         ancestry: lineage.iter().map(|l| format!("{} {}", l.pid, l.exe.as_deref().unwrap_or("?"))).collect(),
@@ -183,6 +201,8 @@ fn hold(st: &mut State, sys: &dyn System, e: &Event, now: Instant) -> Effect {
         cwd: sys.cwd(e.tgid),
         user: sys.user_name(e.uid),
         tree_id,
+        owner,
+        policy_hash,
         policy: policy_name,
         stated_reason: stated_reason(st, Some(root)),
         held_secs: 0,
@@ -191,7 +211,7 @@ fn hold(st: &mut State, sys: &dyn System, e: &Event, now: Instant) -> Effect {
     tracing::info!(
         "hold {id}: {} {} by pid {} ({})",
         hold.hook.map(|h| h.name()).unwrap_or("unknown"),
-        hold.object,
+        guard_api::screen::escape(&hold.object),
         hold.pid,
         hold.rule.clone().unwrap_or_default()
     );
@@ -276,7 +296,7 @@ fn event_record(st: &mut State, sys: &dyn System, e: &Event) -> AuditRecord {
         info.ppid = e.ppid;
         st.procs.insert(e.tgid, info.clone());
     }
-    let (exe, argv) = program(e, info);
+    let (exe, argv, _) = program(e, info);
     let root = tree_of_event(st, e);
     let mut r = record::from_event(&st.host, e, exe, argv);
     r.rule = rule_name(st, e.policy, e.rule);
@@ -321,7 +341,10 @@ fn proc_info(st: &mut State, sys: &dyn System, pid: u32) -> ProcInfo {
     if let Some(p) = st.procs.get(&pid) {
         return p.clone();
     }
-    let info = sys.proc(pid).map(|p| ProcInfo { exe: p.exe, argv: p.argv, ppid: p.ppid }).unwrap_or_default();
+    let info = sys
+        .proc(pid)
+        .map(|p| ProcInfo { exe: p.exe, argv_from_proc: !p.argv.is_empty(), argv: p.argv, ppid: p.ppid })
+        .unwrap_or_default();
     st.procs.insert(pid, info.clone());
     info
 }
@@ -331,7 +354,13 @@ fn lineage(st: &mut State, sys: &dyn System, mut pid: u32) -> Vec<Lineage> {
     let mut out = vec![];
     for _ in 0..32 {
         let info = proc_info(st, sys, pid);
-        out.push(Lineage { pid, ppid: info.ppid, exe: info.exe.clone(), argv: info.argv.clone() });
+        out.push(Lineage {
+            pid,
+            ppid: info.ppid,
+            exe: info.exe.clone(),
+            argv: info.argv.clone(),
+            argv_from_proc: info.argv_from_proc,
+        });
         // Up to the tree's root: a parent that forked without exec (a shell running a builtin
         // or a subshell) is still in the tree, though no exec event named it.
         if info.ppid == 0 || !(st.procs.contains_key(&info.ppid) || st.kernel.is_watched(info.ppid)) {
@@ -342,12 +371,39 @@ fn lineage(st: &mut State, sys: &dyn System, mut pid: u32) -> Vec<Lineage> {
     out
 }
 
-/// The program an event is about: for an exec decision the one being started, not the caller.
-fn program(e: &Event, info: ProcInfo) -> (Option<String>, Vec<String>) {
-    if e.hook == Hook::Exec as u8 {
-        (Some(event::object_text(e)), event::argv_of(e))
+/// The argv of an exec: the kernel's copy (each argument cut to `ARG_LEN`, the first few
+/// only), unless /proc's agrees with it and says more. A process that rewrote its argv
+/// before the agent read /proc disagrees with the kernel, and the kernel's copy wins.
+/// Returns the argv and whether it came from /proc.
+fn choose_argv(kernel: Vec<String>, proc: Option<Vec<String>>) -> (Vec<String>, bool) {
+    let proc = proc.unwrap_or_default();
+    if kernel.is_empty() {
+        let from_proc = !proc.is_empty();
+        return (proc, from_proc);
+    }
+    let agrees = proc.len() >= kernel.len() && kernel.iter().zip(&proc).all(|(k, p)| p.starts_with(k.as_str()));
+    if !agrees {
+        if !proc.is_empty() {
+            tracing::warn!(
+                "argv in /proc ({proc:?}) differs from the kernel's copy at exec ({kernel:?}): kept the kernel's"
+            );
+        }
+        return (kernel, false);
+    }
+    if proc == kernel {
+        (kernel, false)
     } else {
-        (info.exe, info.argv)
+        (proc, true)
+    }
+}
+
+/// The program an event is about: for an exec decision the one being started, not the caller;
+/// and whether its argv came from /proc.
+fn program(e: &Event, info: ProcInfo) -> (Option<String>, Vec<String>, bool) {
+    if e.hook == Hook::Exec as u8 {
+        (Some(event::object_text(e)), event::argv_of(e), false)
+    } else {
+        (info.exe, info.argv, info.argv_from_proc)
     }
 }
 

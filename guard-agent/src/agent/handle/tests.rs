@@ -96,6 +96,9 @@ impl System for FakeHost {
     fn tree_id(&self, root: u32) -> String {
         format!("{root}-777")
     }
+    fn owner(&self, root: u32) -> Option<crate::agent::Owner> {
+        (root == 10).then(|| crate::agent::Owner { uid: 1000, name: "alice".into(), source: "loginuid" })
+    }
 }
 
 fn state() -> State {
@@ -230,6 +233,12 @@ fn a_hold_event_creates_a_hold_and_asks_the_source() {
     assert_eq!(hold.cwd.as_deref(), Some("/home/alice"));
     assert_eq!(hold.timeout_secs, 30);
     assert_eq!(hold.ancestry, vec!["42 /usr/bin/cat", "10 /bin/sh"]);
+    // The tree's owner (root 10's login uid), the policy's hash; argv read from /proc is marked.
+    let owner = hold.owner.clone().expect("owner");
+    assert_eq!((owner.uid, owner.name.as_str(), owner.source), (1000, "alice", "loginuid"));
+    assert_eq!(hold.policy_hash, st.policy.hash);
+    assert!(hold.policy_hash.starts_with("sha256:") && hold.policy_hash.len() == 71);
+    assert!(hold.argv_from_proc && hold.lineage.iter().all(|l| l.argv_from_proc));
     assert_eq!(st.holds.waiting().len(), 1);
     // The decision becomes the kernel's verdict, once.
     let approve = Decision { allow: true, reason: Reason::Approved, approver: None, comment: None, request_id: None };
@@ -318,4 +327,19 @@ fn lost_events_make_one_record_each_time_more_are_lost() {
     assert_eq!(r.lost, Some(5));
     assert!(lost(&mut st, 5).is_none());
     assert_eq!(lost(&mut st, 7).and_then(|r| r.lost), Some(2));
+}
+
+#[test]
+fn an_exec_argv_rewritten_in_proc_loses_to_the_kernels_copy() {
+    let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // The process rewrote its argv before the agent read /proc: the kernel's copy wins.
+    let (argv, from_proc) = super::choose_argv(v(&["rm", "-rf", "/srv"]), Some(v(&["ls", "README.md"])));
+    assert_eq!((argv, from_proc), (v(&["rm", "-rf", "/srv"]), false));
+    // /proc agrees and says more (an argument longer than the kernel keeps): /proc, marked.
+    let long = "x".repeat(100);
+    let (argv, from_proc) = super::choose_argv(v(&["echo", &long[..63]]), Some(v(&["echo", &long])));
+    assert_eq!((argv, from_proc), (v(&["echo", &long]), true));
+    // The same: the kernel's, unmarked. Nothing from the kernel: /proc, marked.
+    assert_eq!(super::choose_argv(v(&["ls"]), Some(v(&["ls"]))), (v(&["ls"]), false));
+    assert_eq!(super::choose_argv(vec![], Some(v(&["ls"]))), (v(&["ls"]), true));
 }

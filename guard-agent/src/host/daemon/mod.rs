@@ -94,7 +94,8 @@ pub fn daemon(config_path: &Path) -> Result<i32> {
     let local = Arc::new(LocalDecisions::default());
     let remote = match cfg.server.clone() {
         Some(server) => {
-            let names: Vec<String> = cfg.policies.iter().map(|p| p.name.clone()).collect();
+            let names: Vec<(String, String)> =
+                cfg.policies.iter().map(|p| (p.name.clone(), p.policy.hash.clone())).collect();
             let r = rt.block_on(async {
                 let r = remote::RemoteDecisions::start(server, names)?;
                 let (tx, rx) = forward::channel();
