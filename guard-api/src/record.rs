@@ -94,11 +94,18 @@ pub enum Reason {
     /// A ptrace access of a process in another watched tree, which no rule allowed: denied
     /// (a tree may trace only inside itself).
     OtherTree,
+    /// An operation against guard itself (signals or ptrace of its processes, its BPF objects,
+    /// pins and files, its admin socket, loading kernel code): refused by the tamper baseline,
+    /// which no policy rule can allow.
+    Tamper,
+    /// An ask while no agent was alive to answer (its heartbeat was stale): denied at once by
+    /// the kernel instead of stopping a thread nobody would resume.
+    AgentGone,
 }
 
 impl Reason {
     /// Every reason, in the order the README lists them.
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 22] = [
         Reason::Rule,
         Reason::Default,
         Reason::Approved,
@@ -119,6 +126,8 @@ impl Reason {
         Reason::IoUring,
         Reason::UnresolvedPeer,
         Reason::OtherTree,
+        Reason::Tamper,
+        Reason::AgentGone,
     ];
 
     pub fn name(self) -> &'static str {
@@ -143,6 +152,8 @@ impl Reason {
             Reason::IoUring => "io_uring",
             Reason::UnresolvedPeer => "unresolved_peer",
             Reason::OtherTree => "other_tree",
+            Reason::Tamper => "tamper",
+            Reason::AgentGone => "agent_gone",
         }
     }
 
@@ -196,12 +207,16 @@ pub enum Hook {
     UnixMaySend,
     SocketSendmsg,
     KernelModuleRequest,
+    /// A signal to one of guard's processes (the tamper baseline).
+    TaskKill,
+    /// A file descriptor for one of guard's BPF maps (the tamper baseline).
+    BpfMap,
     /// Not a hook: the agent's reading of the kernel's ring buffer (lost events).
     RingBuffer,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 34] = [
+    pub const ALL: [Hook; 36] = [
         Hook::BprmCheckSecurity,
         Hook::FileOpen,
         Hook::PathMknod,
@@ -235,6 +250,8 @@ impl Hook {
         Hook::UnixMaySend,
         Hook::SocketSendmsg,
         Hook::KernelModuleRequest,
+        Hook::TaskKill,
+        Hook::BpfMap,
         Hook::RingBuffer,
     ];
 
@@ -273,6 +290,8 @@ impl Hook {
             Hook::UnixMaySend => "unix_may_send",
             Hook::SocketSendmsg => "socket_sendmsg",
             Hook::KernelModuleRequest => "kernel_module_request",
+            Hook::TaskKill => "task_kill",
+            Hook::BpfMap => "bpf_map",
             Hook::RingBuffer => "ring_buffer",
         }
     }

@@ -125,6 +125,11 @@ fn run_steps(name: &str, policy: &str, steps: &[(String, &str)]) -> Result<Vec<A
     a.finish()?.records()
 }
 
+/// Refused by the tamper baseline (issue 10), before any rule: loading kernel code.
+fn tamper(r: &AuditRecord, hook: Hook, object: &str) -> bool {
+    r.hook == Some(hook) && is(&r.object, object) && r.reason == Some(Reason::Tamper) && r.decision == Some(Decision::Deny)
+}
+
 fn denied(r: &AuditRecord, rule: &str, hook: Hook, object: &str) -> bool {
     is(&r.rule, rule) && r.hook == Some(hook) && is(&r.object, object) && r.decision == Some(Decision::Deny)
 }
@@ -338,14 +343,14 @@ fn module_autoload_and_kexec() -> Result<()> {
         let r = a.finish()?.records()?;
         ensure!(!std::path::Path::new(&mark).exists(), "modprobe ran for the tree ({sock})");
         ensure!(
-            has(&r, |x| denied(x, "no-modules", Hook::KernelModuleRequest, "net-pf-12")),
+            has(&r, |x| tamper(x, Hook::KernelModuleRequest, "net-pf-12")),
             "no record for the autoload: {r:#?}"
         );
         // kexec: ENOSYS where the kernel has no kexec_load; then only the record is missing.
         if !kexec.starts_with("RESULT errno=38 ") {
             ensure!(kexec.starts_with("RESULT errno=1 "), "kexec_load: {kexec}");
             ensure!(
-                has(&r, |x| denied(x, "no-modules", Hook::KernelLoadData, "kexec image")),
+                has(&r, |x| tamper(x, Hook::KernelLoadData, "kexec image")),
                 "no record for kexec: {r:#?}"
             );
         }

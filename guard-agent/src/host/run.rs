@@ -2,14 +2,14 @@
 
 use super::{
     admin::{self, Peer, Request, Response},
-    socket,
+    protect, socket,
     spawn::{spawn_blocked, wait_child},
 };
 use crate::{
     agent::{effects, Agent, Host, Shared, State, System},
     audit::{forward, AuditLog},
     hold::{local::LocalDecisions, remote, DecisionSource},
-    kernel::{self, ring, Kernel, KernelMaps},
+    kernel::{self, guard_objects::GuardPath, ring, Kernel, KernelMaps},
     limits::MAX_TREE_TASKS,
     policy::Policy,
 };
@@ -61,8 +61,15 @@ pub fn run(
     }
     let policy = Policy::load(policy_path)?;
     let audit = AuditLog::open(audit_path)?;
-    let (mut kernel, ring) = Kernel::load(max_tasks)?;
+    // Pinned, so that the tree stays enforced if this agent is killed (see `protect`).
+    let run_pins = protect::RunPins::create()?;
+    let (mut kernel, ring, pins) = Kernel::load_pinned(max_tasks, run_pins.root())?;
     kernel.install_policy(RUN_POLICY, &policy)?;
+    protect::protect(
+        &mut kernel,
+        &pins.dir,
+        vec![GuardPath::File(policy_path.into()), GuardPath::File(audit_path.into()), GuardPath::File(socket.into())],
+    )?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let listener = rt.block_on(socket::bind(socket, socket::Access::RootOnly))?;
 
@@ -137,6 +144,7 @@ pub fn run(
         code
     });
     std::fs::remove_file(socket).ok();
+    drop(run_pins);
     Ok(code)
 }
 

@@ -40,6 +40,8 @@ pub fn hook(code: u8) -> Option<Hook> {
         KHook::UnixMaySend => Hook::UnixMaySend,
         KHook::SocketSendmsg => Hook::SocketSendmsg,
         KHook::KernelModuleRequest => Hook::KernelModuleRequest,
+        KHook::TaskKill => Hook::TaskKill,
+        KHook::BpfMap => Hook::BpfMap,
     })
 }
 
@@ -74,6 +76,8 @@ pub fn reason(code: u8) -> Option<Reason> {
         reason::IO_URING => Reason::IoUring,
         reason::UNRESOLVED_PEER => Reason::UnresolvedPeer,
         reason::OTHER_TREE => Reason::OtherTree,
+        reason::TAMPER => Reason::Tamper,
+        reason::AGENT_GONE => Reason::AgentGone,
         _ => return None,
     })
 }
@@ -94,6 +98,8 @@ pub fn decision(action_code: u8, reason_code: u8) -> Decision {
                 | reason::IO_URING
                 | reason::UNRESOLVED_PEER
                 | reason::OTHER_TREE
+                | reason::TAMPER
+                | reason::AGENT_GONE
         );
     if denied {
         Decision::Deny
@@ -126,7 +132,7 @@ mod tests {
 
     #[test]
     fn every_kernel_hook_has_its_audit_name() {
-        for code in (1..=20u8).chain(24..=27).chain(34..=37).chain(42..=46) {
+        for code in (1..=20u8).chain(24..=27).chain(34..=37).chain(42..=46).chain(50..=51) {
             let k = KHook::from_u8(code).unwrap();
             assert_eq!(hook(code).unwrap().name(), k.name(), "code {code}");
         }
@@ -145,6 +151,8 @@ mod tests {
         assert_eq!(reason(99), None);
         assert_eq!(reason(reason::UNRESOLVED_PEER), Some(Reason::UnresolvedPeer));
         assert_eq!(decision(KAction::Deny as u8, reason::OTHER_TREE), Decision::Deny);
+        assert_eq!(reason(reason::TAMPER), Some(Reason::Tamper));
+        assert_eq!(decision(KAction::Ask as u8, reason::AGENT_GONE), Decision::Deny);
         assert_eq!(access(KHook::FileOpen as u8, 1), Some("read"));
         assert_eq!(access(KHook::FileOpen as u8, 3), Some("write"));
         assert_eq!(access(KHook::PathUnlink as u8, 0), Some("delete"));
