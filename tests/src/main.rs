@@ -18,10 +18,10 @@ mod ops;
 mod ops_files;
 mod ops_net;
 mod ops_ns;
+mod ops_tamper;
 mod ops_uring;
 mod server_tests;
 mod tamper;
-mod ops_tamper;
 
 use anyhow::{ensure, Context, Result};
 use guard_api::{Action, AuditRecord, Decision, Hook, Reason};
@@ -426,12 +426,9 @@ fn privileged_denied() -> Result<()> {
         has(r, |x| x.hook == Some(Hook::KernelReadFile) && x.reason == Some(Reason::Tamper)),
         "no tamper record for the module: {r:#?}"
     );
-    for (rule, hook) in [
-        ("time", Hook::Capable),
-        ("mounts", Hook::SbMount),
-        ("bpf", Hook::Bpf),
-        ("ptrace", Hook::PtraceAccessCheck),
-    ] {
+    for (rule, hook) in
+        [("time", Hook::Capable), ("mounts", Hook::SbMount), ("bpf", Hook::Bpf), ("ptrace", Hook::PtraceAccessCheck)]
+    {
         ensure!(
             has(r, |x| is(&x.rule, rule) && x.hook == Some(hook) && x.decision == Some(Decision::Deny)),
             "no deny record for {rule}: {r:#?}"

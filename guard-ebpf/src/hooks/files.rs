@@ -20,10 +20,10 @@
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use guard_common::{class, Action, Hook, Watched, EPERM};
 
+use super::tamper;
 use crate::decide::{decide, Op};
 use crate::maps::{policy, scratch, watched, Scratch};
 use crate::resolve::{file_object, lookup_path, unresolvable, unresolved, walk_entry_into, walk_path_into};
-use super::tamper;
 use crate::task::{off, offsets};
 
 /// `f_mode` bits (include/linux/fs.h).

@@ -14,10 +14,10 @@
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use guard_common::{reason, Action, Hook, PolicyConf, RuleRef, Watched, EPERM};
 
+use super::tamper;
 use crate::decide::{decide, emit, Op, Outcome};
 use crate::maps::{policy, scratch, watched, Scratch};
 use crate::resolve::{label, walk_into, walk_path_into};
-use super::tamper;
 use crate::task::{off, offsets, read_kernel};
 
 /// Decides an operation that must be allowed by a rule: the rule's action if one matches,

@@ -40,8 +40,8 @@ use guard_common::{guard_id, guard_path, reason, Action, Hook, Watched, EPERM, O
 use crate::decide::{emit, Op, Outcome};
 use crate::maps::{
     scratch, watched, Scratch, ARGV, ARGV_RULES, CAP_RULES, COUNTERS, EVENTS, GRACE, GUARD_IDS, GUARD_PATHS,
-    GUARD_PIDS, HEARTBEAT, HOLDS, NET_RULES, PATH_RULES, PENDING_SEL, POLICIES, RESERVED, SCRATCH, SELECTORS,
-    SEL_CONF, TASK_COUNT, TREE_TASKS, VERDICTS, WATCHED, ZERO_ARGV,
+    GUARD_PIDS, HEARTBEAT, HOLDS, NET_RULES, PATH_RULES, PENDING_SEL, POLICIES, RESERVED, SCRATCH, SELECTORS, SEL_CONF,
+    TASK_COUNT, TREE_TASKS, VERDICTS, WATCHED, ZERO_ARGV,
 };
 use crate::resolve::label;
 use crate::task::{off, offsets, read_kernel};

@@ -15,10 +15,10 @@ use aya_ebpf::{helpers::generated::bpf_probe_read_kernel, macros::lsm, programs:
 use core::ffi::c_void;
 use guard_common::{class, reason, Action, Hook, Watched};
 
+use super::tamper;
 use crate::decide::{decide, emit, Op, Outcome};
 use crate::maps::{scratch, watched};
 use crate::resolve::{label, lookup_path, walk_path_into};
-use super::tamper;
 use crate::task::{off, offsets};
 use guard_common::EPERM;
 
