@@ -17,6 +17,7 @@
 //!     one. A link pin opened with BPF_OBJ_GET reaches no LSM hook on 6.1 or 6.12; a link fd
 //!     gives nothing there either: tracing and raw_tp links implement neither LINK_DETACH nor
 //!     LINK_UPDATE on these kernels, and only removing every pin (below) would detach them.
+//!
 //!   Other bpf() use stays a policy decision (the `bpf` rule).
 //! - The pins: no unmount of the bpffs that holds them or of any mount above them
 //!   (`sb_umount`: `umount -l /sys/fs/bpf` and `umount -l /sys` both release the pins), no
@@ -68,7 +69,7 @@ pub fn refuse(s: &Scratch, w: &Watched, hook: Hook, aux: u64) -> i32 {
 #[inline(always)]
 pub fn is_guard_pid(tgid: u32) -> bool {
     // SAFETY: only the presence of the entry is used.
-    unsafe { GUARD_PIDS.get(&tgid).is_some() }
+    unsafe { GUARD_PIDS.get(tgid).is_some() }
 }
 
 /// Whether the path in `s.buf` has a `GUARD_PATHS` key of `class` (longest prefix).
@@ -174,7 +175,7 @@ pub fn check_bpf(w: &Watched, cmd: i32, attr: *const u8) -> Option<i32> {
     let id: u32 = unsafe { read_kernel(attr) };
     let key = kind | id as u64;
     // SAFETY: only the presence of the entry is used.
-    if unsafe { GUARD_IDS.get(&key).is_none() } {
+    if unsafe { GUARD_IDS.get(key).is_none() } {
         return None;
     }
     let Some(s) = scratch() else { return Some(-EPERM) };
