@@ -166,7 +166,7 @@ pub fn run(args: &[String]) -> Option<Result<(), Errno>> {
         "bpf-obj-get" => obj_get(a(1)).map(|_| ()),
         "bpf-get-fd-by-id" => get_fd_by_id(a(1), a(2).parse().unwrap_or(0)).map(|_| ()),
         "umount-lazy" => nix::mount::umount2(a(1), nix::mount::MntFlags::MNT_DETACH),
-        "remount-ro" => nix::mount::mount(
+        "remount-ro-plain" => nix::mount::mount(
             None::<&str>,
             a(1),
             None::<&str>,

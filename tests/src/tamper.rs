@@ -23,6 +23,7 @@ pub const TESTS: &[Test] = &[
     ("tamper_guard_files_and_the_admin_socket_are_refused", files_and_socket),
     ("tamper_agent_killed_in_run_mode_rules_stay_and_asks_are_denied_at_once", run_agent_killed),
     ("tamper_daemon_killed_rules_stay_asks_denied_at_once_and_a_restart_resolves", daemon_killed),
+    ("tamper_run_runs_the_command_as_the_given_user_root_only_when_asked", run_as_user),
 ];
 
 const DIR: &str = "/tmp/t/tamper";
@@ -172,7 +173,7 @@ fn bpf_and_pins() -> Result<()> {
         "unlink $LINKPIN",
         "rename $PIN/WATCHED $PIN/moved",
         "umount-lazy /sys/fs/bpf",
-        "remount-ro /sys/fs/bpf",
+        "remount-ro-plain /sys/fs/bpf",
         "umount-lazy /sys",
     ];
     for op in ops {
@@ -363,5 +364,25 @@ fn daemon_killed() -> Result<()> {
     d.wait_record("agent_gone", |r| r.reason == Some(Reason::AgentGone) && is(&r.object, HELD))?;
     let (_, out) = w.finish()?;
     ensure!(out.contains(&format!("RESULT errno=1 open-read {HELD}")), "the held thread: {out}");
+    Ok(())
+}
+
+/// `run --user UID` runs CMD as that user from its first instruction; `--user root` keeps
+/// root. (Without `--user`, SUDO_UID/SUDO_GID decide; the VM runs without sudo, as root.)
+fn run_as_user() -> Result<()> {
+    for (user, want) in [("4248", "4248"), ("root", "0")] {
+        let a = Agent::start_with(
+            "tamper-user",
+            &permissive_policy(),
+            "grep ^Uid: /proc/self/status; guard-e2e do open-read /tmp/t/tamper/secret",
+            &["--user", user],
+        )?;
+        let l = a.line_starting("Uid:")?;
+        let ids: Vec<&str> = l.split_whitespace().skip(1).collect();
+        ensure!(ids.len() == 4 && ids.iter().all(|i| *i == want), "--user {user}: {l}");
+        // Watched as any tree: the deny rule applies.
+        expect(&a, "the deny rule", "RESULT errno=1 ")?;
+        a.finish()?;
+    }
     Ok(())
 }

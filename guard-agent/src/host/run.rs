@@ -3,7 +3,7 @@
 use super::{
     admin::{self, Peer, Request, Response},
     protect, socket,
-    spawn::{spawn_blocked, wait_child},
+    spawn::{spawn_blocked, wait_child, RunAs, RUN_AS_ENV},
 };
 use crate::{
     agent::{effects, Agent, Host, Shared, State, System},
@@ -54,6 +54,7 @@ pub fn run(
     socket: &Path,
     max_tasks: u64,
     server: Option<remote::ServerConfig>,
+    user: Option<RunAs>,
     cmd: &[String],
 ) -> Result<i32> {
     if max_tasks == 0 || max_tasks > MAX_TREE_TASKS {
@@ -73,7 +74,13 @@ pub fn run(
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let listener = rt.block_on(socket::bind(socket, socket::Access::RootOnly))?;
 
-    let blocked = spawn_blocked(cmd, &[])?;
+    let blocked = match user {
+        Some(u) => {
+            tracing::info!("running the command as uid {} gid {}", u.uid, u.gid);
+            spawn_blocked(cmd, &[(RUN_AS_ENV, std::ffi::OsStr::new(&u.to_env()))])?
+        }
+        None => spawn_blocked(cmd, &[])?,
+    };
     let child = blocked.pid;
     let pid = child.as_raw() as u32;
     if let Err(e) = kernel.watch(pid, RUN_POLICY, pid) {
