@@ -63,7 +63,15 @@ pub fn run(
     let policy = Policy::load(policy_path)?;
     let audit = AuditLog::open(audit_path)?;
     // Pinned, so that the tree stays enforced if this agent is killed (see `protect`).
-    let run_pins = protect::RunPins::create()?;
+    let run_pins = match protect::RunPins::create() {
+        Ok(p) => p,
+        // Say first whether this kernel could enforce at all (a host without BPF LSM usually
+        // has no bpffs either); only a kernel that could is told to mount one.
+        Err(e) => {
+            Kernel::load(max_tasks)?;
+            return Err(e);
+        }
+    };
     let (mut kernel, ring, pins) = Kernel::load_pinned(max_tasks, run_pins.root())?;
     kernel.install_policy(RUN_POLICY, &policy)?;
     protect::protect(
