@@ -24,14 +24,9 @@ pub const RUN_PIN_ROOT: &str = "/sys/fs/bpf/guard-run";
 /// Writes the tamper baseline's maps: this process, `paths` (plus guard-agent's own binary,
 /// the pin directories of `run` and of the default daemon, and `pin_dir`), and the BPF objects
 /// pinned in `pin_dir`.
-pub fn protect(kernel: &mut Kernel, pin_dir: &Path, mut paths: Vec<GuardPath>) -> Result<()> {
+pub fn protect(kernel: &mut Kernel, pin_dir: &Path, paths: Vec<GuardPath>) -> Result<()> {
     kernel.protect_self()?;
-    if let Ok(exe) = std::env::current_exe() {
-        paths.push(GuardPath::File(exe));
-    }
-    paths.push(GuardPath::Dir(RUN_PIN_ROOT.into()));
-    paths.push(GuardPath::Dir(DEFAULT_PIN_DIR.into()));
-    paths.push(GuardPath::Dir(pin_dir.into()));
+    let paths = with_own_paths(pin_dir, paths);
     kernel.protect_paths(&paths)?;
     let n = kernel.protect_objects(pin_dir)?;
     tracing::info!(
@@ -46,6 +41,18 @@ pub fn protect(kernel: &mut Kernel, pin_dir: &Path, mut paths: Vec<GuardPath>) -
             .join(", ")
     );
     Ok(())
+}
+
+/// `paths` and what every agent protects: its own binary, the pin directories of `run` and of
+/// the default daemon, and `pin_dir`.
+pub fn with_own_paths(pin_dir: &Path, mut paths: Vec<GuardPath>) -> Vec<GuardPath> {
+    if let Ok(exe) = std::env::current_exe() {
+        paths.push(GuardPath::File(exe));
+    }
+    paths.push(GuardPath::Dir(RUN_PIN_ROOT.into()));
+    paths.push(GuardPath::Dir(DEFAULT_PIN_DIR.into()));
+    paths.push(GuardPath::Dir(pin_dir.into()));
+    paths
 }
 
 /// The pins of one `run` agent; removed on drop (a normal exit), left by a `kill -9`.
