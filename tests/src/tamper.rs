@@ -123,7 +123,13 @@ fn signals_and_ptrace() -> Result<()> {
     if let Some(m) = &module {
         script.push_str(&format!("guard-e2e do module {m}; "));
     }
-    script.push_str(&format!("guard-e2e do open-read {SECRET}; kill -0 $P && echo AGENT-ALIVE"));
+    // The tree stays until the test has asked the agent for its status (else the agent
+    // would exit with its tree first).
+    let go = format!("{DIR}/go-signals");
+    std::fs::remove_file(&go).ok();
+    script.push_str(&format!(
+        "guard-e2e do open-read {SECRET}; kill -0 $P && echo AGENT-ALIVE; while [ ! -e {go} ]; do sleep 0.1; done"
+    ));
     let a = Agent::start("tamper-signals", &permissive_policy(), &script)?;
     for what in ["kill -9", "kill -STOP", "pidfd SIGKILL", "pidfd SIGSTOP", "ptrace attach", "process_vm_readv"] {
         expect(&a, what, "RESULT errno=1 ")?;
@@ -139,6 +145,7 @@ fn signals_and_ptrace() -> Result<()> {
     // Alive and answering (not stopped): its admin socket works.
     let st = a.status()?;
     ensure!(st["watched_tasks"].as_u64().is_some(), "status after the attempts: {st}");
+    std::fs::write(&go, "")?;
     let r = a.finish()?.records()?;
     ensure!(count(&r, Hook::TaskKill) >= 4, "not four tamper records for the signals: {r:#?}");
     ensure!(count(&r, Hook::PtraceAccessCheck) >= 2, "no tamper records for ptrace and process_vm_readv: {r:#?}");
