@@ -69,6 +69,10 @@ enum Cmd {
         /// Forks in the tree beyond this many tasks fail with EAGAIN (so none runs unwatched).
         #[arg(long, default_value_t = MAX_TREE_TASKS)]
         max_tree_tasks: u64,
+        /// Run CMD as this user (a name or uid; `root` to keep root). Default: the invoking
+        /// user (SUDO_UID/SUDO_GID under sudo), so that a tree is root only when asked.
+        #[arg(long)]
+        user: Option<String>,
         #[arg(required = true, last = true)]
         cmd: Vec<String>,
     },
@@ -187,10 +191,11 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
             let name = policy.map(|p| p.to_string_lossy().into_owned());
             registered::run_registered(&admin_socket, name, None, &cmd)
         }
-        Cmd::Run { policy, daemon: false, server, audit_log, admin_socket, max_tree_tasks, cmd } => {
+        Cmd::Run { policy, daemon: false, server, audit_log, admin_socket, max_tree_tasks, user, cmd } => {
             let server = server.into_config()?;
             let policy = policy.expect("required without --daemon");
-            run::run(&policy, &audit_log, &admin_socket, max_tree_tasks, server, &cmd)
+            let user = spawn::RunAs::resolve(user.as_deref())?;
+            run::run(&policy, &audit_log, &admin_socket, max_tree_tasks, server, user, &cmd)
         }
         Cmd::Daemon { config } => daemon::daemon(&config),
         Cmd::Watch { pid, policy, socket } => {

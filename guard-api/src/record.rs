@@ -101,11 +101,18 @@ pub enum Reason {
     HoldTableFull,
     /// The exec's arguments could not be read from the caller's memory: denied.
     ArgvUnreadable,
+    /// An operation against guard itself (signals or ptrace of its processes, its BPF objects,
+    /// pins and files, its admin socket, loading kernel code): refused by the tamper baseline,
+    /// which no policy rule can allow.
+    Tamper,
+    /// An ask while no agent was alive to answer (its heartbeat was stale): denied at once by
+    /// the kernel instead of stopping a thread nobody would resume.
+    AgentGone,
 }
 
 impl Reason {
     /// Every reason, in the order the README lists them.
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 25] = [
         Reason::Rule,
         Reason::Default,
         Reason::Approved,
@@ -129,6 +136,8 @@ impl Reason {
         Reason::RingFull,
         Reason::HoldTableFull,
         Reason::ArgvUnreadable,
+        Reason::Tamper,
+        Reason::AgentGone,
     ];
 
     pub fn name(self) -> &'static str {
@@ -156,6 +165,8 @@ impl Reason {
             Reason::RingFull => "ring_full",
             Reason::HoldTableFull => "hold_table_full",
             Reason::ArgvUnreadable => "argv_unreadable",
+            Reason::Tamper => "tamper",
+            Reason::AgentGone => "agent_gone",
         }
     }
 
@@ -209,12 +220,16 @@ pub enum Hook {
     UnixMaySend,
     SocketSendmsg,
     KernelModuleRequest,
+    /// A signal to one of guard's processes (the tamper baseline).
+    TaskKill,
+    /// A file descriptor for one of guard's BPF maps (the tamper baseline).
+    BpfMap,
     /// Not a hook: the agent's reading of the kernel's ring buffer (lost events).
     RingBuffer,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 34] = [
+    pub const ALL: [Hook; 36] = [
         Hook::BprmCheckSecurity,
         Hook::FileOpen,
         Hook::PathMknod,
@@ -248,6 +263,8 @@ impl Hook {
         Hook::UnixMaySend,
         Hook::SocketSendmsg,
         Hook::KernelModuleRequest,
+        Hook::TaskKill,
+        Hook::BpfMap,
         Hook::RingBuffer,
     ];
 
@@ -286,6 +303,8 @@ impl Hook {
             Hook::UnixMaySend => "unix_may_send",
             Hook::SocketSendmsg => "socket_sendmsg",
             Hook::KernelModuleRequest => "kernel_module_request",
+            Hook::TaskKill => "task_kill",
+            Hook::BpfMap => "bpf_map",
             Hook::RingBuffer => "ring_buffer",
         }
     }

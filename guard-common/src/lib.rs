@@ -51,6 +51,12 @@ pub mod map_name {
     pub const SCRATCH: &str = "SCRATCH";
     pub const TREE_TASKS: &str = "TREE_TASKS";
     pub const RESERVED: &str = "RESERVED";
+    /// The tamper baseline (issue 10): guard's own processes, files and BPF objects, and the
+    /// agent's heartbeat.
+    pub const GUARD_PIDS: &str = "GUARD_PIDS";
+    pub const GUARD_PATHS: &str = "GUARD_PATHS";
+    pub const GUARD_IDS: &str = "GUARD_IDS";
+    pub const HEARTBEAT: &str = "HEARTBEAT";
 
     /// Every map of guard-ebpf.
     pub const ALL: &[&str] = &[
@@ -75,6 +81,10 @@ pub mod map_name {
         SCRATCH,
         TREE_TASKS,
         RESERVED,
+        GUARD_PIDS,
+        GUARD_PATHS,
+        GUARD_IDS,
+        HEARTBEAT,
     ];
 
     /// The maps a daemon pins, so that a restarted daemon (and the programs left attached
@@ -100,6 +110,10 @@ pub mod map_name {
         PENDING_SEL,
         TREE_TASKS,
         RESERVED,
+        GUARD_PIDS,
+        GUARD_PATHS,
+        GUARD_IDS,
+        HEARTBEAT,
     ];
 }
 
@@ -178,6 +192,11 @@ pub enum Hook {
     SocketSendmsg = 36,
     /// A module autoload (`request_module`), matched by the module rule.
     KernelModuleRequest = 37,
+    // The tamper baseline (issue 10 item 1): codes 50-59.
+    /// A signal (kill, tgkill, pidfd_send_signal...) to one of guard's processes.
+    TaskKill = 50,
+    /// A file descriptor for one of guard's BPF maps (BPF_OBJ_GET of a pin, BPF_MAP_GET_FD_BY_ID).
+    BpfMap = 51,
 }
 
 impl Hook {
@@ -217,6 +236,8 @@ impl Hook {
             35 => UnixMaySend,
             36 => SocketSendmsg,
             37 => KernelModuleRequest,
+            50 => TaskKill,
+            51 => BpfMap,
             _ => return None,
         })
     }
@@ -257,6 +278,8 @@ impl Hook {
             UnixMaySend => "unix_may_send",
             SocketSendmsg => "socket_sendmsg",
             KernelModuleRequest => "kernel_module_request",
+            TaskKill => "task_kill",
+            BpfMap => "bpf_map",
         }
     }
 }
@@ -488,6 +511,12 @@ pub mod reason {
     pub const HOLD_TABLE_FULL: u8 = 10;
     /// The exec's argv could not be read from the caller's memory: denied.
     pub const ARGV_UNREADABLE: u8 = 11;
+    /// The tamper baseline: an operation against guard itself (its processes, BPF objects,
+    /// pins, files and admin socket, or loading kernel code). No policy rule can allow it.
+    pub const TAMPER: u8 = 20;
+    /// An ask while no agent is alive to answer (its heartbeat is stale): denied at once
+    /// instead of stopping a thread nobody would resume.
+    pub const AGENT_GONE: u8 = 21;
 }
 
 /// Entries of the per-CPU `COUNTERS` array: [0] is every event lost to a full ring buffer;
@@ -497,6 +526,30 @@ pub mod counter {
     /// Size of `COUNTERS`: room for every reason code.
     pub const LEN: u32 = 32;
 }
+
+/// The tamper baseline (issue 10): classes of `GUARD_PATHS` keys (`PathKey.class`, policy 0).
+pub mod guard_path {
+    /// guard's own file, or a directory prefix ("/dir/"): no watched task may create, write,
+    /// truncate, rename, link, unlink, chmod or chown it, or connect to it (the admin socket).
+    pub const PROTECTED: u8 = 1;
+    /// As PROTECTED, and no read either (private keys).
+    pub const SECRET: u8 = 2;
+    /// Exact keys "dir\0" for every proper ancestor directory of a protected path: renaming,
+    /// unmounting or mounting over one of them moves or hides guard's files.
+    pub const ANCESTOR: u8 = 3;
+}
+
+/// `GUARD_IDS` keys: `(kind << 32) | id` of guard's own BPF objects.
+pub mod guard_id {
+    pub const PROG: u64 = 1 << 32;
+    pub const MAP: u64 = 2 << 32;
+    pub const LINK: u64 = 3 << 32;
+}
+
+/// The agent writes `bpf_ktime_get_ns()`'s clock (CLOCK_MONOTONIC) into `HEARTBEAT[0]` this
+/// often; a hold finds the agent gone when the last beat is older than `HEARTBEAT_STALE_NS`.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 250;
+pub const HEARTBEAT_STALE_NS: u64 = 3_000_000_000;
 
 /// Event kinds on the ring buffer.
 pub mod kind {

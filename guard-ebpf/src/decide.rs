@@ -14,6 +14,7 @@ use guard_common::{
 };
 
 use crate::arch::NR_IO_URING_ENTER;
+use crate::hooks::agent_alive;
 use crate::maps::{bump, bump_lost, policy, Scratch, APPROVED, ARGV, BUF_LEN, EVENTS, GRACE, HOLDS, VERDICTS};
 use crate::task::{current_tid, parent_tgid, syscall_nr, task_flags, PF_IO_WORKER};
 
@@ -308,6 +309,12 @@ fn hold(s: &mut Scratch, w: &Watched, op: &Op, rule: u32, deadline_ns: u64) -> i
                 emit(s, w, op, Outcome::resolved(reason::EXPIRED, rule, h.seq, hash));
                 return -EPERM;
             }
+            if !agent_alive(now) {
+                // Woken (by anyone) while no agent is left to answer: never stop again.
+                HOLDS.remove(tid).ok();
+                emit(s, w, op, Outcome::resolved(reason::AGENT_GONE, rule, h.seq, hash));
+                return -EPERM;
+            }
             // Woken without a verdict (a stray SIGCONT): stop again, no new request.
             // SAFETY: signals the current thread only.
             unsafe { bpf_send_signal_thread(SIGSTOP) };
@@ -318,6 +325,14 @@ fn hold(s: &mut Scratch, w: &Watched, op: &Op, rule: u32, deadline_ns: u64) -> i
     let unholdable = Outcome::decision(Action::Deny as u8, reason::UNHOLDABLE, rule, hash);
     if !op.holdable || via_io_uring() {
         emit(s, w, op, unholdable);
+        return -EPERM;
+    }
+
+    // A hold whose agent is gone (no heartbeat for HEARTBEAT_STALE_NS: killed, crashed,
+    // stopped) would stop a thread nobody resumes: denied at once instead, and recorded (the
+    // event waits in the ring for the next agent).
+    if !agent_alive(now) {
+        emit(s, w, op, Outcome::decision(Action::Deny as u8, reason::AGENT_GONE, rule, hash));
         return -EPERM;
     }
 

@@ -154,3 +154,18 @@ pub fn bump(index: u32) {
         unsafe { *c += 1 };
     }
 }
+
+// The tamper baseline (issue 10; see `hooks::tamper`). Filled by the agent at start.
+
+/// guard's own processes (thread group ids): no watched task may signal or trace them.
+#[map]
+pub static GUARD_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(64, 0);
+/// guard's own files, directories and sockets (`guard_common::guard_path` classes, policy 0).
+#[map]
+pub static GUARD_PATHS: LpmTrie<PathKey, u8> = LpmTrie::with_max_entries(1024, 0);
+/// guard's own BPF programs, maps and links by id (`guard_common::guard_id`).
+#[map]
+pub static GUARD_IDS: HashMap<u64, u8> = HashMap::with_max_entries(512, 0);
+/// [0] = the agent's last heartbeat (`bpf_ktime_get_ns` clock); 0 = never.
+#[map]
+pub static HEARTBEAT: Array<u64> = Array::with_max_entries(1, 0);

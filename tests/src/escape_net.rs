@@ -125,6 +125,14 @@ fn run_steps(name: &str, policy: &str, steps: &[(String, &str)]) -> Result<Vec<A
     a.finish()?.records()
 }
 
+/// Refused by the tamper baseline (issue 10), before any rule: loading kernel code.
+fn tamper(r: &AuditRecord, hook: Hook, object: &str) -> bool {
+    r.hook == Some(hook)
+        && is(&r.object, object)
+        && r.reason == Some(Reason::Tamper)
+        && r.decision == Some(Decision::Deny)
+}
+
 fn denied(r: &AuditRecord, rule: &str, hook: Hook, object: &str) -> bool {
     is(&r.rule, rule) && r.hook == Some(hook) && is(&r.object, object) && r.decision == Some(Decision::Deny)
 }
@@ -337,17 +345,11 @@ fn module_autoload_and_kexec() -> Result<()> {
         let kexec = a.result()?;
         let r = a.finish()?.records()?;
         ensure!(!std::path::Path::new(&mark).exists(), "modprobe ran for the tree ({sock})");
-        ensure!(
-            has(&r, |x| denied(x, "no-modules", Hook::KernelModuleRequest, "net-pf-12")),
-            "no record for the autoload: {r:#?}"
-        );
+        ensure!(has(&r, |x| tamper(x, Hook::KernelModuleRequest, "net-pf-12")), "no record for the autoload: {r:#?}");
         // kexec: ENOSYS where the kernel has no kexec_load; then only the record is missing.
         if !kexec.starts_with("RESULT errno=38 ") {
             ensure!(kexec.starts_with("RESULT errno=1 "), "kexec_load: {kexec}");
-            ensure!(
-                has(&r, |x| denied(x, "no-modules", Hook::KernelLoadData, "kexec image")),
-                "no record for kexec: {r:#?}"
-            );
+            ensure!(has(&r, |x| tamper(x, Hook::KernelLoadData, "kexec image")), "no record for kexec: {r:#?}");
         }
         // The control: outside every tree the same request reaches modprobe.
         Command::new("guard-e2e").args(["do", "socket-family", "12"]).output()?;

@@ -61,29 +61,58 @@ pub struct Peer {
 /// The refusal for a caller that is not root, or that is inside a watched tree (an agent
 /// must not approve its own holds, even as root); None when `peer` may talk to `server`.
 /// `may_not` names what a watched caller could otherwise do.
+///
+/// The kernel already refuses a connect to the admin socket from any watched task (the tamper
+/// baseline, decided by the connecting task at connect time, with no pid to race). This is the
+/// second line, and it fails closed: a caller whose pid is unknown (another pid namespace) or
+/// gone (it connected, then exited: the fork-connect-exit trick), or any of whose threads is
+/// watched, is refused.
 pub fn refuse(peer: &Peer, server: &str, may_not: &str, is_watched: impl Fn(u32) -> bool) -> Option<Response> {
     if peer.uid != 0 {
         return Some(Response::err(format!("refused: only root may talk to {server} (caller uid {})", peer.uid)));
     }
-    let pid = peer.pid?;
-    is_watched(pid as u32).then(|| {
+    let Some(pid) = peer.pid.filter(|p| *p > 0) else {
+        return Some(Response::err(format!("refused: {server} cannot identify the caller (no pid)")));
+    };
+    let tids = threads(pid);
+    if tids.is_empty() {
+        return Some(Response::err(format!(
+            "refused: the caller (pid {pid}) is gone; {server} answers only a caller it can check"
+        )));
+    }
+    (is_watched(pid as u32) || tids.into_iter().any(&is_watched)).then(|| {
         Response::err(format!(
             "refused: the caller (pid {pid}) is inside a watched tree; a watched agent cannot {may_not}"
         ))
     })
 }
 
+/// The thread ids of process `pid` (empty if it is gone).
+fn threads(pid: i32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.flatten().filter_map(|t| t.file_name().to_string_lossy().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 16;
+/// A client must send its request within this time, or is dropped.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serves requests; `handle` answers each (it is given the peer for the checks).
 pub async fn serve<F>(listener: UnixListener, handle: F)
 where
     F: Fn(&Peer, Request) -> Response + Send + Sync + Clone + 'static,
 {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let handle = handle.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let peer = match stream.peer_cred() {
                 Ok(c) => Peer { uid: c.uid(), pid: c.pid() },
                 Err(_) => return,
@@ -91,7 +120,9 @@ where
             let (r, mut w) = stream.into_split();
             let mut line = String::new();
             let mut reader = BufReader::new(r.take_limit());
-            let resp = match reader.read_line(&mut line).await {
+            let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await;
+            let Ok(read) = read else { return };
+            let resp = match read {
                 Ok(0) => return,
                 Ok(_) => match serde_json::from_str::<Request>(&line) {
                     Ok(req) => handle(&peer, req),

@@ -63,17 +63,23 @@ fn tree_of(state: &Shared, pid: u32) -> Option<u32> {
 }
 
 pub async fn serve(listener: UnixListener, state: Shared) {
+    // Open to every tree: bounded, so that a tree cannot exhaust the daemon's descriptors by
+    // holding connections open (more wait in the listen backlog; a silent one is dropped).
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
     loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let Ok((stream, _)) = listener.accept().await else { continue };
         let state = state.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let pid = stream.peer_cred().ok().and_then(|c| c.pid());
             let (r, mut w) = stream.into_split();
             let mut line = String::new();
             let mut reader = BufReader::new(r.take(8 * 1024));
-            let answer = match reader.read_line(&mut line).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => handle(&state, pid, &line),
+            let read = tokio::time::timeout(std::time::Duration::from_secs(5), reader.read_line(&mut line)).await;
+            let answer = match read {
+                Err(_) | Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(_)) => handle(&state, pid, &line),
             };
             let out = match answer {
                 Ok(root) => format!("{{\"ok\":true,\"tree\":{root}}}\n"),

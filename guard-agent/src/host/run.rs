@@ -2,14 +2,14 @@
 
 use super::{
     admin::{self, Peer, Request, Response},
-    socket,
-    spawn::{spawn_blocked, wait_child},
+    protect, socket,
+    spawn::{spawn_blocked, wait_child, RunAs, RUN_AS_ENV},
 };
 use crate::{
     agent::{effects, Agent, Host, Owner, Shared, State, System},
     audit::{forward, AuditLog},
     hold::{local::LocalDecisions, remote, DecisionSource},
-    kernel::{self, ring, Kernel, KernelMaps},
+    kernel::{self, guard_objects::GuardPath, ring, Kernel, KernelMaps},
     limits::MAX_TREE_TASKS,
     policy::Policy,
 };
@@ -54,6 +54,7 @@ pub fn run(
     socket: &Path,
     max_tasks: u64,
     server: Option<remote::ServerConfig>,
+    user: Option<RunAs>,
     cmd: &[String],
 ) -> Result<i32> {
     if max_tasks == 0 || max_tasks > MAX_TREE_TASKS {
@@ -62,12 +63,33 @@ pub fn run(
     let policy = Policy::load(policy_path)?;
     let policy_hash = policy.hash.clone();
     let audit = AuditLog::open(audit_path)?;
-    let (mut kernel, ring) = Kernel::load(max_tasks)?;
+    // Pinned, so that the tree stays enforced if this agent is killed (see `protect`).
+    let run_pins = match protect::RunPins::create() {
+        Ok(p) => p,
+        // Say first whether this kernel could enforce at all (a host without BPF LSM usually
+        // has no bpffs either); only a kernel that could is told to mount one.
+        Err(e) => {
+            Kernel::load(max_tasks)?;
+            return Err(e);
+        }
+    };
+    let (mut kernel, ring, pins) = Kernel::load_pinned(max_tasks, run_pins.root())?;
     kernel.install_policy(RUN_POLICY, &policy)?;
+    protect::protect(
+        &mut kernel,
+        &pins.dir,
+        vec![GuardPath::File(policy_path.into()), GuardPath::File(audit_path.into()), GuardPath::File(socket.into())],
+    )?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let listener = rt.block_on(socket::bind(socket, socket::Access::RootOnly))?;
 
-    let blocked = spawn_blocked(cmd, &[])?;
+    let blocked = match user {
+        Some(u) => {
+            tracing::info!("running the command as uid {} gid {}", u.uid, u.gid);
+            spawn_blocked(cmd, &[(RUN_AS_ENV, std::ffi::OsStr::new(&u.to_env()))])?
+        }
+        None => spawn_blocked(cmd, &[])?,
+    };
     let child = blocked.pid;
     let pid = child.as_raw() as u32;
     if let Err(e) = kernel.watch(pid, RUN_POLICY, pid) {
@@ -141,6 +163,7 @@ pub fn run(
         code
     });
     std::fs::remove_file(socket).ok();
+    drop(run_pins);
     Ok(code)
 }
 

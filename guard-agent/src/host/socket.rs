@@ -25,6 +25,7 @@ impl Access {
 }
 
 pub async fn bind(path: &Path, access: Access) -> Result<UnixListener> {
+    check_squatted(path, access)?;
     if path.exists() {
         if UnixStream::connect(path).await.is_ok() {
             match access {
@@ -61,6 +62,25 @@ pub async fn bind(path: &Path, access: Access) -> Result<UnixListener> {
     Ok(listener)
 }
 
+/// Refuses to start on a path something else holds: a file that is not a socket, a symlink,
+/// or (for the admin socket) a socket owned by another user than root. Each would otherwise be
+/// removed and replaced, or followed, silently; reported with what was found.
+fn check_squatted(path: &Path, access: Access) -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return Ok(()) };
+    let what = access.what();
+    if meta.file_type().is_symlink() {
+        bail!("the {what} path {} is a symlink: refusing to follow it (squatted? remove it)", path.display());
+    }
+    if !meta.file_type().is_socket() {
+        bail!("the {what} path {} exists and is not a socket (squatted? remove it)", path.display());
+    }
+    if access == Access::RootOnly && meta.uid() != 0 && nix::unistd::geteuid().is_root() {
+        bail!("the {what} {} is owned by uid {}, not root (squatted? remove it)", path.display(), meta.uid());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +100,19 @@ mod tests {
         let reasons = d.path().join("run/reason.sock");
         let _r = bind(&reasons, Access::Everyone).await.unwrap();
         assert_eq!(std::fs::metadata(&reasons).unwrap().permissions().mode() & 0o777, 0o666);
+    }
+
+    #[tokio::test]
+    async fn a_squatted_path_is_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("agent.sock");
+        std::fs::write(&file, b"not a socket").unwrap();
+        let e = bind(&file, Access::RootOnly).await.unwrap_err().to_string();
+        assert!(e.contains("not a socket") && e.contains("squatted"), "{e}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"not a socket", "the squatter's file was touched");
+        let link = d.path().join("link.sock");
+        std::os::unix::fs::symlink(d.path().join("elsewhere"), &link).unwrap();
+        let e = bind(&link, Access::RootOnly).await.unwrap_err().to_string();
+        assert!(e.contains("symlink"), "{e}");
     }
 }

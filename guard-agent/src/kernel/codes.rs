@@ -40,6 +40,8 @@ pub fn hook(code: u8) -> Option<Hook> {
         KHook::UnixMaySend => Hook::UnixMaySend,
         KHook::SocketSendmsg => Hook::SocketSendmsg,
         KHook::KernelModuleRequest => Hook::KernelModuleRequest,
+        KHook::TaskKill => Hook::TaskKill,
+        KHook::BpfMap => Hook::BpfMap,
     })
 }
 
@@ -77,6 +79,8 @@ pub fn reason(code: u8) -> Option<Reason> {
         reason::RING_FULL => Reason::RingFull,
         reason::HOLD_TABLE_FULL => Reason::HoldTableFull,
         reason::ARGV_UNREADABLE => Reason::ArgvUnreadable,
+        reason::TAMPER => Reason::Tamper,
+        reason::AGENT_GONE => Reason::AgentGone,
         _ => return None,
     })
 }
@@ -100,6 +104,8 @@ pub fn decision(action_code: u8, reason_code: u8) -> Decision {
                 | reason::RING_FULL
                 | reason::HOLD_TABLE_FULL
                 | reason::ARGV_UNREADABLE
+                | reason::TAMPER
+                | reason::AGENT_GONE
         );
     if denied {
         Decision::Deny
@@ -135,7 +141,7 @@ mod tests {
 
     #[test]
     fn every_kernel_hook_has_its_audit_name() {
-        for code in (1..=20u8).chain(24..=27).chain(34..=37).chain(42..=46) {
+        for code in (1..=20u8).chain(24..=27).chain(34..=37).chain(42..=46).chain(50..=51) {
             let k = KHook::from_u8(code).unwrap();
             assert_eq!(hook(code).unwrap().name(), k.name(), "code {code}");
         }
@@ -154,6 +160,14 @@ mod tests {
         assert_eq!(reason(99), None);
         assert_eq!(reason(reason::UNRESOLVED_PEER), Some(Reason::UnresolvedPeer));
         assert_eq!(decision(KAction::Deny as u8, reason::OTHER_TREE), Decision::Deny);
+        assert_eq!(reason(reason::TAMPER), Some(Reason::Tamper));
+        assert_eq!(reason(reason::RING_FULL), Some(Reason::RingFull));
+        assert_eq!(decision(KAction::Audit as u8, reason::RING_FULL), Decision::Deny);
+        assert_eq!(decision(KAction::Ask as u8, reason::HOLD_TABLE_FULL), Decision::Deny);
+        assert_eq!(decision(KAction::Allow as u8, reason::ARGV_UNREADABLE), Decision::Deny);
+        assert_eq!(access(KHook::PathRename as u8, class::DELETE as u64), Some("delete"));
+        assert_eq!(access(KHook::PathRename as u8, class::WRITE as u64), Some("write"));
+        assert_eq!(decision(KAction::Ask as u8, reason::AGENT_GONE), Decision::Deny);
         assert_eq!(access(KHook::FileOpen as u8, 1), Some("read"));
         assert_eq!(access(KHook::FileOpen as u8, 3), Some("write"));
         assert_eq!(access(KHook::PathUnlink as u8, 0), Some("delete"));

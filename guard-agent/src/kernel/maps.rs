@@ -47,6 +47,10 @@ pub trait KernelMaps: Send {
     fn policy_slots(&self) -> Vec<(u8, u64)>;
     /// Replaces the selector table.
     fn set_selectors(&mut self, entries: &[(SelKey, Selector)]) -> Result<()>;
+    /// Replaces the paths the tamper baseline protects (a reload may name new files).
+    fn set_guard_paths(&mut self, _paths: &[super::guard_objects::GuardPath]) -> Result<()> {
+        Ok(())
+    }
 
     fn is_watched(&self, tid: u32) -> bool {
         self.watched(tid).is_some()
@@ -130,6 +134,10 @@ impl KernelMaps for Kernel {
     }
 
     /// Replaces the selector table: new entries first, then stale ones out, then the counts.
+    fn set_guard_paths(&mut self, paths: &[super::guard_objects::GuardPath]) -> Result<()> {
+        self.protect_paths(paths)
+    }
+
     fn set_selectors(&mut self, entries: &[(SelKey, Selector)]) -> Result<()> {
         let mut conf = SelConf::default();
         for (k, v) in entries {

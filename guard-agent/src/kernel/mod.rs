@@ -6,6 +6,7 @@
 pub mod btf;
 pub mod codes;
 pub mod event;
+pub mod guard_objects;
 pub mod maps;
 pub mod ring;
 
@@ -40,6 +41,10 @@ pub struct Kernel {
     task_count: Array<MapData, u64>,
     selectors: HashMap<MapData, SelKey, Selector>,
     sel_conf: Array<MapData, SelConf>,
+    /// The tamper baseline's maps (see [`guard_objects`]).
+    guard_pids: HashMap<MapData, u32, u32>,
+    guard_paths: LpmTrie<MapData, PathKey, u8>,
+    guard_ids: HashMap<MapData, u64, u8>,
 }
 
 /// How a pinned load went.
@@ -202,6 +207,7 @@ impl Kernel {
             }
         }
         let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
+        let heartbeat = Array::try_from(take(&mut ebpf, "HEARTBEAT")?)?;
         let kernel = Kernel {
             watched: HashMap::try_from(take(&mut ebpf, "WATCHED")?)?,
             path_rules: LpmTrie::try_from(take(&mut ebpf, "PATH_RULES")?)?,
@@ -215,8 +221,13 @@ impl Kernel {
             task_count: Array::try_from(take(&mut ebpf, "TASK_COUNT")?)?,
             selectors: HashMap::try_from(take(&mut ebpf, "SELECTORS")?)?,
             sel_conf: Array::try_from(take(&mut ebpf, "SEL_CONF")?)?,
+            guard_pids: HashMap::try_from(take(&mut ebpf, "GUARD_PIDS")?)?,
+            guard_paths: LpmTrie::try_from(take(&mut ebpf, "GUARD_PATHS")?)?,
+            guard_ids: HashMap::try_from(take(&mut ebpf, "GUARD_IDS")?)?,
             _ebpf: ebpf,
         };
+        // From now on the programs know an agent is alive (holds may stop threads).
+        guard_objects::start_heartbeat(heartbeat);
         let report = match (pin_root, pin_dir) {
             (Some(root), Some(dir)) => {
                 let mut kernel = kernel;

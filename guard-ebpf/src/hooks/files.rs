@@ -20,6 +20,7 @@
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use guard_common::{class, Action, Hook, Watched, EPERM};
 
+use super::tamper;
 use crate::decide::{decide, Op};
 use crate::maps::{policy, scratch, watched, Scratch};
 use crate::resolve::{file_object, lookup_path, unresolvable, unresolved, walk_entry_into, walk_path_into};
@@ -52,6 +53,10 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     // SAFETY: the file the kernel gave this hook; bpf_d_path is allowed in file_open.
     if !unsafe { file_object(s, file) } {
         return unresolvable(s, &w, &op);
+    }
+    // The tamper baseline first: no rule may open guard's files for writing (or its keys).
+    if let Some(r) = tamper::check_open(s, &w, op.aux, mode & FMODE_WRITE != 0) {
+        return r;
     }
     // Write rules decide first, then the read rules for read-write opens.
     if mode & FMODE_WRITE != 0 {
@@ -94,6 +99,9 @@ pub(super) fn decide_entry(
     if unresolved(s) {
         return unresolvable(s, w, &op);
     }
+    if let Some(r) = tamper::check_path(s, w, hook, 0, false) {
+        return r;
+    }
     let found = lookup_path(s, w.policy, class);
     decide(s, w, &op, found)
 }
@@ -110,6 +118,10 @@ pub(super) fn decide_moved(s: &mut Scratch, w: &Watched, hook: Hook, ancestors: 
     let op = Op { hook, aux: class::DELETE as u64, holdable: true, always_record: false };
     if unresolved(s) {
         return unresolvable(s, w, &op);
+    }
+    // guard's own files, or (a rename) a directory above them.
+    if let Some(r) = tamper::check_path(s, w, hook, 0, ancestors) {
+        return r;
     }
     let default = match policy(w) {
         Some(c) => c.default_action,
@@ -221,6 +233,9 @@ pub(super) fn decide_path(ctx: &LsmContext, hook: Hook, class: u8) -> i32 {
     unsafe { walk_path_into(s, ctx.arg(0)) };
     if unresolved(s) {
         return unresolvable(s, &w, &op);
+    }
+    if let Some(r) = tamper::check_path(s, &w, hook, 0, false) {
+        return r;
     }
     let found = lookup_path(s, w.policy, class);
     decide(s, &w, &op, found)

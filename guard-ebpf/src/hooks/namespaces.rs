@@ -14,6 +14,7 @@
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use guard_common::{reason, Action, Hook, PolicyConf, RuleRef, Watched, EPERM};
 
+use super::tamper;
 use crate::decide::{decide, emit, Op, Outcome};
 use crate::maps::{policy, scratch, watched, Scratch};
 use crate::resolve::{label, walk_into, walk_path_into};
@@ -88,6 +89,11 @@ pub fn sb_umount(ctx: LsmContext) -> i32 {
         let root: u64 = read_kernel(mnt.add(off(&offsets().vfsmount_root)));
         walk_into(s, mnt, root as *const u8);
     }
+    // The bpffs holding guard's pins, or any mount above guard's paths: unmounting it would
+    // release the pins (and detach every program).
+    if let Some(r) = tamper::check_path(s, &w, Hook::SbUmount, flags as u32 as u64, true) {
+        return r;
+    }
     guarded(s, &w, &op(Hook::SbUmount, flags as u32 as u64), rule_of(&w, |c| c.umount))
 }
 
@@ -102,6 +108,9 @@ pub fn sb_mount(ctx: LsmContext) -> i32 {
     let flags: u64 = ctx.arg(3);
     // SAFETY: argument 1 is the `struct path *` of the mount point the kernel resolved.
     unsafe { walk_path_into(s, ctx.arg(1)) };
+    if let Some(r) = tamper::check_mount(s, &w, flags) {
+        return r;
+    }
     guarded(s, &w, &op(Hook::Mount, flags), rule_of(&w, |c| c.mount))
 }
 
@@ -111,7 +120,16 @@ pub fn sb_mount(ctx: LsmContext) -> i32 {
 pub fn move_mount(ctx: LsmContext) -> i32 {
     let Some(w) = watched() else { return 0 };
     let Some(s) = scratch() else { return -EPERM };
+    // The mount being moved: guard's pins, or a mount above them, must stay where they are.
+    // SAFETY: argument 0 is the `struct path *` of the mount the kernel resolved.
+    unsafe { walk_path_into(s, ctx.arg(0)) };
+    if let Some(r) = tamper::check_path(s, &w, Hook::MoveMount, 0, true) {
+        return r;
+    }
     // SAFETY: argument 1 is the `struct path *` of the target the kernel resolved.
     unsafe { walk_path_into(s, ctx.arg(1)) };
+    if let Some(r) = tamper::check_path(s, &w, Hook::MoveMount, 0, true) {
+        return r;
+    }
     guarded(s, &w, &op(Hook::MoveMount, 0), rule_of(&w, |c| c.mount))
 }

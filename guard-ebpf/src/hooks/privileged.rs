@@ -4,6 +4,7 @@
 use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, macros::lsm, programs::LsmContext};
 use guard_common::{reason, Action, Hook, PolicyConf, RuleRef, Watched, EPERM, MAX_CAPS};
 
+use super::tamper;
 use crate::decide::{decide, emit, Op, Outcome};
 use crate::maps::{policy, policy_slot, scratch, watched, watched_task, CAP_RULES};
 use crate::resolve::label;
@@ -56,8 +57,9 @@ pub fn capable(ctx: LsmContext) -> i32 {
     decide(s, &w, &op, r)
 }
 
-/// What a kernel_read_file / kernel_load_data id loads into the kernel, if the module rule
-/// covers it: modules, and kexec images (a new kernel replaces this one and every LSM).
+/// What a kernel_read_file / kernel_load_data id loads into the kernel: modules, and kexec
+/// images (a new kernel replaces this one and every LSM). The tamper baseline refuses them
+/// for every watched task whatever the policy's `module` rule says (see `tamper`).
 #[inline(always)]
 fn module_label(id: u32) -> Option<&'static [u8]> {
     match id {
@@ -74,7 +76,7 @@ pub fn kernel_read_file(ctx: LsmContext) -> i32 {
     let Some(w) = watched() else { return 0 };
     let id: u32 = ctx.arg(1);
     let Some(name) = module_label(id) else { return 0 };
-    singleton(&w, Hook::KernelReadFile, id as u64, name, |c| c.module)
+    tamper::refuse_kernel_code(&w, Hook::KernelReadFile, id as u64, name)
 }
 
 /// kernel_load_data(enum kernel_load_data_id id, bool contents)
@@ -83,18 +85,17 @@ pub fn kernel_load_data(ctx: LsmContext) -> i32 {
     let Some(w) = watched() else { return 0 };
     let id: u32 = ctx.arg(0);
     let Some(name) = module_label(id) else { return 0 };
-    singleton(&w, Hook::KernelLoadData, id as u64, name, |c| c.module)
+    tamper::refuse_kernel_code(&w, Hook::KernelLoadData, id as u64, name)
 }
 
 /// kernel_module_request(char *kmod_name): an autoload (`request_module`, e.g. by
-/// `socket(AF_<rare>)`) makes the kernel run modprobe outside the tree. Decided by the module
-/// rule; the object is the requested name ("net-pf-5"). Not holdable: request_module's callers
-/// mostly ignore its result, so nothing would restart.
+/// `socket(AF_<rare>)`) makes the kernel run modprobe outside the tree. Refused for every
+/// watched task (the tamper baseline, see `tamper`); the object is the requested name
+/// ("net-pf-5").
 #[lsm(hook = "kernel_module_request")]
 pub fn kernel_module_request(ctx: LsmContext) -> i32 {
     let Some(w) = watched() else { return 0 };
     let Some(s) = scratch() else { return -EPERM };
-    let Some(conf) = policy(&w) else { return -EPERM };
     let name: *const u8 = ctx.arg(0);
     s.buf[0] = 0;
     // SAFETY: the helper checks the kernel source address; the destination is a slice of buf.
@@ -106,8 +107,8 @@ pub fn kernel_module_request(ctx: LsmContext) -> i32 {
         }
         _ => label(s, b"module request"),
     }
-    let op = Op { hook: Hook::KernelModuleRequest, aux: 0, holdable: false, always_record: true };
-    decide(s, &w, &op, conf.module)
+    // The tamper baseline: no watched tree gets kernel code loaded, whatever its module rule.
+    tamper::refuse(s, &w, Hook::KernelModuleRequest, 0)
 }
 
 /// ptrace_access_check(struct task_struct *child, unsigned int mode): attaching (ptrace,
@@ -125,6 +126,10 @@ pub fn kernel_module_request(ctx: LsmContext) -> i32 {
 pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
     let Some(w) = watched() else { return 0 };
     let mode: u32 = ctx.arg(1);
+    // The tamper baseline first: guard's own processes, whatever the rules say.
+    if let Some(r) = tamper::check_ptrace(&w, ctx.arg::<*const u8>(0), mode) {
+        return r;
+    }
     // SAFETY: argument 0 is the target task; its pid is read through bpf_probe_read_kernel.
     let target: u32 = unsafe { read_kernel(ctx.arg::<*const u8>(0).add(off(&offsets().task_pid))) };
     let other_tree = match watched_task(target) {
@@ -165,5 +170,8 @@ pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
 pub fn bpf(ctx: LsmContext) -> i32 {
     let Some(w) = watched() else { return 0 };
     let cmd: i32 = ctx.arg(0);
+    if let Some(r) = tamper::check_bpf(&w, cmd, ctx.arg::<*const u8>(1)) {
+        return r;
+    }
     singleton(&w, Hook::Bpf, cmd as u64, b"bpf", |c| c.bpf)
 }

@@ -15,6 +15,7 @@ use aya_ebpf::{helpers::generated::bpf_probe_read_kernel, macros::lsm, programs:
 use core::ffi::c_void;
 use guard_common::{class, reason, Action, Hook, Watched};
 
+use super::tamper;
 use crate::decide::{decide, emit, Op, Outcome};
 use crate::maps::{scratch, watched};
 use crate::resolve::{label, lookup_path, walk_path_into};
@@ -64,6 +65,10 @@ fn decide_peer(w: &Watched, hook: Hook, other: *const u8) -> i32 {
     if !ok || s.truncated != 0 {
         emit(s, w, &op, Outcome::decision(Action::Deny as u8, reason::UNRESOLVED_PEER, 0, 0));
         return -EPERM;
+    }
+    // guard's admin socket: refused to every watched task at connect time (no pid to race).
+    if let Some(r) = tamper::check_path(s, w, hook, 0, false) {
+        return r;
     }
     let found = lookup_path(s, w.policy, class::UNIX);
     decide(s, w, &op, found)

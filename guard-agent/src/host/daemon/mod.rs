@@ -27,14 +27,14 @@ use trees::{adopt_running, readopt_pinned_trees, register, sweep};
 
 use super::{
     admin::{self, Peer, Request, Response},
-    reasons, run, socket,
+    protect, reasons, run, socket,
 };
 use crate::{
     agent::{effects, Agent, Host, Shared, State, System, TreeInfo},
     audit::{forward, AuditLog},
     config::Config,
     hold::{local::LocalDecisions, remote, DecisionSource},
-    kernel::{self, Kernel, KernelMaps, PinReport},
+    kernel::{self, guard_objects::GuardPath, Kernel, KernelMaps, PinReport},
     limits::{CGROUP_ROOT, MAX_POLICIES},
     tree::{
         adopt, proc,
@@ -67,7 +67,8 @@ struct Daemon {
 pub fn daemon(config_path: &Path) -> Result<i32> {
     let cfg = Config::load(config_path).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     let audit = AuditLog::open(&cfg.audit_log)?;
-    let (kernel, ring, pins) = Kernel::load_pinned(cfg.max_tree_tasks, &cfg.pin_dir)?;
+    let (mut kernel, ring, pins) = Kernel::load_pinned(cfg.max_tree_tasks, &cfg.pin_dir)?;
+    protect::protect(&mut kernel, &pins.dir, guard_paths(config_path, &cfg))?;
     tracing::info!(
         "programs {} (pins in {}){}",
         if pins.reused_programs { "kept attached from an earlier daemon" } else { "loaded and attached" },
@@ -142,6 +143,9 @@ pub fn daemon(config_path: &Path) -> Result<i32> {
         wait_for_stop().await;
         tracing::info!("stopping: trees stay watched by the kernel (pinned); waiting holds are denied");
         effects::deny_all(&state, Reason::Denied).await;
+        // From here an ask is denied by the kernel at once (`agent_gone`) until a daemon
+        // runs again, and recorded by that daemon (the event waits in the pinned ring).
+        kernel::guard_objects::stop_heartbeat();
         tokio::time::sleep(Duration::from_millis(300)).await;
         effects::report_lost(&state);
         state.audit().flush();
@@ -149,6 +153,25 @@ pub fn daemon(config_path: &Path) -> Result<i32> {
     std::fs::remove_file(&admin_socket).ok();
     std::fs::remove_file(&reason_socket).ok();
     Ok(0)
+}
+
+/// The daemon's own files for the tamper baseline: its configuration, policies, audit log,
+/// admin socket (not the reason socket: trees may use it), pin directory, and the server
+/// client's certificates (its private key not even readable).
+fn guard_paths(config_path: &Path, cfg: &Config) -> Vec<GuardPath> {
+    let mut paths = vec![
+        GuardPath::File(config_path.into()),
+        GuardPath::File(cfg.audit_log.clone()),
+        GuardPath::File(cfg.admin_socket.clone()),
+        GuardPath::Dir(cfg.pin_dir.clone()),
+    ];
+    paths.extend(cfg.policies.iter().map(|p| GuardPath::File(p.file.clone())));
+    if let Some(s) = &cfg.server {
+        paths.push(GuardPath::File(s.ca.clone()));
+        paths.push(GuardPath::File(s.cert.clone()));
+        paths.push(GuardPath::Secret(s.key.clone()));
+    }
+    paths
 }
 
 async fn wait_for_stop() {

@@ -105,6 +105,11 @@ pub(super) fn reload(d: &Daemon, trigger: &str) -> Response {
             json!({"time": Timestamp::now(), "ok": false, "trigger": trigger, "error": format!("{e:#}")});
         return Response::err(format!("{e:#}"));
     }
+    // The new configuration may name other policy files, log or keys: protect those.
+    let paths = super::super::protect::with_own_paths(&d.pins.dir, super::guard_paths(&new.file, &new));
+    if let Err(e) = d.state.lock().kernel.set_guard_paths(&paths) {
+        tracing::error!("reload: cannot update the protected paths: {e:#}");
+    }
     let names: Vec<String> = new.policies.iter().map(|p| p.name.clone()).collect();
     tracing::info!("configuration reloaded ({trigger}): policies {names:?}, {} selectors", new.selectors.len());
     *cfg = new;
