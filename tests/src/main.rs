@@ -23,8 +23,8 @@ mod ops_ns;
 mod ops_tamper;
 mod ops_uring;
 mod server_tests;
-mod trust_tests;
 mod tamper;
+mod trust_tests;
 
 use anyhow::{ensure, Context, Result};
 use guard_api::{Action, AuditRecord, Decision, Hook, Reason};
