@@ -20,6 +20,7 @@ mod ops_net;
 mod ops_ns;
 mod ops_uring;
 mod server_tests;
+mod status;
 
 use anyhow::{ensure, Context, Result};
 use guard_api::{Action, AuditRecord, Decision, Hook, Reason};
@@ -107,6 +108,7 @@ fn run_tests() -> i32 {
         .chain(server_tests::TESTS)
         .chain(escape_uring::TESTS)
         .chain(escape_net::TESTS)
+        .chain(status::TESTS)
         .map(|&(name, test)| Trial::ignorable_test(name, move || run_one(name, test)))
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);

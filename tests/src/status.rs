@@ -1,0 +1,172 @@
+//! `guard-agent status` tells the truth (issue 10, item 3): it checks in the kernel that every
+//! program is attached, that the ring buffer is read and that the server answers, and
+//! `status --check` turns that into an exit code (0 enforcing, 1 degraded, 2 not running).
+//! Each degraded case is made from outside the agent, as an attacker (or an accident) would:
+//! a link pin removed, a link detached through the bpf syscall, the server gone.
+
+use crate::{
+    harness::{Agent, DaemonUnderTest, Skip},
+    Test,
+};
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+pub const TESTS: &[Test] = &[
+    ("status_check_says_enforcing_and_exits_0_when_healthy", healthy),
+    ("status_check_names_a_program_whose_link_pin_was_removed", pin_removed),
+    ("status_check_names_a_program_detached_through_the_bpf_syscall", link_detached),
+    ("status_check_names_an_unreachable_server", server_unreachable),
+    ("status_check_exits_2_when_no_agent_runs", not_running),
+];
+
+/// `guard-agent status --check --socket SOCK`: (exit code, its one line).
+fn check(sock: &str) -> Result<(i32, String)> {
+    let out = Command::new("guard-agent").args(["status", "--check", "--socket", sock]).output()?;
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Ok((out.status.code().unwrap_or(-1), line))
+}
+
+fn status_json(sock: &str) -> Result<Value> {
+    let out = Command::new("guard-agent").args(["status", "--json", "--socket", sock]).output()?;
+    ensure!(out.status.success(), "status --json failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Waits until `status --check` exits `code`; returns its line.
+fn wait_check(sock: &str, code: i32) -> Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (got, line) = check(sock)?;
+        if got == code {
+            return Ok(line);
+        }
+        if Instant::now() > deadline {
+            bail!("status --check exits {got} ({line:?}), not {code}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The server and PKI `cargo xtask test` provides, if any: (url, flags for `run`).
+fn server_flags(url: Option<&str>) -> Option<(String, Vec<String>)> {
+    let pki = std::env::var("GUARD_E2E_PKI").ok()?;
+    let host = std::env::var("GUARD_E2E_HOST").ok()?;
+    let url = match url {
+        Some(u) => u.to_string(),
+        None => std::env::var("GUARD_E2E_SERVER").ok()?,
+    };
+    let flags = vec![
+        "--server".into(),
+        url.clone(),
+        "--server-ca".into(),
+        format!("{pki}/ca.crt"),
+        "--agent-cert".into(),
+        format!("{pki}/agent-{host}.crt"),
+        "--agent-key".into(),
+        format!("{pki}/agent-{host}.key"),
+    ];
+    Some((url, flags))
+}
+
+fn start_run(name: &str, flags: &[String]) -> Result<Agent> {
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    Agent::start_with(name, "default = \"allow\"\n", "sleep 60", &flags)
+}
+
+fn healthy() -> Result<()> {
+    // With the real server when the suite has one: reachable is part of healthy.
+    let flags = server_flags(None).map(|(_, f)| f).unwrap_or_default();
+    let a = start_run("st-healthy", &flags)?;
+    let line = wait_check(a.socket(), 0)?;
+    ensure!(line == "enforcing", "healthy status line: {line:?}");
+    let st = status_json(a.socket())?;
+    let h = &st["health"];
+    ensure!(h["state"] == "enforcing" && h["problems"].as_array().is_some_and(|p| p.is_empty()), "health: {h}");
+    let total = h["programs"]["total"].as_u64().unwrap_or(0);
+    ensure!(total > 10 && h["programs"]["attached"] == total, "programs: {}", h["programs"]);
+    ensure!(h["ring"]["reading"] == true, "ring: {}", h["ring"]);
+    if !flags.is_empty() {
+        ensure!(h["server"]["reachable"] == true, "server: {}", h["server"]);
+    }
+    a.kill();
+    Ok(())
+}
+
+fn pin_removed() -> Result<()> {
+    let d = DaemonUnderTest::start("st-pin", &[("p", "default = \"allow\"\n")], "")?;
+    let line = wait_check(&d.sock, 0)?;
+    ensure!(line == "enforcing", "before: {line:?}");
+    // The daemon holds no link fds: its pins keep the programs attached. Removing one from
+    // outside (root, no tree) releases that link, and the program stops deciding anything.
+    let build = std::fs::read_dir(&d.pins)?.flatten().next().context("no pin directory")?.path();
+    let pin = build.join("link_file_open");
+    std::fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
+    let line = wait_check(&d.sock, 1)?;
+    ensure!(line.starts_with("degraded: ") && line.contains("file_open"), "after the pin was removed: {line:?}");
+    ensure!(!line.contains("task_alloc"), "only the detached program is named: {line:?}");
+    let st = d.status()?;
+    ensure!(st["kernel"]["enforcing"] == false, "the kernel section still says enforcing: {}", st["kernel"]);
+    Ok(())
+}
+
+/// `bpf(cmd, attr)` with `attr` as the first `size` bytes of the union.
+fn bpf(cmd: i64, attr: &[u32]) -> std::io::Result<i64> {
+    // SAFETY: `attr` is a live, initialised buffer of `attr.len() * 4` bytes, the size passed;
+    // the kernel reads at most that many bytes of it and writes nothing back for these commands.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_ptr(), std::mem::size_of_val(attr)) };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+const BPF_LINK_GET_FD_BY_ID: i64 = 30;
+const BPF_LINK_DETACH: i64 = 34;
+
+fn link_detached() -> Result<()> {
+    let a = start_run("st-detach", &[])?;
+    wait_check(a.socket(), 0)?;
+    let st = status_json(a.socket())?;
+    let links = st["health"]["programs"]["links"].as_array().cloned().unwrap_or_default();
+    let prog = links.iter().find(|p| p["name"] == "path_chmod").context("no path_chmod in status")?;
+    let link_id = prog["link_ids"][0].as_u64().context("path_chmod has no link")? as u32;
+    // `run` holds its links as fds (no pin to remove): BPF_LINK_DETACH by id, from outside.
+    let fd = bpf(BPF_LINK_GET_FD_BY_ID, &[link_id, 0, 0]).context("BPF_LINK_GET_FD_BY_ID")?;
+    let detached = bpf(BPF_LINK_DETACH, &[fd as u32]);
+    // SAFETY: fd was returned by the bpf syscall above and is closed once, here.
+    unsafe { libc::close(fd as i32) };
+    if let Err(e) = detached {
+        a.kill();
+        return Err(Skip(format!("this kernel cannot detach an LSM link by BPF_LINK_DETACH ({e})")).into());
+    }
+    let line = wait_check(a.socket(), 1)?;
+    ensure!(line.starts_with("degraded: ") && line.contains("path_chmod"), "after the detach: {line:?}");
+    a.kill();
+    Ok(())
+}
+
+fn server_unreachable() -> Result<()> {
+    // Nothing listens on port 1 in the VM.
+    let Some((url, flags)) = server_flags(Some("https://127.0.0.1:1")) else {
+        return Err(Skip("no PKI from `cargo xtask test` (GUARD_E2E_PKI)".into()).into());
+    };
+    let a = start_run("st-server", &flags)?;
+    let line = wait_check(a.socket(), 1)?;
+    ensure!(line.starts_with("degraded: ") && line.contains(&url), "server down: {line:?}");
+    ensure!(!line.contains("not attached"), "the programs are attached: {line:?}");
+    let st = status_json(a.socket())?;
+    ensure!(st["health"]["server"]["reachable"] == false, "server: {}", st["health"]["server"]);
+    a.kill();
+    Ok(())
+}
+
+fn not_running() -> Result<()> {
+    let (code, line) = check("/tmp/t/no-agent-here.sock")?;
+    ensure!(code == 2 && line.starts_with("not running"), "no agent: exit {code}, {line:?}");
+    Ok(())
+}
