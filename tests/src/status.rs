@@ -19,6 +19,7 @@ pub const TESTS: &[Test] = &[
     ("status_check_says_enforcing_and_exits_0_when_healthy", healthy),
     ("status_check_names_a_program_whose_link_pin_was_removed", pin_removed),
     ("status_check_names_a_program_detached_through_the_bpf_syscall", link_detached),
+    ("status_check_names_every_program_after_the_bpffs_is_unmounted", bpffs_unmounted),
     ("status_check_names_an_unreachable_server", server_unreachable),
     ("status_check_exits_2_when_no_agent_runs", not_running),
 ];
@@ -110,6 +111,36 @@ fn pin_removed() -> Result<()> {
     ensure!(!line.contains("task_alloc"), "only the detached program is named: {line:?}");
     let st = d.status()?;
     ensure!(st["kernel"]["enforcing"] == false, "the kernel section still says enforcing: {}", st["kernel"]);
+    Ok(())
+}
+
+fn bpffs_unmounted() -> Result<()> {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    // A bpffs of this test's own, on the daemon's pin directory: unmounting it detaches only
+    // this daemon's programs (unmounting /sys/fs/bpf would take every test's with it).
+    let dir = "/sys/fs/bpf/st-umount";
+    std::fs::create_dir_all(dir)?;
+    mount(Some("bpf"), dir, Some("bpf"), MsFlags::empty(), None::<&str>).context("mounting a bpffs")?;
+    let d = DaemonUnderTest::start("st-umount", &[("p", "default = \"allow\"\n")], "");
+    let d = match d {
+        Ok(d) => d,
+        Err(e) => {
+            umount2(dir, MntFlags::MNT_DETACH).ok();
+            return Err(e);
+        }
+    };
+    let before = wait_check(&d.sock, 0);
+    // `umount -l`: the superblock goes once nothing uses it, and with it every pinned link.
+    umount2(dir, MntFlags::MNT_DETACH).context("umount -l")?;
+    ensure!(before? == "enforcing", "before the unmount");
+    let line = wait_check(&d.sock, 1)?;
+    ensure!(line.starts_with("degraded: ") && line.contains("not attached"), "after umount -l: {line:?}");
+    let st = d.status()?;
+    let p = &st["health"]["programs"];
+    ensure!(p["attached"] == 0 && p["total"].as_u64().unwrap_or(0) > 10, "programs after umount -l: {p}");
+    for name in ["file_open", "task_alloc", "sched_process_exec", "sched_process_exit"] {
+        ensure!(line.contains(name), "{name} is not named: {line:?}");
+    }
     Ok(())
 }
 

@@ -19,6 +19,9 @@ pub struct PolicyError {
     pub msg: String,
 }
 
+/// The largest policy or configuration file read (far above any real one).
+pub const MAX_FILE_BYTES: u64 = 4 << 20;
+
 /// A file being parsed: its path and text, to place errors.
 pub struct Source<'a> {
     pub path: &'a Path,
@@ -30,10 +33,25 @@ impl Source<'_> {
         PolicyError { at: Location::of(self.path, self.text, span), msg: msg.into() }
     }
 
-    /// Reads `path` whole; an unreadable file is an error of the file itself.
+    /// Reads `path` whole; an unreadable file is an error of the file itself. Only a regular
+    /// file of at most [`MAX_FILE_BYTES`] is read: a name like `/dev/zero` or a FIFO would
+    /// otherwise never end (or block) the read, and the agent with it.
     pub fn read(path: &Path, what: &str) -> Result<String, PolicyError> {
-        std::fs::read_to_string(path)
-            .map_err(|e| PolicyError { at: Location::whole(path), msg: format!("cannot read the {what}: {e}") })
+        use std::io::Read;
+        let fail = |msg: String| PolicyError { at: Location::whole(path), msg };
+        let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read the {what}: {e}")))?;
+        if !meta.is_file() {
+            return Err(fail(format!("the {what} is not a regular file")));
+        }
+        let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot read the {what}: {e}")))?;
+        let mut text = String::new();
+        file.take(MAX_FILE_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| fail(format!("cannot read the {what}: {e}")))?;
+        if text.len() as u64 > MAX_FILE_BYTES {
+            return Err(fail(format!("the {what} is larger than {MAX_FILE_BYTES} bytes")));
+        }
+        Ok(text)
     }
 }
 
