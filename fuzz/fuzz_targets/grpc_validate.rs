@@ -6,8 +6,8 @@
 
 use guard_api::AuditRecord;
 use guard_proto::v1::{
-    Operation, RegisterRequest, ReportRecordsRequest, Request, ReviewRequest, State, SubmitRequest,
-    TreeExitedRequest, WithdrawRequest,
+    Operation, RegisterRequest, ReportRecordsRequest, Request, ReviewRequest, State, SubmitRequest, TreeExitedRequest,
+    WithdrawRequest,
 };
 use guard_server::config::Policy;
 use guard_server::lifecycle::{self, MAX_ANCESTRY, MAX_ARGV, MAX_GRANT_SECONDS, MAX_NAME_BYTES, MAX_OBJECT_BYTES};

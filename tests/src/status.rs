@@ -2,7 +2,9 @@
 //! program is attached, that the ring buffer is read and that the server answers, and
 //! `status --check` turns that into an exit code (0 enforcing, 1 degraded, 2 not running).
 //! Each degraded case is made from outside the agent, as an attacker (or an accident) would:
-//! a link pin removed, a link detached through the bpf syscall, the server gone.
+//! a link pin removed, the bpffs holding the pins unmounted lazily, the server gone. (A link
+//! held as an fd, as `run` holds them, cannot be detached from outside on 6.1 or 6.12:
+//! BPF_LINK_DETACH answers EOPNOTSUPP for LSM and tracing links.)
 
 use crate::{
     harness::{Agent, DaemonUnderTest, Skip},
@@ -18,7 +20,6 @@ use std::{
 pub const TESTS: &[Test] = &[
     ("status_check_says_enforcing_and_exits_0_when_healthy", healthy),
     ("status_check_names_a_program_whose_link_pin_was_removed", pin_removed),
-    ("status_check_names_a_program_detached_through_the_bpf_syscall", link_detached),
     ("status_check_names_every_program_after_the_bpffs_is_unmounted", bpffs_unmounted),
     ("status_check_names_an_unreachable_server", server_unreachable),
     ("status_check_exits_2_when_no_agent_runs", not_running),
@@ -141,43 +142,6 @@ fn bpffs_unmounted() -> Result<()> {
     for name in ["file_open", "task_alloc", "sched_process_exec", "sched_process_exit"] {
         ensure!(line.contains(name), "{name} is not named: {line:?}");
     }
-    Ok(())
-}
-
-/// `bpf(cmd, attr)` with `attr` as the first `size` bytes of the union.
-fn bpf(cmd: i64, attr: &[u32]) -> std::io::Result<i64> {
-    // SAFETY: `attr` is a live, initialised buffer of `attr.len() * 4` bytes, the size passed;
-    // the kernel reads at most that many bytes of it and writes nothing back for these commands.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_ptr(), std::mem::size_of_val(attr)) };
-    if rc < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
-const BPF_LINK_GET_FD_BY_ID: i64 = 30;
-const BPF_LINK_DETACH: i64 = 34;
-
-fn link_detached() -> Result<()> {
-    let a = start_run("st-detach", &[])?;
-    wait_check(a.socket(), 0)?;
-    let st = status_json(a.socket())?;
-    let links = st["health"]["programs"]["links"].as_array().cloned().unwrap_or_default();
-    let prog = links.iter().find(|p| p["name"] == "path_chmod").context("no path_chmod in status")?;
-    let link_id = prog["link_ids"][0].as_u64().context("path_chmod has no link")? as u32;
-    // `run` holds its links as fds (no pin to remove): BPF_LINK_DETACH by id, from outside.
-    let fd = bpf(BPF_LINK_GET_FD_BY_ID, &[link_id, 0, 0]).context("BPF_LINK_GET_FD_BY_ID")?;
-    let detached = bpf(BPF_LINK_DETACH, &[fd as u32]);
-    // SAFETY: fd was returned by the bpf syscall above and is closed once, here.
-    unsafe { libc::close(fd as i32) };
-    if let Err(e) = detached {
-        a.kill();
-        return Err(Skip(format!("this kernel cannot detach an LSM link by BPF_LINK_DETACH ({e})")).into());
-    }
-    let line = wait_check(a.socket(), 1)?;
-    ensure!(line.starts_with("degraded: ") && line.contains("path_chmod"), "after the detach: {line:?}");
-    a.kill();
     Ok(())
 }
 
