@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(p.rules.iter().all(|r| !r.name.trim().is_empty()));
             let c = p.compile(3);
             assert!(c.net.len() <= MAX_NET_RULES as usize, "{} net entries", c.net.len());
-            assert!(c.argv.len() <= MAX_ARGV_RULES, "{} argv rules", c.argv.len());
+            assert!(c.argv.len() <= MAX_ARGV_RULES as usize, "{} argv rules", c.argv.len());
             let rules = p.rules.len() as u32;
             for a in &c.argv {
                 assert!(a.ntok as usize >= 1 && a.ntok as usize <= MAX_ARGV_TOKENS);

@@ -55,6 +55,20 @@ impl Source<'_> {
     }
 }
 
+/// toml's message for `e`, or what is wrong when it gives none (the fuzzer found inputs with
+/// a control character for which the message is empty): an error must say what it is.
+pub fn toml_message(text: &str, e: &toml::de::Error) -> String {
+    let m = e.message().trim();
+    if !m.is_empty() {
+        return m.to_string();
+    }
+    let at = e.span().map(|s| s.start).unwrap_or(0);
+    match text.get(at..).and_then(|t| t.chars().next()) {
+        Some(c) => format!("invalid TOML: unexpected character {c:?}"),
+        None => "invalid TOML: the file ends too early".to_string(),
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
@@ -123,10 +137,8 @@ impl Policy {
     /// this machine's filesystem (a policy file loaded to be enforced here).
     pub fn parse_with(file: &str, text: &str, resolve: bool) -> Result<Self, PolicyError> {
         let ctx = Source { path: Path::new(file), text };
-        let raw: RawPolicy = toml::from_str(text).map_err(|e| {
-            let msg = e.message().to_string();
-            ctx.err(e.span().unwrap_or(0..0), msg)
-        })?;
+        let raw: RawPolicy =
+            toml::from_str(text).map_err(|e| ctx.err(e.span().unwrap_or(0..0), toml_message(text, &e)))?;
         let default = match raw.default {
             None => Action::Allow,
             Some(d) => parse_action(d.get_ref()).ok_or_else(|| {
