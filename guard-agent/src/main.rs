@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use guard_agent::{
     config,
     hold::remote::ServerConfig,
-    host::{admin, daemon, reasons, registered, render, run, spawn},
+    host::{admin, daemon, health, reasons, registered, render, run, spawn},
     limits::{ADMIN_SOCKET, DEFAULT_AUDIT_LOG, DEFAULT_CONFIG, MAX_TREE_TASKS},
     policy,
 };
@@ -135,12 +135,17 @@ enum Cmd {
         #[arg(long, default_value = ADMIN_SOCKET)]
         socket: PathBuf,
     },
-    /// What the running agent watches and holds.
+    /// Whether the running agent enforces (programs attached, events read, server reachable:
+    /// checked in the kernel and on the network), and what it watches and holds.
     Status {
         #[arg(long, default_value = ADMIN_SOCKET)]
         socket: PathBuf,
         #[arg(long)]
         json: bool,
+        /// For monitoring: print one line and exit 0 if enforcing, 1 if degraded, 2 if no
+        /// agent answers on the socket.
+        #[arg(long, conflicts_with = "json")]
+        check: bool,
     },
     /// Say whether this kernel can enforce, and exactly what is missing.
     Doctor,
@@ -244,18 +249,31 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
             println!("denied {id}");
             Ok(0)
         }
-        Cmd::Status { socket, json } => {
-            let data = call(&socket, admin::Request::Status)?;
-            if json {
+        Cmd::Status { socket, json, check } => {
+            let data = match call(&socket, admin::Request::Status) {
+                Ok(data) => data,
+                Err(e) if check => {
+                    println!("not running: {e:#}");
+                    return Ok(2);
+                }
+                Err(e) => return Err(e),
+            };
+            let line = health::summary(&data);
+            if check {
+                println!("{line}");
+            } else if json {
                 println!("{data}");
             } else if data["mode"] == "daemon" {
+                println!("{line}");
                 render::print_status(&data);
             } else {
-                for (k, v) in data.as_object().into_iter().flatten() {
+                println!("{line}");
+                for (k, v) in data.as_object().into_iter().flatten().filter(|(k, _)| *k != "health") {
                     println!("{k:>16}: {v}");
                 }
             }
-            Ok(0)
+            // Only --check answers with the state; a plain status succeeds when it could be read.
+            Ok(if check && data["health"]["state"] != "enforcing" { 1 } else { 0 })
         }
         Cmd::Doctor => Ok(run::doctor()),
         Cmd::ExecReleased { cmd } => Ok(spawn::exec_when_released(&cmd)),

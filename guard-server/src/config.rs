@@ -235,7 +235,7 @@ impl ServerConfig {
         let at = |span: Range<usize>, message: String| locate(path, text, span, message);
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
-            at(span, e.message().to_string())
+            at(span, toml_message(text, &e))
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let resolve = |p: &Spanned<String>| -> Result<PathBuf, ConfigError> {
@@ -420,6 +420,20 @@ impl ServerConfig {
     }
 }
 
+/// toml's message for `e`, or what is wrong when it gives none (the fuzzer found inputs with
+/// a control character for which the message is empty): an error must say what it is.
+pub fn toml_message(text: &str, e: &toml::de::Error) -> String {
+    let m = e.message().trim();
+    if !m.is_empty() {
+        return m.to_string();
+    }
+    let at = e.span().map(|s| s.start).unwrap_or(0);
+    match text.get(at..).and_then(|t| t.chars().next()) {
+        Some(c) => format!("invalid TOML: unexpected character {c:?}"),
+        None => "invalid TOML: the file ends too early".to_string(),
+    }
+}
+
 fn locate(path: &Path, text: &str, span: Range<usize>, message: String) -> ConfigError {
     ConfigError { at: Location::of(path, text, span), message }
 }
@@ -451,6 +465,13 @@ mod tests {
         assert_eq!(c.policy.requirement("h1", "any", "prod").map(|r| r.approvals), Some(2));
         assert_eq!(c.policy.auto("h1", "any", "bench-auto").map(|a| a.decision), Some(AutoDecision::Approve));
         assert_eq!(c.policy.approvers["alice"].unix_users, ["alice", "1000"]);
+    }
+
+    #[test]
+    fn a_control_character_is_named_not_an_empty_message() {
+        // Found by the `server_config` fuzz target: toml gives no message for this one.
+        let err = parse("#\0\0\0\0 \"O\"O").unwrap_err();
+        assert!(!err.message.is_empty(), "{err}");
     }
 
     #[test]

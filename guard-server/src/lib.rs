@@ -16,3 +16,5 @@ pub mod service;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod validate;
+pub mod verify;

@@ -212,6 +212,11 @@ impl Agent {
         self.stderr.lock().expect("lock").clone()
     }
 
+    /// The agent's admin socket.
+    pub fn socket(&self) -> &str {
+        &self.sock
+    }
+
     /// The next line of the workload's output that starts with `prefix`.
     pub fn line_starting_within(&self, prefix: &str, wait: Duration) -> Result<String> {
         let deadline = Instant::now() + wait;

@@ -23,6 +23,7 @@ mod ops_ns;
 mod ops_tamper;
 mod ops_uring;
 mod server_tests;
+mod status;
 mod tamper;
 mod trust_tests;
 
@@ -115,6 +116,7 @@ fn run_tests() -> i32 {
         .chain(escape_net::TESTS)
         .chain(escape_decide::TESTS)
         .chain(tamper::TESTS)
+        .chain(status::TESTS)
         .map(|&(name, test)| Trial::ignorable_test(name, move || run_one(name, test)))
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);

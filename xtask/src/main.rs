@@ -4,6 +4,7 @@ mod central;
 mod compile;
 mod demo;
 mod e2e;
+mod fuzz;
 mod initramfs;
 mod kernel;
 mod server_bench;
@@ -41,6 +42,8 @@ enum Cmd {
     /// guard's overhead inside the VM: no agent, unwatched, watched (no match / allow rules);
     /// then guard-server's decision latency and throughput under load (SQLite, PostgreSQL).
     Bench(BenchArgs),
+    /// The cargo-fuzz targets (fuzz/), each for a bounded time; `--smoke` is CI's short run.
+    Fuzz(fuzz::FuzzArgs),
     /// (internal) joins one forwarded guest connection to 127.0.0.1:PORT; QEMU runs it.
     #[command(hide = true)]
     Relay { port: u16 },
@@ -90,6 +93,7 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
         Cmd::Vm(args) => vm::run(&args),
         Cmd::Relay { port } => vm::relay(port),
         Cmd::Test(args) => e2e::run(&args),
+        Cmd::Fuzz(a) => fuzz::run(&a),
         Cmd::Demo(a) => demo::run(a.kernel, a.interactive),
         Cmd::Bench(a) => {
             // The VM bench, then guard-server under load on the host (or only one of them).

@@ -17,6 +17,7 @@ pub fn run() -> Result<()> {
     report("apt packages", apt_packages())?;
     report("nightly rust-src", rust_src())?;
     report("bpf-linker", bpf_linker())?;
+    report("cargo-fuzz", crate::fuzz::ensure_cargo_fuzz())?;
     for series in Series::ALL {
         report(&format!("kernel {}", series.name()), kernel::ensure(series))?;
     }

@@ -102,6 +102,21 @@ impl RemoteDecisions {
         serde_json::json!({"url": self.url, "registered": self.registered.load(Ordering::Relaxed)})
     }
 
+    /// Whether the server answers this agent now (for `status`). The call reads and writes
+    /// nothing: an `Await` of an id no request can have is answered NotFound by the service
+    /// itself, which proves the connection, the TLS handshake, this host's certificate and the
+    /// service. `Err` says what failed, naming the server.
+    pub async fn probe(&self, wait: Duration) -> Result<(), String> {
+        let mut client = self.client();
+        let call = client.r#await(AwaitRequest { id: "status-probe".into() });
+        match tokio::time::timeout(wait, call).await {
+            Err(_) => Err(format!("guard-server {} did not answer within {wait:?}", self.url)),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if e.code() == Code::NotFound => Ok(()),
+            Ok(Err(e)) => Err(format!("guard-server {} is unreachable: {}", self.url, describe(&e))),
+        }
+    }
+
     async fn register(self: Arc<Self>, policies: Vec<(String, String)>) {
         let req = RegisterRequest {
             agent_version: env!("CARGO_PKG_VERSION").into(),

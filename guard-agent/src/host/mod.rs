@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod daemon;
+pub mod health;
 pub mod protect;
 pub mod reasons;
 pub mod registered;

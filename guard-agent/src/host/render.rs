@@ -67,7 +67,7 @@ pub fn print_status(v: &serde_json::Value) {
     println!(
         "kernel {}: {} (lsm {}, btf {}); programs {}; pins {}",
         s(&k["release"]),
-        if k["bpf_lsm"] == true && k["btf"] == true { "enforcing" } else { "NOT ENFORCING" },
+        if k["enforcing"] == true { "enforcing" } else { "NOT ENFORCING" },
         s(&k["lsm"]),
         k["btf"],
         s(&k["programs"]),

@@ -2,14 +2,14 @@
 
 use super::{
     admin::{self, Peer, Request, Response},
-    protect, socket,
+    health, protect, socket,
     spawn::{spawn_blocked, wait_child, RunAs, RUN_AS_ENV},
 };
 use crate::{
     agent::{effects, Agent, Host, Owner, Shared, State, System},
     audit::{forward, AuditLog},
     hold::{local::LocalDecisions, remote, DecisionSource},
-    kernel::{self, guard_objects::GuardPath, ring, Kernel, KernelMaps},
+    kernel::{self, attached::Identity, guard_objects::GuardPath, ring, Kernel, KernelMaps},
     limits::MAX_TREE_TASKS,
     policy::Policy,
 };
@@ -80,6 +80,7 @@ pub fn run(
         &pins.dir,
         vec![GuardPath::File(policy_path.into()), GuardPath::File(audit_path.into()), GuardPath::File(socket.into())],
     )?;
+    let identity = kernel.identity();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let listener = rt.block_on(socket::bind(socket, socket::Access::RootOnly))?;
 
@@ -131,7 +132,7 @@ pub fn run(
         let server_status = remote.clone();
         tokio::spawn(admin::serve(
             listener,
-            admin_handler(state.clone(), local, policy_path.display().to_string(), server_status),
+            admin_handler(state.clone(), local, policy_path.display().to_string(), server_status, identity),
         ));
         let cmd_exited = Arc::new(AtomicBool::new(false));
         tokio::spawn(forward_signals(child, cmd_exited.clone(), state.clone()));
@@ -218,6 +219,7 @@ fn admin_handler(
     local: Arc<LocalDecisions>,
     policy_file: String,
     server: Option<Arc<remote::RemoteDecisions>>,
+    identity: Identity,
 ) -> impl Fn(&Peer, Request) -> Response + Send + Sync + Clone + 'static {
     move |peer: &Peer, req: Request| {
         if let Some(refusal) =
@@ -225,10 +227,14 @@ fn admin_handler(
         {
             return refusal;
         }
+        // Before the state lock: the server probe may take a few seconds.
+        let health = matches!(req, Request::Status).then(|| health::check(&identity, server.as_deref()));
         let st = state.lock();
         match req {
             Request::Pending => Response::ok(json!(st.holds.waiting())),
             Request::Status => Response::ok(json!({
+                "mode": "run",
+                "health": health,
                 "policy": policy_file,
                 "rules": st.policy.rules.len(),
                 "watched_tasks": st.kernel.watched_count(),

@@ -3,6 +3,7 @@
 //! [`maps::KernelMaps`] trait, reading the ring buffer ([`ring`]), decoding its events
 //! ([`event`]) and turning the kernel's u8 codes into the audit vocabulary ([`codes`]).
 
+pub mod attached;
 pub mod btf;
 pub mod codes;
 pub mod event;
@@ -29,6 +30,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gu
 /// The maps userspace reads and writes. The `Ebpf` handle keeps the programs attached.
 pub struct Kernel {
     _ebpf: Ebpf,
+    /// The programs' ids, to ask the kernel whether they are still attached (`status`).
+    identity: attached::Identity,
     watched: HashMap<MapData, u32, Watched>,
     path_rules: LpmTrie<MapData, PathKey, RuleRef>,
     net_rules: Array<MapData, NetRule>,
@@ -178,7 +181,16 @@ impl Kernel {
         let names: Vec<String> = ebpf.programs_mut().map(|(n, _)| n.to_string()).collect();
         let link_path = |name: &str| pin_dir.as_ref().map(|d| d.join(format!("link_{name}")));
         let reuse = pin_dir.is_some() && names.iter().all(|n| link_path(n).is_some_and(|p| p.exists()));
-        if !reuse {
+        let mut identity = attached::Identity::default();
+        if reuse {
+            for name in &names {
+                let path = link_path(name).expect("pinned load");
+                let link = aya::programs::links::PinnedLink::from_pin(&path)
+                    .with_context(|| format!("opening the link pin {}", path.display()))?;
+                let info = FdLink::from(link).info().with_context(|| format!("reading the link of {name}"))?;
+                identity.programs.push((name.clone(), info.program_id()));
+            }
+        } else {
             for name in &names {
                 let prog = ebpf.program_mut(name).expect("listed");
                 // LSM and BTF tracepoint programs load, attach and pin alike; only their types
@@ -187,6 +199,9 @@ impl Kernel {
                     ($p:expr) => {{
                         let p = $p;
                         p.load(name, &btf).map_err(|e| explain_load_error(name, &e))?;
+                        identity
+                            .programs
+                            .push((name.clone(), p.info().with_context(|| format!("reading the id of {name}"))?.id()));
                         let id = p.attach().with_context(|| format!("attaching {name}"))?;
                         match pin_dir {
                             Some(_) => Some(FdLink::from(p.take_link(id)?)),
@@ -224,6 +239,7 @@ impl Kernel {
             guard_pids: HashMap::try_from(take(&mut ebpf, "GUARD_PIDS")?)?,
             guard_paths: LpmTrie::try_from(take(&mut ebpf, "GUARD_PATHS")?)?,
             guard_ids: HashMap::try_from(take(&mut ebpf, "GUARD_IDS")?)?,
+            identity,
             _ebpf: ebpf,
         };
         // From now on the programs know an agent is alive (holds may stop threads).
@@ -237,6 +253,11 @@ impl Kernel {
             _ => None,
         };
         Ok((kernel, ring, report))
+    }
+
+    /// What identifies this agent's programs in the kernel (see [`attached::check`]).
+    pub fn identity(&self) -> attached::Identity {
+        self.identity.clone()
     }
 
     /// Copies the watched tasks pinned by other builds of guard (an upgrade), then removes

@@ -220,6 +220,14 @@ capability = "CAP_NET_ADMIN"
     }
 
     #[test]
+    fn a_control_character_is_named_not_an_empty_message() {
+        // Found by the `policy` fuzz target: toml gives no message for this one.
+        let e = Policy::parse("p.toml", "#\0\0\0\0 \"O\"O").unwrap_err();
+        assert!(!e.msg.is_empty(), "{e}");
+        assert!(e.to_string().starts_with("p.toml:1:"), "{e}");
+    }
+
+    #[test]
     fn io_uring_setting() {
         assert!(!Policy::parse("p.toml", "default = \"allow\"\n").unwrap().io_uring_deny);
         assert!(!Policy::parse("p.toml", "io_uring = \"allow\"\n").unwrap().io_uring_deny);

@@ -19,6 +19,9 @@ pub struct PolicyError {
     pub msg: String,
 }
 
+/// The largest policy or configuration file read (far above any real one).
+pub const MAX_FILE_BYTES: u64 = 4 << 20;
+
 /// A file being parsed: its path and text, to place errors.
 pub struct Source<'a> {
     pub path: &'a Path,
@@ -30,10 +33,39 @@ impl Source<'_> {
         PolicyError { at: Location::of(self.path, self.text, span), msg: msg.into() }
     }
 
-    /// Reads `path` whole; an unreadable file is an error of the file itself.
+    /// Reads `path` whole; an unreadable file is an error of the file itself. Only a regular
+    /// file of at most [`MAX_FILE_BYTES`] is read: a name like `/dev/zero` or a FIFO would
+    /// otherwise never end (or block) the read, and the agent with it.
     pub fn read(path: &Path, what: &str) -> Result<String, PolicyError> {
-        std::fs::read_to_string(path)
-            .map_err(|e| PolicyError { at: Location::whole(path), msg: format!("cannot read the {what}: {e}") })
+        use std::io::Read;
+        let fail = |msg: String| PolicyError { at: Location::whole(path), msg };
+        let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read the {what}: {e}")))?;
+        if !meta.is_file() {
+            return Err(fail(format!("the {what} is not a regular file")));
+        }
+        let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot read the {what}: {e}")))?;
+        let mut text = String::new();
+        file.take(MAX_FILE_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| fail(format!("cannot read the {what}: {e}")))?;
+        if text.len() as u64 > MAX_FILE_BYTES {
+            return Err(fail(format!("the {what} is larger than {MAX_FILE_BYTES} bytes")));
+        }
+        Ok(text)
+    }
+}
+
+/// toml's message for `e`, or what is wrong when it gives none (the fuzzer found inputs with
+/// a control character for which the message is empty): an error must say what it is.
+pub fn toml_message(text: &str, e: &toml::de::Error) -> String {
+    let m = e.message().trim();
+    if !m.is_empty() {
+        return m.to_string();
+    }
+    let at = e.span().map(|s| s.start).unwrap_or(0);
+    match text.get(at..).and_then(|t| t.chars().next()) {
+        Some(c) => format!("invalid TOML: unexpected character {c:?}"),
+        None => "invalid TOML: the file ends too early".to_string(),
     }
 }
 
@@ -105,10 +137,8 @@ impl Policy {
     /// this machine's filesystem (a policy file loaded to be enforced here).
     pub fn parse_with(file: &str, text: &str, resolve: bool) -> Result<Self, PolicyError> {
         let ctx = Source { path: Path::new(file), text };
-        let raw: RawPolicy = toml::from_str(text).map_err(|e| {
-            let msg = e.message().to_string();
-            ctx.err(e.span().unwrap_or(0..0), msg)
-        })?;
+        let raw: RawPolicy =
+            toml::from_str(text).map_err(|e| ctx.err(e.span().unwrap_or(0..0), toml_message(text, &e)))?;
         let default = match raw.default {
             None => Action::Allow,
             Some(d) => parse_action(d.get_ref()).ok_or_else(|| {

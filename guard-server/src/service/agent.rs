@@ -4,14 +4,13 @@ use super::streams::{follow, BoxStream};
 use super::{not_found, Reply, Shared};
 use crate::error::GuardError;
 use crate::identity::{require, Role};
-use crate::lifecycle::{self, now_ms, Violations, MAX_RECORDS_PER_CALL};
+use crate::lifecycle::{self, now_ms};
 use crate::ratelimit::Over;
 use crate::store::{Decision, Finish, HostInfo};
-use crate::{ids, lifecycle::MAX_NAME_BYTES};
-use guard_api::AuditRecord;
+use crate::{ids, validate};
 use guard_proto::v1::agent_service_server::AgentService;
 use guard_proto::v1::{
-    AwaitRequest, RegisterRequest, RegisterResponse, ReportRecordsRequest, ReportRecordsResponse, Request, State,
+    AwaitRequest, RegisterRequest, RegisterResponse, ReportRecordsRequest, ReportRecordsResponse, Request,
     SubmitRequest, TreeExitedRequest, TreeExitedResponse, WithdrawRequest,
 };
 use tonic::Response;
@@ -26,27 +25,7 @@ impl AgentService for AgentApi {
     async fn register(&self, request: tonic::Request<RegisterRequest>) -> Reply<RegisterResponse> {
         let host = require(&request, Role::Agent)?.name;
         let r = request.into_inner();
-        let mut v = Violations::default();
-        v.text("agent_version", &r.agent_version, MAX_NAME_BYTES, false);
-        v.text("kernel", &r.kernel, MAX_NAME_BYTES, false);
-        if r.policies.len() > 256 {
-            v.add("policies", "at most 256 entries");
-        }
-        for (i, p) in r.policies.iter().enumerate() {
-            v.text(&format!("policies[{i}]"), p, MAX_NAME_BYTES, false);
-        }
-        if r.policy_hashes.len() > 256 {
-            v.add("policy_hashes", "at most 256 entries");
-        }
-        let mut named: Vec<(&String, &String)> = r.policy_hashes.iter().collect();
-        named.sort();
-        for (name, hash) in named {
-            v.text(&format!("policy_hashes[{name:?}]"), name, MAX_NAME_BYTES, true);
-            if !is_policy_hash(hash) {
-                v.add(format!("policy_hashes[{name:?}]"), "want \"sha256:\" and 64 lowercase hex digits");
-            }
-        }
-        v.into_result()?;
+        validate::register(&r)?;
         let now = now_ms();
         let info = HostInfo {
             host: host.clone(),
@@ -76,7 +55,7 @@ impl AgentService for AgentApi {
     async fn submit(&self, request: tonic::Request<SubmitRequest>) -> Reply<Self::SubmitStream> {
         let host = require(&request, Role::Agent)?.name;
         let submit = request.into_inner();
-        lifecycle::validate_submit(&submit)?;
+        validate::submit(&submit)?;
         let tree = submit.operation.as_ref().map(|o| o.tree_id.as_str()).unwrap_or_default();
         if let Err(over) = self.shared.limiter.admit(&host, tree, std::time::Instant::now()) {
             let (what, rate, key) = match over {
@@ -114,12 +93,9 @@ impl AgentService for AgentApi {
 
     async fn withdraw(&self, request: tonic::Request<WithdrawRequest>) -> Reply<Request> {
         let host = require(&request, Role::Agent)?.name;
-        let WithdrawRequest { id, why } = request.into_inner();
-        let (state, reason) = match why.as_str() {
-            "timeout" => (State::Expired, "expired"),
-            "process-exited" | "agent-stopped" => (State::Cancelled, "cancelled"),
-            _ => return Err(GuardError::invalid("why", "one of timeout, process-exited, agent-stopped").into()),
-        };
+        let withdraw = request.into_inner();
+        let (state, reason) = validate::withdraw(&withdraw)?;
+        let WithdrawRequest { id, why } = withdraw;
         if !ids::looks_like_request_id(&id) {
             return Err(not_found(&id, " from this host"));
         }
@@ -139,51 +115,28 @@ impl AgentService for AgentApi {
 
     async fn tree_exited(&self, request: tonic::Request<TreeExitedRequest>) -> Reply<TreeExitedResponse> {
         let host = require(&request, Role::Agent)?.name;
-        let tree_id = request.into_inner().tree_id;
-        let mut v = Violations::default();
-        v.text("tree_id", &tree_id, MAX_NAME_BYTES, true);
-        v.into_result()?;
+        let exited = request.into_inner();
+        validate::tree_exited(&exited)?;
+        let tree_id = exited.tree_id;
         let grants_ended = self.shared.store.end_grants(&host, &tree_id, now_ms()).await?;
         Ok(Response::new(TreeExitedResponse { grants_ended }))
     }
 
     async fn report_records(&self, request: tonic::Request<ReportRecordsRequest>) -> Reply<ReportRecordsResponse> {
         let host = require(&request, Role::Agent)?.name;
-        let records = request.into_inner().records;
-        if records.len() > MAX_RECORDS_PER_CALL {
-            return Err(GuardError::invalid(
-                "records",
-                format!("{} records, at most {MAX_RECORDS_PER_CALL} per call", records.len()),
-            )
-            .into());
-        }
         // Each record must read as the one audit record type; the error names what does not fit.
-        let mut v = Violations::default();
-        let mut parsed = Vec::with_capacity(records.len());
-        for (i, r) in records.iter().enumerate() {
-            match AuditRecord::from_json(&r.json) {
-                Ok(mut record) => {
-                    // Redacted before it is stored, like a request's argv; the record says so.
-                    if self.shared.policy.redact.redact(&mut record.argv) {
-                        let note = crate::audit::REDACTED_NOTE;
-                        record.comment = Some(match record.comment.take().filter(|c| !c.is_empty()) {
-                            Some(c) => format!("{c} ({note})"),
-                            None => note.to_string(),
-                        });
-                    }
-                    parsed.push(record)
-                }
-                Err(e) => v.add(format!("records[{i}].json"), e.to_string()),
+        let mut parsed = validate::report_records(&request.into_inner())?;
+        for record in &mut parsed {
+            // Redacted before it is stored, like a request's argv; the record says so.
+            if self.shared.policy.redact.redact(&mut record.argv) {
+                let note = crate::audit::REDACTED_NOTE;
+                record.comment = Some(match record.comment.take().filter(|c| !c.is_empty()) {
+                    Some(c) => format!("{c} ({note})"),
+                    None => note.to_string(),
+                });
             }
         }
-        v.into_result()?;
         let accepted = self.shared.store.append_records(&host, parsed, now_ms()).await?;
         Ok(Response::new(ReportRecordsResponse { accepted }))
     }
-}
-
-/// "sha256:" and 64 lowercase hex digits, as the agent reports a policy file's hash.
-fn is_policy_hash(s: &str) -> bool {
-    s.strip_prefix("sha256:")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }

@@ -68,7 +68,7 @@ impl ReviewService for ReviewApi {
         if !ids::looks_like_request_id(&input.id) {
             return Err(not_found(&input.id, ""));
         }
-        lifecycle::validate_review(&input)?;
+        crate::validate::review(&input)?;
         let now = now_ms();
         let review = Review {
             approver: approver.clone(),

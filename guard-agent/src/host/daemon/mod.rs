@@ -60,6 +60,8 @@ struct Daemon {
     ids: Mutex<HashMap<String, u8>>,
     last_reload: Mutex<serde_json::Value>,
     pins: PinReport,
+    /// The programs' ids, for `status` to ask the kernel whether they are attached.
+    identity: kernel::attached::Identity,
     remote: Option<Arc<remote::RemoteDecisions>>,
     local: Arc<LocalDecisions>,
 }
@@ -80,6 +82,7 @@ pub fn daemon(config_path: &Path) -> Result<i32> {
         }
     );
     let ids = assign_ids(&kernel as &dyn KernelMaps, &cfg, &HashMap::new())?;
+    let identity = kernel.identity();
     let first = &cfg.policies[0];
     let state: Shared = Agent::new(
         State::new(Box::new(kernel), first.policy.clone(), first.name.clone(), super::hostname()),
@@ -121,6 +124,7 @@ pub fn daemon(config_path: &Path) -> Result<i32> {
         ids: Mutex::new(ids),
         last_reload: Mutex::new(json!({"time": Timestamp::now(), "ok": true, "what": "started"})),
         pins,
+        identity,
         remote,
         local,
     });

@@ -2,14 +2,14 @@
 
 use super::*;
 
-pub(super) fn kernel_support(d: &Daemon) -> serde_json::Value {
+pub(super) fn kernel_support(d: &Daemon, enforcing: bool) -> serde_json::Value {
     let lsm = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
     json!({
         "release": nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
         "lsm": lsm.trim(),
         "bpf_lsm": lsm.split(',').any(|l| l.trim() == "bpf"),
         "btf": Path::new("/sys/kernel/btf/vmlinux").exists(),
-        "enforcing": true,
+        "enforcing": enforcing,
         "programs": if d.pins.reused_programs { "kept attached from an earlier daemon" } else { "loaded by this daemon" },
         "pins": d.pins.dir.display().to_string(),
         "build": kernel::build_id(),
@@ -17,6 +17,9 @@ pub(super) fn kernel_support(d: &Daemon) -> serde_json::Value {
 }
 
 pub(super) fn status(d: &Daemon) -> serde_json::Value {
+    // Before any lock: the server probe may take a few seconds.
+    let health = crate::host::health::check(&d.identity, d.remote.as_deref());
+    let enforcing = health["state"] == "enforcing";
     let cfg = d.cfg.lock().expect("cfg lock");
     let ids = d.ids.lock().expect("ids lock").clone();
     let st = d.state.lock();
@@ -75,9 +78,10 @@ pub(super) fn status(d: &Daemon) -> serde_json::Value {
     policies.sort_by_key(|p| p["id"].as_u64());
     json!({
         "mode": "daemon",
+        "health": health,
         "config": cfg.file,
         "last_reload": *d.last_reload.lock().expect("lock"),
-        "kernel": kernel_support(d),
+        "kernel": kernel_support(d, enforcing),
         "server": d.remote.as_ref().map(|r| r.describe()),
         "policies": policies,
         "selectors": selectors,
