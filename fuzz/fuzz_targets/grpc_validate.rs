@@ -14,6 +14,7 @@ use guard_server::lifecycle::{self, MAX_ANCESTRY, MAX_ARGV, MAX_GRANT_SECONDS, M
 use guard_server::validate;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
+use std::collections::HashMap;
 
 fn clean(s: &str, max: usize) -> bool {
     s.len() <= max && !s.contains('\0')
@@ -49,8 +50,14 @@ fuzz_target!(|data: &[u8]| {
             }
             assert!(op.ancestry.len() <= MAX_ANCESTRY);
             assert!(op.ancestry.iter().all(|p| p.argv.len() <= MAX_ARGV));
-            let new = lifecycle::plan_submit(&policy, "host", "id".into(), req, i64::MAX - 1);
-            assert!(new.expires_ms >= new.created_ms);
+            // The host registered exactly the policy the request names: the request is planned.
+            let registered = HashMap::from([(op.policy.clone(), op.policy_hash.clone())]);
+            let planned = lifecycle::plan_submit(&policy, "host", "id".into(), req.clone(), i64::MAX - 1, Some(&registered));
+            match planned {
+                Ok(new) => assert!(new.expires_ms >= new.created_ms),
+                // Only a request that carries no policy hash is refused.
+                Err(e) => assert!(req.operation.as_ref().is_some_and(|o| o.policy_hash.is_empty()), "{e}"),
+            }
         }
         1 => {
             let Ok(review) = ReviewRequest::decode(bytes) else { return };

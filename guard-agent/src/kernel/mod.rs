@@ -114,6 +114,22 @@ fn explain_load_error(name: &str, e: &ProgramError) -> anyhow::Error {
     anyhow!("cannot load {name}: {e}")
 }
 
+/// One line on how long loading took (mostly the verifier), slowest programs first: the
+/// agent's start time is dominated by it, and it differs between kernels.
+fn log_load_times(mut times: Vec<(std::time::Duration, String, Option<u32>)>) {
+    let total: std::time::Duration = times.iter().map(|t| t.0).sum();
+    times.sort_by(|a, b| b.0.cmp(&a.0));
+    let slowest: Vec<String> = times
+        .iter()
+        .take(5)
+        .map(|(d, name, insns)| match insns {
+            Some(n) => format!("{name} {} ms ({n} insns verified)", d.as_millis()),
+            None => format!("{name} {} ms", d.as_millis()),
+        })
+        .collect();
+    tracing::info!("loaded {} programs in {} ms; slowest: {}", times.len(), total.as_millis(), slowest.join(", "));
+}
+
 impl Kernel {
     /// Loads and attaches every program. Nothing is left attached on failure.
     pub fn load(max_tasks: u64) -> Result<(Kernel, RingBuf<MapData>)> {
@@ -191,6 +207,7 @@ impl Kernel {
                 identity.programs.push((name.clone(), info.program_id()));
             }
         } else {
+            let mut load_times = Vec::new();
             for name in &names {
                 let prog = ebpf.program_mut(name).expect("listed");
                 // LSM and BTF tracepoint programs load, attach and pin alike; only their types
@@ -198,10 +215,11 @@ impl Kernel {
                 macro_rules! load_attach {
                     ($p:expr) => {{
                         let p = $p;
+                        let started = std::time::Instant::now();
                         p.load(name, &btf).map_err(|e| explain_load_error(name, &e))?;
-                        identity
-                            .programs
-                            .push((name.clone(), p.info().with_context(|| format!("reading the id of {name}"))?.id()));
+                        let info = p.info().with_context(|| format!("reading the id of {name}"))?;
+                        load_times.push((started.elapsed(), name.clone(), info.verified_instruction_count()));
+                        identity.programs.push((name.clone(), info.id()));
                         let id = p.attach().with_context(|| format!("attaching {name}"))?;
                         match pin_dir {
                             Some(_) => Some(FdLink::from(p.take_link(id)?)),
@@ -220,6 +238,7 @@ impl Kernel {
                     link.pin(&path).with_context(|| format!("pinning the link of {name} at {}", path.display()))?;
                 }
             }
+            log_load_times(load_times);
         }
         let ring = RingBuf::try_from(take(&mut ebpf, "EVENTS")?)?;
         let heartbeat = Array::try_from(take(&mut ebpf, "HEARTBEAT")?)?;
