@@ -696,6 +696,24 @@ pub fn fnv1a_cstr<const N: usize>(buf: &[u8; N]) -> u64 {
     h.finish()
 }
 
+/// The mask of the bytes of word `i` (bytes 8i..8i+8 of the buffer) that belong to an object
+/// of `len` bytes: all ones for a word inside it, zero past it, the low bytes for the last.
+/// Arithmetic without a branch (guard-ebpf's `object_digest` explains why); the volatile read keeps LLVM from
+/// turning the clamp back into compare-and-branch.
+#[inline(always)]
+pub fn object_bytes_mask(len: u64, i: u64) -> u64 {
+    // SAFETY: a read of a local.
+    let rest = unsafe { core::ptr::read_volatile(&(len as i64 - 8 * i as i64)) };
+    // clamp(rest, 0, 8) without branches: arithmetic shifts give all-ones for negatives.
+    let r = rest & !(rest >> 63);
+    let over = (8 - r) >> 63;
+    let bytes = ((r & !over) | (8 & over)) as u64;
+    let bits = bytes * 8;
+    // (1 << bits) - 1 for bits in 0..=64, in two shifts of at most 32 each (one shift by 64
+    // would be out of range).
+    ((1u64 << (bits / 2)) << (bits - bits / 2)).wrapping_sub(1)
+}
+
 /// SipHash-2-4 over 64-bit words, with the key the agent draws at each load: the binding of a
 /// hold (what an approval covers) is a keyed hash the watched tree cannot compute, so it
 /// cannot search for another object with the approved one's hash. For messages whose length
@@ -882,6 +900,19 @@ mod tests {
         }
         // No NUL: the whole buffer.
         assert_eq!(fnv1a_cstr(&[0xff; ARG_LEN]), fnv1a(&[0xff; ARG_LEN]));
+    }
+
+    #[test]
+    fn object_bytes_mask_keeps_exactly_the_objects_bytes() {
+        for len in 0..=40u64 {
+            for i in 0..6u64 {
+                let inside = len.saturating_sub(8 * i).min(8);
+                let expected = if inside == 8 { u64::MAX } else { (1u64 << (inside * 8)) - 1 };
+                assert_eq!(object_bytes_mask(len, i), expected, "len {len} word {i}");
+            }
+        }
+        assert_eq!(object_bytes_mask(512, 63), u64::MAX);
+        assert_eq!(object_bytes_mask(0, 63), 0);
     }
 
     #[test]

@@ -1,14 +1,14 @@
 //! argv at exec: captured from the exec syscall's own arguments for the records and for argv
 //! conditions, and the exec rules with argv conditions.
-use aya_ebpf::helpers::generated::{bpf_probe_read_user, bpf_probe_read_user_str};
+use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_user, bpf_probe_read_user_str};
 use core::ffi::c_void;
 use guard_common::{
-    fnv1a_bounded, fnv1a_cstr, Argv, RuleRef, Watched, ARG_LEN, MAX_ARGS, MAX_ARGV_RULES, MAX_ARGV_TOKENS,
+    fnv1a_cstr, Argv, Fnv1a, RuleRef, SipHash, Watched, ARG_LEN, MAX_ARGS, MAX_ARGV_RULES, MAX_ARGV_TOKENS,
 };
 
 use crate::arch::exec_argv_reg;
 use crate::decide::keyed;
-use crate::maps::{policy_slot, Scratch, ARGV, ARGV_RULES, ZERO_ARGV};
+use crate::maps::{policy_slot, Scratch, ARGV, ARGV_RULES, BUF_LEN, ZERO_ARGV};
 use crate::task::{current_tid, syscall_nr, syscall_reg};
 
 /// Captures argv of the current exec (execve or execveat) into `ARGV` for this thread.
@@ -39,7 +39,8 @@ pub fn argv_readable() -> bool {
 
 /// Captures the user argv array at `argv` (at most MAX_ARGS arguments of ARG_LEN bytes), with
 /// its keyed digest. When a pointer or a string cannot be read, the entry is marked truncated
-/// and unreadable.
+/// and unreadable. One argument per `bpf_loop` iteration (see `match_argv_rules` for why
+/// callbacks).
 #[inline(always)]
 fn capture_argv(argv: u64) {
     let tid = current_tid();
@@ -49,44 +50,75 @@ fn capture_argv(argv: u64) {
         return;
     }
     let Some(a) = ARGV.get_ptr_mut(tid) else { return };
-    let mut digest = keyed();
-    // SAFETY: `a` is this thread's ARGV entry, just inserted and used by this program only;
-    // user memory is read with the probe helpers, bounded by the destination sizes.
+    let mut walk = CaptureWalk { digest: keyed(), a, argv };
+    // SAFETY: `capture_arg` is a callback of the shape bpf_loop expects, and `walk` lives on
+    // this stack for the whole call; `a` is this thread's ARGV entry, just inserted and used by
+    // this program only.
     unsafe {
-        for i in 0..=MAX_ARGS {
-            let mut p: u64 = 0;
-            if bpf_probe_read_user(&mut p as *mut u64 as *mut c_void, 8, (argv + 8 * i as u64) as *const c_void) != 0 {
-                // Not the end of argv: what follows is unknown.
-                (*a).truncated = 1;
-                (*a).unreadable = 1;
-                break;
-            }
-            if p == 0 {
-                break;
-            }
-            if i == MAX_ARGS {
-                // More arguments than captured: argv conditions cannot see them all.
-                (*a).truncated = 1;
-                break;
-            }
-            if bpf_probe_read_user_str((*a).args[i].as_mut_ptr() as *mut c_void, ARG_LEN as u32, p as *const c_void) < 0
-            {
-                (*a).truncated = 1;
-                (*a).unreadable = 1;
-                break;
-            }
-            (*a).hashes[i] = fnv1a_cstr(&(*a).args[i]);
-            // Every byte of the argument's slot: past its NUL they are the zeroes the entry
-            // started with, so equal arguments give equal words.
-            let words = (*a).args[i].as_ptr() as *const u64;
-            for j in 0..ARG_LEN / 8 {
-                digest.write(core::ptr::read_unaligned(words.add(j)));
-            }
-            (*a).argc = i as u32 + 1;
-        }
-        digest.write((*a).argc as u64 | ((*a).truncated as u64) << 32);
-        (*a).digest = digest.finish(1 + (*a).argc as u64 * (ARG_LEN / 8) as u64);
+        bpf_loop(
+            MAX_ARGS as u32 + 1,
+            capture_arg as *const () as *mut c_void,
+            &mut walk as *mut CaptureWalk as *mut c_void,
+            0,
+        );
+        walk.digest.write((*a).argc as u64 | ((*a).truncated as u64) << 32);
+        (*a).digest = walk.digest.finish(1 + (*a).argc as u64 * (ARG_LEN / 8) as u64);
     }
+}
+
+/// `capture_argv`'s state, on the program's stack for the `bpf_loop` callback.
+#[repr(C)]
+struct CaptureWalk {
+    digest: SipHash,
+    a: *mut Argv,
+    /// The user address of the argv array.
+    argv: u64,
+}
+
+/// Captures argument `i`; 1 ends the loop (the end of argv, or one that cannot be read).
+extern "C" fn capture_arg(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `CaptureWalk` `capture_argv` passed to bpf_loop, on its stack; `a`
+    // is this thread's ARGV entry; user memory is read with the probe helpers, bounded by the
+    // destination sizes.
+    unsafe {
+        let walk = &mut *(ctx as *mut CaptureWalk);
+        let a = walk.a;
+        if i > MAX_ARGS as u64 {
+            return 1;
+        }
+        let mut p: u64 = 0;
+        if bpf_probe_read_user(&mut p as *mut u64 as *mut c_void, 8, (walk.argv + 8 * i) as *const c_void) != 0 {
+            // Not the end of argv: what follows is unknown.
+            (*a).truncated = 1;
+            (*a).unreadable = 1;
+            return 1;
+        }
+        if p == 0 {
+            return 1;
+        }
+        if i >= MAX_ARGS as u64 {
+            // More arguments than captured: argv conditions cannot see them all.
+            (*a).truncated = 1;
+            return 1;
+        }
+        let i = i as usize;
+        if bpf_probe_read_user_str((*a).args[i].as_mut_ptr() as *mut c_void, ARG_LEN as u32, p as *const c_void) < 0 {
+            (*a).truncated = 1;
+            (*a).unreadable = 1;
+            return 1;
+        }
+        // Every byte of the argument's slot: past its NUL they are the zeroes the entry
+        // started with, so equal arguments give equal words.
+        let words = (*a).args[i].as_ptr() as *const u64;
+        for j in 0..ARG_LEN / 8 {
+            walk.digest.write(core::ptr::read_unaligned(words.add(j)));
+        }
+        (*a).argc = i as u32 + 1;
+        // Last: the hash loop ends at the NUL, and the verifier walks what follows a loop once
+        // per iteration it can leave from.
+        (*a).hashes[i] = fnv1a_cstr(&(*a).args[i]);
+    }
+    0
 }
 
 /// Whether every one of the first `ntok` tokens is among the captured arguments argv[1..]
@@ -118,28 +150,106 @@ pub fn tokens_all_seen(a: &Argv, tokens: &[u64; MAX_ARGV_TOKENS], ntok: u8) -> b
 /// The first exec rule with argv conditions that matches, if it comes before `found` in the
 /// policy. A program given more arguments than were captured matches any argv condition on
 /// its path: what cannot be seen is not assumed harmless (allow rules cannot have argv).
+///
+/// Both loops (the path's hash, then the rules) are `bpf_loop` callbacks: the verifier checks
+/// a callback as one function, where it walked a bounded loop once per iteration for every
+/// state the loop was entered in (bprm_check_security verified 390,000 instructions).
 #[inline(always)]
 pub fn match_argv_rules(s: &Scratch, w: &Watched, found: RuleRef) -> RuleRef {
-    // No captured argv (allocation failed): as with too many arguments, the condition applies.
-    let a = ARGV.get_ptr(current_tid());
-    let path_hash = fnv1a_bounded(&s.buf, s.len as usize);
-    let base = policy_slot(w) * MAX_ARGV_RULES;
-    for i in 0..MAX_ARGV_RULES {
-        let Some(r) = ARGV_RULES.get(base + i) else { break };
-        if r.used == 0 || (found.rule != 0 && r.rule > found.rule) {
-            break;
-        }
-        if r.path_hash != path_hash {
-            continue;
-        }
-        let applies = match a {
-            // SAFETY: this thread's ARGV entry, valid for the program's run.
-            Some(a) => unsafe { (*a).truncated != 0 || tokens_all_seen(&*a, &r.tokens, r.ntok) },
-            None => true,
-        };
-        if applies {
-            return RuleRef { rule: r.rule, action: r.action, _pad: [0; 3] };
-        }
+    let mut walk = RuleWalk {
+        base: policy_slot(w) * MAX_ARGV_RULES,
+        found_rule: found.rule,
+        path_hash: path_hash(s),
+        matched: RuleRef { rule: 0, action: 0, _pad: [0; 3] },
+    };
+    // SAFETY: `argv_rule` is a callback of the shape bpf_loop expects, and `walk` lives on
+    // this stack for the whole call.
+    unsafe {
+        bpf_loop(MAX_ARGV_RULES, argv_rule as *const () as *mut c_void, &mut walk as *mut RuleWalk as *mut c_void, 0)
+    };
+    if walk.matched.rule != 0 {
+        walk.matched
+    } else {
+        found
     }
-    found
+}
+
+/// `match_argv_rules`' state, on the program's stack for the `bpf_loop` callback.
+#[repr(C)]
+struct RuleWalk {
+    /// The policy's first slot in ARGV_RULES.
+    base: u32,
+    /// The rule the path matched (0: none); argv rules after it do not apply.
+    found_rule: u32,
+    path_hash: u64,
+    /// The argv rule that matched; rule 0 while none has.
+    matched: RuleRef,
+}
+
+/// Rule `i` of the policy's argv rules; 1 ends the loop (no more rules, or one matched).
+extern "C" fn argv_rule(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `RuleWalk` `match_argv_rules` passed to bpf_loop, on its stack.
+    let walk = unsafe { &mut *(ctx as *mut RuleWalk) };
+    let Some(r) = ARGV_RULES.get(walk.base + i as u32) else { return 1 };
+    if r.used == 0 || (walk.found_rule != 0 && r.rule > walk.found_rule) {
+        return 1;
+    }
+    if r.path_hash != walk.path_hash {
+        return 0;
+    }
+    // No captured argv (allocation failed): as with too many arguments, the condition applies.
+    let applies = match ARGV.get_ptr(current_tid()) {
+        // SAFETY: this thread's ARGV entry, valid for the program's run.
+        Some(a) => unsafe { (*a).truncated != 0 || tokens_all_seen(&*a, &r.tokens, r.ntok) },
+        None => true,
+    };
+    if !applies {
+        return 0;
+    }
+    walk.matched = RuleRef { rule: r.rule, action: r.action, _pad: [0; 3] };
+    1
+}
+
+/// `fnv1a` of the object in `s` (as userspace hashes a rule's path), eight bytes per
+/// `bpf_loop` iteration.
+#[inline(always)]
+fn path_hash(s: &Scratch) -> u64 {
+    let mut walk = PathHashWalk { h: Fnv1a::NEW, s: s as *const Scratch, len: s.len };
+    // SAFETY: as in `match_argv_rules`.
+    unsafe {
+        bpf_loop(
+            (BUF_LEN / 8) as u32,
+            path_hash_chunk as *const () as *mut c_void,
+            &mut walk as *mut PathHashWalk as *mut c_void,
+            0,
+        )
+    };
+    walk.h.finish()
+}
+
+/// `path_hash`'s state, on the program's stack for the `bpf_loop` callback.
+#[repr(C)]
+struct PathHashWalk {
+    h: Fnv1a,
+    s: *const Scratch,
+    len: u64,
+}
+
+/// Hashes bytes 8i..8i+8 of the object; 1 ends the loop at its end.
+extern "C" fn path_hash_chunk(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `PathHashWalk` `path_hash` passed to bpf_loop, on its stack.
+    let walk = unsafe { &mut *(ctx as *mut PathHashWalk) };
+    if i >= (BUF_LEN / 8) as u64 {
+        return 1;
+    }
+    for b in 0..8u64 {
+        let at = 8 * i + b;
+        if at >= walk.len {
+            return 1;
+        }
+        // SAFETY: `s` is the scratch map value `path_hash` was given; at < 8 * (BUF_LEN / 8).
+        let byte = unsafe { *(*walk.s).buf.as_ptr().add(at as usize) };
+        walk.h = walk.h.write(byte);
+    }
+    0
 }

@@ -1,9 +1,13 @@
 //! Tree selectors: an exec by a task outside every tree may start a new watched tree. The
 //! match happens in the exec itself, so the new program never runs an instruction unwatched.
 use aya_ebpf::{
-    helpers::{bpf_get_current_uid_gid, generated::bpf_get_current_ancestor_cgroup_id},
+    helpers::{
+        bpf_get_current_uid_gid,
+        generated::{bpf_get_current_ancestor_cgroup_id, bpf_loop},
+    },
     programs::LsmContext,
 };
+use core::ffi::c_void;
 use guard_common::{selector, Fnv1a, PendingSel, SelKey, Selector, Watched, MAX_CGROUP_LEVELS};
 
 use crate::argv::{capture_exec_argv, tokens_all_seen};
@@ -13,40 +17,64 @@ use crate::task::{current_tgid, current_tid, off, offsets};
 
 const NO_RANK: u32 = u32::MAX;
 
-/// `fnv1a` of the whole path in `s.buf` and of its last component, in one pass.
+/// `fnv1a` of the whole path in `s.buf` and of its last component, in one pass (eight bytes
+/// per `bpf_loop` iteration: see `argv::match_argv_rules` for why callbacks).
 #[inline(always)]
 fn path_hashes(s: &Scratch) -> (u64, u64) {
-    let (mut full, mut name) = (Fnv1a::NEW, Fnv1a::NEW);
-    let mut i = 0usize;
-    while i < BUF_LEN {
-        if i as u64 >= s.len {
-            break;
-        }
-        let b = s.buf[i];
-        full = full.write(b);
-        name = if b == b'/' { Fnv1a::NEW } else { name.write(b) };
-        i += 1;
-    }
-    (full.finish(), name.finish())
+    let mut walk = NameWalk { full: Fnv1a::NEW, name: Fnv1a::NEW, s: s as *const Scratch, len: s.len };
+    // SAFETY: `name_chunk` is a callback of the shape bpf_loop expects, and `walk` lives on
+    // this stack for the whole call.
+    unsafe {
+        bpf_loop(
+            (BUF_LEN / 8) as u32,
+            name_chunk as *const () as *mut c_void,
+            &mut walk as *mut NameWalk as *mut c_void,
+            0,
+        )
+    };
+    (walk.full.finish(), walk.name.finish())
 }
 
-/// Whether the exec's arguments contain every token of `sel`. Arguments that could not all be
-/// captured count as a match: a selector errs on the side of watching.
+/// `path_hashes`' state, on the program's stack for the `bpf_loop` callback.
+#[repr(C)]
+struct NameWalk {
+    full: Fnv1a,
+    name: Fnv1a,
+    s: *const Scratch,
+    len: u64,
+}
+
+/// Hashes bytes 8i..8i+8 of the path into both hashes; 1 ends the loop at its end.
+extern "C" fn name_chunk(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `NameWalk` `path_hashes` passed to bpf_loop, on its stack.
+    let walk = unsafe { &mut *(ctx as *mut NameWalk) };
+    if i >= (BUF_LEN / 8) as u64 {
+        return 1;
+    }
+    for b in 0..8u64 {
+        let at = 8 * i + b;
+        if at >= walk.len {
+            return 1;
+        }
+        // SAFETY: `s` is the scratch map value `path_hashes` was given; at < 8 * (BUF_LEN / 8).
+        let byte = unsafe { *(*walk.s).buf.as_ptr().add(at as usize) };
+        walk.full = walk.full.write(byte);
+        walk.name = if byte == b'/' { Fnv1a::NEW } else { walk.name.write(byte) };
+    }
+    0
+}
+
+/// Whether the captured argv (see `select_by_exe`) has every token `sel` requires.
 #[inline(always)]
 fn argv_selects(sel: &Selector) -> bool {
     if sel.ntok == 0 {
         return true;
     }
-    let tid = current_tid();
-    capture_exec_argv();
-    let Some(a) = ARGV.get_ptr(tid) else { return true };
+    let Some(a) = ARGV.get_ptr(current_tid()) else { return true };
     // SAFETY: this thread's ARGV entry, just captured; valid for the program's run.
-    let all = unsafe { (*a).truncated != 0 || tokens_all_seen(&*a, &sel.tokens, sel.ntok) };
-    ARGV.remove(tid).ok();
-    all
+    unsafe { (*a).truncated != 0 || tokens_all_seen(&*a, &sel.tokens, sel.ntok) }
 }
 
-/// The selector stored under (`kind`, `value`), if any.
 #[inline(always)]
 fn selector(kind: u8, value: u64) -> Option<&'static Selector> {
     let key = SelKey { kind, _pad: [0; 7], value };
@@ -75,21 +103,30 @@ pub fn select_by_exe(ctx: &LsmContext) {
         return;
     }
     let (full, name) = path_hashes(s);
+    let by_path = selector(selector::EXE_PATH, full);
+    let by_name = selector(selector::EXE_NAME, name);
+    // argv is captured once, only when a selector has argv tokens, and dropped after: the
+    // task is not watched (yet).
+    let needs_argv = by_path.is_some_and(|s| s.ntok != 0) || by_name.is_some_and(|s| s.ntok != 0);
+    if needs_argv {
+        capture_exec_argv();
+    }
     let mut rank = NO_RANK;
     let mut policy = 0u8;
-    if let Some(sel) = selector(selector::EXE_PATH, full) {
-        let sel = *sel;
-        if argv_selects(&sel) {
+    if let Some(sel) = by_path {
+        if argv_selects(sel) {
             rank = sel.rank;
             policy = sel.policy;
         }
     }
-    if let Some(sel) = selector(selector::EXE_NAME, name) {
-        let sel = *sel;
-        if sel.rank < rank && argv_selects(&sel) {
+    if let Some(sel) = by_name {
+        if sel.rank < rank && argv_selects(sel) {
             rank = sel.rank;
             policy = sel.policy;
         }
+    }
+    if needs_argv {
+        ARGV.remove(current_tid()).ok();
     }
     if rank == NO_RANK {
         return;

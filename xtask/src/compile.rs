@@ -18,11 +18,13 @@ const BPF_TARGET_ARCH: &str = "x86_64";
 
 /// The bpf build's profile. Set here rather than in the workspace's Cargo.toml: `lto` and
 /// `panic` cannot be set per package, and the host crates keep their own profile (unwinding).
+/// Debug info is what bpf-linker's `--btf` builds the object's BTF from: the kernel needs BTF
+/// function info for `bpf_loop` callbacks (guard-ebpf's loops, see `decide::object_digest`).
 const BPF_PROFILE: &[&str] = &[
     "profile.release.opt-level=3",
     "profile.release.lto=true",
     "profile.release.codegen-units=1",
-    "profile.release.debug=false",
+    "profile.release.debug=2",
     "profile.release.panic=\"abort\"",
 ];
 
@@ -35,7 +37,7 @@ pub fn build_ebpf() -> Result<()> {
         .args(["+nightly", "build", "--release", "--package", "guard-ebpf", "--target", "bpfel-unknown-none"])
         .args(["-Z", "build-std=core", "--target-dir", BPF_TARGET_DIR])
         .args(BPF_PROFILE.iter().flat_map(|setting| ["--config", setting]))
-        .env("RUSTFLAGS", format!("--cfg bpf_target_arch=\"{BPF_TARGET_ARCH}\""))
+        .env("RUSTFLAGS", format!("--cfg bpf_target_arch=\"{BPF_TARGET_ARCH}\" -C link-arg=--btf"))
         .current_dir(&root);
     // The outer `cargo xtask` exports its toolchain, flags and target dir; inherited, they
     // would override the toolchain and flags chosen here.

@@ -118,7 +118,7 @@ fn explain_load_error(name: &str, e: &ProgramError) -> anyhow::Error {
 /// agent's start time is dominated by it, and it differs between kernels.
 fn log_load_times(mut times: Vec<(std::time::Duration, String, Option<u32>)>) {
     let total: std::time::Duration = times.iter().map(|t| t.0).sum();
-    times.sort_by(|a, b| b.0.cmp(&a.0));
+    times.sort_by_key(|t| std::cmp::Reverse(t.0));
     let slowest: Vec<String> = times
         .iter()
         .take(5)
