@@ -168,9 +168,10 @@ pub unsafe fn walk_entry_into(s: &mut Scratch, dir: *const u8, dentry: *const u8
     }
 }
 
-/// Looks up the first rule matching `s.buf` for `class` in the watched tree's policy.
+/// Fills `s.key` for a longest-prefix lookup of the path in `s.buf` (PATH_RULES and
+/// GUARD_PATHS share the key's shape).
 #[inline(always)]
-pub fn lookup_path(s: &mut Scratch, policy: u8, class: u8) -> RuleRef {
+pub fn fill_key(s: &mut Scratch, policy: u8, class: u8) {
     s.key.prefix_len = (OBJECT_LEN * 8) as u32;
     s.key.data.policy = policy;
     s.key.data.class = class;
@@ -183,6 +184,12 @@ pub fn lookup_path(s: &mut Scratch, policy: u8, class: u8) -> RuleRef {
             s.buf.as_ptr() as *const c_void,
         );
     }
+}
+
+/// Looks up the first rule matching `s.buf` for `class` in the watched tree's policy.
+#[inline(always)]
+pub fn lookup_path(s: &mut Scratch, policy: u8, class: u8) -> RuleRef {
+    fill_key(s, policy, class);
     match PATH_RULES.get(&s.key) {
         Some(r) => RuleRef { rule: r.rule, action: r.action, _pad: [0; 3] },
         None => NO_RULE,

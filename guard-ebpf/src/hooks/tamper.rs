@@ -34,9 +34,8 @@
 //!   task, with no pid to race (the reason socket is not protected: it is meant for trees).
 //! - Loading kernel code: module loading (init_module, finit_module), module autoload
 //!   (`request_module`, which runs modprobe as root outside every tree) and kexec.
-use aya_ebpf::{helpers::generated::bpf_probe_read_kernel, macros::lsm, programs::LsmContext};
-use core::ffi::c_void;
-use guard_common::{guard_id, guard_path, reason, Action, Hook, Watched, EPERM, OBJECT_LEN, PATH_LEN};
+use aya_ebpf::{macros::lsm, programs::LsmContext};
+use guard_common::{guard_id, guard_path, reason, Action, Hook, Watched, EPERM};
 
 use crate::decide::{emit, Op, Outcome};
 use crate::maps::{
@@ -44,7 +43,7 @@ use crate::maps::{
     GUARD_PIDS, HEARTBEAT, HOLDS, NET_RULES, PATH_RULES, PENDING_SEL, POLICIES, RESERVED, SCRATCH, SELECTORS, SEL_CONF,
     TASK_COUNT, TREE_TASKS, VERDICTS, WATCHED, ZERO_ARGV,
 };
-use crate::resolve::label;
+use crate::resolve::{fill_key, label};
 use crate::task::{off, offsets, read_kernel};
 
 /// bpf(2) commands that turn an id into a file descriptor (enum bpf_cmd).
@@ -75,18 +74,7 @@ pub fn is_guard_pid(tgid: u32) -> bool {
 /// Whether the path in `s.buf` has a `GUARD_PATHS` key of `class` (longest prefix).
 #[inline(always)]
 fn guard_path_has(s: &mut Scratch, class: u8) -> bool {
-    s.key.prefix_len = (OBJECT_LEN * 8) as u32;
-    s.key.data.policy = 0;
-    s.key.data.class = class;
-    // SAFETY: copies PATH_LEN bytes between two buffers of this Scratch that are both at least
-    // that long.
-    unsafe {
-        bpf_probe_read_kernel(
-            s.key.data.path.as_mut_ptr() as *mut c_void,
-            PATH_LEN as u32,
-            s.buf.as_ptr() as *const c_void,
-        );
-    }
+    fill_key(s, 0, class);
     GUARD_PATHS.get(&s.key).is_some()
 }
 
