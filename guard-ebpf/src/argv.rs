@@ -2,13 +2,12 @@
 //! conditions, and the exec rules with argv conditions.
 use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_user, bpf_probe_read_user_str};
 use core::ffi::c_void;
-use guard_common::{
-    fnv1a_cstr, Argv, Fnv1a, RuleRef, SipHash, Watched, ARG_LEN, MAX_ARGS, MAX_ARGV_RULES, MAX_ARGV_TOKENS,
-};
+use guard_common::{fnv1a_cstr, Argv, RuleRef, SipHash, Watched, ARG_LEN, MAX_ARGS, MAX_ARGV_RULES, MAX_ARGV_TOKENS};
 
 use crate::arch::exec_argv_reg;
 use crate::decide::keyed;
-use crate::maps::{policy_slot, Scratch, ARGV, ARGV_RULES, BUF_LEN, ZERO_ARGV};
+use crate::maps::{policy_slot, Scratch, ARGV, ARGV_RULES, ZERO_ARGV};
+use crate::resolve::path_hashes;
 use crate::task::{current_tid, syscall_nr, syscall_reg};
 
 /// Captures argv of the current exec (execve or execveat) into `ARGV` for this thread.
@@ -159,7 +158,7 @@ pub fn match_argv_rules(s: &Scratch, w: &Watched, found: RuleRef) -> RuleRef {
     let mut walk = RuleWalk {
         base: policy_slot(w) * MAX_ARGV_RULES,
         found_rule: found.rule,
-        path_hash: path_hash(s),
+        path_hash: path_hashes(s).0,
         matched: RuleRef { rule: 0, action: 0, _pad: [0; 3] },
     };
     // SAFETY: `argv_rule` is a callback of the shape bpf_loop expects, and `walk` lives on
@@ -208,48 +207,4 @@ extern "C" fn argv_rule(i: u64, ctx: *mut c_void) -> i64 {
     }
     walk.matched = RuleRef { rule: r.rule, action: r.action, _pad: [0; 3] };
     1
-}
-
-/// `fnv1a` of the object in `s` (as userspace hashes a rule's path), eight bytes per
-/// `bpf_loop` iteration.
-#[inline(always)]
-fn path_hash(s: &Scratch) -> u64 {
-    let mut walk = PathHashWalk { h: Fnv1a::NEW, s: s as *const Scratch, len: s.len };
-    // SAFETY: as in `match_argv_rules`.
-    unsafe {
-        bpf_loop(
-            (BUF_LEN / 8) as u32,
-            path_hash_chunk as *const () as *mut c_void,
-            &mut walk as *mut PathHashWalk as *mut c_void,
-            0,
-        )
-    };
-    walk.h.finish()
-}
-
-/// `path_hash`'s state, on the program's stack for the `bpf_loop` callback.
-#[repr(C)]
-struct PathHashWalk {
-    h: Fnv1a,
-    s: *const Scratch,
-    len: u64,
-}
-
-/// Hashes bytes 8i..8i+8 of the object; 1 ends the loop at its end.
-extern "C" fn path_hash_chunk(i: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `PathHashWalk` `path_hash` passed to bpf_loop, on its stack.
-    let walk = unsafe { &mut *(ctx as *mut PathHashWalk) };
-    if i >= (BUF_LEN / 8) as u64 {
-        return 1;
-    }
-    for b in 0..8u64 {
-        let at = 8 * i + b;
-        if at >= walk.len {
-            return 1;
-        }
-        // SAFETY: `s` is the scratch map value `path_hash` was given; at < 8 * (BUF_LEN / 8).
-        let byte = unsafe { *(*walk.s).buf.as_ptr().add(at as usize) };
-        walk.h = walk.h.write(byte);
-    }
-    0
 }

@@ -1,9 +1,9 @@
 //! The object of an operation: a path resolved into `Scratch::buf` (by `bpf_d_path`, or by
 //! walking dentries where the kernel refuses `bpf_d_path`), a short label for operations
 //! without one, and the path rule lookup.
-use aya_ebpf::helpers::generated::{bpf_d_path, bpf_probe_read_kernel};
+use aya_ebpf::helpers::generated::{bpf_d_path, bpf_loop, bpf_probe_read_kernel};
 use core::ffi::c_void;
-use guard_common::{reason, Action, RuleRef, Watched, EPERM, OBJECT_LEN, PATH_LEN};
+use guard_common::{reason, Action, Fnv1a, RuleRef, Watched, EPERM, OBJECT_LEN, PATH_LEN};
 
 use crate::arch::{QSTR_LEN, QSTR_NAME};
 use crate::decide::{emit, Op, Outcome};
@@ -289,4 +289,51 @@ pub unsafe fn file_object(s: &mut Scratch, file: *const u8) -> bool {
         return false;
     }
     true
+}
+
+/// `fnv1a` of the whole path in `s.buf` and of its last component, in one pass (eight bytes
+/// per `bpf_loop` iteration: see `argv::match_argv_rules` for why callbacks).
+#[inline(always)]
+pub fn path_hashes(s: &Scratch) -> (u64, u64) {
+    let mut walk = NameWalk { full: Fnv1a::NEW, name: Fnv1a::NEW, s: s as *const Scratch, len: s.len };
+    // SAFETY: `name_chunk` is a callback of the shape bpf_loop expects, and `walk` lives on
+    // this stack for the whole call.
+    unsafe {
+        bpf_loop(
+            (BUF_LEN / 8) as u32,
+            name_chunk as *const () as *mut c_void,
+            &mut walk as *mut NameWalk as *mut c_void,
+            0,
+        )
+    };
+    (walk.full.finish(), walk.name.finish())
+}
+
+/// `path_hashes`' state, on the program's stack for the `bpf_loop` callback.
+#[repr(C)]
+struct NameWalk {
+    full: Fnv1a,
+    name: Fnv1a,
+    s: *const Scratch,
+    len: u64,
+}
+
+/// Hashes bytes 8i..8i+8 of the path into both hashes; 1 ends the loop at its end.
+extern "C" fn name_chunk(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `NameWalk` `path_hashes` passed to bpf_loop, on its stack.
+    let walk = unsafe { &mut *(ctx as *mut NameWalk) };
+    if i >= (BUF_LEN / 8) as u64 {
+        return 1;
+    }
+    for b in 0..8u64 {
+        let at = 8 * i + b;
+        if at >= walk.len {
+            return 1;
+        }
+        // SAFETY: `s` is the scratch map value `path_hashes` was given; at < 8 * (BUF_LEN / 8).
+        let byte = unsafe { *(*walk.s).buf.as_ptr().add(at as usize) };
+        walk.full = walk.full.write(byte);
+        walk.name = if byte == b'/' { Fnv1a::NEW } else { walk.name.write(byte) };
+    }
+    0
 }

@@ -1,68 +1,17 @@
 //! Tree selectors: an exec by a task outside every tree may start a new watched tree. The
 //! match happens in the exec itself, so the new program never runs an instruction unwatched.
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_uid_gid,
-        generated::{bpf_get_current_ancestor_cgroup_id, bpf_loop},
-    },
+    helpers::{bpf_get_current_uid_gid, generated::bpf_get_current_ancestor_cgroup_id},
     programs::LsmContext,
 };
-use core::ffi::c_void;
-use guard_common::{selector, Fnv1a, PendingSel, SelKey, Selector, Watched, MAX_CGROUP_LEVELS};
+use guard_common::{selector, PendingSel, SelKey, Selector, Watched, MAX_CGROUP_LEVELS};
 
 use crate::argv::{capture_exec_argv, tokens_all_seen};
-use crate::maps::{scratch, Scratch, ARGV, BUF_LEN, PENDING_SEL, SELECTORS, SEL_CONF};
-use crate::resolve::file_path_into;
+use crate::maps::{scratch, ARGV, PENDING_SEL, SELECTORS, SEL_CONF};
+use crate::resolve::{file_path_into, path_hashes};
 use crate::task::{current_tgid, current_tid, off, offsets};
 
 const NO_RANK: u32 = u32::MAX;
-
-/// `fnv1a` of the whole path in `s.buf` and of its last component, in one pass (eight bytes
-/// per `bpf_loop` iteration: see `argv::match_argv_rules` for why callbacks).
-#[inline(always)]
-fn path_hashes(s: &Scratch) -> (u64, u64) {
-    let mut walk = NameWalk { full: Fnv1a::NEW, name: Fnv1a::NEW, s: s as *const Scratch, len: s.len };
-    // SAFETY: `name_chunk` is a callback of the shape bpf_loop expects, and `walk` lives on
-    // this stack for the whole call.
-    unsafe {
-        bpf_loop(
-            (BUF_LEN / 8) as u32,
-            name_chunk as *const () as *mut c_void,
-            &mut walk as *mut NameWalk as *mut c_void,
-            0,
-        )
-    };
-    (walk.full.finish(), walk.name.finish())
-}
-
-/// `path_hashes`' state, on the program's stack for the `bpf_loop` callback.
-#[repr(C)]
-struct NameWalk {
-    full: Fnv1a,
-    name: Fnv1a,
-    s: *const Scratch,
-    len: u64,
-}
-
-/// Hashes bytes 8i..8i+8 of the path into both hashes; 1 ends the loop at its end.
-extern "C" fn name_chunk(i: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `NameWalk` `path_hashes` passed to bpf_loop, on its stack.
-    let walk = unsafe { &mut *(ctx as *mut NameWalk) };
-    if i >= (BUF_LEN / 8) as u64 {
-        return 1;
-    }
-    for b in 0..8u64 {
-        let at = 8 * i + b;
-        if at >= walk.len {
-            return 1;
-        }
-        // SAFETY: `s` is the scratch map value `path_hashes` was given; at < 8 * (BUF_LEN / 8).
-        let byte = unsafe { *(*walk.s).buf.as_ptr().add(at as usize) };
-        walk.full = walk.full.write(byte);
-        walk.name = if byte == b'/' { Fnv1a::NEW } else { walk.name.write(byte) };
-    }
-    0
-}
 
 /// Whether the captured argv (see `select_by_exe`) has every token `sel` requires.
 #[inline(always)]
