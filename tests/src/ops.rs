@@ -294,59 +294,7 @@ fn exec_child(argv: &[String]) -> Result<(), Errno> {
 /// io_uring_enter or an io-wq worker, where a hold cannot restart anything: guard must decide
 /// at once.
 pub fn io_uring_open(path: &str) -> Result<(), Errno> {
-    use crate::ops_uring::Params;
-    let mut p = Params::default();
-    // SAFETY: p is a valid, writable io_uring_params of the layout the kernel expects.
-    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4, &mut p as *mut Params) };
-    check(fd)?;
-    let fd = fd as i32;
-    // SAFETY: maps regions of the io_uring fd at the offsets the kernel defines; results are checked below.
-    let map = |len: usize, off: i64| unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_POPULATE,
-            fd,
-            off,
-        ) as *mut u8
-    };
-    let sq_len = p.sq_off.array as usize + p.sq_entries as usize * 4;
-    let cq_len = p.cq_off.cqes as usize + p.cq_entries as usize * 16;
-    let sq = map(sq_len, 0);
-    let cq = map(cq_len, 0x8000000);
-    let sqes = map(p.sq_entries as usize * 64, 0x10000000);
-    if [sq, cq, sqes].iter().any(|m| *m as isize == -1) {
-        return Err(Errno::last());
-    }
-    let cpath = cstr(path);
-    // SAFETY: the rings were mapped with the sizes the kernel reported in p; every offset used is one of p's,
-    // within those sizes; cpath outlives the io_uring_enter that completes the open.
-    unsafe {
-        let sqe = sqes;
-        std::ptr::write_bytes(sqe, 0, 64);
-        *sqe = 18; // IORING_OP_OPENAT
-        *(sqe.add(4) as *mut i32) = libc::AT_FDCWD;
-        *(sqe.add(16) as *mut u64) = cpath.as_ptr() as u64;
-        *(sqe.add(28) as *mut u32) = libc::O_RDONLY as u32;
-        let tail = sq.add(p.sq_off.tail as usize) as *mut u32;
-        let mask = *(sq.add(p.sq_off.ring_mask as usize) as *const u32);
-        let t = std::ptr::read_volatile(tail);
-        *(sq.add(p.sq_off.array as usize) as *mut u32).add((t & mask) as usize) = 0;
-        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        std::ptr::write_volatile(tail, t + 1);
-        check(libc::syscall(libc::SYS_io_uring_enter, fd, 1, 1, 1u32, std::ptr::null::<u8>(), 0))?;
-        let head = std::ptr::read_volatile(cq.add(p.cq_off.head as usize) as *const u32);
-        let cmask = *(cq.add(p.cq_off.ring_mask as usize) as *const u32);
-        let cqe = cq.add(p.cq_off.cqes as usize + (head & cmask) as usize * 16);
-        let res = *(cqe.add(8) as *const i32);
-        libc::close(fd);
-        if res < 0 {
-            return Err(Errno::from_raw(-res));
-        }
-        libc::close(res);
-    }
-    Ok(())
+    crate::ops_uring::run(&["inline".into(), "open".into(), path.into()])
 }
 
 /// Forks N children that all stay alive at once, then releases and reaps them; reports how many
