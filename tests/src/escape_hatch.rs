@@ -185,7 +185,8 @@ fn spools_and_units() -> Result<()> {
     }
     std::fs::create_dir_all(DIR)?;
     std::fs::write("/etc/crontab", "# the host's crontab\n")?;
-    std::fs::write(format!("{DIR}/job"), "* * * * * root /tmp/payload\n")?;
+    // In /etc, so that the rename is not across filesystems (EXDEV before any hook).
+    std::fs::write("/etc/hatch-job", "* * * * * root /tmp/payload\n")?;
     let files = [
         ("/var/spool/cron/crontabs/root", "baseline-cron-spool"),
         ("/var/spool/at/a00001", "baseline-at-spool"),
@@ -198,7 +199,7 @@ fn spools_and_units() -> Result<()> {
     }
     let mut steps: Vec<Step> =
         files.iter().map(|(f, _)| deny(format!("hatch-write {f} [Service]ExecStart=/tmp/payload"))).collect();
-    steps.push(deny(format!("rename {DIR}/job /etc/cron.d/job")));
+    steps.push(deny("rename /etc/hatch-job /etc/cron.d/job".to_string()));
     steps.push(deny("hatch-write /etc/crontab *_*_*_*_*_root_/tmp/payload".to_string()));
     let r = run_steps("hatch-spool", BASELINE, &steps)?;
     for (f, rule) in files {
@@ -206,7 +207,7 @@ fn spools_and_units() -> Result<()> {
         refused(&r, rule, f, Reason::Rule)?;
     }
     ensure!(!std::path::Path::new("/etc/cron.d/job").exists(), "the job was renamed into /etc/cron.d");
-    ensure!(std::path::Path::new(&format!("{DIR}/job")).exists(), "the job left /tmp");
+    ensure!(std::path::Path::new("/etc/hatch-job").exists(), "the job left its place");
     refused(&r, "baseline-cron-d", "/etc/cron.d/job", Reason::Rule)?;
     ensure!(std::fs::read_to_string("/etc/crontab")? == "# the host's crontab\n", "/etc/crontab changed");
     refused(&r, "baseline-crontab", "/etc/crontab", Reason::Rule)?;
@@ -231,7 +232,7 @@ fn kernel_helpers() -> Result<()> {
     }
     let before = (std::fs::read_to_string(core)?, std::fs::read_to_string(modprobe)?);
     let mut steps =
-        vec![deny(format!("hatch-write {core} |/tmp/payload")), deny(format!("hatch-write {modprobe} /tmp/payload"))];
+        vec![deny(format!("hatch-write {core} '|/tmp/payload'")), deny(format!("hatch-write {modprobe} /tmp/payload"))];
     let binfmt = std::path::Path::new(register).exists();
     if binfmt {
         steps.push(deny(format!("hatch-write {register} :payload:E::xyz::/tmp/payload:")));
