@@ -102,7 +102,17 @@ fn ask(op: String, hook: &str) -> Step<'_> {
 /// Runs `steps` in one watched shell under `policy`, denying each ask as its hold appears
 /// (checking that the hold is on `object`), and returns the records.
 fn run_steps(name: &str, policy: &str, steps: &[Step]) -> Result<Vec<AuditRecord>> {
-    let script: Vec<String> = steps.iter().map(|st| format!("guard-e2e do {}", st.op)).collect();
+    let script: Vec<String> = steps
+        .iter()
+        .map(|st| match st.op.strip_prefix("cd ") {
+            // "cd DIR OP...": the op runs with DIR as its cwd (a relative spelling).
+            Some(rest) => {
+                let (dir, op) = rest.split_once(' ').unwrap_or((rest, ""));
+                format!("(cd {dir} && guard-e2e do {op})")
+            }
+            None => format!("guard-e2e do {}", st.op),
+        })
+        .collect();
     let a = Agent::start(name, policy, &script.join("; "))?;
     let mut bad = vec![];
     for st in steps {
@@ -160,6 +170,17 @@ fn sockets() -> Result<()> {
     let ok = unix_listener(&format!("{DIR}/ok.sock"))?;
     let mut steps: Vec<Step> = denies.iter().map(|(p, _)| deny(format!("connect-unix {p}"))).collect();
     steps.extend(asks.iter().map(|(p, _)| ask(format!("connect-unix {p}"), "unix_stream_connect")));
+    // Other spellings of the same sockets: a symlink to the docker socket, the containerd
+    // socket through a symlinked directory, and tmux's relative to the cwd.
+    std::fs::create_dir_all(DIR)?;
+    for l in ["docker-link", "ctr-dir"] {
+        std::fs::remove_file(format!("{DIR}/{l}")).ok();
+    }
+    std::os::unix::fs::symlink("/run/docker.sock", format!("{DIR}/docker-link"))?;
+    std::os::unix::fs::symlink("/run/containerd", format!("{DIR}/ctr-dir"))?;
+    steps.push(deny(format!("connect-unix {DIR}/docker-link")));
+    steps.push(deny(format!("connect-unix {DIR}/ctr-dir/containerd.sock")));
+    steps.push(ask("cd /tmp/tmux-0 connect-unix ./default".to_string(), "unix_stream_connect"));
     steps.push(Step { op: format!("connect-unix {DIR}/ok.sock"), ask: None, want: "RESULT ok" });
     let r = run_steps("hatch-sock", BASELINE, &steps)?;
     for (path, n) in &listeners {
@@ -172,6 +193,10 @@ fn sockets() -> Result<()> {
     for (path, rule) in asks {
         refused(&r, rule, path, Reason::Denied)?;
     }
+    let count = |rule: &str| r.iter().filter(|x| is(&x.rule, rule) && x.decision == Some(Decision::Deny)).count();
+    ensure!(count("baseline-docker") == 2, "want 2 docker denials (path, symlink): {r:#?}");
+    ensure!(count("baseline-containerd") == 2, "want 2 containerd denials (path, symlinked dir): {r:#?}");
+    ensure!(count("baseline-tmux") == 2, "want 2 tmux denials (path, relative): {r:#?}");
     Ok(())
 }
 
@@ -231,8 +256,16 @@ fn kernel_helpers() -> Result<()> {
         );
     }
     let before = (std::fs::read_to_string(core)?, std::fs::read_to_string(modprobe)?);
-    let mut steps =
-        vec![deny(format!("hatch-write {core} '|/tmp/payload'")), deny(format!("hatch-write {modprobe} /tmp/payload"))];
+    // The second way: through a symlink to the sysctl, and through /proc/self/root.
+    std::fs::create_dir_all(DIR)?;
+    std::fs::remove_file(format!("{DIR}/cp-link")).ok();
+    std::os::unix::fs::symlink(core, format!("{DIR}/cp-link"))?;
+    let mut steps = vec![
+        deny(format!("hatch-write {core} '|/tmp/payload'")),
+        deny(format!("hatch-write {DIR}/cp-link '|/tmp/payload'")),
+        deny(format!("hatch-write /proc/self/root{modprobe} /tmp/payload")),
+        deny(format!("hatch-write {modprobe} /tmp/payload")),
+    ];
     let binfmt = std::path::Path::new(register).exists();
     if binfmt {
         steps.push(deny(format!("hatch-write {register} :payload:E::xyz::/tmp/payload:")));
@@ -242,8 +275,11 @@ fn kernel_helpers() -> Result<()> {
     let r = run_steps("hatch-kernel", BASELINE, &steps)?;
     let after = (std::fs::read_to_string(core)?, std::fs::read_to_string(modprobe)?);
     ensure!(before == after, "a kernel helper changed: {before:?} -> {after:?}");
-    refused(&r, "baseline-core-pattern", core, Reason::Rule)?;
-    refused(&r, "baseline-modprobe", modprobe, Reason::Rule)?;
+    let count = |rule: &str, object: &str| {
+        r.iter().filter(|x| is(&x.rule, rule) && is(&x.object, object) && x.decision == Some(Decision::Deny)).count()
+    };
+    ensure!(count("baseline-core-pattern", core) == 2, "want 2 core_pattern denials (path, symlink): {r:#?}");
+    ensure!(count("baseline-modprobe", modprobe) == 2, "want 2 modprobe denials (path, /proc/self/root): {r:#?}");
     if binfmt {
         ensure!(!std::path::Path::new("/proc/sys/fs/binfmt_misc/payload").exists(), "an interpreter was registered");
         refused(&r, "baseline-binfmt-misc", register, Reason::Rule)?;
@@ -262,10 +298,13 @@ fn ssh_localhost() -> Result<()> {
         ask("connect 127.0.0.1:22".to_string(), "socket_connect"),
         ask("connect 127.0.0.2:22".to_string(), "socket_connect"),
         ask("connect [::1]:22".to_string(), "socket_connect"),
+        // An IPv6 socket to the IPv4-mapped address reaches the IPv4 listener.
+        ask("connect [::ffff:127.0.0.1]:22".to_string(), "socket_connect"),
     ];
     let r = run_steps("hatch-ssh", BASELINE, &steps)?;
     ensure!(v4.count() + v4b.count() + v6.count() == 0, "a connection reached port 22");
-    refused(&r, "baseline-ssh-localhost", "127.0.0.1:22", Reason::Denied)?;
+    let n = r.iter().filter(|x| is(&x.rule, "baseline-ssh-localhost") && is(&x.object, "127.0.0.1:22")).count();
+    ensure!(n == 2, "want 2 denials of 127.0.0.1:22 (IPv4, IPv4-mapped): {r:#?}");
     refused(&r, "baseline-ssh-localhost", "127.0.0.2:22", Reason::Denied)?;
     refused(&r, "baseline-ssh-localhost-v6", "[::1]:22", Reason::Denied)?;
     Ok(())
