@@ -32,6 +32,7 @@ pub const TESTS: &[Test] = &[
     ("escape_hatch_kernel_helpers_keep_their_value", kernel_helpers),
     ("escape_hatch_ssh_to_localhost_is_asked", ssh_localhost),
     ("escape_hatch_received_descriptors_follow_the_file_rules", file_receive),
+    ("escape_hatch_included_files_are_enforced_and_protected", included_files),
 ];
 
 const DIR: &str = "/tmp/t/hatch";
@@ -421,5 +422,31 @@ fn file_receive() -> Result<()> {
         has(&r, |x| x.hook == Some(Hook::FileOpen) && x.decision == Some(Decision::Deny) && is(&x.object, &key)),
         "no file_open denial of the openat through the received directory: {r:#?}"
     );
+    Ok(())
+}
+
+/// A policy that includes a file next to it (and the baseline): the included rule is enforced
+/// (a read of the file it protects is refused, recorded with its name), and the included file
+/// is guard's own, like the policy: the tree cannot rewrite it to change the next load (a write
+/// and a rename over it are refused `tamper`, the file is unchanged).
+fn included_files() -> Result<()> {
+    std::fs::create_dir_all(format!("{DIR}/inc"))?;
+    std::fs::write(format!("{DIR}/inc/secret"), "SECRET\n")?;
+    std::fs::write(format!("{DIR}/inc/other.toml"), "")?;
+    // Agent::start writes the policy as /tmp/t/<name>.toml: the include is relative to it.
+    let rules = "/tmp/t/hatch-inc-rules.toml";
+    let text = format!("[[rule]]\nname = \"inc-secret\"\naction = \"deny\"\nfile = {{ path = \"{DIR}/inc/secret\", access = \"read\" }}\n");
+    std::fs::write(rules, &text)?;
+    let policy = "include = [\"guard:baseline\", \"hatch-inc-rules.toml\"]\n";
+    let steps = [
+        deny(format!("open-read {DIR}/inc/secret")),
+        deny(format!("hatch-write {rules} default=\"allow\"")),
+        deny(format!("rename {DIR}/inc/other.toml {rules}")),
+    ];
+    let r = run_steps("hatch-inc", policy, &steps)?;
+    ensure!(std::fs::read_to_string(rules)? == text, "the included file changed");
+    refused(&r, "inc-secret", &format!("{DIR}/inc/secret"), Reason::Rule)?;
+    let tamper = r.iter().filter(|x| x.reason == Some(Reason::Tamper) && x.decision == Some(Decision::Deny)).count();
+    ensure!(tamper >= 2, "want the write and the rename of the included file refused as tamper: {r:#?}");
     Ok(())
 }

@@ -79,6 +79,9 @@ pub struct Policy {
     /// "sha256:<hex>" of the policy's text: guard-server checks requests name the policy the
     /// host registered (a tree that edits the policy to rename its rules is flagged).
     pub hash: String,
+    /// The files its `include`s read (nested too; not the built-in ones): guard's own files,
+    /// protected like the policy file itself.
+    pub included: Vec<std::path::PathBuf>,
 }
 
 /// "sha256:<hex>" of a policy's text.
@@ -493,6 +496,8 @@ mod include_tests {
         write(dir.path(), "sub/outer.toml", "include = [\"inner.toml\"]\n");
         let p = Policy::load(&dir.path().join("sub/outer.toml")).unwrap();
         assert_eq!(p.rules[0].name, "own");
+        // The included file is listed, to be protected like the policy.
+        assert_eq!(p.included, vec![dir.path().join("sub/inner.toml")]);
     }
 
     #[test]

@@ -220,22 +220,23 @@ fn parse_file(
     };
     let mut items: Vec<(Rule, Place)> = Vec::new();
     let mut hash_input = text.to_string();
+    let mut included_files = vec![];
     for (n, entry) in raw.include.iter().enumerate() {
         let name = entry.get_ref();
         let fail = |msg: String| ctx.err(entry.span(), format!("include {name:?}: {msg}"));
-        let (shown, key, inc_text) = if let Some(builtin) = name.strip_prefix("guard:") {
+        let (shown, key, inc_text, file) = if let Some(builtin) = name.strip_prefix("guard:") {
             let Some((_, t)) = BUILTIN.iter().find(|(b, _)| *b == builtin) else {
                 let known: Vec<String> = BUILTIN.iter().map(|(b, _)| format!("guard:{b}")).collect();
                 return Err(fail(format!("no built-in policy of that name (built in: {})", known.join(", "))));
             };
-            (name.clone(), name.clone(), t.to_string())
+            (name.clone(), name.clone(), t.to_string(), None)
         } else {
             if name.is_empty() {
                 return Err(fail("the path is empty".into()));
             }
             let path = ctx.path.parent().unwrap_or(Path::new("")).join(name);
             let t = Source::read(&path, "included policy").map_err(|e| fail(e.msg))?;
-            (path.display().to_string(), include_key(&path), t)
+            (path.display().to_string(), include_key(&path), t, Some(path))
         };
         if stack.contains(&key) {
             return Err(fail(format!("includes itself (through {})", stack.join(" -> "))));
@@ -247,6 +248,8 @@ fn parse_file(
         let inner = parse_file(&shown, &inc_text, resolve, stack, false).map_err(|e| fail(e.to_string()))?;
         stack.pop();
         hash_input.push_str(&format!("\n\0include {name}\0{}", inner.hash));
+        included_files.extend(file);
+        included_files.extend(inner.included);
         items.extend(inner.rules.into_iter().map(|r| (r, Place::Included(n))));
     }
     let included = items.len();
@@ -284,7 +287,8 @@ fn parse_file(
     }
     check_limits(&ctx, &raw.include, &items)?;
     let hash = if raw.include.is_empty() { super::text_hash(text) } else { super::text_hash(&hash_input) };
-    Ok(Policy { default, ask_timeout, io_uring_deny, rules: items.into_iter().map(|(r, _)| r).collect(), hash })
+    let rules = items.into_iter().map(|(r, _)| r).collect();
+    Ok(Policy { default, ask_timeout, io_uring_deny, rules, hash, included: included_files })
 }
 
 /// The kernel's limits over the assembled rules, each refusal at the rule's own place (or the
