@@ -224,12 +224,14 @@ pub enum Hook {
     TaskKill,
     /// A file descriptor for one of guard's BPF maps (the tamper baseline).
     BpfMap,
+    /// A file descriptor received over a unix socket or by pidfd_getfd (decided by the file rules).
+    FileReceive,
     /// Not a hook: the agent's reading of the kernel's ring buffer (lost events).
     RingBuffer,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 36] = [
+    pub const ALL: [Hook; 37] = [
         Hook::BprmCheckSecurity,
         Hook::FileOpen,
         Hook::PathMknod,
@@ -265,6 +267,7 @@ impl Hook {
         Hook::KernelModuleRequest,
         Hook::TaskKill,
         Hook::BpfMap,
+        Hook::FileReceive,
         Hook::RingBuffer,
     ];
 
@@ -305,6 +308,7 @@ impl Hook {
             Hook::KernelModuleRequest => "kernel_module_request",
             Hook::TaskKill => "task_kill",
             Hook::BpfMap => "bpf_map",
+            Hook::FileReceive => "file_receive",
             Hook::RingBuffer => "ring_buffer",
         }
     }

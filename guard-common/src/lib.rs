@@ -197,6 +197,9 @@ pub enum Hook {
     TaskKill = 50,
     /// A file descriptor for one of guard's BPF maps (BPF_OBJ_GET of a pin, BPF_MAP_GET_FD_BY_ID).
     BpfMap = 51,
+    // Escape hatches (issue 10 item 5): codes 52-55.
+    /// A file descriptor received over a unix socket (SCM_RIGHTS) or by pidfd_getfd.
+    FileReceive = 52,
 }
 
 impl Hook {
@@ -238,6 +241,7 @@ impl Hook {
             37 => KernelModuleRequest,
             50 => TaskKill,
             51 => BpfMap,
+            52 => FileReceive,
             _ => return None,
         })
     }
@@ -280,6 +284,7 @@ impl Hook {
             KernelModuleRequest => "kernel_module_request",
             TaskKill => "task_kill",
             BpfMap => "bpf_map",
+            FileReceive => "file_receive",
         }
     }
 }

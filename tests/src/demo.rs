@@ -8,6 +8,7 @@ use anyhow::Result;
 use guard_api::{AuditRecord, Decision};
 
 const POLICY: &str = r#"
+include = ["guard:baseline"]
 default = "allow"
 ask_timeout = "120s"
 

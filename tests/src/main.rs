@@ -11,6 +11,7 @@ mod daemon_tests;
 mod demo;
 mod escape_decide;
 mod escape_files;
+mod escape_hatch;
 mod escape_net;
 mod escape_ns;
 mod escape_uring;
@@ -18,6 +19,7 @@ mod harness;
 mod ops;
 mod ops_decide;
 mod ops_files;
+mod ops_hatch;
 mod ops_net;
 mod ops_ns;
 mod ops_tamper;
@@ -117,6 +119,7 @@ fn run_tests() -> i32 {
         .chain(escape_decide::TESTS)
         .chain(tamper::TESTS)
         .chain(status::TESTS)
+        .chain(escape_hatch::TESTS)
         .map(|&(name, test)| Trial::ignorable_test(name, move || run_one(name, test)))
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);

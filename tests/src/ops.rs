@@ -71,6 +71,9 @@ pub fn run(args: &[String]) -> i32 {
     if let Some(r) = crate::ops_tamper::run(args) {
         return report(&op, r);
     }
+    if let Some(r) = crate::ops_hatch::run(args) {
+        return report(&op, r);
+    }
     let r = match a(0) {
         "open-read" => open(a(1), libc::O_RDONLY),
         "open-write" => open(a(1), libc::O_WRONLY),

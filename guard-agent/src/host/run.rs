@@ -75,11 +75,11 @@ pub fn run(
     };
     let (mut kernel, ring, pins) = Kernel::load_pinned(max_tasks, run_pins.root())?;
     kernel.install_policy(RUN_POLICY, &policy)?;
-    protect::protect(
-        &mut kernel,
-        &pins.dir,
-        vec![GuardPath::File(policy_path.into()), GuardPath::File(audit_path.into()), GuardPath::File(socket.into())],
-    )?;
+    let mut guarded =
+        vec![GuardPath::File(policy_path.into()), GuardPath::File(audit_path.into()), GuardPath::File(socket.into())];
+    // The files the policy includes are policy too.
+    guarded.extend(policy.included.iter().cloned().map(GuardPath::File));
+    protect::protect(&mut kernel, &pins.dir, guarded)?;
     let identity = kernel.identity();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let listener = rt.block_on(socket::bind(socket, socket::Access::RootOnly))?;

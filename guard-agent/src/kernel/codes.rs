@@ -42,6 +42,7 @@ pub fn hook(code: u8) -> Option<Hook> {
         KHook::KernelModuleRequest => Hook::KernelModuleRequest,
         KHook::TaskKill => Hook::TaskKill,
         KHook::BpfMap => Hook::BpfMap,
+        KHook::FileReceive => Hook::FileReceive,
     })
 }
 

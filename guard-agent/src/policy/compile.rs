@@ -121,9 +121,11 @@ impl Policy {
                     };
                     keys.extend(path_keys(path, classes, true).into_iter().map(|(c, k)| (c, k, i)));
                 }
-                Matcher::Unix { path } => {
-                    keys.extend(path_keys(path, &[class::UNIX], false).into_iter().map(|(c, k)| (c, k, i)))
-                }
+                Matcher::Unix { path } => match path.strip_suffix('*') {
+                    // A text prefix: the key is the bytes before the '*', without the NUL.
+                    Some(prefix) => keys.push((class::UNIX, prefix.as_bytes().to_vec(), i)),
+                    None => keys.extend(path_keys(path, &[class::UNIX], false).into_iter().map(|(c, k)| (c, k, i))),
+                },
                 Matcher::Net { net, port } => {
                     // A rule for "any address" covers both families.
                     let nets: Vec<IpNet> = if net.prefix_len() == 0 {

@@ -38,6 +38,8 @@ pub enum Matcher {
         net: IpNet,
         port: Option<u16>,
     },
+    /// A unix socket's path: exact, a directory prefix when it ends in '/', or any path that
+    /// starts with the text before a final '*' (`/tmp/tmux-*`).
     Unix {
         path: String,
     },
@@ -77,6 +79,9 @@ pub struct Policy {
     /// "sha256:<hex>" of the policy's text: guard-server checks requests name the policy the
     /// host registered (a tree that edits the policy to rename its rules is flagged).
     pub hash: String,
+    /// The files its `include`s read (nested too; not the built-in ones): guard's own files,
+    /// protected like the policy file itself.
+    pub included: Vec<std::path::PathBuf>,
 }
 
 /// "sha256:<hex>" of a policy's text.
@@ -141,6 +146,16 @@ pub fn parse_action(s: &str) -> Option<Action> {
     }
 }
 
+/// How strict an action is: allow < audit < ask < deny.
+pub fn strictness(a: Action) -> u8 {
+    match a {
+        Action::Allow => 0,
+        Action::Audit => 1,
+        Action::Ask => 2,
+        Action::Deny => 3,
+    }
+}
+
 pub fn action_name(a: Action) -> &'static str {
     match a {
         Action::Allow => "allow",
@@ -197,7 +212,7 @@ capability = "CAP_NET_ADMIN"
     fn errors_name_line_and_column() {
         assert_eq!(
             err("default = \"allow\"\nbogus = 1\n"),
-            "p.toml:2:1: unknown field `bogus`, expected one of `default`, `ask_timeout`, `io_uring`, `rule`"
+            "p.toml:2:1: unknown field `bogus`, expected one of `include`, `default`, `ask_timeout`, `io_uring`, `rule`"
         );
         let e = err("[[rule]]\nname = \"x\"\naction = \"deny\"\nconnect = { cidr = \"10.0.0.300/8\" }\n");
         assert!(e.starts_with("p.toml:4:20: bad cidr \"10.0.0.300/8\""), "{e}");
@@ -373,5 +388,144 @@ mod escape_ns_tests {
         assert_eq!(p.rules[0].matcher, Matcher::Exec { path: format!("{r}/real/tool"), argv: vec![] });
         assert_eq!(p.rules[1].matcher, Matcher::File { path: format!("{r}/real/"), access: Access::Any });
         assert_eq!(p.rules[2].matcher, Matcher::File { path: format!("{r}/real/not-yet"), access: Access::Any });
+    }
+}
+
+#[cfg(test)]
+mod include_tests {
+    use super::*;
+    use std::path::Path;
+
+    fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    const OWN: &str = "[[rule]]\nname = \"own\"\naction = \"deny\"\nmount = true\n";
+
+    #[test]
+    fn the_builtin_baseline_parses_and_its_rules_come_first() {
+        let text = format!("include = [\"guard:baseline\"]\n{OWN}");
+        let p = Policy::parse("p.toml", &text).unwrap();
+        let base = Policy::parse("baseline.toml", parse::BUILTIN[0].1).unwrap();
+        assert!(base.rules.len() >= 20, "{}", base.rules.len());
+        assert_eq!(p.rules.len(), base.rules.len() + 1);
+        assert_eq!(p.rules[0].name, base.rules[0].name);
+        assert_eq!(p.rules.last().unwrap().name, "own");
+        // The shipped file is the built-in text.
+        let shipped =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/baseline.toml")).unwrap();
+        assert_eq!(shipped, parse::BUILTIN[0].1);
+        // It compiles within the kernel's limits and has the escapes it is for.
+        let c = p.compile(0);
+        assert_eq!(c.net.len(), 2);
+        let names: Vec<&str> = p.rules.iter().map(|r| r.name.as_str()).collect();
+        for n in ["baseline-docker", "baseline-tmux", "baseline-core-pattern", "baseline-cron-spool"] {
+            assert!(names.contains(&n), "{n} missing from {names:?}");
+        }
+    }
+
+    #[test]
+    fn a_later_rule_cannot_loosen_an_included_one() {
+        // An allow for the docker socket after the include: the earlier baseline deny keeps
+        // the key.
+        let text = "include = [\"guard:baseline\"]\n[[rule]]\nname = \"docker-ok\"\naction = \"allow\"\nconnect = { unix = \"/run/docker.sock\" }\n";
+        let p = Policy::parse("p.toml", text).unwrap();
+        let c = p.compile(0);
+        let docker = p.rules.iter().position(|r| r.name == "baseline-docker").unwrap() as u32 + 1;
+        let key = c
+            .paths
+            .iter()
+            .find(|(k, _, _)| k.class == guard_common::class::UNIX && k.path.starts_with(b"/run/docker.sock\0"))
+            .unwrap();
+        assert_eq!(key.2.rule, docker);
+        assert_eq!(key.2.action, Action::Deny as u8);
+        // The same name may make a rule stricter, in place; never looser.
+        let stricter =
+            "include = [\"guard:baseline\"]\n[[rule]]\nname = \"baseline-tmux\"\naction = \"deny\"\nconnect = { unix = \"/tmp/tmux-*\" }\n";
+        let p = Policy::parse("p.toml", stricter).unwrap();
+        let r = p.rules.iter().find(|r| r.name == "baseline-tmux").unwrap();
+        assert_eq!(r.action, Action::Deny);
+        assert_eq!(p.rules.iter().filter(|r| r.name == "baseline-tmux").count(), 1);
+        let looser = stricter.replace("\"deny\"", "\"allow\"");
+        let e = Policy::parse("p.toml", &looser).unwrap_err().to_string();
+        assert!(e.starts_with("p.toml:2:1:") && e.contains("would loosen") && e.contains("ask -> allow"), "{e}");
+        let other = stricter.replace("/tmp/tmux-*", "/tmp/x");
+        let e = Policy::parse("p.toml", &other).unwrap_err().to_string();
+        assert!(e.contains("another matcher"), "{e}");
+    }
+
+    #[test]
+    fn include_errors_name_the_including_file_the_entry_and_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = write(dir.path(), "top.toml", "include = [\"missing.toml\"]\n");
+        let e = Policy::load(&top).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}:1:12: include \"missing.toml\": cannot read", top.display())), "{e}");
+        write(dir.path(), "bad.toml", "[[rule]]\nname = \"x\"\naction = \"maybe\"\nmount = true\n");
+        let top = write(dir.path(), "top2.toml", "include = [\"bad.toml\"]\n");
+        let e = Policy::load(&top).unwrap_err().to_string();
+        assert!(e.contains("include \"bad.toml\": ") && e.contains("bad.toml:3:10: unknown action"), "{e}");
+        let e = Policy::parse("p.toml", "include = [\"guard:nope\"]\n").unwrap_err().to_string();
+        assert!(e.starts_with("p.toml:1:12:") && e.contains("guard:baseline"), "{e}");
+        // An included file holds rules only.
+        write(dir.path(), "dflt.toml", "default = \"allow\"\n");
+        let top = write(dir.path(), "top3.toml", "include = [\"dflt.toml\"]\n");
+        let e = Policy::load(&top).unwrap_err().to_string();
+        assert!(e.contains("holds rules only"), "{e}");
+    }
+
+    #[test]
+    fn include_cycles_and_depth_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.toml", "include = [\"b.toml\"]\n");
+        write(dir.path(), "b.toml", "include = [\"a.toml\"]\n");
+        let e = Policy::load(&dir.path().join("a.toml")).unwrap_err().to_string();
+        assert!(e.contains("includes itself"), "{e}");
+        let s = write(dir.path(), "self.toml", "include = [\"self.toml\"]\n");
+        assert!(Policy::load(&s).unwrap_err().to_string().contains("includes itself"));
+        for i in 0..12 {
+            write(dir.path(), &format!("d{i}.toml"), &format!("include = [\"d{}.toml\"]\n", i + 1));
+        }
+        write(dir.path(), "d12.toml", OWN);
+        let e = Policy::load(&dir.path().join("d0.toml")).unwrap_err().to_string();
+        assert!(e.contains("nest deeper than"), "{e}");
+        // Relative to the including file, not the cwd.
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        write(dir.path(), "sub/inner.toml", OWN);
+        write(dir.path(), "sub/outer.toml", "include = [\"inner.toml\"]\n");
+        let p = Policy::load(&dir.path().join("sub/outer.toml")).unwrap();
+        assert_eq!(p.rules[0].name, "own");
+        // The included file is listed, to be protected like the policy.
+        assert_eq!(p.included, vec![dir.path().join("sub/inner.toml")]);
+    }
+
+    #[test]
+    fn the_hash_covers_the_included_files() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "base.toml", OWN);
+        let top = write(dir.path(), "top.toml", "include = [\"base.toml\"]\n");
+        let h1 = Policy::load(&top).unwrap().hash;
+        let again = Policy::load(&top).unwrap().hash;
+        assert_eq!(h1, again);
+        write(dir.path(), "base.toml", &OWN.replace("deny", "ask"));
+        let h2 = Policy::load(&top).unwrap().hash;
+        assert_ne!(h1, h2, "changing an included file must change the policy's hash");
+        // And the built-in baseline: the hash depends on its text.
+        let with = Policy::parse("p.toml", "include = [\"guard:baseline\"]\n").unwrap().hash;
+        assert_ne!(with, text_hash("include = [\"guard:baseline\"]\n"));
+        assert!(with.starts_with("sha256:") && with.len() == 71);
+    }
+
+    #[test]
+    fn unix_text_prefix() {
+        let p =
+            Policy::parse("p.toml", "[[rule]]\nname = \"t\"\naction = \"ask\"\nconnect = { unix = \"/tmp/tmux-*\" }\n")
+                .unwrap();
+        let c = p.compile(0);
+        assert_eq!(c.paths.len(), 1);
+        let (k, bits, _) = &c.paths[0];
+        assert_eq!(&k.path[..11], b"/tmp/tmux-\0");
+        assert_eq!(*bits as usize, (10 + 2) * 8);
     }
 }

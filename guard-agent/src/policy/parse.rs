@@ -72,6 +72,8 @@ pub fn toml_message(text: &str, e: &toml::de::Error) -> String {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
+    #[serde(default)]
+    include: Vec<Spanned<String>>,
     default: Option<Spanned<String>>,
     ask_timeout: Option<Spanned<String>>,
     io_uring: Option<Spanned<String>>,
@@ -128,7 +130,8 @@ impl Policy {
     }
 
     /// Parses a policy as text alone: rule paths are taken as written (see [`canonical`] for
-    /// what [`Policy::load`] does with them).
+    /// what [`Policy::load`] does with them). Its `include`s are still read (relative to
+    /// `file`'s directory).
     pub fn parse(file: &str, text: &str) -> Result<Self, PolicyError> {
         Self::parse_with(file, text, false)
     }
@@ -136,79 +139,192 @@ impl Policy {
     /// As `parse`; with `resolve`, rule paths through symbolic links are resolved against
     /// this machine's filesystem (a policy file loaded to be enforced here).
     pub fn parse_with(file: &str, text: &str, resolve: bool) -> Result<Self, PolicyError> {
-        let ctx = Source { path: Path::new(file), text };
-        let raw: RawPolicy =
-            toml::from_str(text).map_err(|e| ctx.err(e.span().unwrap_or(0..0), toml_message(text, &e)))?;
-        let default = match raw.default {
-            None => Action::Allow,
-            Some(d) => parse_action(d.get_ref()).ok_or_else(|| {
-                ctx.err(
-                    d.span(),
-                    format!("unknown default action {:?}: expected allow, deny, audit or ask", d.get_ref()),
-                )
-            })?,
-        };
-        let ask_timeout = match raw.ask_timeout {
-            None => Duration::from_secs(30),
-            Some(t) => {
-                let d = humantime::parse_duration(t.get_ref()).map_err(|e| {
-                    ctx.err(
-                        t.span(),
-                        format!("bad ask_timeout {:?}: {e} (expected e.g. \"30s\" or \"5m\")", t.get_ref()),
-                    )
-                })?;
-                if d.is_zero() || d > Duration::from_secs(24 * 3600) {
-                    return Err(ctx.err(t.span(), "ask_timeout must be between 1s and 24h"));
-                }
-                d
-            }
-        };
-        let io_uring_deny = match raw.io_uring {
-            None => false,
-            Some(v) => match v.get_ref().as_str() {
-                "allow" => false,
-                "deny" => true,
-                other => {
-                    return Err(ctx.err(v.span(), format!("unknown io_uring setting {other:?}: expected allow or deny")))
-                }
-            },
-        };
-        let mut rules = Vec::new();
-        let mut net_rules = 0;
-        let mut argv_rules = 0;
-        for r in raw.rule {
-            let span = r.span();
-            let r = r.into_inner();
-            let span_start = span.clone();
-            let rule = compile_rule(&ctx, span, r, resolve)?;
-            if matches!(&rule.matcher, Matcher::Exec { argv, .. } if !argv.is_empty()) {
-                argv_rules += 1;
-                if argv_rules > MAX_ARGV_RULES {
-                    return Err(
-                        ctx.err(span_start, format!("at most {MAX_ARGV_RULES} exec rules with argv are supported"))
-                    );
-                }
-            }
-            if let Matcher::Net { net, .. } = &rule.matcher {
-                // The count is of kernel entries, not rules: a rule for any address ("/0", or a
-                // port alone) takes one entry per family (see `compile`). A rule that does not
-                // fit is refused here, at its own place in the file; never installed in part.
-                net_rules += if net.prefix_len() == 0 { 2 } else { 1 };
-                if net_rules > MAX_NET_RULES {
-                    return Err(ctx.err(
-                        span_start,
-                        format!(
-                            "rule {:?}: too many connect rules with a cidr or port: the kernel holds {MAX_NET_RULES} \
-                             entries per policy, and a rule for any address (a port alone, or a /0) takes two",
-                            rule.name
-                        ),
-                    ));
-                }
-            }
-            rules.push(rule);
-        }
-        Ok(Policy { default, ask_timeout, io_uring_deny, rules, hash: super::text_hash(text) })
+        let mut stack = vec![include_key(Path::new(file))];
+        parse_file(file, text, resolve, &mut stack, true)
     }
+}
+
+/// How deep includes may nest (the baseline included by a policy included by another is 2).
+pub const MAX_INCLUDE_DEPTH: usize = 8;
+
+/// Built-in policies, named `guard:<name>` in `include`: shipped inside the agent so that it
+/// never needs the source tree (or a file an attacker could edit) to find them.
+pub const BUILTIN: [(&str, &str); 1] = [("baseline", include_str!("../../../policies/baseline.toml"))];
+
+/// What identifies an included file for cycle detection: its canonical path, or the name.
+fn include_key(path: &Path) -> String {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
+}
+
+/// Where a rule of a policy being assembled came from: its own span, or the include entry
+/// (by index) whose file held it.
+enum Place {
+    Own(Range<usize>),
+    Included(usize),
+}
+
+/// One policy file with its includes. `top` is the policy being loaded; an included file holds
+/// rules (and includes) only: the default, ask_timeout and io_uring are the top policy's.
+///
+/// Precedence: the included rules come first, in include order, then the file's own rules.
+/// Where rules overlap the earliest wins (see `compile`), so a later rule cannot loosen an
+/// included one; a rule with the *same name* as an included rule and the same matcher
+/// replaces its action in place, if at least as strict (ask -> deny); a looser one is refused.
+/// To loosen the baseline, do not include it (copy it and edit the copy).
+fn parse_file(
+    file: &str,
+    text: &str,
+    resolve: bool,
+    stack: &mut Vec<String>,
+    top: bool,
+) -> Result<Policy, PolicyError> {
+    let ctx = Source { path: Path::new(file), text };
+    let raw: RawPolicy = toml::from_str(text).map_err(|e| ctx.err(e.span().unwrap_or(0..0), toml_message(text, &e)))?;
+    if !top {
+        for (key, v) in [("default", &raw.default), ("ask_timeout", &raw.ask_timeout), ("io_uring", &raw.io_uring)] {
+            if let Some(v) = v {
+                return Err(ctx.err(
+                    v.span(),
+                    format!("an included policy holds rules only: set {key} in the policy that includes it"),
+                ));
+            }
+        }
+    }
+    let default = match raw.default {
+        None => Action::Allow,
+        Some(d) => parse_action(d.get_ref()).ok_or_else(|| {
+            ctx.err(d.span(), format!("unknown default action {:?}: expected allow, deny, audit or ask", d.get_ref()))
+        })?,
+    };
+    let ask_timeout = match raw.ask_timeout {
+        None => Duration::from_secs(30),
+        Some(t) => {
+            let d = humantime::parse_duration(t.get_ref()).map_err(|e| {
+                ctx.err(t.span(), format!("bad ask_timeout {:?}: {e} (expected e.g. \"30s\" or \"5m\")", t.get_ref()))
+            })?;
+            if d.is_zero() || d > Duration::from_secs(24 * 3600) {
+                return Err(ctx.err(t.span(), "ask_timeout must be between 1s and 24h"));
+            }
+            d
+        }
+    };
+    let io_uring_deny = match raw.io_uring {
+        None => false,
+        Some(v) => match v.get_ref().as_str() {
+            "allow" => false,
+            "deny" => true,
+            other => {
+                return Err(ctx.err(v.span(), format!("unknown io_uring setting {other:?}: expected allow or deny")))
+            }
+        },
+    };
+    let mut items: Vec<(Rule, Place)> = Vec::new();
+    let mut hash_input = text.to_string();
+    let mut included_files = vec![];
+    for (n, entry) in raw.include.iter().enumerate() {
+        let name = entry.get_ref();
+        let fail = |msg: String| ctx.err(entry.span(), format!("include {name:?}: {msg}"));
+        let (shown, key, inc_text, file) = if let Some(builtin) = name.strip_prefix("guard:") {
+            let Some((_, t)) = BUILTIN.iter().find(|(b, _)| *b == builtin) else {
+                let known: Vec<String> = BUILTIN.iter().map(|(b, _)| format!("guard:{b}")).collect();
+                return Err(fail(format!("no built-in policy of that name (built in: {})", known.join(", "))));
+            };
+            (name.clone(), name.clone(), t.to_string(), None)
+        } else {
+            if name.is_empty() {
+                return Err(fail("the path is empty".into()));
+            }
+            let path = ctx.path.parent().unwrap_or(Path::new("")).join(name);
+            let t = Source::read(&path, "included policy").map_err(|e| fail(e.msg))?;
+            (path.display().to_string(), include_key(&path), t, Some(path))
+        };
+        if stack.contains(&key) {
+            return Err(fail(format!("includes itself (through {})", stack.join(" -> "))));
+        }
+        if stack.len() >= MAX_INCLUDE_DEPTH {
+            return Err(fail(format!("includes nest deeper than {MAX_INCLUDE_DEPTH}")));
+        }
+        stack.push(key);
+        let inner = parse_file(&shown, &inc_text, resolve, stack, false).map_err(|e| fail(e.to_string()))?;
+        stack.pop();
+        hash_input.push_str(&format!("\n\0include {name}\0{}", inner.hash));
+        included_files.extend(file);
+        included_files.extend(inner.included);
+        items.extend(inner.rules.into_iter().map(|r| (r, Place::Included(n))));
+    }
+    let included = items.len();
+    for r in raw.rule {
+        let span = r.span();
+        let rule = compile_rule(&ctx, span.clone(), r.into_inner(), resolve)?;
+        if let Some(i) = items[..included].iter().position(|(x, _)| x.name == rule.name) {
+            let base = &mut items[i].0;
+            if base.matcher != rule.matcher {
+                return Err(ctx.err(
+                    span,
+                    format!(
+                        "rule {:?} has the name of an included rule but another matcher: a rule of that name \
+                         may only make the included one stricter (rename it to add a rule)",
+                        rule.name
+                    ),
+                ));
+            }
+            if super::strictness(rule.action) < super::strictness(base.action) {
+                return Err(ctx.err(
+                    span,
+                    format!(
+                        "rule {:?} would loosen the included rule of that name ({} -> {}): an including \
+                         policy can only make included rules stricter",
+                        rule.name,
+                        super::action_name(base.action),
+                        super::action_name(rule.action)
+                    ),
+                ));
+            }
+            base.action = rule.action;
+            continue;
+        }
+        items.push((rule, Place::Own(span)));
+    }
+    check_limits(&ctx, &raw.include, &items)?;
+    let hash = if raw.include.is_empty() { super::text_hash(text) } else { super::text_hash(&hash_input) };
+    let rules = items.into_iter().map(|(r, _)| r).collect();
+    Ok(Policy { default, ask_timeout, io_uring_deny, rules, hash, included: included_files })
+}
+
+/// The kernel's limits over the assembled rules, each refusal at the rule's own place (or the
+/// include entry that brought it).
+fn check_limits(ctx: &Source, includes: &[Spanned<String>], items: &[(Rule, Place)]) -> Result<(), PolicyError> {
+    let mut net_rules = 0;
+    let mut argv_rules = 0;
+    for (rule, place) in items {
+        let at = |msg: String| match place {
+            Place::Own(span) => ctx.err(span.clone(), msg),
+            Place::Included(n) => {
+                let e = &includes[*n];
+                ctx.err(e.span(), format!("include {:?}: {msg}", e.get_ref()))
+            }
+        };
+        if matches!(&rule.matcher, Matcher::Exec { argv, .. } if !argv.is_empty()) {
+            argv_rules += 1;
+            if argv_rules > MAX_ARGV_RULES {
+                return Err(at(format!("at most {MAX_ARGV_RULES} exec rules with argv are supported")));
+            }
+        }
+        if let Matcher::Net { net, .. } = &rule.matcher {
+            // The count is of kernel entries, not rules: a rule for any address ("/0", or a
+            // port alone) takes one entry per family (see `compile`). A rule that does not
+            // fit is refused here, at its own place in the file; never installed in part.
+            net_rules += if net.prefix_len() == 0 { 2 } else { 1 };
+            if net_rules > MAX_NET_RULES {
+                return Err(at(format!(
+                    "rule {:?}: too many connect rules with a cidr or port: the kernel holds {MAX_NET_RULES} \
+                     entries per policy, and a rule for any address (a port alone, or a /0) takes two",
+                    rule.name
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_abs_path(ctx: &Source, p: &Spanned<String>, what: &str) -> Result<String, PolicyError> {

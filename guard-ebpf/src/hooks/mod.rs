@@ -7,6 +7,7 @@ mod links;
 mod namespaces;
 mod network;
 mod privileged;
+mod receive;
 mod tamper;
 mod unix;
 

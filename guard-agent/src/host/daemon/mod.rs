@@ -170,6 +170,8 @@ fn guard_paths(config_path: &Path, cfg: &Config) -> Vec<GuardPath> {
         GuardPath::Dir(cfg.pin_dir.clone()),
     ];
     paths.extend(cfg.policies.iter().map(|p| GuardPath::File(p.file.clone())));
+    // The files a policy includes are policy too.
+    paths.extend(cfg.policies.iter().flat_map(|p| p.policy.included.iter().cloned().map(GuardPath::File)));
     if let Some(s) = &cfg.server {
         paths.push(GuardPath::File(s.ca.clone()));
         paths.push(GuardPath::File(s.cert.clone()));
