@@ -106,8 +106,8 @@ impl Config {
 
     pub fn parse(path: &Path, text: &str) -> Result<Config, PolicyError> {
         let ctx = Source { path, text };
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| ctx.err(e.span().unwrap_or(0..0), crate::policy::parse::toml_message(text, &e)))?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ctx.err(e.span().unwrap_or(0..0), guard_api::toml_message(text, &e)))?;
         let base = path.parent().unwrap_or(Path::new("/"));
         if raw.policies.is_empty() {
             return Err(ctx.err(0..0, "no [policies]: name at least one policy file (name = \"file.toml\")"));

@@ -17,5 +17,5 @@ pub mod span;
 pub mod time;
 
 pub use record::{Action, AuditRecord, Decision, Hook, Reason, RecordKind, StatedReason};
-pub use span::Location;
+pub use span::{toml_message, Location};
 pub use time::Timestamp;

@@ -48,6 +48,21 @@ pub fn line_col(text: &str, at: usize) -> (usize, usize) {
     (line, text[line_start..at].chars().count() + 1)
 }
 
+/// toml's message for `e`, or what is wrong when it gives none (the fuzzer found inputs with
+/// a control character for which the message is empty): an error must say what it is. The
+/// caller names the place with a [`Location`].
+pub fn toml_message(text: &str, e: &toml::de::Error) -> String {
+    let m = e.message().trim();
+    if !m.is_empty() {
+        return m.to_string();
+    }
+    let at = e.span().map(|s| s.start).unwrap_or(0);
+    match text.get(at..).and_then(|t| t.chars().next()) {
+        Some(c) => format!("invalid TOML: unexpected character {c:?}"),
+        None => "invalid TOML: the file ends too early".to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 //! arrives and nobody can approve it.
 use crate::ratelimit::{Limits, Rate};
 use crate::rules::{Glob, Redactor, Scope};
-use guard_api::Location;
+use guard_api::{toml_message, Location};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -417,20 +417,6 @@ impl ServerConfig {
             tls: TlsPaths { ca: dir.join("ca.crt"), cert: dir.join("server.crt"), key: dir.join("server.key") },
             policy: Policy::default(),
         }
-    }
-}
-
-/// toml's message for `e`, or what is wrong when it gives none (the fuzzer found inputs with
-/// a control character for which the message is empty): an error must say what it is.
-pub fn toml_message(text: &str, e: &toml::de::Error) -> String {
-    let m = e.message().trim();
-    if !m.is_empty() {
-        return m.to_string();
-    }
-    let at = e.span().map(|s| s.start).unwrap_or(0);
-    match text.get(at..).and_then(|t| t.chars().next()) {
-        Some(c) => format!("invalid TOML: unexpected character {c:?}"),
-        None => "invalid TOML: the file ends too early".to_string(),
     }
 }
 

@@ -2,7 +2,7 @@
 //! `guard_api::Location`, shared with the daemon's configuration).
 
 use super::{parse_action, Access, Matcher, Policy, Rule, CAPABILITIES};
-use guard_api::Location;
+use guard_api::{toml_message, Location};
 use guard_common::{Action, ARG_LEN, MAX_ARGV_RULES, MAX_ARGV_TOKENS, MAX_NET_RULES, PATH_LEN};
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -52,20 +52,6 @@ impl Source<'_> {
             return Err(fail(format!("the {what} is larger than {MAX_FILE_BYTES} bytes")));
         }
         Ok(text)
-    }
-}
-
-/// toml's message for `e`, or what is wrong when it gives none (the fuzzer found inputs with
-/// a control character for which the message is empty): an error must say what it is.
-pub fn toml_message(text: &str, e: &toml::de::Error) -> String {
-    let m = e.message().trim();
-    if !m.is_empty() {
-        return m.to_string();
-    }
-    let at = e.span().map(|s| s.start).unwrap_or(0);
-    match text.get(at..).and_then(|t| t.chars().next()) {
-        Some(c) => format!("invalid TOML: unexpected character {c:?}"),
-        None => "invalid TOML: the file ends too early".to_string(),
     }
 }
 
