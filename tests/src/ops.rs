@@ -45,7 +45,7 @@ fn open(path: &str, flags: i32) -> Result<(), Errno> {
     Ok(())
 }
 
-fn check(rc: i64) -> Result<(), Errno> {
+pub(crate) fn check(rc: i64) -> Result<(), Errno> {
     if rc < 0 {
         Err(Errno::last())
     } else {
@@ -239,20 +239,7 @@ fn vfork_and_exit() -> i32 {
 /// A child opens the path held in shared memory; while it is held, the parent rewrites that
 /// memory to another path. An approval of the first path must not let the second one through.
 fn redirect_open(first: &str, second: &str) -> Result<(), Errno> {
-    // SAFETY: an anonymous shared mapping of one page; the result is checked against MAP_FAILED below.
-    let mem = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    } as *mut u8;
-    if mem as isize == -1 {
-        return Err(Errno::last());
-    }
+    let mem = crate::ops_decide::shared_page()?;
     // SAFETY: callers pass paths under 4095 bytes, so the copy and its NUL fit in the 4096-byte mapping.
     let write_path = |p: &str| unsafe {
         std::ptr::copy_nonoverlapping(p.as_ptr(), mem, p.len());

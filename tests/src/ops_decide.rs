@@ -2,8 +2,9 @@
 //! arguments the caller rewrites before the restart, syscalls that meet two asks, and a flood
 //! of audited opens. Each prints `RESULT ok|errno=N OP` like the ops in `ops.rs`.
 
+use crate::ops::cstr;
 use nix::errno::Errno;
-use std::{ffi::CString, io::Write, time::Duration};
+use std::{io::Write, time::Duration};
 
 fn report(op: &str, r: Result<(), Errno>) -> i32 {
     match r {
@@ -12,10 +13,6 @@ fn report(op: &str, r: Result<(), Errno>) -> i32 {
     }
     std::io::stdout().flush().ok();
     i32::from(r.is_err())
-}
-
-fn cstr(s: &str) -> CString {
-    CString::new(s).unwrap_or_default()
 }
 
 /// `guard-e2e do dec-... ARGS`.
@@ -48,7 +45,7 @@ pub fn run(args: &[String]) -> i32 {
 
 /// One shared, writable page: the memory the held syscall reads its arguments from, and that
 /// the parent rewrites while the child is stopped (what a SIGCONT handler would do).
-fn shared_page() -> Result<*mut u8, Errno> {
+pub(crate) fn shared_page() -> Result<*mut u8, Errno> {
     // SAFETY: an anonymous shared mapping of one page; the result is checked against MAP_FAILED.
     let mem = unsafe {
         libc::mmap(

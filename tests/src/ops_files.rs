@@ -1,23 +1,11 @@
 //! Workload ops of the file escape tests (`tests/src/escape_files.rs`): the ways an agent
 //! would try to reach a protected object by another name, mount or root.
 
+use crate::ops::{check, cstr};
 use nix::errno::Errno;
-use std::ffi::CString;
 
 /// The ops this module runs (dispatched from `ops::run`).
 pub const OPS: &[&str] = &["link", "symlink", "exchange", "chmod", "chown", "chroot-open", "tree-open"];
-
-fn cstr(s: &str) -> CString {
-    CString::new(s).expect("no NUL in test paths")
-}
-
-fn check(rc: i64) -> Result<(), Errno> {
-    if rc < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(())
-    }
-}
 
 /// Opens `path` read-only relative to `dir` and closes it.
 fn open_at(dir: i32, path: &str) -> Result<(), Errno> {

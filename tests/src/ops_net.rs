@@ -2,6 +2,7 @@
 //! sends that name their destination, unix datagrams, module autoload, kexec, pidfd_getfd.
 //! Each prints `RESULT ok|errno=N OP` like the ops in `ops`.
 
+use crate::ops::check;
 use nix::errno::Errno;
 use std::net::SocketAddr;
 
@@ -19,14 +20,6 @@ pub fn run(args: &[String]) -> Option<Result<(), Errno>> {
         "pidfd-getfd" => pidfd_getfd(a(1).parse().unwrap_or(0), a(2).parse().unwrap_or(0)),
         _ => return None,
     })
-}
-
-fn check(rc: i64) -> Result<(), Errno> {
-    if rc < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(())
-    }
 }
 
 /// `sockaddr_in`/`sockaddr_in6` bytes of `addr`; with `v6`, an IPv4 address is written as

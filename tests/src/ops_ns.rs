@@ -3,6 +3,7 @@
 //! prints `RESULT ok|errno=N OP` followed by ` | ` and what it can see afterwards (the effect
 //! the test asserts did not happen).
 
+use crate::ops::check;
 use crate::ops::cstr;
 use nix::errno::Errno;
 use std::{ffi::CString, io::Write, os::fd::AsRawFd};
@@ -24,14 +25,6 @@ pub const OPS: &[&str] = &[
     "run-status",
     "marker",
 ];
-
-fn check(rc: i64) -> Result<(), Errno> {
-    if rc < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(())
-    }
-}
 
 fn report(op: &str, r: Result<(), Errno>, after: &str) -> i32 {
     let line = match r {

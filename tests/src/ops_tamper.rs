@@ -1,20 +1,8 @@
 //! Workload ops of the tamper tests (`tests/src/tamper.rs`): what a root tree would do to
 //! switch guard off. Also the test side's reading of guard's BPF object ids from its pins.
 
+use crate::ops::{check, cstr};
 use nix::errno::Errno;
-use std::ffi::CString;
-
-fn cstr(s: &str) -> CString {
-    CString::new(s).expect("no NUL in test paths")
-}
-
-fn check(rc: i64) -> Result<(), Errno> {
-    if rc < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(())
-    }
-}
 
 /// An fd closed on drop.
 struct Fd(i32);
