@@ -6,11 +6,13 @@
 //! - [`time::Timestamp`], the one time format of records (RFC 3339, UTC, milliseconds);
 //! - [`span::Location`], the one rule that turns a byte span in a config or policy file into
 //!   `file:line:col`;
-//! - [`screen::escape`], the one way text a watched tree controls is printed for a person.
+//! - [`screen::escape`], the one way text a watched tree controls is printed for a person;
+//! - [`export`], the record in the formats SIEMs ingest (OCSF, ECS, CEF).
 //!
 //! It has no tonic, no tokio and no aya, so the kernel-facing agent and the VM test runner can
 //! depend on it without pulling in the network stack.
 
+pub mod export;
 pub mod record;
 pub mod screen;
 pub mod span;
