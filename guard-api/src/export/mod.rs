@@ -246,8 +246,8 @@ mod tests {
 
     #[test]
     fn outcomes_tell_a_person_from_a_rule() {
-        use Decision::*;
-        use RecordKind::*;
+        use Decision::{Allow, Deny};
+        use RecordKind::{Enforcement, Request, Review};
         assert_eq!(Outcome::of(&rec(Enforcement, Some(Allow), Some(Reason::Rule))), Outcome::Allowed);
         assert_eq!(Outcome::of(&rec(Enforcement, Some(Allow), Some(Reason::Approved))), Outcome::Approved);
         assert_eq!(Outcome::of(&rec(Enforcement, Some(Deny), Some(Reason::Denied))), Outcome::Rejected);

@@ -261,8 +261,10 @@ pub fn encode_attested(r: &AuditRecord, v: OcsfVersion, attestation: Option<&Att
     e.put_opt("duration", r.held_ms);
 
     let mut profiles = vec!["host", "security_control"];
-    let ai = v.has_ai_and_integrity().then(|| ai_agent(r)).flatten();
-    let context = v.has_ai_and_integrity().then(|| message_context(r)).flatten();
+    // The base event has no ai_operation profile; every class guard maps to does (in 1.9).
+    let ai_ok = v.has_ai_and_integrity() && c.uid != 0;
+    let ai = ai_ok.then(|| ai_agent(r)).flatten();
+    let context = ai_ok.then(|| message_context(r)).flatten();
     let attested = attestation.filter(|_| v.has_ai_and_integrity());
     if ai.is_some() || context.is_some() {
         profiles.push("ai_operation");
@@ -334,11 +336,17 @@ fn object(e: &mut Obj, r: &AuditRecord, c: Class) {
             let target = match r.hook {
                 Some(Hook::BprmCheckSecurity) => {
                     // The record's exe/argv are the program being executed.
+                    let program = r.exe.as_deref().unwrap_or(object);
                     let mut p = Obj::default();
                     p.put_opt("pid", r.pid);
                     p.put_opt("tid", r.tid);
-                    p.put("file", file_object(r.exe.as_deref().unwrap_or(object), 1));
-                    p.put("name", base_name(r.exe.as_deref().unwrap_or(object)));
+                    if r.pid.is_none() {
+                        // OCSF needs a pid, uid or cpid; a record without a pid has only the
+                        // program to name the process by.
+                        p.put("uid", program);
+                    }
+                    p.put("file", file_object(program, 1));
+                    p.put("name", base_name(program));
                     if !r.argv.is_empty() {
                         p.put("cmd_line", command_line(&r.argv));
                     }
