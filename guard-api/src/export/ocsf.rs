@@ -423,7 +423,7 @@ fn actor_process(r: &AuditRecord, c: Class) -> Option<Value> {
     }
     p.put_opt("user", user(r));
     // OCSF requires a pid (or uid/cpid) in a process; without one there is no process to name.
-    (r.pid.is_some()).then(|| Value::Object(p.0))
+    r.pid.is_some().then_some(Value::Object(p.0))
 }
 
 /// The process a ptrace, a signal or a fork is aimed at: the object names it "... pid N".
@@ -439,7 +439,7 @@ fn user(r: &AuditRecord) -> Option<Value> {
     let mut u = Obj::default();
     u.put_opt("uid", r.uid.map(|u| u.to_string()));
     u.put_opt("name", r.user.as_deref());
-    (!u.0.is_empty()).then(|| Value::Object(u.0))
+    (!u.0.is_empty()).then_some(Value::Object(u.0))
 }
 
 fn file_object(path: &str, type_id: u32) -> Value {
