@@ -51,10 +51,11 @@
 //! `disposition_id`. `severity_id`: Informational, Low for `audit` rules, Medium for denials,
 //! High for tamper refusals and lost events (with `is_alert`).
 //!
-//! `metadata.correlation_uid` is the server's request id: the enforcement record of a hold
-//! decided on the server, its request, reviews and final decision all carry it. A hold decided
-//! locally (no server) has no separate review record and no id in the record, so the attribute
-//! is absent there. `metadata.uid` is the first 128 bits of the SHA-256 of the record's JSON:
+//! `metadata.correlation_uid` is the record's `request_id`, which the agent fills with the
+//! server's request id when the server decided the hold, and with its own hold id otherwise:
+//! the enforcement record of a hold, the server's request, reviews and final decision all carry
+//! the same one. A decision that held nothing (a rule, the default) has none, and the attribute
+//! is absent. `metadata.uid` is the first 128 bits of the SHA-256 of the record's JSON:
 //! stable across exports of the same record; the hash chain (issue 11 item 3) will give records
 //! a host sequence number, which should replace it.
 //!
