@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use guard_api::AuditRecord;
+use guard_api::{export::Format, AuditRecord};
 use guard_proto::v1::audit_service_client::AuditServiceClient;
 use guard_proto::v1::review_service_client::ReviewServiceClient;
 use guard_proto::v1::{
@@ -107,6 +107,10 @@ enum Cmd {
         host: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Export: one line per event in this format instead of the table: ocsf (1.9),
+        /// ocsf-1.5, ecs, cef or jsonl (the records as guard writes them).
+        #[arg(long, value_parser = parse_format)]
+        format: Option<Format>,
     },
     /// Who the server takes this certificate for.
     Whoami,
@@ -274,11 +278,14 @@ async fn run(cli: Cli) -> Result<()> {
                 print_list(&reqs);
             }
         }
-        Cmd::Audit { since, request, host, limit } => {
+        Cmd::Audit { since, request, host, limit, format } => {
             let since_ms = since.map(|d| now_ms() - d.as_millis() as i64).unwrap_or(0);
             let query =
                 AuditQuery { since_ms, host: host.unwrap_or_default(), request_id: request.unwrap_or_default(), limit };
-            audit(AuditServiceClient::new(channel), query, json).await?;
+            match format {
+                Some(format) => export(AuditServiceClient::new(channel), query, format).await?,
+                None => audit(AuditServiceClient::new(channel), query, json).await?,
+            }
         }
         Cmd::Whoami => {
             let me = review.who_am_i(WhoAmIRequest {}).await?.into_inner();
@@ -407,6 +414,36 @@ async fn watch(review: &mut ReviewServiceClient<Channel>, json: bool) -> Result<
             },
         }
     }
+}
+
+fn parse_format(name: &str) -> Result<Format, String> {
+    Format::parse(name).map_err(|e| e.to_string())
+}
+
+/// `audit --format`: each event's record in `format`, one per line. An event whose record this
+/// version cannot read is not dropped silently: it is named on stderr and the export fails at
+/// the end (after writing every event it could).
+async fn export(mut client: AuditServiceClient<Channel>, query: AuditQuery, format: Format) -> Result<()> {
+    let mut stream = client.query(query).await?.into_inner();
+    let mut out = std::io::stdout().lock();
+    let mut unreadable = Vec::new();
+    while let Some(ev) = stream.message().await.context("reading the audit stream")? {
+        match AuditRecord::from_json(&ev.json) {
+            Ok(record) => writeln!(out, "{}", format.encode_line(&record))?,
+            Err(e) => {
+                eprintln!(
+                    "guardctl: audit event {} (host {}) is not a record this version reads: {e}",
+                    ev.seq, ev.host
+                );
+                unreadable.push(ev.seq);
+            }
+        }
+    }
+    out.flush()?;
+    if !unreadable.is_empty() {
+        bail!("{} audit event(s) could not be exported: seq {:?}", unreadable.len(), unreadable);
+    }
+    Ok(())
 }
 
 async fn audit(mut client: AuditServiceClient<Channel>, query: AuditQuery, json: bool) -> Result<()> {

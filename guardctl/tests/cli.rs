@@ -207,6 +207,42 @@ async fn audit_has_the_request_and_its_review() {
     assert!(table.contains(&created.id), "{table}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_export_writes_each_event_in_the_chosen_format() {
+    let server = Server::start();
+    let mut agent = server.agent().await;
+    let (created, mut stream) = submit(&mut agent, "/etc/exported", "", "hold-export").await;
+    assert_ok(&server.ctl(&["deny", &created.id, "--reason", "no"]));
+    next_state(&mut stream, State::Pending as i32).await;
+    let rows = json_lines(&assert_ok(&server.ctl(&["audit", "--request", &created.id, "--json"])));
+    assert!(rows.len() >= 2, "a request and its decision: {rows:?}");
+
+    // OCSF: one event per row, API Activity (the server's request and review rows), linked
+    // by the request id, the denial a rejection.
+    let ocsf = json_lines(&assert_ok(&server.ctl(&["audit", "--request", &created.id, "--format", "ocsf"])));
+    assert_eq!(ocsf.len(), rows.len(), "{ocsf:?}");
+    for e in &ocsf {
+        assert_eq!(e["class_uid"], 6003, "{e}");
+        assert_eq!(e["type_uid"].as_i64(), Some(6003 * 100 + e["activity_id"].as_i64().unwrap()), "{e}");
+        assert_eq!(e["metadata"]["correlation_uid"], created.id.as_str(), "{e}");
+    }
+    assert!(ocsf.iter().any(|e| e["disposition_id"] == 25), "no Rejected disposition: {ocsf:?}");
+    let old = json_lines(&assert_ok(&server.ctl(&["audit", "--request", &created.id, "--format", "ocsf-1.5"])));
+    assert!(old.iter().all(|e| e["metadata"]["version"] == "1.5.0"), "{old:?}");
+
+    let ecs = json_lines(&assert_ok(&server.ctl(&["audit", "--request", &created.id, "--format", "ecs"])));
+    assert_eq!(ecs.len(), rows.len());
+    assert!(ecs.iter().all(|e| e["@timestamp"].is_string()), "{ecs:?}");
+
+    let cef = assert_ok(&server.ctl(&["audit", "--request", &created.id, "--format", "cef"]));
+    assert_eq!(cef.lines().count(), rows.len(), "{cef}");
+    assert!(cef.lines().all(|l| l.starts_with("CEF:0|")), "{cef}");
+
+    let bad = server.ctl(&["audit", "--format", "xml"]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("xml"), "the error names the format: {}", stderr(&bad));
+}
+
 #[test]
 fn credential_errors_name_the_file_and_flag() {
     let out = Command::new(env!("CARGO_BIN_EXE_guardctl"))
