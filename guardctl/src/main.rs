@@ -98,9 +98,13 @@ enum Cmd {
     },
     /// The server's audit trail.
     Audit {
-        /// Only events newer than this: 10m, 2h, 1d.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        since: Option<Duration>,
+        /// Only events from this time on: how long ago (10m, 2h, 1d) or an RFC 3339 time
+        /// (2026-11-30T07:00:00Z).
+        #[arg(long, value_name = "AGO|TIME", value_parser = parse_time_ms)]
+        since: Option<i64>,
+        /// Only events before this time, written as for --since.
+        #[arg(long, value_name = "AGO|TIME", value_parser = parse_time_ms)]
+        until: Option<i64>,
         #[arg(long = "request", value_name = "ID")]
         request: Option<String>,
         #[arg(long)]
@@ -278,10 +282,14 @@ async fn run(cli: Cli) -> Result<()> {
                 print_list(&reqs);
             }
         }
-        Cmd::Audit { since, request, host, limit, format } => {
-            let since_ms = since.map(|d| now_ms() - d.as_millis() as i64).unwrap_or(0);
-            let query =
-                AuditQuery { since_ms, host: host.unwrap_or_default(), request_id: request.unwrap_or_default(), limit };
+        Cmd::Audit { since, until, request, host, limit, format } => {
+            let query = AuditQuery {
+                since_ms: since.unwrap_or(0),
+                until_ms: until.unwrap_or(0),
+                host: host.unwrap_or_default(),
+                request_id: request.unwrap_or_default(),
+                limit,
+            };
             match format {
                 Some(format) => export(AuditServiceClient::new(channel), query, format).await?,
                 None => audit(AuditServiceClient::new(channel), query, json).await?,
@@ -414,6 +422,16 @@ async fn watch(review: &mut ReviewServiceClient<Channel>, json: bool) -> Result<
             },
         }
     }
+}
+
+/// A point in time as Unix milliseconds: a duration before now (`10m`) or an RFC 3339 time.
+fn parse_time_ms(text: &str) -> Result<i64, String> {
+    if let Ok(ago) = humantime::parse_duration(text) {
+        return Ok(now_ms() - ago.as_millis() as i64);
+    }
+    guard_api::Timestamp::parse(text).map(|t| t.unix_ms()).map_err(|_| {
+        format!("{text:?} is neither a duration (10m, 2h, 1d) nor an RFC 3339 time (2026-11-30T07:00:00Z)")
+    })
 }
 
 fn parse_format(name: &str) -> Result<Format, String> {

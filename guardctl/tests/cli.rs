@@ -243,6 +243,32 @@ async fn audit_export_writes_each_event_in_the_chosen_format() {
     assert!(stderr(&bad).contains("xml"), "the error names the format: {}", stderr(&bad));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_since_and_until_bound_the_trail_by_time() {
+    let server = Server::start();
+    let mut agent = server.agent().await;
+    let (created, mut stream) = submit(&mut agent, "/etc/bounded", "", "hold-bounded").await;
+    assert_ok(&server.ctl(&["deny", &created.id, "--reason", "no"]));
+    next_state(&mut stream, State::Pending as i32).await;
+    let count = |args: &[&str]| {
+        let mut all = vec!["audit", "--request", created.id.as_str(), "--format", "jsonl"];
+        all.extend_from_slice(args);
+        assert_ok(&server.ctl(&all)).lines().count()
+    };
+    let every = count(&[]);
+    assert!(every >= 2, "a request and its decision");
+    // A window around now holds them all; one that ended an hour ago, or starts in a year,
+    // holds none. Both spellings: a duration ago and an RFC 3339 time.
+    assert_eq!(count(&["--since", "1h", "--until", "2100-01-01T00:00:00Z"]), every);
+    assert_eq!(count(&["--until", "1h"]), 0);
+    assert_eq!(count(&["--since", "2100-01-01T00:00:00Z"]), 0);
+    assert_eq!(count(&["--since", "2000-01-01T00:00:00Z", "--until", "2000-01-02T00:00:00Z"]), 0);
+
+    let bad = server.ctl(&["audit", "--until", "yesterday-ish"]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("yesterday-ish"), "the error names the value: {}", stderr(&bad));
+}
+
 #[test]
 fn credential_errors_name_the_file_and_flag() {
     let out = Command::new(env!("CARGO_BIN_EXE_guardctl"))

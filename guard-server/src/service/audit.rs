@@ -29,6 +29,7 @@ impl AuditService for AuditApi {
         }
         let filter = AuditFilter {
             since_ms: q.since_ms,
+            until_ms: Some(q.until_ms).filter(|u| *u != 0),
             host: Some(q.host).filter(|h| !h.is_empty()),
             request_id: Some(q.request_id).filter(|r| !r.is_empty()),
             limit: q.limit,

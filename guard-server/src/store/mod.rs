@@ -121,6 +121,8 @@ pub struct ListFilter {
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
     pub since_ms: i64,
+    /// Only events before this time (exclusive).
+    pub until_ms: Option<i64>,
     pub host: Option<String>,
     pub request_id: Option<String>,
     pub limit: u32,

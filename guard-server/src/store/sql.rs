@@ -395,6 +395,10 @@ impl Store for SqlStore {
     async fn audit(&self, filter: &AuditFilter) -> GuardResult<Vec<AuditEvent>> {
         let mut sql = String::from("SELECT seq, time_ms, host, kind, request_id, json FROM audit WHERE time_ms >= $1");
         let mut n = 1;
+        if filter.until_ms.is_some() {
+            n += 1;
+            sql += &format!(" AND time_ms < ${n}");
+        }
         if filter.host.is_some() {
             n += 1;
             sql += &format!(" AND host = ${n}");
@@ -406,6 +410,9 @@ impl Store for SqlStore {
         let limit = if filter.limit == 0 { MAX_ROWS } else { filter.limit.min(MAX_ROWS) };
         sql += &format!(" ORDER BY seq LIMIT {limit}");
         let mut query = sqlx::query(AssertSqlSafe(sql)).bind(filter.since_ms);
+        if let Some(until) = filter.until_ms {
+            query = query.bind(until);
+        }
         if let Some(host) = &filter.host {
             query = query.bind(host.clone());
         }
