@@ -196,7 +196,11 @@ fn bpf_and_pins() -> Result<()> {
         .map(|f| f.path().to_string_lossy().into_owned())
         .find(|p| p.rsplit('/').next().is_some_and(|n| n.starts_with("link_")))
         .context("a link pin")?;
-    std::fs::write(&ids, format!("PIN={pin}\nMAP={map}\nPROG={prog}\nLINK={link}\nLINKPIN={link_pin}\n"))?;
+    // Written aside and renamed into place: the tree waits for the file to exist, and must not
+    // source it while it is still empty (it then ran every op on "/WATCHED" and the like).
+    let partial = format!("{ids}.partial");
+    std::fs::write(&partial, format!("PIN={pin}\nMAP={map}\nPROG={prog}\nLINK={link}\nLINKPIN={link_pin}\n"))?;
+    std::fs::rename(&partial, &ids)?;
     for op in ops {
         expect(&a, op, "RESULT errno=1 ")?;
     }
