@@ -12,6 +12,7 @@
 //! It has no tonic, no tokio and no aya, so the kernel-facing agent and the VM test runner can
 //! depend on it without pulling in the network stack.
 
+pub mod chain;
 pub mod export;
 pub mod record;
 pub mod screen;

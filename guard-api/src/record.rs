@@ -5,6 +5,7 @@
 //! when a record is read, so a record that does not match this type is an error, not silently
 //! a different shape.
 
+use crate::chain::{ChainLink, SignedHead};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -23,6 +24,12 @@ pub enum RecordKind {
     Review,
     /// guard-server: a request reached its final state.
     Decision,
+    /// guard-server: a grant ("approve for N minutes") was created, revoked or ended.
+    Grant,
+    /// A policy was loaded or reloaded (`policy`: its name, `object`: its "sha256:<hex>").
+    Policy,
+    /// A signed checkpoint of a hash chain (`checkpoint`: the head it signs).
+    Checkpoint,
 }
 
 /// What happened to the operation.
@@ -386,6 +393,11 @@ pub struct AuditRecord {
     /// For lost kernel events: how many.
     pub lost: Option<u64>,
     pub stated_reason: Option<StatedReason>,
+    /// The record's place in its hash chain (the agent's spool, per host and stream); None for
+    /// a record that is not chained by its writer (the server chains its rows itself).
+    pub chain: Option<ChainLink>,
+    /// For a checkpoint: the signed head of the chain it closes.
+    pub checkpoint: Option<SignedHead>,
 }
 
 impl AuditRecord {
@@ -424,6 +436,8 @@ impl AuditRecord {
             held_ms: None,
             lost: None,
             stated_reason: None,
+            chain: None,
+            checkpoint: None,
         }
     }
 
@@ -460,7 +474,7 @@ mod tests {
         let json = r.to_json();
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys.len(), 27, "{keys:?}");
+        assert_eq!(keys.len(), 29, "{keys:?}");
         assert_eq!(v["hook"], "file_open");
         assert_eq!(v["reason"], "rule");
         assert_eq!(v["time"], "2026-11-30T01:30:26.007Z");

@@ -31,6 +31,9 @@ pub fn row_kind(kind: RecordKind) -> &'static str {
         RecordKind::Decision => "decision",
         RecordKind::Enforcement => "enforcement",
         RecordKind::Agent => "agent",
+        RecordKind::Grant => "grant",
+        RecordKind::Policy => "policy",
+        RecordKind::Checkpoint => "checkpoint",
     }
 }
 

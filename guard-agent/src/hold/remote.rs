@@ -123,6 +123,8 @@ impl RemoteDecisions {
             kernel: nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
             policies: policies.iter().map(|(name, _)| name.clone()).collect(),
             policy_hashes: policies.into_iter().collect(),
+            // TODO(issue 11, spool): the host's audit key, once the spool signs checkpoints.
+            audit_key: String::new(),
         };
         let mut delays = backoff();
         loop {

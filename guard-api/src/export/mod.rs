@@ -209,6 +209,9 @@ pub(crate) fn kind_name(k: RecordKind) -> &'static str {
         RecordKind::Request => "request",
         RecordKind::Review => "review",
         RecordKind::Decision => "decision",
+        RecordKind::Grant => "grant",
+        RecordKind::Policy => "policy",
+        RecordKind::Checkpoint => "checkpoint",
     }
 }
 

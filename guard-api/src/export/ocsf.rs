@@ -164,7 +164,12 @@ pub fn class_of(r: &AuditRecord) -> Class {
         RecordKind::Review | RecordKind::Decision => {
             return class(6003, "API Activity", (6, "Application Activity"), (3, "Update"))
         }
-        RecordKind::Enforcement | RecordKind::Agent => {}
+        // Grants, policies and checkpoints: see the table in the module documentation.
+        RecordKind::Enforcement
+        | RecordKind::Agent
+        | RecordKind::Grant
+        | RecordKind::Policy
+        | RecordKind::Checkpoint => {}
     }
     let Some(hook) = r.hook else {
         return class(0, "Base Event", (0, "Uncategorized"), (99, "Other"));

@@ -137,6 +137,6 @@ impl AgentService for AgentApi {
             }
         }
         let accepted = self.shared.store.append_records(&host, parsed, now_ms()).await?;
-        Ok(Response::new(ReportRecordsResponse { accepted }))
+        Ok(Response::new(ReportRecordsResponse { accepted, ..Default::default() }))
     }
 }

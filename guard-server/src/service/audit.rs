@@ -5,7 +5,7 @@ use crate::identity::{require, Role};
 use crate::lifecycle::{Violations, MAX_NAME_BYTES};
 use crate::store::AuditFilter;
 use guard_proto::v1::audit_service_server::AuditService;
-use guard_proto::v1::{AuditEvent, AuditQuery};
+use guard_proto::v1::{AuditEvent, AuditHead, AuditHeadRequest, AuditQuery};
 use tonic::Response;
 
 /// The service; its `shared` is what every service shares.
@@ -38,5 +38,11 @@ impl AuditService for AuditApi {
         // Only the hosts this approver is assigned to (the trail holds argv and paths).
         events.retain(|e| self.shared.policy.sees_host(&approver, &e.host));
         Ok(Response::new(Box::pin(tokio_stream::iter(events.into_iter().map(Ok)))))
+    }
+
+    async fn head(&self, request: tonic::Request<AuditHeadRequest>) -> Reply<AuditHead> {
+        require(&request, Role::Approver)?;
+        // TODO(issue 11, chain): the head and the checkpoint keys.
+        Err(tonic::Status::unimplemented("the audit head is not served yet"))
     }
 }

@@ -393,7 +393,9 @@ impl Store for SqlStore {
     }
 
     async fn audit(&self, filter: &AuditFilter) -> GuardResult<Vec<AuditEvent>> {
-        let mut sql = String::from("SELECT seq, time_ms, host, kind, request_id, json FROM audit WHERE time_ms >= $1");
+        let mut sql = String::from(
+            "SELECT seq, time_ms, host, kind, request_id, json, prev_hash, hash FROM audit WHERE time_ms >= $1",
+        );
         let mut n = 1;
         if filter.until_ms.is_some() {
             n += 1;
@@ -430,6 +432,8 @@ impl Store for SqlStore {
                     kind: row.try_get("kind")?,
                     request_id: row.try_get("request_id")?,
                     json: row.try_get("json")?,
+                    prev_hash: row.try_get("prev_hash")?,
+                    hash: row.try_get("hash")?,
                 })
             })
             .collect()

@@ -143,6 +143,7 @@ pub fn registration(policies: &[(&str, &str)]) -> RegisterRequest {
         kernel: "6.1".into(),
         policies: policies.iter().map(|(p, _)| p.to_string()).collect(),
         policy_hashes: policies.iter().map(|(p, h)| (p.to_string(), h.to_string())).collect(),
+        audit_key: String::new(),
     }
 }
 

@@ -138,6 +138,7 @@ async fn run(args: Args) -> Result<()> {
                         kernel: String::new(),
                         policies: vec!["bench".into()],
                         policy_hashes: [("bench".to_string(), BENCH_POLICY_HASH.to_string())].into(),
+                        audit_key: String::new(),
                     })
                     .await
                     .map_err(|s| anyhow::anyhow!("Register: {}: {}", s.code(), s.message()))?;
