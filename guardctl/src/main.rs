@@ -289,6 +289,7 @@ async fn run(cli: Cli) -> Result<()> {
                 host: host.unwrap_or_default(),
                 request_id: request.unwrap_or_default(),
                 limit,
+                ..Default::default()
             };
             match format {
                 Some(format) => export(AuditServiceClient::new(channel), query, format).await?,
