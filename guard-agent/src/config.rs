@@ -1,7 +1,8 @@
 //! The daemon's configuration file: named policies, tree selectors, sockets, the server.
 //!
 //! ```toml
-//! audit_log = "/var/log/guard/audit.jsonl"
+//! audit_log = "/var/log/guard/audit.jsonl"     # the spool; the host's audit key is audit.key beside it
+//! audit_backlog_max_bytes = 1073741824       # records not yet acknowledged by the server (default 1 GiB)
 //! registration_policy = "coding-agent"      # for `run --daemon` / `watch --pid` without --policy
 //!
 //! [policies]                                 # name = policy file (relative to this file)
@@ -35,6 +36,7 @@
 //! tree stays in it: selectors only start new trees.
 
 use crate::{
+    audit::log::BACKLOG_MAX_BYTES,
     hold::remote::ServerConfig,
     limits::{
         ADMIN_SOCKET, CGROUP_ROOT, DEFAULT_AUDIT_LOG, DEFAULT_PIN_DIR, MAX_POLICIES, MAX_TREE_TASKS, REASON_SOCKET,
@@ -50,10 +52,14 @@ use std::{
 };
 use toml::Spanned;
 
+/// A smaller bound would fill with one batch of records.
+const MIN_BACKLOG_BYTES: u64 = 1 << 20;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     audit_log: Option<PathBuf>,
+    audit_backlog_max_bytes: Option<Spanned<u64>>,
     admin_socket: Option<PathBuf>,
     reason_socket: Option<PathBuf>,
     pin_dir: Option<PathBuf>,
@@ -86,6 +92,8 @@ pub struct NamedPolicy {
 pub struct Config {
     pub file: PathBuf,
     pub audit_log: PathBuf,
+    /// The bound of the audit records not yet acknowledged by the server (see `audit::log`).
+    pub audit_backlog_max_bytes: u64,
     pub admin_socket: PathBuf,
     pub reason_socket: PathBuf,
     pub pin_dir: PathBuf,
@@ -219,9 +227,19 @@ impl Config {
             }
             Some(n) => *n.get_ref(),
         };
+        let audit_backlog_max_bytes = match raw.audit_backlog_max_bytes {
+            None => BACKLOG_MAX_BYTES,
+            Some(n) if *n.get_ref() < MIN_BACKLOG_BYTES => {
+                return Err(
+                    ctx.err(n.span(), format!("audit_backlog_max_bytes must be at least {MIN_BACKLOG_BYTES} (1 MiB)"))
+                )
+            }
+            Some(n) => *n.get_ref(),
+        };
         Ok(Config {
             file: path.to_path_buf(),
             audit_log: raw.audit_log.unwrap_or_else(|| DEFAULT_AUDIT_LOG.into()),
+            audit_backlog_max_bytes,
             admin_socket: raw.admin_socket.unwrap_or_else(|| ADMIN_SOCKET.into()),
             reason_socket: raw.reason_socket.unwrap_or_else(|| REASON_SOCKET.into()),
             pin_dir: raw.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.into()),

@@ -146,12 +146,15 @@ pub fn report_lost(agent: &Shared) {
         let denied = st.kernel.failed_closed(guard_common::reason::RING_FULL);
         [handle::lost(&mut st, total), handle::ring_full(&mut st, denied)]
     };
+    let mut audit = agent.audit();
     for r in records.into_iter().flatten() {
-        agent.audit().write(&r);
+        audit.write(&r);
     }
+    audit.flush();
 }
 
-/// Every second, [`report_lost`].
+/// Every second, [`report_lost`]; its flush is also the spool's backstop (a checkpoint due by
+/// time, a batch some path did not flush).
 pub async fn watch_lost(agent: Shared) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;

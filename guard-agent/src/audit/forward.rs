@@ -1,50 +1,263 @@
-//! The central copy of the audit trail: records the local log wrote, reported to guard-server
-//! in batches (`ReportRecords`, each record the same `AuditRecord` JSON as the local line).
+//! Shipping the spool to guard-server, at least once. The shipper reads the spool from the
+//! shipped position (`<log>.shipped`), never past what the spool has synced, and sends up to
+//! [`BATCH`] records in chain order with `ReportRecords` (each record exactly its spool line, so
+//! its hash holds). The server stores each once, keyed by (host, stream, seq), and answers with
+//! the last seq it holds for the stream: the position moves there, and is persisted (aside,
+//! then renamed). A record sent but not acknowledged (the answer lost, the agent killed) is
+//! sent again; the server skips it.
+//!
+//! A record the server refuses is logged loudly with the server's message and shown by
+//! `status --check`; the shipper stays on it, retrying with backoff, until the server takes it
+//! (fixed there) or an operator drops it. Nothing after it is skipped: the chain has no gaps.
 
+use super::{log::Shared, position::Position};
 use crate::hold::remote::backoff;
-use guard_proto::v1::{agent_service_client::AgentServiceClient, Record, ReportRecordsRequest};
-use std::time::Duration;
-use tokio::{sync::mpsc, time::sleep};
+use anyhow::{Context, Result};
+use guard_proto::v1::{agent_service_client::AgentServiceClient, Record, ReportRecordsRequest, ReportRecordsResponse};
+use std::{
+    fs::File,
+    io::{Read, Seek, SeekFrom},
+    path::{Path, PathBuf},
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
+use tokio::time::sleep;
 use tonic::transport::Channel;
 
-/// Records waiting to be reported while the server is away; beyond this the newest are
-/// dropped from the central copy (the local audit log keeps every one).
-pub const RECORD_BACKLOG: usize = 10_000;
 /// Records per report.
-const BATCH: usize = 500;
+pub const BATCH: usize = 500;
+/// Bytes per report, well under gRPC's 4 MiB message limit (at least one record is sent).
+const BATCH_BYTES: usize = 2 << 20;
+/// The longest wait for the spool's next batch when no wake-up comes.
+const IDLE: Duration = Duration::from_secs(1);
 
-/// The channel the audit log writes to, and its receiving end for [`report`].
-pub fn channel() -> (mpsc::Sender<String>, mpsc::Receiver<String>) {
-    mpsc::channel(RECORD_BACKLOG)
+/// One spool line in a batch: its seq, where it ends, its JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub seq: u64,
+    pub end: u64,
+    pub json: String,
 }
 
-/// Sends records in batches; keeps a failed batch and retries it with backoff. Ends when the
-/// audit log (the sender) is gone.
-pub async fn report(client: AgentServiceClient<Channel>, mut rx: mpsc::Receiver<String>) {
-    let mut batch: Vec<Record> = vec![];
+/// The records after `pos`, up to `synced` bytes of the spool: at most [`BATCH`] records and
+/// about [`BATCH_BYTES`]. The spool's chain has no gaps, so the seqs follow `pos.seq`.
+pub fn read_batch(log: &Path, pos: &Position, synced: u64) -> Result<Vec<Line>> {
+    let want = synced.saturating_sub(pos.offset).min(2 * BATCH_BYTES as u64) as usize;
+    let mut f = File::open(log).with_context(|| format!("opening the audit spool {}", log.display()))?;
+    f.seek(SeekFrom::Start(pos.offset)).with_context(|| format!("reading {}", log.display()))?;
+    let mut buf = Vec::with_capacity(want);
+    f.take(want as u64).read_to_end(&mut buf).with_context(|| format!("reading {}", log.display()))?;
+    let mut out = vec![];
+    let (mut start, mut bytes) = (0usize, 0usize);
+    while let Some(n) = buf[start..].iter().position(|b| *b == b'\n') {
+        if out.len() == BATCH || (!out.is_empty() && bytes + n > BATCH_BYTES) {
+            break;
+        }
+        let json = String::from_utf8(buf[start..start + n].to_vec())
+            .with_context(|| format!("{} at byte {}: not UTF-8", log.display(), pos.offset + start as u64))?;
+        start += n + 1;
+        bytes += n;
+        out.push(Line { seq: pos.seq + out.len() as u64 + 1, end: pos.offset + start as u64, json });
+    }
+    Ok(out)
+}
+
+/// Moves `pos` over the records of `batch` the server holds (`stored`: its last seq of the
+/// stream). Whether it moved.
+pub fn advance(pos: &mut Position, batch: &[Line], stored: Option<u64>) -> bool {
+    let Some(stored) = stored else { return false };
+    let before = pos.seq;
+    for l in batch.iter().take_while(|l| l.seq <= stored) {
+        pos.seq = l.seq;
+        pos.offset = l.end;
+    }
+    pos.seq != before
+}
+
+/// What one answer means for the shipper.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The batch is stored (or the position moved): go on at once.
+    Moved,
+    /// The server refuses the record at the position: "seq N: message".
+    Refused(String),
+    /// Nothing moved and nothing refused: try again later.
+    Stuck,
+}
+
+/// Applies the server's answer to `pos`.
+pub fn apply(pos: &mut Position, batch: &[Line], resp: &ReportRecordsResponse) -> Outcome {
+    let stored = resp.stored.iter().find(|p| p.stream == pos.stream).map(|p| p.seq);
+    let moved = advance(pos, batch, stored);
+    match resp.refused.as_ref().filter(|r| r.stream == pos.stream) {
+        Some(r) => Outcome::Refused(format!("seq {} of stream {}: {}", r.seq, r.stream, r.message)),
+        None if moved => Outcome::Moved,
+        None => Outcome::Stuck,
+    }
+}
+
+fn wait(delays: &mut impl Iterator<Item = Duration>) -> Duration {
+    delays.next().unwrap_or(Duration::from_secs(30))
+}
+
+/// Ships the spool at `log` from `from`, for as long as the agent runs.
+pub async fn ship(client: AgentServiceClient<Channel>, log: PathBuf, from: Position, shared: Arc<Shared>) {
+    let mut pos = from;
     let mut delays = backoff();
     loop {
-        if batch.is_empty() {
-            match rx.recv().await {
-                Some(json) => batch.push(Record { json }),
-                None => return,
+        let synced = shared.synced.load(Ordering::Acquire);
+        if pos.offset >= synced {
+            tokio::select! {
+                _ = shared.wake.notified() => {}
+                _ = sleep(IDLE) => {}
             }
+            continue;
         }
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(json) => batch.push(Record { json }),
-                Err(_) => break,
-            }
-        }
-        match client.clone().report_records(ReportRecordsRequest { records: batch.clone() }).await {
+        let batch = match read_batch(&log, &pos, synced) {
+            Ok(b) if !b.is_empty() => b,
             Ok(_) => {
-                batch.clear();
-                delays = backoff();
+                tracing::error!(
+                    "the audit spool {} has no complete record at byte {} (synced to {synced}): shipping waits",
+                    log.display(),
+                    pos.offset
+                );
+                sleep(wait(&mut delays)).await;
+                continue;
             }
             Err(e) => {
-                tracing::debug!("reporting {} records failed: {}: {}", batch.len(), e.code(), e.message());
-                sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
+                tracing::error!("{e:#}: shipping waits");
+                sleep(wait(&mut delays)).await;
+                continue;
+            }
+        };
+        let records = batch.iter().map(|l| Record { json: l.json.clone() }).collect();
+        let resp = match client.clone().report_records(ReportRecordsRequest { records }).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                tracing::debug!("reporting {} audit records failed: {}: {}", batch.len(), e.code(), e.message());
+                sleep(wait(&mut delays)).await;
+                continue;
+            }
+        };
+        let before = pos.seq;
+        let outcome = apply(&mut pos, &batch, &resp);
+        if pos.seq != before {
+            shared.shipped.store(pos.offset, Ordering::Release);
+            if let Err(e) = pos.store(&log) {
+                tracing::error!("{e:#}: a restarted agent will send some records again (the server skips them)");
             }
         }
+        match outcome {
+            Outcome::Moved => {
+                *shared.refused.lock().expect("refused lock") = None;
+                delays = backoff();
+            }
+            Outcome::Refused(what) => {
+                tracing::error!(
+                    "guard-server refuses audit record {what}; the spool keeps it and retries (fix it on the server, or \
+                     drop it explicitly)"
+                );
+                *shared.refused.lock().expect("refused lock") = Some(what);
+                sleep(wait(&mut delays)).await;
+            }
+            Outcome::Stuck => {
+                tracing::warn!(
+                    "guard-server acknowledged none of {} audit records from seq {}; retrying",
+                    batch.len(),
+                    before + 1
+                );
+                sleep(wait(&mut delays)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use guard_proto::v1::{RefusedRecord, StreamPosition};
+
+    fn spool(lines: &[&str]) -> (tempfile::TempDir, PathBuf, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&path, &text).unwrap();
+        (dir, path, text.len() as u64)
+    }
+
+    #[test]
+    fn a_batch_reads_whole_lines_from_the_position_up_to_the_synced_length() {
+        let (_d, path, len) = spool(&["{\"a\":1}", "{\"b\":22}", "{\"c\":333}"]);
+        let pos = Position { stream: "s".into(), seq: 4, offset: 8 };
+        let b = read_batch(&path, &pos, len).unwrap();
+        assert_eq!(
+            b,
+            vec![
+                Line { seq: 5, end: 17, json: "{\"b\":22}".into() },
+                Line { seq: 6, end: 27, json: "{\"c\":333}".into() }
+            ]
+        );
+        // Not past what is synced, and never half a line.
+        assert_eq!(read_batch(&path, &pos, 20).unwrap().len(), 1);
+        assert!(read_batch(&path, &pos, 8).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_batch_holds_at_most_500_records() {
+        let lines: Vec<String> = (0..1200).map(|i| format!("{{\"n\":{i}}}")).collect();
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let (_d, path, len) = spool(&refs);
+        let mut pos = Position { stream: "s".into(), seq: 0, offset: 0 };
+        let mut seen = vec![];
+        loop {
+            let b = read_batch(&path, &pos, len).unwrap();
+            if b.is_empty() {
+                break;
+            }
+            assert!(b.len() <= BATCH);
+            seen.extend(b.iter().map(|l| l.json.clone()));
+            assert!(advance(&mut pos, &b, Some(b.last().unwrap().seq)));
+        }
+        assert_eq!(seen, lines);
+        assert_eq!((pos.seq, pos.offset), (1200, len));
+    }
+
+    fn resp(stored: Option<u64>, refused: Option<u64>) -> ReportRecordsResponse {
+        ReportRecordsResponse {
+            accepted: 0,
+            stored: stored.map(|seq| StreamPosition { stream: "s".into(), seq }).into_iter().collect(),
+            refused: refused.map(|seq| RefusedRecord { stream: "s".into(), seq, message: "hook: unknown".into() }),
+        }
+    }
+
+    #[test]
+    fn the_position_moves_to_what_the_server_stored_and_stays_on_a_refused_record() {
+        let batch: Vec<Line> = (1..=3).map(|seq| Line { seq, end: seq * 10, json: String::new() }).collect();
+        let start = Position { stream: "s".into(), seq: 0, offset: 0 };
+
+        let mut pos = start.clone();
+        assert_eq!(apply(&mut pos, &batch, &resp(Some(3), None)), Outcome::Moved);
+        assert_eq!((pos.seq, pos.offset), (3, 30));
+
+        // Stored up to 1, seq 2 refused: the position stays on seq 2.
+        let mut pos = start.clone();
+        let out = apply(&mut pos, &batch, &resp(Some(1), Some(2)));
+        assert_eq!(out, Outcome::Refused("seq 2 of stream s: hook: unknown".into()));
+        assert_eq!((pos.seq, pos.offset), (1, 10));
+
+        // The server holds more than was sent (a position reset): the batch is done.
+        let mut pos = start.clone();
+        assert_eq!(apply(&mut pos, &batch, &resp(Some(900), None)), Outcome::Moved);
+        assert_eq!(pos.seq, 3);
+
+        // Nothing stored for this stream: stuck, the position stays.
+        let mut pos = start.clone();
+        assert_eq!(apply(&mut pos, &batch, &resp(None, None)), Outcome::Stuck);
+        assert_eq!(pos, start);
+        // Another stream's answer does not move this one.
+        let mut other = resp(Some(3), Some(1));
+        other.stored[0].stream = "t".into();
+        other.refused.as_mut().unwrap().stream = "t".into();
+        assert_eq!(apply(&mut pos, &batch, &other), Outcome::Stuck);
     }
 }

@@ -79,3 +79,69 @@ pub fn ring_full(host: &str, n: u64) -> AuditRecord {
         Some("audit or ask operations denied in the kernel: the ring buffer had no room for their records".into());
     r
 }
+
+/// An agent record about the agent itself or its spool: `object` says what, `comment` the
+/// details a person reads.
+fn agent_note(host: &str, object: &str, comment: String) -> AuditRecord {
+    let mut r = AuditRecord::new(RecordKind::Agent, host);
+    r.object = Some(object.into());
+    r.comment = Some(comment);
+    r
+}
+
+/// The agent started: its version and the policies in force (name and hash).
+pub fn agent_start(host: &str, policies: &[(String, String)]) -> AuditRecord {
+    let list: Vec<String> = policies.iter().map(|(name, hash)| format!("{name} ({hash})")).collect();
+    agent_note(
+        host,
+        "start",
+        format!("guard-agent {} started; policies: {}", env!("CARGO_PKG_VERSION"), list.join(", ")),
+    )
+}
+
+/// The agent stops cleanly (a kill -9 leaves no such record: its absence is the evidence).
+pub fn agent_stop(host: &str) -> AuditRecord {
+    agent_note(host, "stop", format!("guard-agent {} stopped", env!("CARGO_PKG_VERSION")))
+}
+
+/// A policy was loaded (at start) or reloaded: its name and the hash registered with the server.
+pub fn policy_loaded(host: &str, name: &str, hash: &str, how: &str) -> AuditRecord {
+    let mut r = AuditRecord::new(RecordKind::Policy, host);
+    r.policy = Some(name.into());
+    r.object = Some(hash.into());
+    r.comment = Some(how.into());
+    r
+}
+
+/// The spool was damaged when the agent started: what was set aside, and where.
+pub fn spool_damaged(host: &str, line: u64, bytes: u64, why: &str, to: &std::path::Path) -> AuditRecord {
+    agent_note(
+        host,
+        "spool_damaged",
+        format!("the audit spool was damaged from line {line} on ({why}): {bytes} bytes moved to {}", to.display()),
+    )
+}
+
+/// The backlog of records not yet shipped reached its bound: records past it are counted, not
+/// written, until the server acknowledges enough.
+pub fn backlog_full(host: &str, unshipped: u64, max: u64) -> AuditRecord {
+    agent_note(
+        host,
+        "backlog_full",
+        format!(
+            "{unshipped} bytes of audit records are not yet acknowledged by guard-server, past \
+             audit_backlog_max_bytes = {max}: new records are counted, not written, until it catches up"
+        ),
+    )
+}
+
+/// Room returned after a full backlog: how many records were not written meanwhile.
+pub fn backlog_dropped(host: &str, lost: u64) -> AuditRecord {
+    let mut r = agent_note(
+        host,
+        "backlog_dropped",
+        format!("{lost} audit records were not written while the backlog to guard-server was full"),
+    );
+    r.lost = Some(lost);
+    r
+}

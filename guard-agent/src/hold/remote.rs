@@ -84,11 +84,12 @@ pub struct RemoteDecisions {
 
 impl RemoteDecisions {
     /// Starts the background registration; must run inside a runtime.
-    /// `policies`: (name, "sha256:<hex>") of each policy in force, registered with the server.
-    pub fn start(cfg: ServerConfig, policies: Vec<(String, String)>) -> Result<Arc<Self>> {
+    /// `policies`: (name, "sha256:<hex>") of each policy in force, registered with the server;
+    /// `audit_key`: the public half (hex) of the key the spool's checkpoints are signed with.
+    pub fn start(cfg: ServerConfig, policies: Vec<(String, String)>, audit_key: String) -> Result<Arc<Self>> {
         let channel = cfg.channel()?;
         let me = Arc::new(Self { url: cfg.url, channel, instance: instance_id(), registered: AtomicBool::new(false) });
-        tokio::spawn(me.clone().register(policies));
+        tokio::spawn(me.clone().register(policies, audit_key));
         Ok(me)
     }
 
@@ -117,14 +118,13 @@ impl RemoteDecisions {
         }
     }
 
-    async fn register(self: Arc<Self>, policies: Vec<(String, String)>) {
+    async fn register(self: Arc<Self>, policies: Vec<(String, String)>, audit_key: String) {
         let req = RegisterRequest {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             kernel: nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
             policies: policies.iter().map(|(name, _)| name.clone()).collect(),
             policy_hashes: policies.into_iter().collect(),
-            // TODO(issue 11, spool): the host's audit key, once the spool signs checkpoints.
-            audit_key: String::new(),
+            audit_key,
         };
         let mut delays = backoff();
         loop {

@@ -5,6 +5,9 @@
 //! - the ring buffer is being read: the reader beat within [`RING_STALE`] (see [`ring`]);
 //! - the server, when one is configured, answers this agent now (see `RemoteDecisions::probe`).
 //!
+//! The audit spool's problems (a full backlog, a record the server refuses: see `audit::log`)
+//! degrade the state too, though enforcement goes on (`enforcing` stays true).
+//!
 //! Otherwise the state is `degraded`, with one problem per failed check, each naming what
 //! failed (the program, the reader, the server). `guard-agent status --check` turns the state
 //! into an exit code for monitoring: 0 enforcing, 1 degraded, 2 not running.
@@ -58,16 +61,20 @@ pub fn problems(programs: &[ProgramState], reader: &Reader, server: Option<&Resu
     out
 }
 
-/// Runs the checks and returns `{"state", "problems", "programs", "ring", "server"}`. Called
-/// from an admin request handler, on a multi-thread runtime (the server probe blocks it).
-pub fn check(identity: &Identity, remote: Option<&RemoteDecisions>) -> Value {
+/// Runs the checks and returns `{"state", "enforcing", "problems", "programs", "ring",
+/// "server"}`; `spool` are the audit spool's problems. Called from an admin request handler, on
+/// a multi-thread runtime (the server probe blocks it).
+pub fn check(identity: &Identity, remote: Option<&RemoteDecisions>, spool: Vec<String>) -> Value {
     let programs = attached::check(identity);
     let (running, ms_since_beat, events_read) = ring::health();
     let reader = Reader { running, ms_since_beat, events_read };
     let server = remote.map(probe);
-    let problems = problems(&programs, &reader, server.as_ref());
+    let mut problems = problems(&programs, &reader, server.as_ref());
+    let enforcing = problems.is_empty();
+    problems.extend(spool);
     json!({
         "state": if problems.is_empty() { "enforcing" } else { "degraded" },
+        "enforcing": enforcing,
         "problems": problems,
         "programs": {
             "total": programs.len(),

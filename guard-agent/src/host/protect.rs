@@ -21,6 +21,22 @@ use std::path::{Path, PathBuf};
 /// Where every `run` agent pins its programs, one directory per agent process.
 pub const RUN_PIN_ROOT: &str = "/sys/fs/bpf/guard-run";
 
+/// The spool's files for the tamper baseline: the spool, its shipped position (and the file
+/// it is written aside to), and the host's audit key (not even readable by a tree).
+pub fn spool_paths(log: &Path) -> Vec<GuardPath> {
+    let shipped = crate::audit::position::path_for(log);
+    let mut aside = shipped.clone().into_os_string();
+    aside.push(".new");
+    let key = crate::audit::log::key_path(log);
+    vec![
+        GuardPath::File(log.into()),
+        GuardPath::File(shipped),
+        GuardPath::File(aside.into()),
+        GuardPath::Secret(key.with_extension("new")),
+        GuardPath::Secret(key),
+    ]
+}
+
 /// Writes the tamper baseline's maps: this process, `paths` (plus guard-agent's own binary,
 /// the pin directories of `run` and of the default daemon, and `pin_dir`), and the BPF objects
 /// pinned in `pin_dir`.

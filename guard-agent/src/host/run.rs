@@ -7,7 +7,7 @@ use super::{
 };
 use crate::{
     agent::{effects, Agent, Host, Owner, Shared, State, System},
-    audit::{forward, AuditLog},
+    audit::{forward, log::open_spool, record, BACKLOG_MAX_BYTES},
     hold::{local::LocalDecisions, remote, DecisionSource},
     kernel::{self, attached::Identity, guard_objects::GuardPath, ring, Kernel, KernelMaps},
     limits::MAX_TREE_TASKS,
@@ -62,7 +62,13 @@ pub fn run(
     }
     let policy = Policy::load(policy_path)?;
     let policy_hash = policy.hash.clone();
-    let audit = AuditLog::open(audit_path)?;
+    let host = super::hostname();
+    let mut audit = open_spool(audit_path, &host)?;
+    let policies = vec![(policy_name(policy_path), policy_hash)];
+    audit.write(&record::agent_start(&host, &policies));
+    audit.write(&record::policy_loaded(&host, &policies[0].0, &policies[0].1, "loaded (run)"));
+    audit.flush();
+    let audit_key = audit.audit_key().unwrap_or_default();
     // Pinned, so that the tree stays enforced if this agent is killed (see `protect`).
     let run_pins = match protect::RunPins::create() {
         Ok(p) => p,
@@ -75,8 +81,8 @@ pub fn run(
     };
     let (mut kernel, ring, pins) = Kernel::load_pinned(max_tasks, run_pins.root())?;
     kernel.install_policy(RUN_POLICY, &policy)?;
-    let mut guarded =
-        vec![GuardPath::File(policy_path.into()), GuardPath::File(audit_path.into()), GuardPath::File(socket.into())];
+    let mut guarded = vec![GuardPath::File(policy_path.into()), GuardPath::File(socket.into())];
+    guarded.extend(protect::spool_paths(audit_path));
     // The files the policy includes are policy too.
     guarded.extend(policy.included.iter().cloned().map(GuardPath::File));
     protect::protect(&mut kernel, &pins.dir, guarded)?;
@@ -97,11 +103,8 @@ pub fn run(
         nix::sys::signal::kill(child, Signal::SIGKILL).ok();
         return Err(e);
     }
-    let state: Shared = Agent::new(
-        State::new(Box::new(kernel), policy, policy_name(policy_path), super::hostname()),
-        audit,
-        Box::new(Host),
-    );
+    let state: Shared =
+        Agent::new(State::new(Box::new(kernel), policy, policy_name(policy_path), host.clone()), audit, Box::new(Host));
     if let Some(owner) = run_owner(pid) {
         state.lock().owners.insert(pid, owner);
     }
@@ -110,11 +113,11 @@ pub fn run(
     // a decision the approval service (separation of duties, its audit trail) never saw.
     let remote = server
         .map(|cfg| {
+            let (from, shared) = state.audit().ship(BACKLOG_MAX_BYTES);
+            let log = audit_path.to_path_buf();
             rt.block_on(async {
-                let r = remote::RemoteDecisions::start(cfg, vec![(policy_name(policy_path), policy_hash)])?;
-                let (tx, rx) = forward::channel();
-                tokio::spawn(forward::report(r.client(), rx));
-                state.audit().forward_to(tx);
+                let r = remote::RemoteDecisions::start(cfg, policies, audit_key)?;
+                tokio::spawn(forward::ship(r.client(), log, from, shared));
                 anyhow::Ok(r)
             })
         })
@@ -160,7 +163,7 @@ pub fn run(
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         effects::report_lost(&state);
-        state.audit().flush();
+        state.audit().close(record::agent_stop(&host));
         code
     });
     std::fs::remove_file(socket).ok();
@@ -228,7 +231,8 @@ fn admin_handler(
             return refusal;
         }
         // Before the state lock: the server probe may take a few seconds.
-        let health = matches!(req, Request::Status).then(|| health::check(&identity, server.as_deref()));
+        let health = matches!(req, Request::Status)
+            .then(|| health::check(&identity, server.as_deref(), state.audit().problems()));
         let st = state.lock();
         match req {
             Request::Pending => Response::ok(json!(st.holds.waiting())),
@@ -243,6 +247,7 @@ fn admin_handler(
                 "holds_in_kernel": st.kernel.holds_in_kernel(),
                 "events_lost": st.kernel.lost_events(),
                 "records_written": state.audit().written(),
+                "spool": state.audit().describe(),
                 "server": server.as_ref().map(|s| s.describe()),
             })),
             Request::Approve { .. } | Request::Deny { .. } if server.is_some() => Response::err(

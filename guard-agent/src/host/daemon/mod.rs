@@ -31,7 +31,7 @@ use super::{
 };
 use crate::{
     agent::{effects, Agent, Host, Shared, State, System, TreeInfo},
-    audit::{forward, AuditLog},
+    audit::{forward, log::open_spool, record},
     config::Config,
     hold::{local::LocalDecisions, remote, DecisionSource},
     kernel::{self, guard_objects::GuardPath, Kernel, KernelMaps, PinReport},
@@ -68,7 +68,16 @@ struct Daemon {
 
 pub fn daemon(config_path: &Path) -> Result<i32> {
     let cfg = Config::load(config_path).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
-    let audit = AuditLog::open(&cfg.audit_log)?;
+    let host = super::hostname();
+    let mut audit = open_spool(&cfg.audit_log, &host)?;
+    let policy_hashes: Vec<(String, String)> =
+        cfg.policies.iter().map(|p| (p.name.clone(), p.policy.hash.clone())).collect();
+    audit.write(&record::agent_start(&host, &policy_hashes));
+    for (name, hash) in &policy_hashes {
+        audit.write(&record::policy_loaded(&host, name, hash, "loaded (daemon start)"));
+    }
+    audit.flush();
+    let audit_key = audit.audit_key().unwrap_or_default();
     let (mut kernel, ring, pins) = Kernel::load_pinned(cfg.max_tree_tasks, &cfg.pin_dir)?;
     protect::protect(&mut kernel, &pins.dir, guard_paths(config_path, &cfg))?;
     tracing::info!(
@@ -85,7 +94,7 @@ pub fn daemon(config_path: &Path) -> Result<i32> {
     let identity = kernel.identity();
     let first = &cfg.policies[0];
     let state: Shared = Agent::new(
-        State::new(Box::new(kernel), first.policy.clone(), first.name.clone(), super::hostname()),
+        State::new(Box::new(kernel), first.policy.clone(), first.name.clone(), host.clone()),
         audit,
         Box::new(Host),
     );
@@ -98,16 +107,13 @@ pub fn daemon(config_path: &Path) -> Result<i32> {
     let local = Arc::new(LocalDecisions::default());
     let remote = match cfg.server.clone() {
         Some(server) => {
-            let names: Vec<(String, String)> =
-                cfg.policies.iter().map(|p| (p.name.clone(), p.policy.hash.clone())).collect();
+            let (from, shared) = state.audit().ship(cfg.audit_backlog_max_bytes);
+            let log = cfg.audit_log.clone();
             let r = rt.block_on(async {
-                let r = remote::RemoteDecisions::start(server, names)?;
-                let (tx, rx) = forward::channel();
-                tokio::spawn(forward::report(r.client(), rx));
-                anyhow::Ok((r, tx))
-            });
-            let (r, tx) = r?;
-            state.audit().forward_to(tx);
+                let r = remote::RemoteDecisions::start(server, policy_hashes, audit_key)?;
+                tokio::spawn(forward::ship(r.client(), log, from, shared));
+                anyhow::Ok(r)
+            })?;
             Some(r)
         }
         None => None,
@@ -152,23 +158,23 @@ pub fn daemon(config_path: &Path) -> Result<i32> {
         kernel::guard_objects::stop_heartbeat();
         tokio::time::sleep(Duration::from_millis(300)).await;
         effects::report_lost(&state);
-        state.audit().flush();
+        state.audit().close(record::agent_stop(&host));
     });
     std::fs::remove_file(&admin_socket).ok();
     std::fs::remove_file(&reason_socket).ok();
     Ok(0)
 }
 
-/// The daemon's own files for the tamper baseline: its configuration, policies, audit log,
-/// admin socket (not the reason socket: trees may use it), pin directory, and the server
+/// The daemon's own files for the tamper baseline: its configuration, policies, audit spool
+/// (with its shipped position and the host's audit key), admin socket (not the reason socket: trees may use it), pin directory, and the server
 /// client's certificates (its private key not even readable).
 fn guard_paths(config_path: &Path, cfg: &Config) -> Vec<GuardPath> {
     let mut paths = vec![
         GuardPath::File(config_path.into()),
-        GuardPath::File(cfg.audit_log.clone()),
         GuardPath::File(cfg.admin_socket.clone()),
         GuardPath::Dir(cfg.pin_dir.clone()),
     ];
+    paths.extend(protect::spool_paths(&cfg.audit_log));
     paths.extend(cfg.policies.iter().map(|p| GuardPath::File(p.file.clone())));
     // The files a policy includes are policy too.
     paths.extend(cfg.policies.iter().flat_map(|p| p.policy.included.iter().cloned().map(GuardPath::File)));

@@ -110,6 +110,16 @@ pub(super) fn reload(d: &Daemon, trigger: &str) -> Response {
     if let Err(e) = d.state.lock().kernel.set_guard_paths(&paths) {
         tracing::error!("reload: cannot update the protected paths: {e:#}");
     }
+    // Each policy loaded anew or changed is a record, with the hash the server knows it by.
+    let host = d.state.lock().host.clone();
+    for p in &new.policies {
+        let was = cfg.policies.iter().find(|o| o.name == p.name).map(|o| o.policy.hash.as_str());
+        if was != Some(p.policy.hash.as_str()) {
+            let how = format!("{} ({trigger})", if was.is_some() { "reloaded" } else { "loaded" });
+            d.state.audit().write(&record::policy_loaded(&host, &p.name, &p.policy.hash, &how));
+        }
+    }
+    d.state.audit().flush();
     let names: Vec<String> = new.policies.iter().map(|p| p.name.clone()).collect();
     tracing::info!("configuration reloaded ({trigger}): policies {names:?}, {} selectors", new.selectors.len());
     *cfg = new;

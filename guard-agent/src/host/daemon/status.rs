@@ -18,8 +18,9 @@ pub(super) fn kernel_support(d: &Daemon, enforcing: bool) -> serde_json::Value {
 
 pub(super) fn status(d: &Daemon) -> serde_json::Value {
     // Before any lock: the server probe may take a few seconds.
-    let health = crate::host::health::check(&d.identity, d.remote.as_deref());
-    let enforcing = health["state"] == "enforcing";
+    let spool = d.state.audit().problems();
+    let health = crate::host::health::check(&d.identity, d.remote.as_deref(), spool);
+    let enforcing = health["enforcing"] == true;
     let cfg = d.cfg.lock().expect("cfg lock");
     let ids = d.ids.lock().expect("ids lock").clone();
     let st = d.state.lock();
@@ -92,5 +93,6 @@ pub(super) fn status(d: &Daemon) -> serde_json::Value {
         "holds_in_kernel": st.kernel.holds_in_kernel(),
         "events_lost": st.kernel.lost_events(),
         "records_written": d.state.audit().written(),
+        "spool": d.state.audit().describe(),
     })
 }
