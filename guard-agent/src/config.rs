@@ -358,4 +358,17 @@ argv = ["--agent"]
             .unwrap();
         assert!(e.msg.contains("below the root"), "{e}");
     }
+
+    #[test]
+    fn the_audit_backlog_bound_defaults_to_1_gib_and_a_tiny_one_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a.toml"), "default = \"allow\"\n").unwrap();
+        let c = parse(d.path(), "[policies]\na = \"a.toml\"\n").unwrap();
+        assert_eq!(c.audit_backlog_max_bytes, 1 << 30);
+        let c = parse(d.path(), "audit_backlog_max_bytes = 5000000\n[policies]\na = \"a.toml\"\n").unwrap();
+        assert_eq!(c.audit_backlog_max_bytes, 5_000_000);
+        let e = parse(d.path(), "audit_backlog_max_bytes = 10\n[policies]\na = \"a.toml\"\n").err().unwrap();
+        assert_eq!((e.at.line, e.at.col), (1, 27), "{e}");
+        assert!(e.msg.contains("audit_backlog_max_bytes must be at least"), "{e}");
+    }
 }

@@ -6,6 +6,7 @@
 //! `guard-e2e [FILTER] [--list] [--exact] [--skip NAME]...` runs the tests (libtest's
 //! command line and summary); `guard-e2e do OP ARGS` is the workload side.
 
+mod audit_loss;
 mod bench;
 mod daemon_tests;
 mod demo;
@@ -120,6 +121,7 @@ fn run_tests() -> i32 {
         .chain(tamper::TESTS)
         .chain(status::TESTS)
         .chain(escape_hatch::TESTS)
+        .chain(audit_loss::TESTS)
         .map(|&(name, test)| Trial::ignorable_test(name, move || run_one(name, test)))
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);

@@ -10,6 +10,7 @@ mod kernel;
 mod server_bench;
 mod services;
 mod setup;
+mod spool_bench;
 mod util;
 mod vm;
 
@@ -102,6 +103,12 @@ fn dispatch(cmd: Cmd) -> Result<u8> {
             } else {
                 in_vm(a.kernel, a.smp, vec!["/bin/guard-e2e".into(), "bench".into(), a.rounds.to_string()], 5400)?
             };
+            if !a.server.server_only {
+                // On the host: the spool's disk cost does not need the VM.
+                if let Err(e) = spool_bench::run() {
+                    eprintln!("\n!!!!!!!! xtask: the spool bench failed: {e:#} !!!!!!!!\n");
+                }
+            }
             if !a.server.no_server {
                 server_bench::run(&a.server)?;
             }

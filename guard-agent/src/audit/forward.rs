@@ -11,9 +11,9 @@
 //! (fixed there) or an operator drops it. Nothing after it is skipped: the chain has no gaps.
 
 use super::{log::Shared, position::Position};
-use crate::hold::remote::backoff;
+use crate::hold::remote::{backoff, RemoteDecisions};
 use anyhow::{Context, Result};
-use guard_proto::v1::{agent_service_client::AgentServiceClient, Record, ReportRecordsRequest, ReportRecordsResponse};
+use guard_proto::v1::{Record, ReportRecordsRequest, ReportRecordsResponse};
 use std::{
     fs::File,
     io::{Read, Seek, SeekFrom},
@@ -22,7 +22,6 @@ use std::{
     time::Duration,
 };
 use tokio::time::sleep;
-use tonic::transport::Channel;
 
 /// Records per report.
 pub const BATCH: usize = 500;
@@ -87,7 +86,12 @@ pub enum Outcome {
 
 /// Applies the server's answer to `pos`.
 pub fn apply(pos: &mut Position, batch: &[Line], resp: &ReportRecordsResponse) -> Outcome {
-    let stored = resp.stored.iter().find(|p| p.stream == pos.stream).map(|p| p.seq);
+    let mut stored = resp.stored.iter().find(|p| p.stream == pos.stream).map(|p| p.seq);
+    // A server older than stored positions answers only how many it accepted: all of them is
+    // its acknowledgement of the batch.
+    if resp.stored.is_empty() && resp.refused.is_none() && resp.accepted as usize == batch.len() {
+        stored = batch.last().map(|l| l.seq);
+    }
     let moved = advance(pos, batch, stored);
     match resp.refused.as_ref().filter(|r| r.stream == pos.stream) {
         Some(r) => Outcome::Refused(format!("seq {} of stream {}: {}", r.seq, r.stream, r.message)),
@@ -100,8 +104,13 @@ fn wait(delays: &mut impl Iterator<Item = Duration>) -> Duration {
     delays.next().unwrap_or(Duration::from_secs(30))
 }
 
-/// Ships the spool at `log` from `from`, for as long as the agent runs.
-pub async fn ship(client: AgentServiceClient<Channel>, log: PathBuf, from: Position, shared: Arc<Shared>) {
+/// Ships the spool at `log` from `from`, for as long as the agent runs. Starts once the agent
+/// is registered: the server checks checkpoints against the audit key registration gives it.
+pub async fn ship(server: Arc<RemoteDecisions>, log: PathBuf, from: Position, shared: Arc<Shared>) {
+    while !server.is_registered() {
+        sleep(Duration::from_millis(100)).await;
+    }
+    let client = server.client();
     let mut pos = from;
     let mut delays = backoff();
     loop {
@@ -254,6 +263,13 @@ mod tests {
         let mut pos = start.clone();
         assert_eq!(apply(&mut pos, &batch, &resp(None, None)), Outcome::Stuck);
         assert_eq!(pos, start);
+        // A server that predates stored positions: accepting the whole batch acknowledges it,
+        // accepting less does not.
+        let mut old = resp(None, None);
+        old.accepted = 2;
+        assert_eq!(apply(&mut pos, &batch, &old), Outcome::Stuck);
+        old.accepted = 3;
+        assert_eq!(apply(&mut pos.clone(), &batch, &old), Outcome::Moved);
         // Another stream's answer does not move this one.
         let mut other = resp(Some(3), Some(1));
         other.stored[0].stream = "t".into();

@@ -98,6 +98,11 @@ impl RemoteDecisions {
         AgentServiceClient::new(self.channel.clone())
     }
 
+    /// Whether the server has answered this agent's registration.
+    pub fn is_registered(&self) -> bool {
+        self.registered.load(Ordering::Relaxed)
+    }
+
     /// For status screens: the server's URL and whether it has answered once.
     pub fn describe(&self) -> serde_json::Value {
         serde_json::json!({"url": self.url, "registered": self.registered.load(Ordering::Relaxed)})

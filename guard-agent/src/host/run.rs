@@ -117,7 +117,7 @@ pub fn run(
             let log = audit_path.to_path_buf();
             rt.block_on(async {
                 let r = remote::RemoteDecisions::start(cfg, policies, audit_key)?;
-                tokio::spawn(forward::ship(r.client(), log, from, shared));
+                tokio::spawn(forward::ship(r.clone(), log, from, shared));
                 anyhow::Ok(r)
             })
         })

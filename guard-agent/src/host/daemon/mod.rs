@@ -111,7 +111,7 @@ pub fn daemon(config_path: &Path) -> Result<i32> {
             let log = cfg.audit_log.clone();
             let r = rt.block_on(async {
                 let r = remote::RemoteDecisions::start(server, policy_hashes, audit_key)?;
-                tokio::spawn(forward::ship(r.client(), log, from, shared));
+                tokio::spawn(forward::ship(r.clone(), log, from, shared));
                 anyhow::Ok(r)
             })?;
             Some(r)
