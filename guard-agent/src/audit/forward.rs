@@ -25,8 +25,9 @@ use tokio::time::sleep;
 
 /// Records per report.
 pub const BATCH: usize = 500;
-/// Bytes per report, well under gRPC's 4 MiB message limit (at least one record is sent).
-const BATCH_BYTES: usize = 2 << 20;
+/// Bytes of records per report, under guard-server's 256 KiB message limit with room for the
+/// message's framing (a record with a long argv is ~10 KiB). At least one record is sent.
+pub const BATCH_BYTES: usize = 192 * 1024;
 /// The longest wait for the spool's next batch when no wake-up comes.
 const IDLE: Duration = Duration::from_secs(1);
 
@@ -41,11 +42,19 @@ pub struct Line {
 /// The records after `pos`, up to `synced` bytes of the spool: at most [`BATCH`] records and
 /// about [`BATCH_BYTES`]. The spool's chain has no gaps, so the seqs follow `pos.seq`.
 pub fn read_batch(log: &Path, pos: &Position, synced: u64) -> Result<Vec<Line>> {
-    let want = synced.saturating_sub(pos.offset).min(2 * BATCH_BYTES as u64) as usize;
+    let available = synced.saturating_sub(pos.offset);
+    let mut want = available.min(2 * BATCH_BYTES as u64);
     let mut f = File::open(log).with_context(|| format!("opening the audit spool {}", log.display()))?;
-    f.seek(SeekFrom::Start(pos.offset)).with_context(|| format!("reading {}", log.display()))?;
-    let mut buf = Vec::with_capacity(want);
-    f.take(want as u64).read_to_end(&mut buf).with_context(|| format!("reading {}", log.display()))?;
+    let buf = loop {
+        f.seek(SeekFrom::Start(pos.offset)).with_context(|| format!("reading {}", log.display()))?;
+        let mut buf = Vec::with_capacity(want as usize);
+        (&mut f).take(want).read_to_end(&mut buf).with_context(|| format!("reading {}", log.display()))?;
+        // A record longer than the window: read on until its end.
+        if buf.contains(&b'\n') || want >= available {
+            break buf;
+        }
+        want = (want * 2).min(available);
+    };
     let mut out = vec![];
     let (mut start, mut bytes) = (0usize, 0usize);
     while let Some(n) = buf[start..].iter().position(|b| *b == b'\n') {
@@ -143,7 +152,13 @@ pub async fn ship(server: Arc<RemoteDecisions>, log: PathBuf, from: Position, sh
         let resp = match client.clone().report_records(ReportRecordsRequest { records }).await {
             Ok(r) => r.into_inner(),
             Err(e) => {
-                tracing::debug!("reporting {} audit records failed: {}: {}", batch.len(), e.code(), e.message());
+                tracing::warn!(
+                    "shipping {} audit records from seq {} failed: {}: {}; retrying",
+                    batch.len(),
+                    pos.seq + 1,
+                    e.code(),
+                    e.message()
+                );
                 sleep(wait(&mut delays)).await;
                 continue;
             }
@@ -209,6 +224,20 @@ mod tests {
         // Not past what is synced, and never half a line.
         assert_eq!(read_batch(&path, &pos, 20).unwrap().len(), 1);
         assert!(read_batch(&path, &pos, 8).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_batch_stays_under_the_server_message_limit() {
+        let big = format!("{{\"argv\":\"{}\"}}", "x".repeat(10_000));
+        let lines: Vec<&str> = (0..100).map(|_| big.as_str()).collect();
+        let (_d, path, len) = spool(&lines);
+        let b = read_batch(&path, &Position::default(), len).unwrap();
+        let bytes: usize = b.iter().map(|l| l.json.len()).sum();
+        assert!(bytes <= BATCH_BYTES && b.len() >= BATCH_BYTES / big.len() - 1, "{} records, {bytes} bytes", b.len());
+        // One record larger than a batch still goes alone (the server then says what is wrong).
+        let huge = "y".repeat(3 * BATCH_BYTES);
+        let (_d, path, len) = spool(&[&huge, "{}"]);
+        assert_eq!(read_batch(&path, &Position::default(), len).unwrap().len(), 1);
     }
 
     #[test]

@@ -63,11 +63,8 @@ pub fn run(
     let policy = Policy::load(policy_path)?;
     let policy_hash = policy.hash.clone();
     let host = super::hostname();
-    let mut audit = open_spool(audit_path, &host)?;
+    let audit = open_spool(audit_path, &host)?;
     let policies = vec![(policy_name(policy_path), policy_hash)];
-    audit.write(&record::agent_start(&host, &policies));
-    audit.write(&record::policy_loaded(&host, &policies[0].0, &policies[0].1, "loaded (run)"));
-    audit.flush();
     let audit_key = audit.audit_key().unwrap_or_default();
     // Pinned, so that the tree stays enforced if this agent is killed (see `protect`).
     let run_pins = match protect::RunPins::create() {
@@ -105,6 +102,13 @@ pub fn run(
     }
     let state: Shared =
         Agent::new(State::new(Box::new(kernel), policy, policy_name(policy_path), host.clone()), audit, Box::new(Host));
+    {
+        // Once enforcing: a start that failed is no start.
+        let mut audit = state.audit();
+        audit.write(&record::agent_start(&host, &policies));
+        audit.write(&record::policy_loaded(&host, &policies[0].0, &policies[0].1, "loaded (run)"));
+        audit.flush();
+    }
     if let Some(owner) = run_owner(pid) {
         state.lock().owners.insert(pid, owner);
     }

@@ -69,14 +69,9 @@ struct Daemon {
 pub fn daemon(config_path: &Path) -> Result<i32> {
     let cfg = Config::load(config_path).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     let host = super::hostname();
-    let mut audit = open_spool(&cfg.audit_log, &host)?;
+    let audit = open_spool(&cfg.audit_log, &host)?;
     let policy_hashes: Vec<(String, String)> =
         cfg.policies.iter().map(|p| (p.name.clone(), p.policy.hash.clone())).collect();
-    audit.write(&record::agent_start(&host, &policy_hashes));
-    for (name, hash) in &policy_hashes {
-        audit.write(&record::policy_loaded(&host, name, hash, "loaded (daemon start)"));
-    }
-    audit.flush();
     let audit_key = audit.audit_key().unwrap_or_default();
     let (mut kernel, ring, pins) = Kernel::load_pinned(cfg.max_tree_tasks, &cfg.pin_dir)?;
     protect::protect(&mut kernel, &pins.dir, guard_paths(config_path, &cfg))?;
@@ -99,6 +94,15 @@ pub fn daemon(config_path: &Path) -> Result<i32> {
         Box::new(Host),
     );
     install(&state, &cfg, &ids)?;
+    {
+        // Once the policies are in force: a start that failed is no start.
+        let mut audit = state.audit();
+        audit.write(&record::agent_start(&host, &policy_hashes));
+        for (name, hash) in &policy_hashes {
+            audit.write(&record::policy_loaded(&host, name, hash, "loaded (daemon start)"));
+        }
+        audit.flush();
+    }
     readopt_pinned_trees(&state);
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
