@@ -4,7 +4,6 @@
 //! decision) are built here and nowhere else.
 use guard_api::{AuditRecord, Decision, Hook, Reason, RecordKind, StatedReason, Timestamp};
 use guard_proto::v1::{Request, Review, State};
-use ring::digest;
 
 /// The row kind of the records agents report (`ReportRecords`). The record's own `kind`
 /// (enforcement or agent) is inside its JSON; the row kind says where the row came from.
@@ -125,12 +124,4 @@ pub fn reported(mut record: AuditRecord, host: &str, time_ms: i64) -> AuditEntry
         request_id: String::new(),
         json: record.to_json(),
     }
-}
-
-/// Link of the hash chain: SHA-256 over the previous hash (hex) then the row's JSON.
-pub fn chain_hash(prev_hash: &str, json: &str) -> String {
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    ctx.update(prev_hash.as_bytes());
-    ctx.update(json.as_bytes());
-    ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -17,4 +17,3 @@ pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod validate;
-pub mod verify;

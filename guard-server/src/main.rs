@@ -50,14 +50,6 @@ enum Cmd {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
-    /// Verify an export of the audit chain (one row a line: seq, host, kind, json, prev_hash,
-    /// hash); exits 0 if whole, 1 with the first broken row otherwise.
-    VerifyAudit {
-        file: PathBuf,
-        /// The head (`audit_head`) the rows must end at: `SEQ:HASH`.
-        #[arg(long)]
-        head: Option<String>,
-    },
     /// Start a throwaway PostgreSQL cluster, print its URL, stop it on SIGTERM/SIGINT (benchmarks).
     /// Only in builds with the `testing` feature.
     #[cfg(feature = "testing")]
@@ -104,28 +96,6 @@ fn main() -> Result<()> {
                 config.listen = listen;
             }
             runtime()?.block_on(serve(config))
-        }
-        Cmd::VerifyAudit { file, head } => {
-            use guard_server::verify;
-            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-            let head = match head {
-                None => None,
-                Some(h) => {
-                    let (seq, hash) = h.split_once(':').context("--head: expected SEQ:HASH")?;
-                    Some(verify::Head { seq: seq.parse().context("--head: SEQ is not a number")?, hash: hash.into() })
-                }
-            };
-            let checked = verify::parse_export(&text).and_then(|rows| verify::verify(&rows, head.as_ref()));
-            match checked {
-                Ok(h) => {
-                    println!("{}: the chain is whole up to seq {} ({})", file.display(), h.seq, h.hash);
-                    Ok(())
-                }
-                Err(e) => {
-                    println!("{}: {e}", file.display());
-                    std::process::exit(1);
-                }
-            }
         }
         #[cfg(feature = "testing")]
         Cmd::DevPostgres { dir, port } => {

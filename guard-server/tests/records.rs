@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use guard_api::{Action, AuditRecord, Decision, Hook, Reason, RecordKind, StatedReason, Timestamp};
-use guard_proto::v1::{AuditEvent, AuditQuery, Record, ReportRecordsRequest, ReviewRequest};
+use guard_proto::v1::{AuditEvent, AuditQuery, ReportRecordsRequest, ReviewRequest};
 use tokio_stream::StreamExt;
 
 async fn audit(server: &Server, query: AuditQuery) -> Vec<AuditEvent> {
@@ -51,8 +51,9 @@ fn full_record(host: &str) -> AuditRecord {
 async fn a_reported_record_comes_back_field_for_field() {
     let site = Site::new();
     let server = site.start(None).await;
-    let sent = full_record("h1");
-    let records = vec![Record { json: sent.to_json() }];
+    let mut spool = TestSpool::new("s1");
+    let sent = spool.seal(full_record("h1"));
+    let records = wire(std::slice::from_ref(&sent));
     let accepted = server.agent("h1").await.report_records(ReportRecordsRequest { records }).await.unwrap();
     assert_eq!(accepted.into_inner().accepted, 1);
 
@@ -60,11 +61,13 @@ async fn a_reported_record_comes_back_field_for_field() {
     assert_eq!(events.len(), 1);
     assert_eq!(AuditRecord::from_json(&events[0].json).unwrap(), sent);
 
-    // The agent's own idea of its host name gives way to its certificate's.
-    let records = vec![Record { json: full_record("not-h1").to_json() }];
-    server.agent("h1").await.report_records(ReportRecordsRequest { records }).await.unwrap();
-    let events = audit(&server, AuditQuery { host: "h1".into(), ..Default::default() }).await;
-    assert_eq!(AuditRecord::from_json(&events[1].json).unwrap(), sent);
+    // A record naming another host than the certificate's is refused, not rewritten: the
+    // server never changes what the agent's chain covers.
+    let records = wire(&[spool.seal(full_record("not-h1"))]);
+    let reply = server.agent("h1").await.report_records(ReportRecordsRequest { records }).await.unwrap().into_inner();
+    let refused = reply.refused.expect("refused");
+    assert!(refused.message.contains("records[0].host") && refused.message.contains("not-h1"), "{}", refused.message);
+    assert_eq!(audit(&server, AuditQuery { host: "h1".into(), ..Default::default() }).await.len(), 1);
     server.stop().await;
 }
 

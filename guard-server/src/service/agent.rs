@@ -10,8 +10,8 @@ use crate::store::{Decision, Finish, HostInfo};
 use crate::{ids, validate};
 use guard_proto::v1::agent_service_server::AgentService;
 use guard_proto::v1::{
-    AwaitRequest, RegisterRequest, RegisterResponse, ReportRecordsRequest, ReportRecordsResponse, Request,
-    SubmitRequest, TreeExitedRequest, TreeExitedResponse, WithdrawRequest,
+    AwaitRequest, RefusedRecord, RegisterRequest, RegisterResponse, ReportRecordsRequest, ReportRecordsResponse,
+    Request, StreamPosition, SubmitRequest, TreeExitedRequest, TreeExitedResponse, WithdrawRequest,
 };
 use tonic::Response;
 
@@ -46,6 +46,9 @@ impl AgentService for AgentApi {
                     _ => {}
                 }
             }
+        }
+        if !r.audit_key.is_empty() {
+            self.shared.store.register_audit_key(&host, &r.audit_key, now).await?;
         }
         Ok(Response::new(RegisterResponse { host, server_time_ms: now }))
     }
@@ -124,19 +127,31 @@ impl AgentService for AgentApi {
 
     async fn report_records(&self, request: tonic::Request<ReportRecordsRequest>) -> Reply<ReportRecordsResponse> {
         let host = require(&request, Role::Agent)?.name;
-        // Each record must read as the one audit record type; the error names what does not fit.
-        let mut parsed = validate::report_records(&request.into_inner())?;
-        for record in &mut parsed {
-            // Redacted before it is stored, like a request's argv; the record says so.
+        let (mut records, bad) = validate::report_records(&host, &request.into_inner())?;
+        for record in &mut records {
+            // Redacted before it is stored, like a request's argv, after its hash was checked;
+            // the link says so (the content no longer hashes to it, the chain still holds).
             if self.shared.policy.redact.redact(&mut record.argv) {
                 let note = crate::audit::REDACTED_NOTE;
                 record.comment = Some(match record.comment.take().filter(|c| !c.is_empty()) {
                     Some(c) => format!("{c} ({note})"),
                     None => note.to_string(),
                 });
+                if let Some(link) = &mut record.chain {
+                    link.redacted = true;
+                }
             }
         }
-        let accepted = self.shared.store.append_records(&host, parsed, now_ms()).await?;
-        Ok(Response::new(ReportRecordsResponse { accepted, ..Default::default() }))
+        let done = self.shared.store.append_records(&host, records, now_ms()).await?;
+        // A refusal from the store comes first in the chain; else the service's own.
+        let refused = done.refused.or(bad).map(|r| {
+            tracing::warn!("host {host}: record {} of stream {} refused: {}", r.seq, r.stream, r.message);
+            RefusedRecord { stream: r.stream, seq: r.seq, message: r.message }
+        });
+        Ok(Response::new(ReportRecordsResponse {
+            accepted: done.accepted,
+            stored: done.stored.into_iter().map(|(stream, seq)| StreamPosition { stream, seq }).collect(),
+            refused,
+        }))
     }
 }

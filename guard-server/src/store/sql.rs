@@ -6,6 +6,7 @@
 //! Submissions go through the group-commit writer (`writer.rs`); rows are mapped in
 //! `rows.rs`; the audit chain is appended in `chain.rs`.
 use super::chain::append_audit;
+use super::ingest::{self, Ingest};
 use super::rows::{load_request, load_reviews, placeholders, request_from_row, state_label};
 use super::writer::{prepare, SubmitJob, Submitted, Writer, QUEUE};
 use super::{AuditFilter, Decision, Finish, HostInfo, Judge, ListFilter, NewRequest, Store};
@@ -14,8 +15,9 @@ use crate::error::{GuardError, GuardResult};
 use crate::fanout::Fanout;
 use crate::ids;
 use async_trait::async_trait;
+use guard_api::chain::keys::SigningKey;
 use guard_api::{AuditRecord, RecordKind};
-use guard_proto::v1::{AuditEvent, Request, Review, State};
+use guard_proto::v1::{AuditEvent, AuditHead, AuditKey, Request, Review, State};
 
 use super::grant_argv;
 use sqlx::AnyPool;
@@ -383,13 +385,51 @@ impl Store for SqlStore {
         Ok(u32::try_from(done.rows_affected()).unwrap_or(u32::MAX))
     }
 
-    async fn append_records(&self, host: &str, records: Vec<AuditRecord>, now_ms: i64) -> GuardResult<u32> {
-        let n = records.len();
-        let entries: Vec<AuditEntry> = records.into_iter().map(|r| audit::reported(r, host, now_ms)).collect();
+    async fn append_records(&self, host: &str, records: Vec<AuditRecord>, now_ms: i64) -> GuardResult<Ingest> {
         let mut tx = self.begin_write().await?;
-        append_audit(&mut tx, self.backend, &entries).await?;
+        let done = ingest::ingest(&mut tx, self.backend, host, records, now_ms).await?;
         tx.commit().await?;
-        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+        Ok(done)
+    }
+
+    async fn register_audit_key(&self, host: &str, public_hex: &str, now_ms: i64) -> GuardResult<()> {
+        let mut tx = self.begin_write().await?;
+        ingest::register_key(&mut tx, host, public_hex, now_ms).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn audit_head(&self) -> GuardResult<AuditHead> {
+        // One read transaction, so the head and the keys are of the same moment.
+        let mut tx = self.pool.begin().await?;
+        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(&mut *tx).await?;
+        let keys =
+            sqlx::query("SELECT host, key_id, public_key, first_seen_ms FROM audit_keys ORDER BY host, first_seen_ms")
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(AuditKey {
+                        host: r.try_get("host")?,
+                        key_id: r.try_get("key_id")?,
+                        public_key: r.try_get("public_key")?,
+                        first_seen_ms: r.try_get("first_seen_ms")?,
+                    })
+                })
+                .collect::<GuardResult<Vec<_>>>()?;
+        tx.commit().await?;
+        Ok(AuditHead {
+            seq: u64::try_from(head.try_get::<i64, _>("seq")?).unwrap_or(0),
+            hash: head.try_get("hash")?,
+            keys,
+        })
+    }
+
+    async fn checkpoint(&self, key: &SigningKey, now_ms: i64) -> GuardResult<Option<u64>> {
+        let mut tx = self.begin_write().await?;
+        let signed = ingest::checkpoint(&mut tx, self.backend, key, now_ms).await?;
+        tx.commit().await?;
+        Ok(signed)
     }
 
     async fn audit(&self, filter: &AuditFilter) -> GuardResult<Vec<AuditEvent>> {
@@ -409,6 +449,10 @@ impl Store for SqlStore {
             n += 1;
             sql += &format!(" AND request_id = ${n}");
         }
+        if filter.after_seq > 0 {
+            n += 1;
+            sql += &format!(" AND seq > ${n}");
+        }
         let limit = if filter.limit == 0 { MAX_ROWS } else { filter.limit.min(MAX_ROWS) };
         sql += &format!(" ORDER BY seq LIMIT {limit}");
         let mut query = sqlx::query(AssertSqlSafe(sql)).bind(filter.since_ms);
@@ -420,6 +464,9 @@ impl Store for SqlStore {
         }
         if let Some(id) = &filter.request_id {
             query = query.bind(id.clone());
+        }
+        if filter.after_seq > 0 {
+            query = query.bind(i64::try_from(filter.after_seq).unwrap_or(i64::MAX));
         }
         let rows = query.fetch_all(&self.pool).await?;
         rows.iter()
