@@ -19,7 +19,16 @@ fn key() -> &'static SigningKey {
 
 fn row(seq: i64, prev: &str, kind: &str, json: String) -> ChainRow {
     let hash = row_hash(prev, seq, seq, "web1", kind, "", &json);
-    ChainRow { seq, time_ms: seq, host: "web1".into(), kind: kind.into(), request_id: String::new(), json, prev_hash: prev.into(), hash }
+    ChainRow {
+        seq,
+        time_ms: seq,
+        host: "web1".into(),
+        kind: kind.into(),
+        request_id: String::new(),
+        json,
+        prev_hash: prev.into(),
+        hash,
+    }
 }
 
 /// A valid chain: one request row per input line (its object), closed by a signed checkpoint.
@@ -107,6 +116,10 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if bad != rows {
-        assert!(verify_rows(&bad, Some(head), Some(&keys)).is_err(), "a changed chain was accepted: mutation {}", ctl[0] % 10);
+        assert!(
+            verify_rows(&bad, Some(head), Some(&keys)).is_err(),
+            "a changed chain was accepted: mutation {}",
+            ctl[0] % 10
+        );
     }
 });
