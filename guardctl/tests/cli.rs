@@ -299,3 +299,47 @@ async fn unreachable_server_exits_1() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_checks_the_chain_online_and_offline_and_names_the_broken_row() {
+    let server = Server::start();
+    let mut agent = server.agent().await;
+    let (created, _stream) = submit(&mut agent, "/etc/verified", "", "hold-verify").await;
+    assert_ok(&server.ctl(&["deny", &created.id, "--reason", "no"]));
+
+    let online = assert_ok(&server.ctl(&["audit", "verify"]));
+    assert!(online.starts_with("OK: the server's chain is whole: rows 1 to "), "{online}");
+
+    // Offline: an export and the keys, checked without the server.
+    let rows = assert_ok(&server.ctl(&["audit", "rows"]));
+    let keys = assert_ok(&server.ctl(&["audit", "keys"]));
+    assert!(rows.lines().count() >= 2, "{rows}");
+    assert!(keys.contains("\"server\""), "{keys}");
+    let keys_file = server.dir.join("keys.json");
+    std::fs::write(&keys_file, &keys).unwrap();
+    let offline = |text: &str| {
+        let file = server.dir.join("rows.jsonl");
+        std::fs::write(&file, text).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_guardctl"))
+            .args(["audit", "verify", "--rows", file.to_str().unwrap(), "--keys", keys_file.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let out = offline(&rows);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("OK: "));
+
+    let lines: Vec<&str> = rows.lines().collect();
+    let broken = |text: String, what: &str| {
+        let out = offline(&text);
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{said}");
+        assert!(said.starts_with("BROKEN: chain server: row ") && said.contains(what), "{what}: {said}");
+    };
+    broken(rows.replacen("/etc/verified", "/etc/elsewhere", 1), ": modified: ");
+    broken([&lines[..1], &lines[2..]].concat().join("\n"), ": deleted: ");
+    let mut swapped = lines.clone();
+    swapped.swap(0, 1);
+    broken(swapped.join("\n"), ": reordered: ");
+    broken(format!("{rows}{}\n", lines[0]), ": inserted: ");
+}
