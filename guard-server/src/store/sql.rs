@@ -9,7 +9,7 @@ use super::chain::append_audit;
 use super::rows::{load_request, load_reviews, placeholders, request_from_row, state_label};
 use super::writer::{prepare, SubmitJob, Submitted, Writer, QUEUE};
 use super::{AuditFilter, Decision, Finish, HostInfo, Judge, ListFilter, NewRequest, Store};
-use crate::audit::{self, AuditEntry};
+use crate::audit::{self, AuditEntry, GrantEnd};
 use crate::error::{GuardError, GuardResult};
 use crate::fanout::Fanout;
 use crate::ids;
@@ -178,6 +178,97 @@ async fn set_decision(tx: &mut Tx, id: &str, d: &Decision) -> GuardResult<bool> 
     Ok(done.rows_affected() == 1)
 }
 
+/// The columns of `grants` an `audit::Grant` is read from.
+const GRANT_COLUMNS: &str =
+    "id, host, tree_id, hook, object, access, argv, approver, request_id, created_ms, expires_ms";
+
+fn grant_from_row(row: &sqlx::any::AnyRow) -> GuardResult<audit::Grant> {
+    Ok(audit::Grant {
+        id: row.try_get("id")?,
+        host: row.try_get("host")?,
+        tree_id: row.try_get("tree_id")?,
+        hook: row.try_get("hook")?,
+        object: row.try_get("object")?,
+        access: row.try_get("access")?,
+        argv: row.try_get("argv")?,
+        approver: row.try_get("approver")?,
+        request_id: row.try_get("request_id")?,
+        created_ms: row.try_get("created_ms")?,
+        expires_ms: row.try_get("expires_ms")?,
+    })
+}
+
+impl SqlStore {
+    /// Expires every pending request past its time, each audited once.
+    async fn expire_requests(&self, now_ms: i64) -> GuardResult<usize> {
+        // A cheap read first: most sweeps find nothing and should not take the write lock.
+        let due = sqlx::query("SELECT id FROM requests WHERE state = 'pending' AND expires_ms <= $1 LIMIT 1")
+            .bind(now_ms)
+            .fetch_optional(&self.pool)
+            .await?;
+        if due.is_none() {
+            return Ok(0);
+        }
+        let mut tx = self.begin_write().await?;
+        // Conditional on `pending`: with several replicas sweeping, each row is expired (and
+        // audited) by exactly one of them.
+        let sql = format!(
+            "UPDATE requests SET state = 'expired', reason = 'expired', decided_by = '', comment = '', decided_ms = $1 \
+             WHERE state = 'pending' AND expires_ms <= $1 RETURNING {REQUEST_COLUMNS}"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql)).bind(now_ms).fetch_all(&mut *tx).await?;
+        let requests = rows.iter().map(request_from_row).collect::<GuardResult<Vec<_>>>()?;
+        let entries: Vec<AuditEntry> =
+            requests.iter().map(|r| audit::entry(RecordKind::Decision, now_ms, r, None)).collect();
+        append_audit(&mut tx, self.backend, &entries).await?;
+        let ids: Vec<&str> = requests.iter().map(|r| r.id.as_str()).collect();
+        self.commit(tx, &ids).await?;
+        Ok(requests.len())
+    }
+
+    /// Ends the live grants matching `condition` (`$1` is now, `$2`... are `binds`), each
+    /// with its record, in one transaction. Conditional on `ended_ms IS NULL`: with several
+    /// replicas, each grant is ended (and audited) by exactly one of them. An expired grant's
+    /// `ended_ms` is its expiry, the time it stopped covering anything.
+    async fn end_grants_where(
+        &self,
+        end: GrantEnd,
+        condition: &str,
+        binds: &[&str],
+        now_ms: i64,
+    ) -> GuardResult<usize> {
+        if end == GrantEnd::Expired {
+            // A cheap read first: most sweeps find nothing and should not take the write lock.
+            let due = sqlx::query("SELECT id FROM grants WHERE ended_ms IS NULL AND expires_ms <= $1 LIMIT 1")
+                .bind(now_ms)
+                .fetch_optional(&self.pool)
+                .await?;
+            if due.is_none() {
+                return Ok(0);
+            }
+        }
+        let ended = match end {
+            GrantEnd::Expired => "expires_ms",
+            GrantEnd::TreeExited => "$1",
+        };
+        let sql = format!(
+            "UPDATE grants SET ended_ms = {ended} WHERE ended_ms IS NULL AND {condition} RETURNING {GRANT_COLUMNS}"
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now_ms);
+        for b in binds {
+            query = query.bind(b.to_string());
+        }
+        let mut tx = self.begin_write().await?;
+        let rows = query.fetch_all(&mut *tx).await?;
+        let grants = rows.iter().map(grant_from_row).collect::<GuardResult<Vec<_>>>()?;
+        let entries: Vec<AuditEntry> =
+            grants.iter().map(|g| audit::server_entry(&audit::grant_record(g, now_ms, Some(end)))).collect();
+        append_audit(&mut tx, self.backend, &entries).await?;
+        tx.commit().await?;
+        Ok(grants.len())
+    }
+}
+
 #[async_trait]
 impl Store for SqlStore {
     async fn submit(&self, new: NewRequest) -> GuardResult<Request> {
@@ -303,24 +394,38 @@ impl Store for SqlStore {
         // this request only.
         let grant = effect.grant_until_ms.zip(request.operation.as_ref().and_then(|op| Some((op, grant_argv(op)?))));
         if let Some((until, (op, argv))) = grant {
-            let grant_id = ids::new_request_id().map_err(|_| GuardError::Internal("no randomness".into()))?;
+            let grant = audit::Grant {
+                id: ids::new_request_id().map_err(|_| GuardError::Internal("no randomness".into()))?,
+                host: request.host.clone(),
+                tree_id: op.tree_id.clone(),
+                hook: op.hook.clone(),
+                object: op.object.clone(),
+                access: op.access.clone(),
+                argv,
+                approver: review.approver.clone(),
+                request_id: id.to_string(),
+                created_ms: now_ms,
+                expires_ms: until,
+            };
             sqlx::query(
                 "INSERT INTO grants (id, host, tree_id, hook, object, access, argv, approver, request_id, created_ms, \
                  expires_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
-            .bind(grant_id)
-            .bind(request.host.clone())
-            .bind(op.tree_id.clone())
-            .bind(op.hook.clone())
-            .bind(op.object.clone())
-            .bind(op.access.clone())
-            .bind(argv)
-            .bind(review.approver.clone())
-            .bind(id.to_string())
-            .bind(now_ms)
-            .bind(until)
+            .bind(grant.id.clone())
+            .bind(grant.host.clone())
+            .bind(grant.tree_id.clone())
+            .bind(grant.hook.clone())
+            .bind(grant.object.clone())
+            .bind(grant.access.clone())
+            .bind(grant.argv.clone())
+            .bind(grant.approver.clone())
+            .bind(grant.request_id.clone())
+            .bind(grant.created_ms)
+            .bind(grant.expires_ms)
             .execute(&mut *tx)
             .await?;
+            // In the same transaction: a grant exists exactly when its record does.
+            entries.push(audit::server_entry(&audit::grant_record(&grant, now_ms, None)));
         }
         append_audit(&mut tx, self.backend, &entries).await?;
         self.commit(tx, &[id]).await?;
@@ -348,39 +453,26 @@ impl Store for SqlStore {
     }
 
     async fn expire_due(&self, now_ms: i64) -> GuardResult<usize> {
-        // A cheap read first: most sweeps find nothing and should not take the write lock.
-        let due = sqlx::query("SELECT id FROM requests WHERE state = 'pending' AND expires_ms <= $1 LIMIT 1")
-            .bind(now_ms)
-            .fetch_optional(&self.pool)
-            .await?;
-        if due.is_none() {
-            return Ok(0);
-        }
-        let mut tx = self.begin_write().await?;
-        // Conditional on `pending`: with several replicas sweeping, each row is expired (and
-        // audited) by exactly one of them.
-        let sql = format!(
-            "UPDATE requests SET state = 'expired', reason = 'expired', decided_by = '', comment = '', decided_ms = $1 \
-             WHERE state = 'pending' AND expires_ms <= $1 RETURNING {REQUEST_COLUMNS}"
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql)).bind(now_ms).fetch_all(&mut *tx).await?;
-        let requests = rows.iter().map(request_from_row).collect::<GuardResult<Vec<_>>>()?;
-        let entries: Vec<AuditEntry> =
-            requests.iter().map(|r| audit::entry(RecordKind::Decision, now_ms, r, None)).collect();
-        append_audit(&mut tx, self.backend, &entries).await?;
-        let ids: Vec<&str> = requests.iter().map(|r| r.id.as_str()).collect();
-        self.commit(tx, &ids).await?;
-        Ok(requests.len())
+        let expired = self.expire_requests(now_ms).await?;
+        self.end_grants_where(GrantEnd::Expired, "expires_ms <= $1", &[], now_ms).await?;
+        Ok(expired)
     }
 
     async fn end_grants(&self, host: &str, tree_id: &str, now_ms: i64) -> GuardResult<u32> {
-        let done = sqlx::query("UPDATE grants SET ended_ms = $1 WHERE host = $2 AND tree_id = $3 AND ended_ms IS NULL")
-            .bind(now_ms)
-            .bind(host.to_string())
-            .bind(tree_id.to_string())
-            .execute(&self.pool)
-            .await?;
-        Ok(u32::try_from(done.rows_affected()).unwrap_or(u32::MAX))
+        let ended =
+            self.end_grants_where(GrantEnd::TreeExited, "host = $2 AND tree_id = $3", &[host, tree_id], now_ms).await?;
+        Ok(u32::try_from(ended).unwrap_or(u32::MAX))
+    }
+
+    async fn append_server(&self, records: Vec<AuditRecord>) -> GuardResult<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let entries: Vec<AuditEntry> = records.iter().map(audit::server_entry).collect();
+        let mut tx = self.begin_write().await?;
+        append_audit(&mut tx, self.backend, &entries).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn append_records(&self, host: &str, records: Vec<AuditRecord>, now_ms: i64) -> GuardResult<u32> {
