@@ -275,6 +275,20 @@ async fn grants_are_recorded_when_made_and_when_they_end(server: &Server) {
     assert_eq!((expired.len(), again), (1, 1), "{expired:#?}");
     assert_eq!((expired[0].reason, expired[0].approver.as_deref()), (Some(Reason::Expired), Some("bob")));
     assert!(expired[0].comment.as_deref().unwrap().ends_with("ended: expired"), "{:?}", expired[0].comment);
+
+    // The search filters, on this backend's JSON functions: alice's allows are her review,
+    // the decision and the grant of the first request; the second tree's pending record is
+    // its request's creation.
+    let query = AuditQuery { decision: "allow".into(), approver: "alice".into(), ..Default::default() };
+    let alices: Vec<AuditRecord> =
+        audit(server, query).await.iter().map(|e| AuditRecord::from_json(&e.json).unwrap()).collect();
+    let kinds: Vec<RecordKind> = alices.iter().map(|r| r.kind).collect();
+    assert_eq!(kinds, [RecordKind::Review, RecordKind::Decision, RecordKind::Grant], "{alices:#?}");
+    assert!(alices.iter().all(|r| r.request_id.as_deref() == Some(first.id.as_str())));
+    let query = AuditQuery { decision: "pending".into(), tree_id: "8-2".into(), ..Default::default() };
+    let pending = audit(server, query).await;
+    assert_eq!(pending.len(), 1);
+    assert_eq!((pending[0].kind.as_str(), pending[0].request_id.as_str()), ("request", second.id.as_str()));
 }
 
 #[tokio::test]

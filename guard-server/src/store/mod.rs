@@ -125,6 +125,11 @@ pub struct AuditFilter {
     pub until_ms: Option<i64>,
     pub host: Option<String>,
     pub request_id: Option<String>,
+    /// Filters on the record (decision, rule, approver, tree).
+    pub search: crate::search::Search,
+    /// Only the events of hosts this says the caller sees; None: every host.
+    pub visible: Option<crate::search::Visible>,
+    /// Most events returned (after every filter); 0: the store's maximum.
     pub limit: u32,
 }
 

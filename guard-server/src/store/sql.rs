@@ -485,39 +485,53 @@ impl Store for SqlStore {
     }
 
     async fn audit(&self, filter: &AuditFilter) -> GuardResult<Vec<AuditEvent>> {
-        let mut sql = String::from(
-            "SELECT seq, time_ms, host, kind, request_id, json, prev_hash, hash FROM audit WHERE time_ms >= $1",
-        );
-        let mut n = 1;
-        if filter.until_ms.is_some() {
-            n += 1;
-            sql += &format!(" AND time_ms < ${n}");
-        }
-        if filter.host.is_some() {
-            n += 1;
-            sql += &format!(" AND host = ${n}");
-        }
-        if filter.request_id.is_some() {
-            n += 1;
-            sql += &format!(" AND request_id = ${n}");
-        }
-        let limit = if filter.limit == 0 { MAX_ROWS } else { filter.limit.min(MAX_ROWS) };
-        sql += &format!(" ORDER BY seq LIMIT {limit}");
-        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(filter.since_ms);
-        if let Some(until) = filter.until_ms {
-            query = query.bind(until);
-        }
-        if let Some(host) = &filter.host {
-            query = query.bind(host.clone());
-        }
-        if let Some(id) = &filter.request_id {
-            query = query.bind(id.clone());
-        }
-        let rows = query.fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
+        let limit = if filter.limit == 0 { MAX_ROWS } else { filter.limit.min(MAX_ROWS) } as usize;
+        let mut events = Vec::new();
+        // Read in pages of `limit` rows in seq order: the filters on the record are in the SQL,
+        // the caller's host visibility is applied here, and a page's hidden events are made up
+        // by the next page, so `limit` counts the events returned.
+        let mut after_seq: i64 = 0;
+        loop {
+            let mut sql = String::from(
+                "SELECT seq, time_ms, host, kind, request_id, json, prev_hash, hash FROM audit \
+                 WHERE time_ms >= $1 AND seq > $2",
+            );
+            let mut n = 2;
+            if filter.until_ms.is_some() {
+                n += 1;
+                sql += &format!(" AND time_ms < ${n}");
+            }
+            if filter.host.is_some() {
+                n += 1;
+                sql += &format!(" AND host = ${n}");
+            }
+            if filter.request_id.is_some() {
+                n += 1;
+                sql += &format!(" AND request_id = ${n}");
+            }
+            let mut next = n + 1;
+            let (conditions, binds) = filter.search.conditions(self.backend == Backend::Postgres, &mut next);
+            sql += &conditions;
+            sql += &format!(" ORDER BY seq LIMIT {limit}");
+            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(filter.since_ms).bind(after_seq);
+            if let Some(until) = filter.until_ms {
+                query = query.bind(until);
+            }
+            if let Some(host) = &filter.host {
+                query = query.bind(host.clone());
+            }
+            if let Some(id) = &filter.request_id {
+                query = query.bind(id.clone());
+            }
+            for value in binds {
+                query = query.bind(value);
+            }
+            let rows = query.fetch_all(&self.pool).await?;
+            let full_page = rows.len() == limit;
+            for row in &rows {
                 let seq: i64 = row.try_get("seq")?;
-                Ok(AuditEvent {
+                after_seq = seq;
+                let event = AuditEvent {
                     seq: u64::try_from(seq).unwrap_or(0),
                     time_ms: row.try_get("time_ms")?,
                     host: row.try_get("host")?,
@@ -526,9 +540,18 @@ impl Store for SqlStore {
                     json: row.try_get("json")?,
                     prev_hash: row.try_get("prev_hash")?,
                     hash: row.try_get("hash")?,
-                })
-            })
-            .collect()
+                };
+                if filter.visible.as_ref().is_none_or(|v| v.sees(&event.host)) {
+                    events.push(event);
+                    if events.len() == limit {
+                        return Ok(events);
+                    }
+                }
+            }
+            if !full_page {
+                return Ok(events);
+            }
+        }
     }
 
     async fn register_host(&self, info: HostInfo) -> GuardResult<Option<HashMap<String, String>>> {
