@@ -3,7 +3,8 @@
 //! One [`AuditRecord`] in, one line out: [`Format::encode_line`] is what an export command or a
 //! sink calls. Each format lives in its own module ([`ocsf`], [`ecs`], [`cef`]); what they
 //! share is here: the outcome of a record ([`Outcome`]: allowed, blocked, approved, rejected,
-//! pending) and its severity, so that the three formats never disagree about what happened.
+//! pending, or noted when it decides nothing), what an agent event is ([`AgentEvent`]), and
+//! its severity, so that the three formats never disagree about what happened.
 //!
 //! Not wired yet (issue 11): the sinks, `guardctl audit export`, and the hash chain's fields
 //! (the record does not carry a sequence number, hash or signature yet; see
