@@ -189,6 +189,9 @@ async fn refused_reviews_cancels_and_withdraws_are_records() {
     let cancel = CancelRequestRequest { id: own.id.clone(), comment: "mine".into() };
     alice().await.cancel_request(cancel).await.unwrap_err();
     server.agent("h2").await.withdraw(withdraw).await.unwrap_err();
+    // An id no request has is no attempt on anything: not recorded.
+    let nowhere = WithdrawRequest { id: "zzzzzzzzzz".into(), why: "timeout".into() };
+    server.agent("h2").await.withdraw(nowhere).await.unwrap_err();
 
     let records = records_of(&server, &plain.id).await;
     let too_big = refusal(&records, "review", "alice", "grant_seconds");
@@ -217,6 +220,7 @@ async fn refused_reviews_cancels_and_withdraws_are_records() {
     assert_eq!(accepted, 1, "alice's one accepted review");
     // The other host's attempt is on its own trail, naming the id it tried.
     let h2 = host_records(&server, "h2", RecordKind::Review).await;
+    assert_eq!(h2.len(), 1, "only the attempt on a request that exists: {h2:#?}");
     let foreign = refusal(&h2, "withdraw", "agent:h2", "no request");
     assert_eq!((foreign.request_id.as_deref(), foreign.object.as_deref()), (Some(plain.id.as_str()), None));
     server.stop().await;
@@ -348,4 +352,44 @@ async fn grants_and_policies_are_records_postgres() {
     one.stop().await;
     two.stop().await;
     drop(cluster);
+}
+
+/// An approver assigned to some hosts only: `limit` counts the events they may see, not the
+/// rows read to find them, and the search filters apply to what they see.
+#[tokio::test]
+async fn the_limit_counts_the_events_an_approver_sees() {
+    let site = Site::with(
+        guard_server::testing::config::ServerToml::new("pki")
+            .default_timeout("30s")
+            .approver_in("alice", &[], &["second"])
+            .approver("carol", &[])
+            .extra("[[host_group]]\nname = \"second\"\nhosts = [\"h2\"]\n"),
+    );
+    let server = site.start(None).await;
+    // 2,500 of h1's records first (more than one page of the store's reads), then three of h2's.
+    let mut record = AuditRecord::at(Timestamp::from_unix_ms(1_796_002_226_007), RecordKind::Enforcement, "x");
+    record.decision = Some(Decision::Deny);
+    record.rule = Some("r".into());
+    let mut h1 = server.agent("h1").await;
+    for n in [500; 5] {
+        let records = vec![Record { json: record.to_json() }; n];
+        h1.report_records(ReportRecordsRequest { records }).await.unwrap();
+    }
+    let records = vec![Record { json: record.to_json() }; 3];
+    server.agent("h2").await.report_records(ReportRecordsRequest { records }).await.unwrap();
+
+    let query = |limit: u32, rule: &str| AuditQuery { limit, rule: rule.into(), ..Default::default() };
+    let seen = |events: Vec<guard_proto::v1::AuditEvent>| events.iter().map(|e| e.host.clone()).collect::<Vec<_>>();
+    let all: Vec<_> = server.auditor("alice").await.query(query(2, "r")).await.unwrap().into_inner().collect().await;
+    let all: Vec<_> = all.into_iter().map(|e| e.unwrap()).collect();
+    assert_eq!(seen(all), ["h2", "h2"], "two of the events alice sees, past h1's 2,500");
+    let all: Vec<_> = server.auditor("alice").await.query(query(0, "r")).await.unwrap().into_inner().collect().await;
+    assert_eq!(all.len(), 3);
+    let none: Vec<_> =
+        server.auditor("alice").await.query(query(5, "other")).await.unwrap().into_inner().collect().await;
+    assert!(none.is_empty());
+    // carol is in no host group: with groups configured, she sees nothing, however many rows.
+    let carol: Vec<_> = server.auditor("carol").await.query(query(2, "r")).await.unwrap().into_inner().collect().await;
+    assert!(carol.is_empty());
+    server.stop().await;
 }

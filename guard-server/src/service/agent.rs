@@ -129,7 +129,7 @@ impl AgentService for AgentApi {
             Ok(Finish::AlreadyEnded(r)) => {
                 let state = State::try_from(r.state).unwrap_or(State::Unspecified);
                 let message = format!("request {id} is {}, no longer pending", state.label());
-                super::record_refusal(&self.shared, Attempt::Withdraw, &id, &host, &who, &message).await;
+                super::record_refusal(&self.shared, Attempt::Withdraw, &id, &host, &who, &message, false).await;
                 Ok(Response::new(r))
             }
             Err(e) => Err(refuse(&self.shared, Attempt::Withdraw, &id, &host, &who, e).await.into()),

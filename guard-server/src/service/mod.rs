@@ -50,34 +50,49 @@ fn not_found(id: &str, scope: &str) -> Status {
 /// Records `err`, the refusal of `who`'s `attempt` on request `id`, in the audit trail (a
 /// refused attempt changes nothing, but that someone tried is part of the trail), then gives
 /// it back for the caller. Only refusals are recorded (a bad argument, a failed precondition,
-/// a permission denied, and for a withdraw a request this host does not have); a missing
-/// request or a storage failure is not an attempt on anything. A refusal the store cannot
-/// record is logged: the caller still gets the refusal it earned.
+/// a permission denied, and a host withdrawing another host's request); a request that exists
+/// nowhere or a storage failure is not an attempt on anything (and recording every unknown id
+/// would let a caller fill the trail with noise). A refusal the store cannot record is logged:
+/// the caller still gets the refusal it earned.
 async fn refuse(shared: &Shared, attempt: Attempt, id: &str, host: &str, who: &str, err: GuardError) -> GuardError {
-    let refusal = match &err {
+    let only_if_exists = match &err {
         GuardError::InvalidArgument(_) | GuardError::FailedPrecondition { .. } | GuardError::PermissionDenied(_) => {
-            true
+            Some(false)
         }
-        GuardError::NotFound(_) => attempt == Attempt::Withdraw,
-        _ => false,
+        GuardError::NotFound(_) if attempt == Attempt::Withdraw => Some(true),
+        _ => None,
     };
-    if refusal {
-        record_refusal(shared, attempt, id, host, who, &err.to_string()).await;
+    if let Some(only_if_exists) = only_if_exists {
+        record_refusal(shared, attempt, id, host, who, &err.to_string(), only_if_exists).await;
     }
     err
 }
 
 /// Appends the record of a refused attempt (see `refuse`); `host` is where it goes when the
-/// request is not one the caller may name (a withdraw of another host's id).
-async fn record_refusal(shared: &Shared, attempt: Attempt, id: &str, host: &str, who: &str, message: &str) {
+/// request is not one the caller may name (a withdraw of another host's id), and then the
+/// record names the id only, nothing of the other host's request. `only_if_exists`: nothing
+/// is recorded when no request has this id.
+async fn record_refusal(
+    shared: &Shared,
+    attempt: Attempt,
+    id: &str,
+    host: &str,
+    who: &str,
+    message: &str,
+    only_if_exists: bool,
+) {
     let now = crate::lifecycle::now_ms();
-    let request = match shared.store.get(id, now).await {
-        Ok(found) => found.filter(|r| attempt != Attempt::Withdraw || r.host == host),
+    let found = match shared.store.get(id, now).await {
+        Ok(found) => found,
         Err(e) => {
             tracing::error!("cannot read request {id} to record a refused {attempt:?}: {e}");
             None
         }
     };
+    if only_if_exists && found.is_none() {
+        return;
+    }
+    let request = found.filter(|r| attempt != Attempt::Withdraw || r.host == host);
     let record = refused(attempt, now, id, request.as_ref(), host, who, message);
     if let Err(e) = shared.store.append_server(vec![record]).await {
         tracing::error!("cannot record the refused {attempt:?} of request {id} by {who}: {e}");

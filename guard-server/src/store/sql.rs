@@ -54,6 +54,8 @@ pub const REQUEST_COLUMNS: &str = "id, host, operation, state, created_ms, expir
 
 /// Most rows a list or an audit query returns in one call.
 const MAX_ROWS: u32 = 10_000;
+/// Fewest rows an audit query reads at a time (see `audit`).
+const MIN_PAGE: usize = 1000;
 
 /// The request's state (Unspecified for a number this build does not know).
 pub fn state_of(request: &Request) -> State {
@@ -487,9 +489,11 @@ impl Store for SqlStore {
     async fn audit(&self, filter: &AuditFilter) -> GuardResult<Vec<AuditEvent>> {
         let limit = if filter.limit == 0 { MAX_ROWS } else { filter.limit.min(MAX_ROWS) } as usize;
         let mut events = Vec::new();
-        // Read in pages of `limit` rows in seq order: the filters on the record are in the SQL,
-        // the caller's host visibility is applied here, and a page's hidden events are made up
-        // by the next page, so `limit` counts the events returned.
+        // Read in pages in seq order: the filters on the record are in the SQL, the caller's
+        // host visibility is applied here, and a page's hidden events are made up by the next
+        // page, so `limit` counts the events returned. A page is at least `MIN_PAGE` rows, so a
+        // small limit behind many hidden rows is not one query per row.
+        let page = limit.max(MIN_PAGE).min(MAX_ROWS as usize);
         let mut after_seq: i64 = 0;
         loop {
             let mut sql = String::from(
@@ -512,7 +516,7 @@ impl Store for SqlStore {
             let mut next = n + 1;
             let (conditions, binds) = filter.search.conditions(self.backend == Backend::Postgres, &mut next);
             sql += &conditions;
-            sql += &format!(" ORDER BY seq LIMIT {limit}");
+            sql += &format!(" ORDER BY seq LIMIT {page}");
             let mut query = sqlx::query(AssertSqlSafe(sql)).bind(filter.since_ms).bind(after_seq);
             if let Some(until) = filter.until_ms {
                 query = query.bind(until);
@@ -527,7 +531,7 @@ impl Store for SqlStore {
                 query = query.bind(value);
             }
             let rows = query.fetch_all(&self.pool).await?;
-            let full_page = rows.len() == limit;
+            let full_page = rows.len() == page;
             for row in &rows {
                 let seq: i64 = row.try_get("seq")?;
                 after_seq = seq;
