@@ -11,6 +11,7 @@ pub mod lifecycle;
 pub mod pki;
 pub mod ratelimit;
 pub mod rules;
+pub mod search;
 pub mod server;
 pub mod service;
 pub mod store;

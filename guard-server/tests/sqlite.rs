@@ -511,10 +511,11 @@ async fn records_are_stored_once_in_chain_order_and_a_bad_one_stops_the_batch() 
         .into_inner()
         .collect()
         .await;
-    let objects: Vec<String> = events
-        .into_iter()
+    let events: Vec<_> = events.into_iter().map(|e| e.unwrap()).collect();
+    assert_eq!(events[0].kind, "policy", "its registration first");
+    let objects: Vec<String> = events[1..]
+        .iter()
         .map(|e| {
-            let e = e.unwrap();
             assert_eq!(e.kind, "record");
             AuditRecord::from_json(&e.json).unwrap().object.unwrap()
         })

@@ -112,6 +112,21 @@ enum Cmd {
         request: Option<String>,
         #[arg(long)]
         host: Option<String>,
+        /// Only records of this decision: allow, deny, or pending (a request's record at its
+        /// creation, before anyone decided).
+        #[arg(long, value_enum)]
+        decision: Option<DecisionArg>,
+        /// Only records of this rule (its exact name).
+        #[arg(long, value_name = "RULE")]
+        rule: Option<String>,
+        /// Only records whose approver is this name: who decided, reviewed, granted, or
+        /// tried and was refused.
+        #[arg(long, value_name = "NAME")]
+        approver: Option<String>,
+        /// Only records of this watched tree ("<root pid>-<root start time>").
+        #[arg(long, value_name = "TREE_ID")]
+        tree: Option<String>,
+        /// Most events shown, counted after every filter.
         #[arg(long, default_value_t = 100)]
         limit: u32,
         /// Export: one line per event in this format instead of the table: ocsf (1.9),
@@ -148,6 +163,23 @@ enum AuditAction {
     Rows,
     /// The public keys that sign checkpoints, as a keys file for `verify --keys`.
     Keys,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DecisionArg {
+    Allow,
+    Deny,
+    Pending,
+}
+
+impl DecisionArg {
+    fn label(self) -> &'static str {
+        match self {
+            DecisionArg::Allow => "allow",
+            DecisionArg::Deny => "deny",
+            DecisionArg::Pending => "pending",
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -317,12 +349,16 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Audit { action: Some(action), .. } => audit_chain(AuditServiceClient::new(channel), action).await?,
-        Cmd::Audit { since, until, request, host, limit, format, action: None } => {
+        Cmd::Audit { since, until, request, host, decision, rule, approver, tree, limit, format, action: None } => {
             let query = AuditQuery {
                 since_ms: since.unwrap_or(0),
                 until_ms: until.unwrap_or(0),
                 host: host.unwrap_or_default(),
                 request_id: request.unwrap_or_default(),
+                decision: decision.map(|d| d.label().to_string()).unwrap_or_default(),
+                rule: rule.unwrap_or_default(),
+                approver: approver.unwrap_or_default(),
+                tree_id: tree.unwrap_or_default(),
                 limit,
                 ..Default::default()
             };

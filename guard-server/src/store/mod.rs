@@ -128,6 +128,11 @@ pub struct AuditFilter {
     pub request_id: Option<String>,
     /// Only rows after this seq (0: from the first).
     pub after_seq: u64,
+    /// Filters on the record (decision, rule, approver, tree).
+    pub search: crate::search::Search,
+    /// Only the events of hosts this says the caller sees; None: every host.
+    pub visible: Option<crate::search::Visible>,
+    /// Most events returned (after every filter); 0: the store's maximum.
     pub limit: u32,
 }
 
@@ -154,10 +159,14 @@ pub trait Store: Send + Sync {
     async fn review(&self, id: &str, review: Review, judge: &Judge) -> GuardResult<Request>;
     /// Ends a pending request; `host` restricts it to that host's requests (else NOT_FOUND).
     async fn finish(&self, id: &str, host: Option<&str>, decision: Decision) -> GuardResult<Finish>;
-    /// Expires every pending request past its time; returns how many.
+    /// Expires every pending request past its time (returns how many), and ends the grants past
+    /// theirs, each with its record.
     async fn expire_due(&self, now_ms: i64) -> GuardResult<usize>;
-    /// Ends the host's grants for a tree; returns how many.
+    /// Ends the host's grants for a tree, each with its record; returns how many.
     async fn end_grants(&self, host: &str, tree_id: &str, now_ms: i64) -> GuardResult<u32>;
+    /// Appends records the server wrote itself (refused attempts, policy registrations) to the
+    /// audit trail, in their own transaction.
+    async fn append_server(&self, records: Vec<AuditRecord>) -> GuardResult<()>;
     /// Stores the chained records `host`'s agent reported, each once, in chain order (see
     /// [`ingest`]); the service has checked each one's host and hash.
     async fn append_records(&self, host: &str, records: Vec<AuditRecord>, now_ms: i64) -> GuardResult<ingest::Ingest>;
