@@ -366,3 +366,22 @@ fn ecs_and_cef_name_grants_policies_checkpoints_and_agent_events() {
     let e = ecs::encode(&agent("spool_damaged"));
     assert_eq!(e["event"]["severity"], 4, "a damaged spool is an alarm");
 }
+
+#[test]
+fn a_sealed_record_carries_its_chain_entry_in_ocsf() {
+    use guard_api::export::ocsf::{encode, OcsfVersion};
+    let mut r = guard_api::AuditRecord::new(guard_api::RecordKind::Enforcement, "web1");
+    r.hook = Some(guard_api::Hook::FileOpen);
+    r.object = Some("/etc/hosts".into());
+    guard_api::chain::seal(&mut r, "s1", 7, "ab");
+    let e = encode(&r, OcsfVersion::V1_9);
+    assert_eq!(e["metadata"]["uid"], "web1/s1/7");
+    let a = &e["attestation_list"][0];
+    assert_eq!(a["chain_uid"], "web1/s1");
+    assert_eq!(a["uid"], "7");
+    assert_eq!(a["fingerprint"]["value"], r.chain.as_ref().unwrap().hash.as_str());
+    assert_eq!(a["prev_event"]["uid"], "6");
+    assert!(e["metadata"]["profiles"].as_array().unwrap().iter().any(|p| p == "record_integrity"));
+    // 1.5 has no record_integrity profile: the entry is not written.
+    assert!(encode(&r, OcsfVersion::V1_5).get("attestation_list").is_none());
+}

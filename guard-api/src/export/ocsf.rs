@@ -75,9 +75,9 @@
 //! server's request id when the server decided the hold, and with its own hold id otherwise:
 //! the enforcement record of a hold, the server's request, reviews and final decision all carry
 //! the same one. A decision that held nothing (a rule, the default) has none, and the attribute
-//! is absent. `metadata.uid` is the first 128 bits of the SHA-256 of the record's JSON:
-//! stable across exports of the same record; the hash chain (issue 11 item 3) will give records
-//! a host sequence number, which should replace it.
+//! is absent. `metadata.uid` of a sealed record is its place in its chain, `host/stream/seq`;
+//! of any other record (the server's own rows, which its row chain numbers apart), the first 128
+//! bits of the SHA-256 of its JSON: stable across exports of the same record.
 //!
 //! # Profiles, and what the schema does not have
 //!
@@ -90,9 +90,10 @@
 //!   reason's tool call (`service.name` the tool, `uid` the call id, `name` the session,
 //!   `ai_role_id` Tool). The stated reason's free text has no attribute there: it is in
 //!   `unmapped.guard.stated_reason`. `ai_model` is not set: guard does not know the model.
-//! - `record_integrity` (1.9 only): `attestation_list` is written by [`encode_attested`] when
-//!   the caller has the record's chain entry ([`Attestation`]); records carry no hash or
-//!   signature yet, so [`encode`] writes none.
+//! - `record_integrity` (1.9 only): `attestation_list` holds the record's chain entry
+//!   ([`Attestation::of`] a sealed record: chain `host/stream`, its seq and SHA-256, the previous
+//!   seq and hash, and for a checkpoint the signing key's id); [`encode_attested`] takes any
+//!   other entry (the server's row chain, say).
 //! - A grant as a `delegation`: the stored schema has no `delegation` object or attribute (the
 //!   word appears only in descriptions). A grant is an `authorizations` entry ("approved by
 //!   alice for 600 s") and `unmapped.guard.grant_seconds`.
@@ -258,7 +259,22 @@ pub struct Attestation {
 
 /// `r` as an OCSF event of version `v`.
 pub fn encode(r: &AuditRecord, v: OcsfVersion) -> Value {
-    encode_attested(r, v, None)
+    encode_attested(r, v, Attestation::of(r).as_ref())
+}
+
+impl Attestation {
+    /// The chain entry a sealed record carries (an agent's stream); None for a record that is
+    /// not chained by its writer.
+    pub fn of(r: &AuditRecord) -> Option<Attestation> {
+        let link = r.chain.as_ref()?;
+        Some(Attestation {
+            chain_uid: crate::chain::stream_chain(&r.host, &link.stream),
+            uid: link.seq.to_string(),
+            sha256: link.hash.clone(),
+            prev: (link.seq > 1).then(|| ((link.seq - 1).to_string(), link.prev_hash.clone())),
+            authority_uid: r.checkpoint.as_ref().map(|h| h.key_id.clone()),
+        })
+    }
 }
 
 /// `r` as an OCSF event of version `v`, with its hash-chain entry when there is one (written
@@ -572,8 +588,15 @@ fn metadata(r: &AuditRecord, v: OcsfVersion, profiles: &[&str]) -> Value {
     let mut m = Obj::default();
     m.put("version", v.schema_version());
     m.put("product", json!({"name": "guard", "vendor_name": "guard", "version": env!("CARGO_PKG_VERSION")}));
-    let digest = Sha256::digest(r.to_json().as_bytes());
-    m.put("uid", digest[..16].iter().map(|b| format!("{b:02x}")).collect::<String>());
+    // A sealed record is named by its place in its chain (host/stream/seq), which is unique
+    // and stable; any other by the first 128 bits of the SHA-256 of its JSON.
+    match &r.chain {
+        Some(link) => m.put("uid", format!("{}/{}", crate::chain::stream_chain(&r.host, &link.stream), link.seq)),
+        None => {
+            let digest = Sha256::digest(r.to_json().as_bytes());
+            m.put("uid", digest[..16].iter().map(|b| format!("{b:02x}")).collect::<String>());
+        }
+    }
     m.put_opt("correlation_uid", r.request_id.as_deref());
     m.put("event_code", event_name(r));
     m.put("log_name", "guard audit");
