@@ -3,6 +3,7 @@
 //! arrives and nobody can approve it.
 use crate::ratelimit::{Limits, Rate};
 use crate::rules::{Glob, Redactor, Scope};
+use crate::sinks::config::{RawSink, SinkConfig};
 use guard_api::{toml_message, Location};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -23,6 +24,8 @@ pub struct ServerConfig {
     pub database_url: String,
     pub tls: TlsPaths,
     pub policy: Policy,
+    /// The audit sinks (`[[sink]]`), each with its own position in the audit trail.
+    pub sinks: Vec<SinkConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -158,6 +161,8 @@ struct RawConfig {
     redact: Option<Spanned<RawRedact>>,
     policy_changed: Option<Spanned<String>>,
     rate_limit: Option<Spanned<RawRateLimit>>,
+    #[serde(default)]
+    sink: Vec<Spanned<RawSink>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -389,10 +394,13 @@ impl ServerConfig {
             limits.tree = rate(&r.tree_per_minute, &r.tree_burst, limits.tree)?;
         }
 
+        let sinks = crate::sinks::config::parse(&raw.sink, &at, &resolve)?;
+
         Ok(ServerConfig {
             listen,
             database_url,
             tls,
+            sinks,
             policy: Policy {
                 default_timeout,
                 max_timeout,
@@ -416,6 +424,7 @@ impl ServerConfig {
             database_url: database_url.unwrap_or_else(|| format!("sqlite://{}", db_dir.join("guard.db").display())),
             tls: TlsPaths { ca: dir.join("ca.crt"), cert: dir.join("server.crt"), key: dir.join("server.key") },
             policy: Policy::default(),
+            sinks: Vec::new(),
         }
     }
 }

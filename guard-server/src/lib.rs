@@ -13,6 +13,7 @@ pub mod ratelimit;
 pub mod rules;
 pub mod server;
 pub mod service;
+pub mod sinks;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -3,6 +3,7 @@ use crate::config::ServerConfig;
 use crate::fanout::Fanout;
 use crate::lifecycle::{now_ms, MAX_MESSAGE_BYTES};
 use crate::service::{agent::AgentApi, audit::AuditApi, review::ReviewApi, Shared};
+use crate::sinks::Sinks;
 use crate::store;
 use anyhow::{Context, Result};
 use guard_proto::v1::agent_service_server::AgentServiceServer;
@@ -25,6 +26,9 @@ pub struct ServerHandle {
     stop: watch::Sender<bool>,
     serve: JoinHandle<Result<(), tonic::transport::Error>>,
     sweeper: JoinHandle<()>,
+    /// The audit sinks: they only read committed rows, so stopping them first loses nothing
+    /// (a batch in flight is delivered again after the next start).
+    sinks: Sinks,
 }
 
 impl ServerHandle {
@@ -37,6 +41,7 @@ impl ServerHandle {
     pub async fn shutdown(self, deadline: Duration) -> Result<()> {
         let _ = self.stop.send(true);
         self.sweeper.abort();
+        drop(self.sinks);
         let mut serve = self.serve;
         match tokio::time::timeout(deadline, &mut serve).await {
             Ok(joined) => joined.context("server task failed")?.context("server failed"),
@@ -58,6 +63,7 @@ pub async fn start(config: &ServerConfig) -> Result<ServerHandle> {
 
     let fanout = Fanout::default();
     let store = store::open(&config.database_url, fanout.clone()).await?;
+    let sinks = Sinks::start(store.clone(), &config.sinks).context("audit sinks")?;
     let (stop, shutdown) = watch::channel(false);
     let shared = Shared {
         store: store.clone(),
@@ -100,5 +106,5 @@ pub async fn start(config: &ServerConfig) -> Result<ServerHandle> {
     let serve = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     }));
-    Ok(ServerHandle { addr, stop, serve, sweeper })
+    Ok(ServerHandle { addr, stop, serve, sweeper, sinks })
 }

@@ -32,6 +32,7 @@ impl AuditService for AuditApi {
             until_ms: Some(q.until_ms).filter(|u| *u != 0),
             host: Some(q.host).filter(|h| !h.is_empty()),
             request_id: Some(q.request_id).filter(|r| !r.is_empty()),
+            after_seq: q.after_seq,
             limit: q.limit,
         };
         let mut events = self.shared.store.audit(&filter).await?;

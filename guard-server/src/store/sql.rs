@@ -409,6 +409,10 @@ impl Store for SqlStore {
             n += 1;
             sql += &format!(" AND request_id = ${n}");
         }
+        if filter.after_seq > 0 {
+            n += 1;
+            sql += &format!(" AND seq > ${n}");
+        }
         let limit = if filter.limit == 0 { MAX_ROWS } else { filter.limit.min(MAX_ROWS) };
         sql += &format!(" ORDER BY seq LIMIT {limit}");
         let mut query = sqlx::query(AssertSqlSafe(sql)).bind(filter.since_ms);
@@ -420,6 +424,9 @@ impl Store for SqlStore {
         }
         if let Some(id) = &filter.request_id {
             query = query.bind(id.clone());
+        }
+        if filter.after_seq > 0 {
+            query = query.bind(i64::try_from(filter.after_seq).unwrap_or(i64::MAX));
         }
         let rows = query.fetch_all(&self.pool).await?;
         rows.iter()
@@ -468,5 +475,27 @@ impl Store for SqlStore {
         let hashes = serde_json::from_str(&text)
             .map_err(|_| GuardError::Internal(format!("host {host}: bad policy_hashes in the database")))?;
         Ok(Some(hashes))
+    }
+
+    async fn sink_position(&self, name: &str) -> GuardResult<u64> {
+        let row = sqlx::query("SELECT seq FROM sink_positions WHERE name = $1")
+            .bind(name.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(0) };
+        let seq: i64 = row.try_get("seq")?;
+        Ok(u64::try_from(seq).unwrap_or(0))
+    }
+
+    async fn set_sink_position(&self, name: &str, seq: u64) -> GuardResult<()> {
+        sqlx::query(
+            "INSERT INTO sink_positions (name, seq) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
+        )
+        .bind(name.to_string())
+        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 }
