@@ -171,7 +171,10 @@ pub(crate) fn parse(
         let format = match &s.format {
             None => Format::parse("ocsf").map_err(|e| at(table.span(), e.to_string()))?,
             Some(f) => Format::parse(f.get_ref()).map_err(|_| {
-                at(f.span(), format!("format is {:?}: one of \"ocsf\", \"ocsf-1.5\", \"ecs\", \"cef\", \"jsonl\"", f.get_ref()))
+                at(
+                    f.span(),
+                    format!("format is {:?}: one of \"ocsf\", \"ocsf-1.5\", \"ecs\", \"cef\", \"jsonl\"", f.get_ref()),
+                )
             })?,
         };
         let batch = match &s.batch_size {
@@ -202,7 +205,8 @@ pub(crate) fn parse(
                 return Err(at(span, format!("{key} is not a setting of a {} sink", s.kind.get_ref())));
             }
         }
-        let missing = |key: &str| at(table.span(), format!("sink {name:?}: {key} is required for a {} sink", s.kind.get_ref()));
+        let missing =
+            |key: &str| at(table.span(), format!("sink {name:?}: {key} is required for a {} sink", s.kind.get_ref()));
         let opt_path = |p: &Option<Spanned<String>>| p.as_ref().map(resolve).transpose();
         let tls = |required_for: &str| -> Result<ClientTls, ConfigError> {
             let ca = s.ca.as_ref().ok_or_else(|| missing(&format!("ca ({required_for})")))?;
@@ -218,13 +222,18 @@ pub(crate) fn parse(
                 let path = resolve(s.path.as_ref().ok_or_else(|| missing("path"))?)?;
                 let max_bytes = match &s.max_bytes {
                     None => DEFAULT_MAX_BYTES,
-                    Some(m) if *m.get_ref() < 1024 => return Err(at(m.span(), "max_bytes must be at least 1024".into())),
+                    Some(m) if *m.get_ref() < 1024 => {
+                        return Err(at(m.span(), "max_bytes must be at least 1024".into()))
+                    }
                     Some(m) => *m.get_ref(),
                 };
                 let keep = match &s.keep {
                     None => DEFAULT_KEEP,
                     Some(k) if *k.get_ref() == 0 => {
-                        return Err(at(k.span(), "keep must be at least 1 (0 would drop records at each rotation)".into()))
+                        return Err(at(
+                            k.span(),
+                            "keep must be at least 1 (0 would drop records at each rotation)".into(),
+                        ))
                     }
                     Some(k) => *k.get_ref(),
                 };
@@ -237,14 +246,22 @@ pub(crate) fn parse(
                 }
                 let use_tls = s.tls.as_ref().is_some_and(|t| *t.get_ref());
                 if !use_tls {
-                    if let Some((key, span)) = s.set_keys().into_iter().find(|(k, _)| ["ca", "cert", "key"].contains(k)) {
+                    if let Some((key, span)) = s.set_keys().into_iter().find(|(k, _)| ["ca", "cert", "key"].contains(k))
+                    {
                         return Err(at(span, format!("{key} is only for tls = true")));
                     }
                 }
                 let app_name = match &s.app_name {
                     None => DEFAULT_APP_NAME.to_string(),
-                    Some(a) if a.get_ref().is_empty() || a.get_ref().len() > 48 || !a.get_ref().bytes().all(|b| (33..=126).contains(&b)) => {
-                        return Err(at(a.span(), "app_name: 1 to 48 printable ASCII characters, no spaces (RFC 5424)".into()))
+                    Some(a)
+                        if a.get_ref().is_empty()
+                            || a.get_ref().len() > 48
+                            || !a.get_ref().bytes().all(|b| (33..=126).contains(&b)) =>
+                    {
+                        return Err(at(
+                            a.span(),
+                            "app_name: 1 to 48 printable ASCII characters, no spaces (RFC 5424)".into(),
+                        ))
                     }
                     Some(a) => a.get_ref().clone(),
                 };
@@ -257,7 +274,12 @@ pub(crate) fn parse(
                 let https = match parsed.as_ref().ok().and_then(|u| u.scheme_str().map(str::to_string)) {
                     Some(s) if s == "http" => false,
                     Some(s) if s == "https" => true,
-                    _ => return Err(at(url.span(), format!("url {:?}: want http://HOST[:PORT] or https://...", url.get_ref()))),
+                    _ => {
+                        return Err(at(
+                            url.span(),
+                            format!("url {:?}: want http://HOST[:PORT] or https://...", url.get_ref()),
+                        ))
+                    }
                 };
                 if parsed.as_ref().ok().and_then(|u| u.host()).is_none() {
                     return Err(at(url.span(), format!("url {:?} has no host", url.get_ref())));
@@ -267,7 +289,10 @@ pub(crate) fn parse(
                     "splunk-hec" => HttpShape::SplunkHec,
                     "elastic-bulk" => HttpShape::ElasticBulk,
                     other => {
-                        return Err(at(shape.span(), format!("shape is {other:?}: one of \"splunk-hec\", \"elastic-bulk\"")))
+                        return Err(at(
+                            shape.span(),
+                            format!("shape is {other:?}: one of \"splunk-hec\", \"elastic-bulk\""),
+                        ))
                     }
                 };
                 if shape_v == HttpShape::SplunkHec && s.token.is_none() {
@@ -285,7 +310,8 @@ pub(crate) fn parse(
                 let tls = if https {
                     Some(tls("https")?)
                 } else {
-                    if let Some((key, span)) = s.set_keys().into_iter().find(|(k, _)| ["ca", "cert", "key"].contains(k)) {
+                    if let Some((key, span)) = s.set_keys().into_iter().find(|(k, _)| ["ca", "cert", "key"].contains(k))
+                    {
                         return Err(at(span, format!("{key} is only for an https:// url")));
                     }
                     None

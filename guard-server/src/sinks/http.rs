@@ -129,7 +129,9 @@ impl HttpSink {
         let authority = self.uri.authority().map(|a| a.to_string()).unwrap_or(host.clone());
         let (content_type, auth) = match self.config.shape {
             HttpShape::SplunkHec => ("application/json", self.config.token.as_ref().map(|t| format!("Splunk {t}"))),
-            HttpShape::ElasticBulk => ("application/x-ndjson", self.config.token.as_ref().map(|t| format!("ApiKey {t}"))),
+            HttpShape::ElasticBulk => {
+                ("application/x-ndjson", self.config.token.as_ref().map(|t| format!("ApiKey {t}")))
+            }
         };
         let mut request = Request::post(self.uri.clone())
             .header(http::header::HOST, authority)

@@ -180,7 +180,7 @@ mod tests {
         let m = message("guard", &item());
         assert_eq!(
             m,
-            "<108>1 2026-12-01T09:30:26.007Z web_1 guard - enforcement [guard@32473 seq=\"7\" host=\"web 1\"] CEF:0|guard|x"
+            "<108>1 2026-11-30T01:30:26.007Z web_1 guard - enforcement [guard@32473 seq=\"7\" host=\"web 1\"] CEF:0|guard|x"
         );
         let mut out = Vec::new();
         frame(&mut out, "é");
