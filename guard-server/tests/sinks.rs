@@ -555,11 +555,13 @@ async fn http_sinks_retry_dead_letter_and_catch_up_without_delaying_decisions() 
 
     // A batch HEC refuses with 400 goes to the dead-letter file, and the sink moves on. The
     // same record is one _bulk item that Elasticsearch refuses: dead-lettered alone.
+    // (One after the other: HEC refuses a batch whole, and the second record must not share
+    // the poisoned batch.)
     report_one(&server, "h1", "/poison").await;
+    eventually("the HEC dead letter", || dead_letters(&splunk_dead), |d| !d.is_empty()).await;
     report_one(&server, "h1", "/poison-item").await;
     let poison_rows = rows(&server).await;
     let (poison, poison_item) = (poison_rows[n].seq, poison_rows[n + 1].seq);
-    eventually("the HEC dead letter", || dead_letters(&splunk_dead), |d| !d.is_empty()).await;
     eventually("the _bulk dead letter", || dead_letters(&elastic_dead), |d| !d.is_empty()).await;
 
     // The receiver is down for a while: decisions go on, records pile up behind the sinks.
@@ -607,7 +609,7 @@ async fn http_sinks_retry_dead_letter_and_catch_up_without_delaying_decisions() 
     // _bulk: every record but the refused item, once (409s would show a re-sent batch).
     let ids: BTreeSet<String> = rx.docs.lock().unwrap().keys().cloned().collect();
     assert_eq!(ids, bulk_expected, "_bulk: each record once, the refused item excepted");
-    let doc = &rx.docs.lock().unwrap()[&format!("elastic-{}", all[0].seq)];
+    let doc = rx.docs.lock().unwrap()[&format!("elastic-{}", all[0].seq)].clone();
     assert!(doc["class_uid"].is_number(), "the _bulk documents are OCSF: {doc}");
 
     // The dead letters: the record, the sink, the status and the error; nothing else.
