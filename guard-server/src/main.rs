@@ -68,6 +68,16 @@ enum Cmd {
         #[arg(long, default_value_t = 5432)]
         port: u16,
     },
+    /// Measure the audit sinks' throughput per format (benchmarks). Only in builds with the
+    /// `testing` feature.
+    #[cfg(feature = "testing")]
+    #[command(hide = true)]
+    BenchSinks {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 50_000)]
+        records: usize,
+    },
 }
 
 fn main() -> Result<()> {
@@ -138,6 +148,11 @@ fn main() -> Result<()> {
             std::io::stdout().flush()?;
             runtime.block_on(stop.wait());
             cluster.stop()
+        }
+        #[cfg(feature = "testing")]
+        Cmd::BenchSinks { dir, records } => {
+            print!("{}", runtime()?.block_on(guard_server::testing::sink_bench::run(&dir, records))?);
+            Ok(())
         }
     }
 }
