@@ -165,6 +165,33 @@ async fn file_rotation_keeps_every_record_in_order_and_keep_is_respected() {
     server.stop().await;
 }
 
+/// The same positions on PostgreSQL: `seq > $n` and the `sink_positions` upsert in its SQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(has_postgres), ignore = "SKIPPED: no PostgreSQL (initdb/pg_ctl) on the build machine")]
+async fn file_sink_on_postgres_resumes_after_its_position() {
+    if let Err(why) = guard_server::testing::pg::find_bindir() {
+        panic!("PostgreSQL was installed at build time but is not now: {why}");
+    }
+    let pg_dir = tempfile::tempdir().expect("tempdir");
+    let cluster = guard_server::testing::pg::PgCluster::start(pg_dir.path(), 5432).expect("PostgreSQL starts");
+    let site = Site::with(config().extra(
+        "[[sink]]\nname = \"pg\"\ntype = \"file\"\nformat = \"cef\"\npath = \"out/pg.cef\"\npoll_interval = \"100ms\"\nbatch_size = 7\n",
+    ));
+    let out = site.dir.path().join("out/pg.cef");
+    let server = site.start(Some(&cluster.url())).await;
+    report(&server, "h1", 0..40).await;
+    eventually("the sink delivered from PostgreSQL", || read_lines(&out).len(), |n| *n >= 40).await;
+    server.stop().await;
+    let server = site.start(Some(&cluster.url())).await;
+    report(&server, "h2", 40..55).await;
+    let expected: Vec<String> = rows(&server).await.iter().map(|e| line(e, Format::Cef)).collect();
+    assert_eq!(expected.len(), 55);
+    eventually("the sink caught up after the restart", || read_lines(&out).len(), |n| *n >= 55).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(read_lines(&out), expected, "each record once, in order, across a restart, on PostgreSQL");
+    server.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // syslog against a real rsyslogd
 // ---------------------------------------------------------------------------------------
