@@ -25,7 +25,6 @@ use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
-use std::io::Write;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -133,7 +132,9 @@ impl HttpSink {
                 ("application/x-ndjson", self.config.token.as_ref().map(|t| format!("ApiKey {t}")))
             }
         };
-        let mut request = Request::post(self.uri.clone())
+        // Origin-form (the path alone) as clients send it to an origin server; Host says where.
+        let target = self.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+        let mut request = Request::post(target)
             .header(http::header::HOST, authority)
             .header(http::header::CONTENT_TYPE, content_type)
             .header(http::header::USER_AGENT, concat!("guard-server/", env!("CARGO_PKG_VERSION")));
@@ -187,10 +188,11 @@ impl HttpSink {
         Answer::Taken { refused }
     }
 
-    fn dead_letter(&self, items: &[Item], refused: &[(usize, u16, String)]) -> Result<()> {
+    async fn dead_letter(&self, items: &[Item], refused: &[(usize, u16, String)]) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
         let path = &self.config.dead_letter;
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            tokio::fs::create_dir_all(dir).await.with_context(|| format!("cannot create {}", dir.display()))?;
         }
         let mut out = String::new();
         for (i, status, error) in refused {
@@ -207,13 +209,14 @@ impl HttpSink {
             out.push_str(&line.to_string());
             out.push('\n');
         }
-        let mut file = std::fs::OpenOptions::new()
+        let mut file = tokio::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
+            .await
             .with_context(|| format!("cannot open dead-letter file {}", path.display()))?;
-        file.write_all(out.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
-        file.sync_data().with_context(|| format!("fsync {}", path.display()))
+        file.write_all(out.as_bytes()).await.with_context(|| format!("cannot write {}", path.display()))?;
+        file.sync_data().await.with_context(|| format!("fsync {}", path.display()))
     }
 }
 
@@ -257,7 +260,7 @@ impl Deliver for HttpSink {
                 );
                 // If the dead-letter file cannot be written the batch is not done: it goes
                 // again (nothing is dropped silently).
-                self.dead_letter(items, &refused)
+                self.dead_letter(items, &refused).await
             }
         }
     }
