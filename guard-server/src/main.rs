@@ -37,7 +37,7 @@ enum Cmd {
     },
     /// Run the server.
     Serve {
-        /// The configuration file (TOML).
+        /// The configuration file (TOML: listen, tls, approvers and rules, audit sinks).
         #[arg(long, conflicts_with = "pki", required_unless_present = "pki")]
         config: Option<PathBuf>,
         /// Without a config file: TLS from this init-pki directory, SQLite in its parent.
