@@ -3,6 +3,7 @@
 //! arrives and nobody can approve it.
 use crate::ratelimit::{Limits, Rate};
 use crate::rules::{Glob, Redactor, Scope};
+use crate::sinks::config::{RawSink, SinkConfig};
 use guard_api::{toml_message, Location};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -24,6 +25,8 @@ pub struct ServerConfig {
     pub tls: TlsPaths,
     pub policy: Policy,
     pub audit: AuditSettings,
+    /// The audit sinks (`[[sink]]`), each with its own position in the audit trail.
+    pub sinks: Vec<SinkConfig>,
 }
 
 /// The server's own audit chain: its signing key and how often it signs a checkpoint.
@@ -180,6 +183,8 @@ struct RawConfig {
     redact: Option<Spanned<RawRedact>>,
     policy_changed: Option<Spanned<String>>,
     rate_limit: Option<Spanned<RawRateLimit>>,
+    #[serde(default)]
+    sink: Vec<Spanned<RawSink>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -433,12 +438,14 @@ impl ServerConfig {
             }
             audit.checkpoint_every = duration(&a.checkpoint_every, audit.checkpoint_every)?;
         }
+        let sinks = crate::sinks::config::parse(&raw.sink, &at, &resolve)?;
 
         Ok(ServerConfig {
             listen,
             database_url,
             tls,
             audit,
+            sinks,
             policy: Policy {
                 default_timeout,
                 max_timeout,
@@ -463,6 +470,7 @@ impl ServerConfig {
             tls: TlsPaths { ca: dir.join("ca.crt"), cert: dir.join("server.crt"), key: dir.join("server.key") },
             policy: Policy::default(),
             audit: AuditSettings::at(dir.join("audit.key")),
+            sinks: Vec::new(),
         }
     }
 }

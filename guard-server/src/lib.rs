@@ -14,6 +14,7 @@ pub mod rules;
 pub mod search;
 pub mod server;
 pub mod service;
+pub mod sinks;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

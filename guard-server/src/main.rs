@@ -37,7 +37,7 @@ enum Cmd {
     },
     /// Run the server.
     Serve {
-        /// The configuration file (TOML).
+        /// The configuration file (TOML: listen, tls, approvers and rules, audit sinks).
         #[arg(long, conflicts_with = "pki", required_unless_present = "pki")]
         config: Option<PathBuf>,
         /// Without a config file: TLS from this init-pki directory, SQLite in its parent.
@@ -59,6 +59,16 @@ enum Cmd {
         dir: PathBuf,
         #[arg(long, default_value_t = 5432)]
         port: u16,
+    },
+    /// Measure the audit sinks' throughput per format (benchmarks). Only in builds with the
+    /// `testing` feature.
+    #[cfg(feature = "testing")]
+    #[command(hide = true)]
+    BenchSinks {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 50_000)]
+        records: usize,
     },
 }
 
@@ -108,6 +118,11 @@ fn main() -> Result<()> {
             std::io::stdout().flush()?;
             runtime.block_on(stop.wait());
             cluster.stop()
+        }
+        #[cfg(feature = "testing")]
+        Cmd::BenchSinks { dir, records } => {
+            print!("{}", runtime()?.block_on(guard_server::testing::sink_bench::run(&dir, records))?);
+            Ok(())
         }
     }
 }

@@ -3,6 +3,7 @@ use crate::config::{AuditSettings, ServerConfig};
 use crate::fanout::Fanout;
 use crate::lifecycle::{now_ms, MAX_MESSAGE_BYTES};
 use crate::service::{agent::AgentApi, audit::AuditApi, review::ReviewApi, Shared};
+use crate::sinks::Sinks;
 use crate::store;
 use anyhow::{Context, Result};
 use guard_api::chain::keys::SigningKey;
@@ -30,6 +31,9 @@ pub struct ServerHandle {
     serve: JoinHandle<Result<(), tonic::transport::Error>>,
     sweeper: JoinHandle<()>,
     checkpointer: JoinHandle<()>,
+    /// The audit sinks: they only read committed rows, so stopping them first loses nothing
+    /// (a batch in flight is delivered again after the next start).
+    sinks: Sinks,
 }
 
 impl ServerHandle {
@@ -43,6 +47,7 @@ impl ServerHandle {
         let _ = self.stop.send(true);
         self.sweeper.abort();
         self.checkpointer.abort();
+        drop(self.sinks);
         let mut serve = self.serve;
         match tokio::time::timeout(deadline, &mut serve).await {
             Ok(joined) => joined.context("server task failed")?.context("server failed"),
@@ -64,6 +69,7 @@ pub async fn start(config: &ServerConfig) -> Result<ServerHandle> {
 
     let fanout = Fanout::default();
     let store = store::open(&config.database_url, fanout.clone()).await?;
+    let sinks = Sinks::start(store.clone(), &config.sinks).context("audit sinks")?;
     let (stop, shutdown) = watch::channel(false);
     let shared = Shared {
         store: store.clone(),
@@ -110,7 +116,7 @@ pub async fn start(config: &ServerConfig) -> Result<ServerHandle> {
     let serve = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     }));
-    Ok(ServerHandle { addr, stop, serve, sweeper, checkpointer })
+    Ok(ServerHandle { addr, stop, serve, sweeper, checkpointer, sinks })
 }
 
 /// Signs the chain's head every `checkpoint_rows` rows, or `checkpoint_every` after the first

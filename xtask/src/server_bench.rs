@@ -3,6 +3,7 @@
 //! (`guard-server dev-postgres`), an `[[auto]] decision = "approve"` rule, and guard-loadgen
 //! with 1, 10, 100, 1000 concurrent agents (one TLS connection each) measuring Submit -> the
 //! first streamed APPROVED. One table at the end beside issue 3's targets; nothing is asserted.
+//! Then the audit sinks' rows/s per format (`guard-server bench-sinks`), also reported only.
 //! Every process started here is stopped on the way out, also on error.
 use crate::services::{self, Children, Pki, Server};
 use crate::util::{self, workspace_root};
@@ -36,6 +37,9 @@ pub struct ServerBenchArgs {
     /// Concurrent agents of the load runs (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
     pub server_agents: Vec<usize>,
+    /// Audit rows each sink delivers in the sink benchmark (0: no sink benchmark).
+    #[arg(long, default_value_t = 50_000)]
+    pub sink_records: usize,
 }
 
 /// What one load run measured, or why it has no numbers.
@@ -102,10 +106,34 @@ pub fn run(args: &ServerBenchArgs) -> Result<()> {
     drop(children);
     print!("{}", render(&rows, args.server_seconds));
     print!("{}", render_audit(&audit, args.server_seconds));
+    if args.sink_records > 0 {
+        match sink_bench(&server, &dir, args.sink_records) {
+            Ok(table) => print!("{table}"),
+            Err(e) => {
+                eprintln!("\n!!!!!!!! xtask: the sink bench failed; NO SINK NUMBERS: {e:#} !!!!!!!!\n");
+                notes.push(format!("sink bench: {e:#}"));
+            }
+        }
+    }
     for n in notes {
         println!("NOTE: {n}");
     }
     Ok(())
+}
+
+/// The audit sinks' rows/s per format (`guard-server bench-sinks`: file and syslog sinks
+/// delivering a SQLite trail), its table as it prints it.
+fn sink_bench(server: &Path, dir: &Path, records: usize) -> Result<String> {
+    eprintln!("xtask: audit sinks, {records} rows per format");
+    let out = Command::new(server)
+        .args(["bench-sinks", "--records", &records.to_string(), "--dir"])
+        .arg(dir.join("sinks"))
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::inherit())
+        .output()
+        .context("could not start guard-server bench-sinks")?;
+    anyhow::ensure!(out.status.success(), "guard-server bench-sinks {}", out.status);
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// One server on `database_url`, every agent count against it, then the server stopped.

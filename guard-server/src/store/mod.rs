@@ -181,6 +181,10 @@ pub trait Store: Send + Sync {
     async fn register_host(&self, info: HostInfo) -> GuardResult<Option<HashMap<String, String>>>;
     /// The policy hashes `host` registered; None when it never registered.
     async fn host_policies(&self, host: &str) -> GuardResult<Option<HashMap<String, String>>>;
+    /// The seq of the last audit row sink `name` delivered (0 when it never delivered one).
+    async fn sink_position(&self, name: &str) -> GuardResult<u64>;
+    /// Records that sink `name` delivered every audit row up to `seq`.
+    async fn set_sink_position(&self, name: &str, seq: u64) -> GuardResult<()>;
 }
 
 /// Opens the store named by `url` (`sqlite:...` or `postgres://...`), creating its schema,

@@ -628,4 +628,26 @@ impl Store for SqlStore {
             .map_err(|_| GuardError::Internal(format!("host {host}: bad policy_hashes in the database")))?;
         Ok(Some(hashes))
     }
+
+    async fn sink_position(&self, name: &str) -> GuardResult<u64> {
+        let row = sqlx::query("SELECT seq FROM sink_positions WHERE name = $1")
+            .bind(name.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(0) };
+        let seq: i64 = row.try_get("seq")?;
+        Ok(u64::try_from(seq).unwrap_or(0))
+    }
+
+    async fn set_sink_position(&self, name: &str, seq: u64) -> GuardResult<()> {
+        sqlx::query(
+            "INSERT INTO sink_positions (name, seq) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
+        )
+        .bind(name.to_string())
+        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
 }
