@@ -2,6 +2,8 @@
 // 2. `cfg(has_postgres)` when PostgreSQL's server binaries are installed, so the replica test
 //    (tests/postgres.rs) is reported as ignored, not as passed, on a machine without them.
 //    With them it runs, and fails loudly if the cluster cannot start.
+// 3. `cfg(has_rsyslog)` when Debian's rsyslogd and its GnuTLS driver are installed (`cargo
+//    xtask setup` installs them), for the syslog sink tests (tests/sinks.rs), likewise.
 fn main() {
     println!("cargo:rerun-if-changed=migrations");
     println!("cargo::rustc-check-cfg=cfg(has_postgres)");
@@ -12,4 +14,14 @@ fn main() {
     if installed {
         println!("cargo:rustc-cfg=has_postgres");
     }
+    println!("cargo::rustc-check-cfg=cfg(has_rsyslog)");
+    println!("cargo:rerun-if-changed={RSYSLOGD}");
+    println!("cargo:rerun-if-changed={RSYSLOG_GTLS}");
+    if std::path::Path::new(RSYSLOGD).exists() && std::path::Path::new(RSYSLOG_GTLS).exists() {
+        println!("cargo:rustc-cfg=has_rsyslog");
+    }
 }
+
+/// Where Debian's rsyslog package puts the daemon and its TLS stream driver.
+const RSYSLOGD: &str = "/usr/sbin/rsyslogd";
+const RSYSLOG_GTLS: &str = "/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so";

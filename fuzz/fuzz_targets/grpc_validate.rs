@@ -52,7 +52,8 @@ fuzz_target!(|data: &[u8]| {
             assert!(op.ancestry.iter().all(|p| p.argv.len() <= MAX_ARGV));
             // The host registered exactly the policy the request names: the request is planned.
             let registered = HashMap::from([(op.policy.clone(), op.policy_hash.clone())]);
-            let planned = lifecycle::plan_submit(&policy, "host", "id".into(), req.clone(), i64::MAX - 1, Some(&registered));
+            let planned =
+                lifecycle::plan_submit(&policy, "host", "id".into(), req.clone(), i64::MAX - 1, Some(&registered));
             match planned {
                 Ok(new) => assert!(new.expires_ms >= new.created_ms),
                 // Only a request that carries no policy hash is refused.
@@ -87,10 +88,15 @@ fuzz_target!(|data: &[u8]| {
         }
         3 => {
             let Ok(req) = ReportRecordsRequest::decode(bytes) else { return };
-            if let Some(records) = refused(validate::report_records(&req)) {
-                assert_eq!(records.len(), req.records.len());
-                // What is stored is the record as the server writes it: it reads back the same.
+            if let Some((records, bad)) = refused(validate::report_records("web1", &req)) {
+                // Every record up to the first bad one is kept, and only those.
+                let expected = if bad.is_some() { records.len() + 1 } else { req.records.len() };
+                assert!(expected <= req.records.len());
                 for r in records {
+                    // Kept only if chained, of this host, and hashing to its link.
+                    let link = r.chain.as_ref().expect("a kept record is chained");
+                    assert_eq!(r.host, "web1");
+                    assert_eq!(guard_api::chain::record_hash(&r), link.hash);
                     let again = AuditRecord::from_json(&r.to_json()).expect("a record's own JSON reads back");
                     assert_eq!(again, r);
                 }

@@ -287,3 +287,101 @@ fn every_format_writes_one_line_per_record_whatever_the_record_holds() {
     let ocsf: serde_json::Value = serde_json::from_str(&Format::Ocsf(OcsfVersion::V1_9).encode_line(&r)).unwrap();
     assert_eq!(ocsf["file"]["path"], HOSTILE_PATH);
 }
+
+/// The records about guard itself (grant, policy, checkpoint, agent events, a refused attempt)
+/// in ECS and CEF: ECS's allowed categories and types, the outcome of what was noted, and CEF's
+/// action; each with what a hostile tree could put in its text.
+#[test]
+fn ecs_and_cef_name_grants_policies_checkpoints_and_agent_events() {
+    let at = |kind| {
+        let mut r = AuditRecord::at(Timestamp::from_unix_ms(1_796_002_226_007), kind, "web1");
+        r.comment = Some("a=b|c\nd".into());
+        r
+    };
+    let mut grant = at(RecordKind::Grant);
+    grant.decision = Some(Decision::Allow);
+    grant.reason = Some(Reason::Approved);
+    grant.approver = Some("alice".into());
+    let mut ended = at(RecordKind::Grant);
+    ended.reason = Some(Reason::Exited);
+    let mut policy = at(RecordKind::Policy);
+    policy.object = Some("sha256:ab".into());
+    let mut new_policy = policy.clone();
+    new_policy.comment = None;
+    let mut checkpoint = at(RecordKind::Checkpoint);
+    checkpoint.comment = None;
+    checkpoint.checkpoint = Some(guard_api::chain::SignedHead {
+        chain: "server".into(),
+        seq: 7,
+        hash: "cd".into(),
+        key_id: "k1".into(),
+        signature: "ef".into(),
+    });
+    let agent = |object: &str| {
+        let mut r = at(RecordKind::Agent);
+        r.object = Some(object.into());
+        r
+    };
+    let mut refused = at(RecordKind::Review);
+    refused.reason = Some(Reason::Refused);
+    refused.approver = Some("mallory".into());
+    let cases = [
+        (grant, "iam", "creation", "success", "allow", "grant"),
+        (ended, "iam", "deletion", "success", "log", "grant"),
+        (policy, "configuration", "change", "success", "log", "policy"),
+        (new_policy, "configuration", "creation", "success", "log", "policy"),
+        (checkpoint, "host", "info", "success", "log", "checkpoint"),
+        (agent("start"), "process", "start", "success", "log", "agent.start"),
+        (agent("stop"), "process", "end", "success", "log", "agent.stop"),
+        (agent("spool_damaged"), "host", "error", "success", "log", "agent.spool_damaged"),
+        (agent("backlog_full"), "host", "error", "success", "log", "agent.backlog_full"),
+        (refused, "iam", "change", "failure", "refuse", "review"),
+    ];
+    for (r, category, ty, outcome, act, name) in cases {
+        let e = ecs::encode(&r);
+        assert_eq!(e["event"]["category"], json!([category]), "{name}");
+        let types = e["event"]["type"].as_array().unwrap();
+        assert_eq!(types[0], ty, "{name}");
+        assert!(types.iter().all(|t| ECS_TYPES.contains(&t.as_str().unwrap())), "{name}: {types:?}");
+        assert!(ECS_CATEGORIES.contains(&category));
+        assert_eq!((e["event"]["outcome"].as_str(), e["event"]["action"].as_str()), (Some(outcome), Some(name)));
+        let line = cef::encode(&r);
+        assert!(!line.contains('\n'), "{line}");
+        let (h, ext) = cef_header(&line);
+        assert_eq!(h[4], name);
+        assert_eq!(cef_extension(ext)["act"], [act], "{name}: {line}");
+    }
+    let mut checkpoint = at(RecordKind::Checkpoint);
+    checkpoint.comment = None;
+    checkpoint.checkpoint = Some(guard_api::chain::SignedHead {
+        chain: "server".into(),
+        seq: 7,
+        hash: "cd".into(),
+        key_id: "k1".into(),
+        signature: "ef".into(),
+    });
+    assert_eq!(ecs::encode(&checkpoint)["guard"]["checkpoint"]["seq"], 7);
+    let line = cef::encode(&checkpoint);
+    assert_eq!(cef_extension(cef_header(&line).1)["msg"], ["server seq 7 hash cd key k1"]);
+    let e = ecs::encode(&agent("spool_damaged"));
+    assert_eq!(e["event"]["severity"], 4, "a damaged spool is an alarm");
+}
+
+#[test]
+fn a_sealed_record_carries_its_chain_entry_in_ocsf() {
+    use guard_api::export::ocsf::{encode, OcsfVersion};
+    let mut r = guard_api::AuditRecord::new(guard_api::RecordKind::Enforcement, "web1");
+    r.hook = Some(guard_api::Hook::FileOpen);
+    r.object = Some("/etc/hosts".into());
+    guard_api::chain::seal(&mut r, "s1", 7, "ab");
+    let e = encode(&r, OcsfVersion::V1_9);
+    assert_eq!(e["metadata"]["uid"], "web1/s1/7");
+    let a = &e["attestation_list"][0];
+    assert_eq!(a["chain_uid"], "web1/s1");
+    assert_eq!(a["uid"], "7");
+    assert_eq!(a["fingerprint"]["value"], r.chain.as_ref().unwrap().hash.as_str());
+    assert_eq!(a["prev_event"]["uid"], "6");
+    assert!(e["metadata"]["profiles"].as_array().unwrap().iter().any(|p| p == "record_integrity"));
+    // 1.5 has no record_integrity profile: the entry is not written.
+    assert!(encode(&r, OcsfVersion::V1_5).get("attestation_list").is_none());
+}

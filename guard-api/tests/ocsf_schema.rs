@@ -268,7 +268,85 @@ fn records() -> Vec<AuditRecord> {
     let mut bare_request = base(RecordKind::Request);
     bare_request.request_id = Some("req-2".into());
     out.push(bare_request);
+    out.extend(guard_events());
     out
+}
+
+/// A grant made, as guard-server writes it.
+fn grant_made() -> AuditRecord {
+    let mut r = base(RecordKind::Grant);
+    r.decision = Some(Decision::Allow);
+    r.reason = Some(Reason::Approved);
+    r.hook = Some(Hook::BprmCheckSecurity);
+    r.object = Some("/usr/bin/make".into());
+    r.argv = vec!["make".into(), "-j4".into()];
+    r.tree_id = Some("4000-1796002220000".into());
+    r.request_id = Some("req-1".into());
+    r.approver = Some("alice".into());
+    r.grant_seconds = Some(600);
+    r.state = Some("active".into());
+    r.comment = Some("grant G1 until 2026-11-30T01:40:26.007Z".into());
+    r
+}
+
+/// A policy registered: new (`before` None) or changed from `before`.
+fn policy(before: Option<&str>) -> AuditRecord {
+    let mut r = base(RecordKind::Policy);
+    r.policy = Some("claude-code".into());
+    r.object = Some(format!("sha256:{}", "ab".repeat(32)));
+    r.state = Some(if before.is_some() { "changed" } else { "loaded" }.into());
+    r.comment = before.map(str::to_string);
+    r
+}
+
+fn agent_event(object: &str) -> AuditRecord {
+    let mut r = base(RecordKind::Agent);
+    r.object = Some(object.into());
+    r
+}
+
+fn checkpoint(chain: &str) -> AuditRecord {
+    let mut r = base(RecordKind::Checkpoint);
+    r.checkpoint = Some(guard_api::chain::SignedHead {
+        chain: chain.into(),
+        seq: 1000,
+        hash: "cd".repeat(32),
+        key_id: "web1-key-1".into(),
+        signature: "ef".repeat(64),
+    });
+    r
+}
+
+/// The records about guard itself and its trail (kinds grant, policy, checkpoint, agent
+/// events without a hook, refused attempts), each with the (class, activity) it must land in.
+fn guard_events() -> Vec<AuditRecord> {
+    guard_events_expected().into_iter().map(|(r, _)| r).collect()
+}
+
+fn guard_events_expected() -> Vec<(AuditRecord, (u64, u64))> {
+    let mut ended = grant_made();
+    ended.decision = None;
+    ended.reason = Some(Reason::Expired);
+    ended.state = Some("ended".into());
+    ended.comment = Some("grant G1 ended: expired".into());
+    let mut refused = server(RecordKind::Review, None, Some(Reason::Refused));
+    refused.comment = Some("review refused: alice may not approve her own tree".into());
+    let mut unknown = agent_event("something new");
+    unknown.comment = Some("an agent event this version does not know".into());
+    vec![
+        (grant_made(), (3004, 1)),
+        (ended, (3004, 4)),
+        (policy(None), (3004, 1)),
+        (policy(Some(&format!("sha256:{}", "00".repeat(32)))), (3004, 3)),
+        (agent_event("start"), (6002, 3)),
+        (agent_event("stop"), (6002, 4)),
+        (agent_event("spool_damaged"), (1008, 99)),
+        (agent_event("backlog_full"), (1008, 99)),
+        (checkpoint("web1/s1"), (1008, 99)),
+        (checkpoint(guard_api::chain::SERVER_CHAIN), (1008, 99)),
+        (refused, (6003, 3)),
+        (unknown, (0, 99)),
+    ]
 }
 
 /// The class and activity each hook must land in, written out independently of the encoder.
@@ -352,6 +430,10 @@ fn the_class_and_activity_follow_the_hook_and_the_record_kind() {
     for r in records() {
         let e = ocsf::encode(&r, OcsfVersion::V1_9);
         let got = (e["class_uid"].as_u64().unwrap(), e["activity_id"].as_u64().unwrap());
+        if let Some((_, want)) = guard_events_expected().into_iter().find(|(g, _)| *g == r) {
+            assert_eq!(got, want, "{:?} {:?}", r.kind, r.object);
+            continue;
+        }
         let want = match (r.kind, r.hook) {
             (RecordKind::Request, _) => (6003, 1),
             (RecordKind::Review | RecordKind::Decision, _) => (6003, 3),
@@ -504,4 +586,88 @@ fn the_validator_catches_each_kind_of_broken_event() {
     let errs = violations(&old, &good);
     assert!(errs.iter().any(|x| x.contains("ai_agent is not an attribute")), "{errs:?}");
     assert!(errs.iter().any(|x| x.contains("metadata.version")), "{errs:?}");
+}
+
+#[test]
+fn grants_policies_checkpoints_and_agent_events_say_what_they_are_about() {
+    let e = ocsf::encode(&grant_made(), OcsfVersion::V1_9);
+    assert_eq!((e["class_uid"].as_u64(), e["category_uid"].as_u64()), (Some(3004), Some(3)));
+    assert_eq!(e["entity"]["type"], "grant");
+    assert_eq!(e["entity"]["name"], "bprm_check_security /usr/bin/make");
+    assert_eq!(e["entity"]["data"]["tree_id"], "4000-1796002220000");
+    assert_eq!(e["entity"]["data"]["argv"], json!(["make", "-j4"]));
+    assert_eq!(e["entity"]["data"]["seconds"], 600);
+    assert_eq!(e["actor"]["user"]["name"], "alice", "a grant is made by its approver");
+    assert_eq!((e["action_id"].as_u64(), e["disposition_id"].as_u64()), (Some(1), Some(8)));
+    assert_eq!(e["authorizations"][0]["decision"], "approved by alice for 600 s");
+    assert_eq!(e["metadata"]["correlation_uid"], "req-1", "linked to the request it came from");
+
+    let mut ended = grant_made();
+    ended.decision = None;
+    ended.reason = Some(Reason::Exited);
+    ended.comment = Some("grant G1 ended: tree exited".into());
+    let e = ocsf::encode(&ended, OcsfVersion::V1_9);
+    assert_eq!((e["activity_id"].as_u64(), e["status_id"].as_u64()), (Some(4), Some(1)));
+    assert_eq!(e["comment"], "grant G1 ended: tree exited");
+    assert_eq!(e["actor"]["app_name"], "guard-server", "guard-server ends it");
+    for absent in ["action_id", "disposition_id", "authorizations"] {
+        assert!(e.get(absent).is_none(), "an ended grant decides nothing, so no {absent}: {e}");
+    }
+
+    let before = format!("sha256:{}", "00".repeat(32));
+    let e = ocsf::encode(&policy(Some(&before)), OcsfVersion::V1_9);
+    assert_eq!(e["entity"]["policy"], json!({"name": "claude-code", "uid": before}));
+    assert_eq!(e["updated_entity"]["uid"], format!("sha256:{}", "ab".repeat(32)));
+    let e = ocsf::encode(&policy(None), OcsfVersion::V1_9);
+    assert_eq!(
+        (e["activity_name"].as_str(), e["entity"]["uid"].as_str()),
+        (Some("Create"), Some(&*format!("sha256:{}", "ab".repeat(32))))
+    );
+    assert!(e.get("updated_entity").is_none());
+
+    let e = ocsf::encode(&agent_event("start"), OcsfVersion::V1_9);
+    assert_eq!(e["app"]["name"], "guard-agent");
+    assert_eq!(e["metadata"]["event_code"], "agent.start");
+    let e = ocsf::encode(&agent_event("spool_damaged"), OcsfVersion::V1_9);
+    assert_eq!((e["activity_name"].as_str(), e["log_name"].as_str()), (Some("Spool Damaged"), Some("audit spool")));
+    assert_eq!((e["severity_id"].as_u64(), e["is_alert"].as_bool()), (Some(4), Some(true)));
+    let e = ocsf::encode(&checkpoint(guard_api::chain::SERVER_CHAIN), OcsfVersion::V1_9);
+    assert_eq!((e["log_provider"].as_str(), e["log_name"].as_str()), (Some("guard-server"), Some("audit chain")));
+    assert_eq!(e["unmapped"]["guard"]["checkpoint"]["seq"], 1000);
+    assert_eq!(ocsf::encode(&checkpoint("web1/s1"), OcsfVersion::V1_9)["log_provider"], "guard-agent");
+
+    let mut refused = server(RecordKind::Review, None, Some(Reason::Refused));
+    refused.comment = Some("review refused: already decided".into());
+    let e = ocsf::encode(&refused, OcsfVersion::V1_9);
+    assert_eq!((e["status_id"].as_u64(), e["status_detail"].as_str()), (Some(2), Some("refused")));
+    assert!(e.get("disposition_id").is_none() && e.get("authorizations").is_none(), "{e}");
+    assert_eq!(e["severity_id"], 2);
+}
+
+/// The validator on the new classes: each required attribute and constraint is enforced.
+#[test]
+fn the_validator_catches_broken_grant_policy_and_lifecycle_events() {
+    for s in [schema("1.9"), schema("1.5")] {
+        let v = if s.version == "1.5.0" { OcsfVersion::V1_5 } else { OcsfVersion::V1_9 };
+        let broken = |r: &AuditRecord, f: &dyn Fn(&mut Value), needle: &str| {
+            let mut e = ocsf::encode(r, v);
+            assert_eq!(violations(&s, &e), Vec::<String>::new(), "valid before the change");
+            f(&mut e);
+            let errs = violations(&s, &e);
+            assert!(errs.iter().any(|x| x.contains(needle)), "{}: expected {needle:?} in {errs:?}", s.version);
+        };
+        broken(&grant_made(), &|e| drop(e.as_object_mut().unwrap().remove("entity")), "entity is required");
+        broken(&grant_made(), &|e| e["entity"] = json!({"type": "grant"}), "entity needs at least one");
+        broken(&grant_made(), &|e| e["activity_id"] = json!(14), "activity_id = 14");
+        broken(&policy(None), &|e| e["entity"]["policy"] = json!({"desc": "x"}), "entity.policy needs at least one");
+        broken(&agent_event("start"), &|e| drop(e.as_object_mut().unwrap().remove("app")), "app is required");
+        broken(&agent_event("stop"), &|e| e["app"] = json!({"vendor_name": "guard"}), "app needs at least one");
+        broken(&agent_event("stop"), &|e| e["type_uid"] = json!(600203), "type_uid");
+        let unlogged = |e: &mut Value| {
+            let o = e.as_object_mut().unwrap();
+            o.remove("log_name");
+            o.remove("log_provider");
+        };
+        broken(&checkpoint("web1/s1"), &unlogged, "log_name");
+    }
 }

@@ -1,10 +1,9 @@
 //! The server's audit rows. Each row's JSON is one `guard_api::AuditRecord`, the record the
 //! agents write and report too, so one SIEM parser (and one Rust type) reads the agents' logs
-//! and the server's trail. The records of the server's own rows (kinds request, review and
-//! decision) are built here and nowhere else.
+//! and the server's trail. The records of the server's own rows (kinds request, review,
+//! decision, grant and policy, and refused attempts) are built here and nowhere else.
 use guard_api::{AuditRecord, Decision, Hook, Reason, RecordKind, StatedReason, Timestamp};
 use guard_proto::v1::{Request, Review, State};
-use ring::digest;
 
 /// The row kind of the records agents report (`ReportRecords`). The record's own `kind`
 /// (enforcement or agent) is inside its JSON; the row kind says where the row came from.
@@ -127,10 +126,162 @@ pub fn reported(mut record: AuditRecord, host: &str, time_ms: i64) -> AuditEntry
     }
 }
 
-/// Link of the hash chain: SHA-256 over the previous hash (hex) then the row's JSON.
-pub fn chain_hash(prev_hash: &str, json: &str) -> String {
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    ctx.update(prev_hash.as_bytes());
-    ctx.update(json.as_bytes());
-    ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
+/// The audit row of a record the server wrote itself (a refusal, a grant, a policy): its row
+/// kind is the record's kind, and its request id the record's, so `--request` finds it.
+pub fn server_entry(record: &AuditRecord) -> AuditEntry {
+    AuditEntry {
+        time_ms: record.time.unix_ms(),
+        host: record.host.clone(),
+        kind: row_kind(record.kind),
+        request_id: record.request_id.clone().unwrap_or_default(),
+        json: record.to_json(),
+    }
+}
+
+/// What a refused attempt tried (the record's comment starts with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    Review,
+    Cancel,
+    Withdraw,
+}
+
+impl Attempt {
+    fn label(self) -> &'static str {
+        match self {
+            Attempt::Review => "review",
+            Attempt::Cancel => "cancel",
+            Attempt::Withdraw => "withdraw",
+        }
+    }
+}
+
+/// The record of an attempt on request `id` that the server refused: it changed nothing, but
+/// who tried what, and why it was refused, is part of the trail. A review record (the attempt
+/// was a decision on the request) with no decision, reason `refused`, `approver` who tried and
+/// `comment` "<attempt> refused: <message>". `request` is the request as it was, when it
+/// exists; `host` is where the record goes when it does not (a withdraw of another host's id).
+pub fn refused(
+    attempt: Attempt,
+    time_ms: i64,
+    id: &str,
+    request: Option<&Request>,
+    host: &str,
+    who: &str,
+    message: &str,
+) -> AuditRecord {
+    let mut r = match request {
+        Some(request) => record(RecordKind::Review, time_ms, request, None),
+        None => {
+            let mut r = AuditRecord::at(Timestamp::from_unix_ms(time_ms), RecordKind::Review, host);
+            r.request_id = text(id);
+            r
+        }
+    };
+    r.decision = None;
+    r.reason = Some(Reason::Refused);
+    r.approver = text(who);
+    let redacted = r.comment.take().filter(|c| c.contains(REDACTED_NOTE)).map(|_| format!(" ({REDACTED_NOTE})"));
+    r.comment = Some(format!("{} refused: {message}{}", attempt.label(), redacted.unwrap_or_default()));
+    r
+}
+
+/// A grant ("approve for N seconds") as the store keeps it.
+#[derive(Debug, Clone, Default)]
+pub struct Grant {
+    pub id: String,
+    pub host: String,
+    pub tree_id: String,
+    pub hook: String,
+    pub object: String,
+    pub access: String,
+    /// The exec's argv as JSON (what the grant binds), empty for any other hook.
+    pub argv: String,
+    pub approver: String,
+    pub request_id: String,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+}
+
+/// How a grant ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantEnd {
+    /// Its time ran out.
+    Expired,
+    /// The tree it was scoped to exited (the agent said so).
+    TreeExited,
+}
+
+impl GrantEnd {
+    pub fn label(self) -> &'static str {
+        match self {
+            GrantEnd::Expired => "expired",
+            GrantEnd::TreeExited => "tree exited",
+        }
+    }
+}
+
+/// The record of a grant made (`end` None: decision allow, reason approved, state `active`) or
+/// ended (state `ended`, reason expired or exited, `comment` says which), at `time_ms`. Its
+/// scope is the record's host, tree, hook, object, access and argv; `grant_seconds` its length;
+/// `approver` who granted it; `request_id` the request whose approval made it.
+pub fn grant_record(grant: &Grant, time_ms: i64, end: Option<GrantEnd>) -> AuditRecord {
+    let mut r = AuditRecord::at(Timestamp::from_unix_ms(time_ms), RecordKind::Grant, grant.host.clone());
+    r.hook = Hook::from_name(&grant.hook);
+    r.object = text(&grant.object);
+    r.access = text(&grant.access);
+    // Written by the store from `grant_argv`, so it always reads; empty for a non-exec grant.
+    r.argv = serde_json::from_str(&grant.argv).unwrap_or_default();
+    r.tree_id = text(&grant.tree_id);
+    r.request_id = text(&grant.request_id);
+    r.approver = text(&grant.approver);
+    r.grant_seconds = Some(u64::try_from((grant.expires_ms - grant.created_ms) / 1000).unwrap_or(0));
+    let until = Timestamp::from_unix_ms(grant.expires_ms);
+    match end {
+        None => {
+            r.decision = Some(Decision::Allow);
+            r.reason = Some(Reason::Approved);
+            r.state = Some("active".into());
+            r.comment = Some(format!("grant {} until {until}", grant.id));
+        }
+        Some(end) => {
+            r.reason = Some(match end {
+                GrantEnd::Expired => Reason::Expired,
+                GrantEnd::TreeExited => Reason::Exited,
+            });
+            r.state = Some("ended".into());
+            r.comment = Some(format!("grant {} ended: {}", grant.id, end.label()));
+        }
+    }
+    r
+}
+
+/// The records of a host's registration: one per policy whose hash is new (`before` had no
+/// such policy) or changed (`comment`: the hash it had), none for one registered as it was.
+/// `policy` is its name, `object` its "sha256:<hex>". Sorted by name, so the trail's order
+/// does not depend on a hash map's.
+pub fn policy_records(
+    host: &str,
+    time_ms: i64,
+    hashes: &std::collections::HashMap<String, String>,
+    before: Option<&std::collections::HashMap<String, String>>,
+) -> Vec<AuditRecord> {
+    let mut names: Vec<&String> = hashes.keys().collect();
+    names.sort();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let hash = &hashes[name];
+            let old = before.and_then(|b| b.get(name));
+            if old == Some(hash) {
+                return None;
+            }
+            let mut r = AuditRecord::at(Timestamp::from_unix_ms(time_ms), RecordKind::Policy, host);
+            r.policy = Some(name.clone());
+            r.object = Some(hash.clone());
+            r.state = Some(if old.is_some() { "changed" } else { "loaded" }.into());
+            r.comment = old.cloned();
+            Some(r)
+        })
+        .collect()
 }

@@ -3,6 +3,7 @@
 //! arrives and nobody can approve it.
 use crate::ratelimit::{Limits, Rate};
 use crate::rules::{Glob, Redactor, Scope};
+use crate::sinks::config::{RawSink, SinkConfig};
 use guard_api::{toml_message, Location};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -23,6 +24,29 @@ pub struct ServerConfig {
     pub database_url: String,
     pub tls: TlsPaths,
     pub policy: Policy,
+    pub audit: AuditSettings,
+    /// The audit sinks (`[[sink]]`), each with its own position in the audit trail.
+    pub sinks: Vec<SinkConfig>,
+}
+
+/// The server's own audit chain: its signing key and how often it signs a checkpoint.
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    /// The ed25519 key (PKCS#8) that signs checkpoints; created on first start.
+    pub key: PathBuf,
+    /// A checkpoint after this many new rows...
+    pub checkpoint_rows: u64,
+    /// ...or this long after the first row it does not cover yet.
+    pub checkpoint_every: Duration,
+}
+
+impl AuditSettings {
+    pub const DEFAULT_ROWS: u64 = 1000;
+    pub const DEFAULT_EVERY: Duration = Duration::from_secs(60);
+
+    fn at(key: PathBuf) -> Self {
+        AuditSettings { key, checkpoint_rows: Self::DEFAULT_ROWS, checkpoint_every: Self::DEFAULT_EVERY }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +171,7 @@ struct RawConfig {
     default_timeout: Option<Spanned<String>>,
     max_timeout: Option<Spanned<String>>,
     tls: Spanned<RawTls>,
+    audit: Option<Spanned<RawAudit>>,
     #[serde(default)]
     approver: Vec<Spanned<RawApprover>>,
     #[serde(default)]
@@ -158,6 +183,8 @@ struct RawConfig {
     redact: Option<Spanned<RawRedact>>,
     policy_changed: Option<Spanned<String>>,
     rate_limit: Option<Spanned<RawRateLimit>>,
+    #[serde(default)]
+    sink: Vec<Spanned<RawSink>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,6 +210,14 @@ struct RawRateLimit {
     host_burst: Option<Spanned<u32>>,
     tree_per_minute: Option<Spanned<u32>>,
     tree_burst: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    key: Option<Spanned<String>>,
+    checkpoint_rows: Option<Spanned<u64>>,
+    checkpoint_every: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -389,10 +424,28 @@ impl ServerConfig {
             limits.tree = rate(&r.tree_per_minute, &r.tree_burst, limits.tree)?;
         }
 
+        let mut audit = AuditSettings::at(base.join("audit.key"));
+        if let Some(a) = &raw.audit {
+            let a = a.get_ref();
+            if let Some(k) = &a.key {
+                audit.key = resolve(k)?;
+            }
+            if let Some(n) = &a.checkpoint_rows {
+                if *n.get_ref() == 0 {
+                    return Err(at(n.span(), "checkpoint_rows must be at least 1".into()));
+                }
+                audit.checkpoint_rows = *n.get_ref();
+            }
+            audit.checkpoint_every = duration(&a.checkpoint_every, audit.checkpoint_every)?;
+        }
+        let sinks = crate::sinks::config::parse(&raw.sink, &at, &resolve)?;
+
         Ok(ServerConfig {
             listen,
             database_url,
             tls,
+            audit,
+            sinks,
             policy: Policy {
                 default_timeout,
                 max_timeout,
@@ -416,6 +469,8 @@ impl ServerConfig {
             database_url: database_url.unwrap_or_else(|| format!("sqlite://{}", db_dir.join("guard.db").display())),
             tls: TlsPaths { ca: dir.join("ca.crt"), cert: dir.join("server.crt"), key: dir.join("server.key") },
             policy: Policy::default(),
+            audit: AuditSettings::at(dir.join("audit.key")),
+            sinks: Vec::new(),
         }
     }
 }

@@ -11,10 +11,11 @@ pub mod lifecycle;
 pub mod pki;
 pub mod ratelimit;
 pub mod rules;
+pub mod search;
 pub mod server;
 pub mod service;
+pub mod sinks;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod validate;
-pub mod verify;

@@ -37,7 +37,7 @@ enum Cmd {
     },
     /// Run the server.
     Serve {
-        /// The configuration file (TOML).
+        /// The configuration file (TOML: listen, tls, approvers and rules, audit sinks).
         #[arg(long, conflicts_with = "pki", required_unless_present = "pki")]
         config: Option<PathBuf>,
         /// Without a config file: TLS from this init-pki directory, SQLite in its parent.
@@ -50,14 +50,6 @@ enum Cmd {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
-    /// Verify an export of the audit chain (one row a line: seq, host, kind, json, prev_hash,
-    /// hash); exits 0 if whole, 1 with the first broken row otherwise.
-    VerifyAudit {
-        file: PathBuf,
-        /// The head (`audit_head`) the rows must end at: `SEQ:HASH`.
-        #[arg(long)]
-        head: Option<String>,
-    },
     /// Start a throwaway PostgreSQL cluster, print its URL, stop it on SIGTERM/SIGINT (benchmarks).
     /// Only in builds with the `testing` feature.
     #[cfg(feature = "testing")]
@@ -67,6 +59,16 @@ enum Cmd {
         dir: PathBuf,
         #[arg(long, default_value_t = 5432)]
         port: u16,
+    },
+    /// Measure the audit sinks' throughput per format (benchmarks). Only in builds with the
+    /// `testing` feature.
+    #[cfg(feature = "testing")]
+    #[command(hide = true)]
+    BenchSinks {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 50_000)]
+        records: usize,
     },
 }
 
@@ -105,28 +107,6 @@ fn main() -> Result<()> {
             }
             runtime()?.block_on(serve(config))
         }
-        Cmd::VerifyAudit { file, head } => {
-            use guard_server::verify;
-            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-            let head = match head {
-                None => None,
-                Some(h) => {
-                    let (seq, hash) = h.split_once(':').context("--head: expected SEQ:HASH")?;
-                    Some(verify::Head { seq: seq.parse().context("--head: SEQ is not a number")?, hash: hash.into() })
-                }
-            };
-            let checked = verify::parse_export(&text).and_then(|rows| verify::verify(&rows, head.as_ref()));
-            match checked {
-                Ok(h) => {
-                    println!("{}: the chain is whole up to seq {} ({})", file.display(), h.seq, h.hash);
-                    Ok(())
-                }
-                Err(e) => {
-                    println!("{}: {e}", file.display());
-                    std::process::exit(1);
-                }
-            }
-        }
         #[cfg(feature = "testing")]
         Cmd::DevPostgres { dir, port } => {
             use guard_server::testing::pg::PgCluster;
@@ -138,6 +118,11 @@ fn main() -> Result<()> {
             std::io::stdout().flush()?;
             runtime.block_on(stop.wait());
             cluster.stop()
+        }
+        #[cfg(feature = "testing")]
+        Cmd::BenchSinks { dir, records } => {
+            print!("{}", runtime()?.block_on(guard_server::testing::sink_bench::run(&dir, records))?);
+            Ok(())
         }
     }
 }

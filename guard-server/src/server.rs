@@ -1,20 +1,25 @@
 //! Assembles and runs the server: TLS, store, sweeper, services; and drains on shutdown.
-use crate::config::ServerConfig;
+use crate::config::{AuditSettings, ServerConfig};
 use crate::fanout::Fanout;
 use crate::lifecycle::{now_ms, MAX_MESSAGE_BYTES};
 use crate::service::{agent::AgentApi, audit::AuditApi, review::ReviewApi, Shared};
+use crate::sinks::Sinks;
 use crate::store;
 use anyhow::{Context, Result};
+use guard_api::chain::keys::SigningKey;
 use guard_proto::v1::agent_service_server::AgentServiceServer;
 use guard_proto::v1::audit_service_server::AuditServiceServer;
 use guard_proto::v1::review_service_server::ReviewServiceServer;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+/// How often the checkpointer looks at the chain's head.
+const CHECKPOINT_POLL: Duration = Duration::from_secs(1);
 
 /// How often pending requests past their time are expired.
 const SWEEP_EVERY: Duration = Duration::from_millis(200);
@@ -25,6 +30,10 @@ pub struct ServerHandle {
     stop: watch::Sender<bool>,
     serve: JoinHandle<Result<(), tonic::transport::Error>>,
     sweeper: JoinHandle<()>,
+    checkpointer: JoinHandle<()>,
+    /// The audit sinks: they only read committed rows, so stopping them first loses nothing
+    /// (a batch in flight is delivered again after the next start).
+    sinks: Sinks,
 }
 
 impl ServerHandle {
@@ -37,6 +46,8 @@ impl ServerHandle {
     pub async fn shutdown(self, deadline: Duration) -> Result<()> {
         let _ = self.stop.send(true);
         self.sweeper.abort();
+        self.checkpointer.abort();
+        drop(self.sinks);
         let mut serve = self.serve;
         match tokio::time::timeout(deadline, &mut serve).await {
             Ok(joined) => joined.context("server task failed")?.context("server failed"),
@@ -58,6 +69,7 @@ pub async fn start(config: &ServerConfig) -> Result<ServerHandle> {
 
     let fanout = Fanout::default();
     let store = store::open(&config.database_url, fanout.clone()).await?;
+    let sinks = Sinks::start(store.clone(), &config.sinks).context("audit sinks")?;
     let (stop, shutdown) = watch::channel(false);
     let shared = Shared {
         store: store.clone(),
@@ -77,6 +89,10 @@ pub async fn start(config: &ServerConfig) -> Result<ServerHandle> {
             }
         }
     });
+
+    let key = SigningKey::load_or_create(&config.audit.key).map_err(|e| anyhow::anyhow!("audit key: {e}"))?;
+    shared.store.register_audit_key("", &key.public_hex(), now_ms()).await?;
+    let checkpointer = tokio::spawn(checkpoints(shared.store.clone(), key, config.audit.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -100,5 +116,42 @@ pub async fn start(config: &ServerConfig) -> Result<ServerHandle> {
     let serve = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     }));
-    Ok(ServerHandle { addr, stop, serve, sweeper })
+    Ok(ServerHandle { addr, stop, serve, sweeper, checkpointer, sinks })
+}
+
+/// Signs the chain's head every `checkpoint_rows` rows, or `checkpoint_every` after the first
+/// row no checkpoint covers yet. Replicas sharing a database each run this; a head that is a
+/// checkpoint already is not signed again.
+async fn checkpoints(store: Arc<dyn store::Store>, key: SigningKey, audit: AuditSettings) {
+    let mut tick = tokio::time::interval(CHECKPOINT_POLL.min(audit.checkpoint_every));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut signed = 0u64;
+    let mut unsigned_since: Option<Instant> = None;
+    loop {
+        tick.tick().await;
+        let head = match store.audit_head().await {
+            Ok(h) => h.seq,
+            Err(e) => {
+                tracing::warn!("audit checkpoint: reading the head: {e}");
+                continue;
+            }
+        };
+        if head <= signed {
+            continue;
+        }
+        let since = *unsigned_since.get_or_insert_with(Instant::now);
+        if head - signed < audit.checkpoint_rows && since.elapsed() < audit.checkpoint_every {
+            continue;
+        }
+        match store.checkpoint(&key, now_ms()).await {
+            // The checkpoint row itself is the new head.
+            Ok(Some(seq)) => signed = seq + 1,
+            Ok(None) => signed = head,
+            Err(e) => {
+                tracing::warn!("audit checkpoint: {e}");
+                continue;
+            }
+        }
+        unsigned_since = None;
+    }
 }

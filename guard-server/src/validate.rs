@@ -4,6 +4,8 @@
 //! (`operation.ancestry[2].argv[0]`); none of them may panic on any input.
 use crate::error::{GuardError, GuardResult};
 use crate::lifecycle::{Violations, MAX_NAME_BYTES, MAX_RECORDS_PER_CALL};
+use crate::store::ingest::Refusal;
+use guard_api::chain::record_hash;
 use guard_api::AuditRecord;
 use guard_proto::v1::{RegisterRequest, ReportRecordsRequest, State, TreeExitedRequest, WithdrawRequest};
 
@@ -25,6 +27,9 @@ pub fn register(r: &RegisterRequest) -> GuardResult<()> {
     if r.policy_hashes.len() > MAX_REGISTERED_POLICIES {
         v.add("policy_hashes", format!("at most {MAX_REGISTERED_POLICIES} entries"));
     }
+    if !r.audit_key.is_empty() && (r.audit_key.len() != 64 || !r.audit_key.bytes().all(|b| b.is_ascii_hexdigit())) {
+        v.add("audit_key", "want an ed25519 public key: 64 hex digits");
+    }
     let mut named: Vec<(&String, &String)> = r.policy_hashes.iter().collect();
     named.sort();
     for (name, hash) in named.into_iter().take(MAX_REGISTERED_POLICIES) {
@@ -44,23 +49,50 @@ pub fn is_policy_hash(s: &str) -> bool {
 
 /// The records of a report, each read as the one audit record type (unknown fields refused);
 /// the error names every record that does not fit.
-pub fn report_records(r: &ReportRecordsRequest) -> GuardResult<Vec<AuditRecord>> {
+/// The records of a `ReportRecords` call that can be stored, in order, and the first that
+/// cannot (its stream, seq and what is wrong with it, the field named). A record must read as an
+/// `AuditRecord`, carry its chain link, name `host` (the certificate's) and hash to its link;
+/// the server never rewrites a chained record, so a mismatch is refused, not corrected.
+pub fn report_records(host: &str, r: &ReportRecordsRequest) -> GuardResult<(Vec<AuditRecord>, Option<Refusal>)> {
     if r.records.len() > MAX_RECORDS_PER_CALL {
         return Err(GuardError::invalid(
             "records",
             format!("{} records, at most {MAX_RECORDS_PER_CALL} per call", r.records.len()),
         ));
     }
-    let mut v = Violations::default();
     let mut parsed = Vec::with_capacity(r.records.len());
     for (i, r) in r.records.iter().enumerate() {
-        match AuditRecord::from_json(&r.json) {
-            Ok(record) => parsed.push(record),
-            Err(e) => v.add(format!("records[{i}].json"), e.to_string()),
+        let (stream, seq) = parsed
+            .last()
+            .and_then(|p: &AuditRecord| p.chain.as_ref())
+            .map(|c| (c.stream.clone(), c.seq + 1))
+            .unwrap_or_default();
+        let refuse = |stream: String, seq: u64, message: String| Some(Refusal { stream, seq, message });
+        let record = match AuditRecord::from_json(&r.json) {
+            Ok(record) => record,
+            Err(e) => return Ok((parsed, refuse(stream, seq, format!("records[{i}].json: {e}")))),
+        };
+        let Some(link) = record.chain.clone() else {
+            return Ok((
+                parsed,
+                refuse(stream, seq, format!("records[{i}].chain: missing (records come from the agent's spool)")),
+            ));
+        };
+        let problem = if record.host != host {
+            Some(format!("records[{i}].host: {:?} is not this agent's certificate name {host:?}", record.host))
+        } else if link.redacted {
+            Some(format!("records[{i}].chain.redacted: only the server redacts"))
+        } else if record_hash(&record) != link.hash {
+            Some(format!("records[{i}].chain.hash: {:?} is not the hash of the record's content", link.hash))
+        } else {
+            None
+        };
+        if let Some(message) = problem {
+            return Ok((parsed, refuse(link.stream, link.seq, message)));
         }
+        parsed.push(record);
     }
-    v.into_result()?;
-    Ok(parsed)
+    Ok((parsed, None))
 }
 
 /// The end a withdrawal asks for: (state, reason).

@@ -31,7 +31,7 @@ async fn a_fresh_database_gets_the_schema_once() {
         .iter()
         .map(|r| r.get("name"))
         .collect();
-    for table in ["audit", "audit_head", "grants", "hosts", "requests", "reviews"] {
+    for table in ["audit", "audit_head", "grants", "hosts", "requests", "reviews", "sink_positions"] {
         assert!(tables.iter().any(|t| t == table), "{table} missing: {tables:?}");
     }
     let head: i64 = sqlx::query("SELECT count(*) AS n FROM audit_head").fetch_one(&mut conn).await.unwrap().get("n");

@@ -445,32 +445,63 @@ async fn watch_pending_sees_snapshot_changes_and_decisions() {
 }
 
 #[tokio::test]
-async fn records_are_appended_to_the_audit_trail() {
+async fn records_are_stored_once_in_chain_order_and_a_bad_one_stops_the_batch() {
     let site = Site::new();
     let server = site.start(None).await;
     let mut agent = server.agent("h2").await;
-    let mut record = AuditRecord::new(RecordKind::Enforcement, "web1");
-    record.decision = Some(Decision::Deny);
-    record.rule = Some("no-metadata".into());
-    record.object = Some("169.254.169.254:80".into());
-    let ok = Record { json: record.to_json() };
-    let accepted = agent
-        .report_records(ReportRecordsRequest { records: vec![ok.clone(), ok.clone()] })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(accepted.accepted, 2);
-    let mut colour: serde_json::Value = serde_json::from_str(&ok.json).unwrap();
-    colour.as_object_mut().unwrap().insert("colour".into(), "red".into());
-    let bad = ReportRecordsRequest {
-        records: vec![ok.clone(), Record { json: "[1]".into() }, ok, Record { json: colour.to_string() }],
+    let record = |object: &str| {
+        let mut r = AuditRecord::new(RecordKind::Enforcement, "h2");
+        r.decision = Some(Decision::Deny);
+        r.rule = Some("no-metadata".into());
+        r.object = Some(object.into());
+        r
     };
-    let err = agent.report_records(bad).await.unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-    let violations = err.get_error_details().bad_request().unwrap().field_violations.clone();
-    let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
-    assert_eq!(fields, ["records[1].json", "records[3].json"]);
-    assert!(violations[1].description.contains("unknown field `colour`"), "{violations:?}");
+    let mut spool = TestSpool::new("s1");
+    let first = [spool.seal(record("a")), spool.seal(record("b"))];
+    let reply = agent.report_records(ReportRecordsRequest { records: wire(&first) }).await.unwrap().into_inner();
+    assert_eq!((reply.accepted, reply.stored[0].seq, reply.refused), (2, 2, None));
+
+    // A resend (the agent died before it saw the answer) stores nothing twice.
+    let third = spool.seal(record("c"));
+    let again = [first[0].clone(), first[1].clone(), third.clone()];
+    let reply = agent.report_records(ReportRecordsRequest { records: wire(&again) }).await.unwrap().into_inner();
+    assert_eq!((reply.accepted, reply.stored[0].seq), (1, 3));
+
+    // A batch with an unreadable record: the records before it are stored, it is refused with
+    // the field named, nothing after it is stored.
+    let fourth = spool.seal(record("d"));
+    let mut colour: serde_json::Value = serde_json::from_str(&fourth.to_json()).unwrap();
+    colour.as_object_mut().unwrap().insert("colour".into(), "red".into());
+    let fifth = spool.seal(record("e"));
+    let bad = vec![
+        Record { json: fourth.to_json() },
+        Record { json: "[1]".into() },
+        Record { json: colour.to_string() },
+        Record { json: fifth.to_json() },
+    ];
+    let reply = agent.report_records(ReportRecordsRequest { records: bad }).await.unwrap().into_inner();
+    let refused = reply.refused.expect("refused");
+    assert_eq!((reply.accepted, reply.stored[0].seq), (1, 4));
+    assert!(refused.message.starts_with("records[1].json: "), "{}", refused.message);
+    assert_eq!((refused.stream.as_str(), refused.seq), ("s1", 5));
+
+    // A gap (seq 5 never arrived) and a changed record are refused, each naming the field.
+    let sixth = spool.seal(record("f"));
+    let reply = agent.report_records(ReportRecordsRequest { records: wire(&[sixth]) }).await.unwrap().into_inner();
+    let refused = reply.refused.expect("a gap is refused");
+    assert!(refused.message.starts_with("chain.seq: 6 does not follow seq 4"), "{}", refused.message);
+    let mut changed = fifth.clone();
+    changed.object = Some("changed after sealing".into());
+    let reply = agent.report_records(ReportRecordsRequest { records: wire(&[changed]) }).await.unwrap().into_inner();
+    assert!(reply.refused.expect("refused").message.starts_with("records[0].chain.hash"));
+    let mut unchained = fifth.clone();
+    unchained.chain = None;
+    let reply = agent.report_records(ReportRecordsRequest { records: wire(&[unchained]) }).await.unwrap().into_inner();
+    assert!(reply.refused.expect("refused").message.starts_with("records[0].chain: missing"));
+
+    let reply = agent.report_records(ReportRecordsRequest { records: wire(&[fifth]) }).await.unwrap().into_inner();
+    assert_eq!((reply.accepted, reply.stored[0].seq, reply.refused), (1, 5, None));
+
     let events: Vec<_> = server
         .auditor("alice")
         .await
@@ -480,14 +511,17 @@ async fn records_are_appended_to_the_audit_trail() {
         .into_inner()
         .collect()
         .await;
-    assert_eq!(events.len(), 2, "a refused call stores none of its records");
-    for e in events {
-        let e = e.unwrap();
-        assert_eq!(e.kind, "record");
-        // The record's host is the certificate's, as the row's is, whatever the agent wrote.
-        let stored = AuditRecord::from_json(&e.json).unwrap();
-        assert_eq!((e.host.as_str(), stored.host.as_str()), ("h2", "h2"));
-    }
+    let events: Vec<_> = events.into_iter().map(|e| e.unwrap()).collect();
+    assert_eq!(events[0].kind, "policy", "its registration first");
+    let objects: Vec<String> = events[1..]
+        .iter()
+        .map(|e| {
+            assert_eq!(e.kind, "record");
+            AuditRecord::from_json(&e.json).unwrap().object.unwrap()
+        })
+        .collect();
+    assert_eq!(objects, ["a", "b", "c", "d", "e"], "each once, in chain order");
+    server.stop().await;
 }
 
 #[tokio::test]

@@ -7,8 +7,8 @@ mod common;
 
 use common::*;
 use guard_proto::v1::{
-    AuditQuery, CancelRequestRequest, GetRequestRequest, ListRequestsRequest, Operation, Process, Record,
-    ReportRecordsRequest, Request, ReviewRequest, State, WatchPendingRequest,
+    AuditQuery, CancelRequestRequest, GetRequestRequest, ListRequestsRequest, Operation, Process, ReportRecordsRequest,
+    Request, ReviewRequest, State, WatchPendingRequest,
 };
 use guard_server::testing::config::ServerToml;
 use sqlx::{Connection, Row, SqliteConnection};
@@ -297,14 +297,22 @@ async fn argv_is_redacted_before_it_is_stored_or_shown() {
     // An agent's own record is redacted too.
     let mut record = guard_api::AuditRecord::new(guard_api::RecordKind::Enforcement, "h1");
     record.argv = vec!["psql".into(), "--password=hunter2pw".into()];
-    let report = ReportRecordsRequest { records: vec![Record { json: record.to_json() }] };
-    server.agent("h1").await.report_records(report).await.unwrap();
+    let record = TestSpool::new("s1").seal(record);
+    let report = ReportRecordsRequest { records: wire(&[record]) };
+    let reply = server.agent("h1").await.report_records(report).await.unwrap().into_inner();
+    assert_eq!((reply.accepted, reply.refused), (1, None));
 
     // Nowhere in the trail, and nowhere in the database file.
     let rows: Vec<_> =
         server.auditor("bob").await.query(AuditQuery::default()).await.unwrap().into_inner().collect().await;
     let rows: Vec<_> = rows.into_iter().map(|r| r.unwrap()).collect();
     assert!(rows.iter().any(|r| r.json.contains("argv redacted by guard-server")), "the record says so");
+    // Redacted after its hash was checked: the link says so, and the chain still verifies.
+    let reported = rows.iter().find(|r| r.kind == "record").expect("the reported record");
+    let reported = guard_api::AuditRecord::from_json(&reported.json).unwrap();
+    assert!(reported.chain.as_ref().unwrap().redacted);
+    let chain: Vec<_> = rows.iter().cloned().map(chain_row).collect();
+    guard_api::chain::verify::verify_rows(&chain, None, None).expect("the chain verifies");
     server.stop().await;
     let mut stored = Vec::new();
     for entry in std::fs::read_dir(site.dir.path()).unwrap() {

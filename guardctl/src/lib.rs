@@ -2,6 +2,7 @@
 //! load generator) shares with it: mTLS connection set-up and gRPC error reporting.
 
 pub use guard_proto::client as conn;
+pub mod chain;
 pub mod failure;
 pub mod render;
 pub mod table;

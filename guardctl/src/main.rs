@@ -5,13 +5,16 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use guard_api::chain::verify::{parse_rows, Keys};
 use guard_api::{export::Format, AuditRecord};
 use guard_proto::v1::audit_service_client::AuditServiceClient;
 use guard_proto::v1::review_service_client::ReviewServiceClient;
+use guard_proto::v1::AuditHeadRequest;
 use guard_proto::v1::{
     AuditQuery, CancelRequestRequest, GetRequestRequest, ListRequestsRequest, Operation, Request, ReviewRequest, State,
     WatchPendingRequest, WhoAmIRequest,
 };
+use guardctl::chain;
 use guardctl::conn::{self, TlsFiles, TlsMaterial};
 use guardctl::failure::{self, EXIT_FAILURE};
 use guardctl::render::{self, now_ms};
@@ -109,15 +112,74 @@ enum Cmd {
         request: Option<String>,
         #[arg(long)]
         host: Option<String>,
+        /// Only records of this decision: allow, deny, or pending (a request's record at its
+        /// creation, before anyone decided).
+        #[arg(long, value_enum)]
+        decision: Option<DecisionArg>,
+        /// Only records of this rule (its exact name).
+        #[arg(long, value_name = "RULE")]
+        rule: Option<String>,
+        /// Only records whose approver is this name: who decided, reviewed, granted, or
+        /// tried and was refused.
+        #[arg(long, value_name = "NAME")]
+        approver: Option<String>,
+        /// Only records of this watched tree ("<root pid>-<root start time>").
+        #[arg(long, value_name = "TREE_ID")]
+        tree: Option<String>,
+        /// Most events shown, counted after every filter.
         #[arg(long, default_value_t = 100)]
         limit: u32,
         /// Export: one line per event in this format instead of the table: ocsf (1.9),
         /// ocsf-1.5, ecs, cef or jsonl (the records as guard writes them).
         #[arg(long, value_parser = parse_format)]
         format: Option<Format>,
+        #[command(subcommand)]
+        action: Option<AuditAction>,
     },
     /// Who the server takes this certificate for.
     Whoami,
+}
+
+/// What `guardctl audit` does besides listing and exporting events.
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Check the server's hash chain and every host's stream in it, and their signed
+    /// checkpoints: prints OK, or BROKEN with the first modified, deleted, reordered or
+    /// inserted record (exit 1). Online (the server's rows, head and keys), or offline with
+    /// --rows (an export of `audit rows`) and --keys (a file of `audit keys`, pinned).
+    Verify {
+        /// An export of the rows (`guardctl audit rows`), instead of asking the server.
+        #[arg(long, value_name = "FILE")]
+        rows: Option<PathBuf>,
+        /// The public keys to check signatures with (`guardctl audit keys`); online, the
+        /// server's own list is used when this is not given.
+        #[arg(long, value_name = "FILE")]
+        keys: Option<PathBuf>,
+        /// The head the rows must end at, `SEQ:HASH` (offline; online it is the server's).
+        #[arg(long, value_name = "SEQ:HASH")]
+        head: Option<String>,
+    },
+    /// Every row of the server's chain, one JSON object per line (for an offline verify).
+    Rows,
+    /// The public keys that sign checkpoints, as a keys file for `verify --keys`.
+    Keys,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DecisionArg {
+    Allow,
+    Deny,
+    Pending,
+}
+
+impl DecisionArg {
+    fn label(self) -> &'static str {
+        match self {
+            DecisionArg::Allow => "allow",
+            DecisionArg::Deny => "deny",
+            DecisionArg::Pending => "pending",
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -221,6 +283,10 @@ impl ConnArgs {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    // An offline verify needs no server.
+    if let Cmd::Audit { action: Some(AuditAction::Verify { rows: Some(rows), keys, head }), .. } = &cli.cmd {
+        return verify_offline(rows, keys.as_deref(), head.as_deref());
+    }
     let channel = cli.conn.channel().await?;
     let mut review = ReviewServiceClient::new(channel.clone());
     let json = cli.json;
@@ -282,12 +348,17 @@ async fn run(cli: Cli) -> Result<()> {
                 print_list(&reqs);
             }
         }
-        Cmd::Audit { since, until, request, host, limit, format } => {
+        Cmd::Audit { action: Some(action), .. } => audit_chain(AuditServiceClient::new(channel), action).await?,
+        Cmd::Audit { since, until, request, host, decision, rule, approver, tree, limit, format, action: None } => {
             let query = AuditQuery {
                 since_ms: since.unwrap_or(0),
                 until_ms: until.unwrap_or(0),
                 host: host.unwrap_or_default(),
                 request_id: request.unwrap_or_default(),
+                decision: decision.map(|d| d.label().to_string()).unwrap_or_default(),
+                rule: rule.unwrap_or_default(),
+                approver: approver.unwrap_or_default(),
+                tree_id: tree.unwrap_or_default(),
                 limit,
                 ..Default::default()
             };
@@ -306,6 +377,61 @@ async fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn read_keys(path: &std::path::Path) -> Result<Keys> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a keys file", path.display()))
+}
+
+/// Prints what verify found; a broken chain fails the command (exit 1).
+fn verdict((text, whole): (String, bool)) -> Result<()> {
+    print!("{text}");
+    std::io::stdout().flush()?;
+    if !whole {
+        std::process::exit(i32::from(EXIT_FAILURE));
+    }
+    Ok(())
+}
+
+fn verify_offline(rows: &std::path::Path, keys: Option<&std::path::Path>, head: Option<&str>) -> Result<()> {
+    let text = std::fs::read_to_string(rows).with_context(|| format!("reading {}", rows.display()))?;
+    let keys = keys.map(read_keys).transpose()?;
+    let head = head
+        .map(|h| -> Result<(u64, &str)> {
+            let (seq, hash) = h.split_once(':').context("--head: expected SEQ:HASH")?;
+            Ok((seq.parse().context("--head: SEQ is not a number")?, hash))
+        })
+        .transpose()?;
+    match parse_rows(&text) {
+        Ok(rows) => verdict(chain::check(&rows, head, keys.as_ref())),
+        Err(b) => verdict((format!("BROKEN: {b}\n"), false)),
+    }
+}
+
+async fn audit_chain(mut client: AuditServiceClient<Channel>, action: AuditAction) -> Result<()> {
+    match action {
+        AuditAction::Verify { keys, head, .. } => {
+            if head.is_some() {
+                bail!("--head is for an offline verify (--rows): online, the server's head is used");
+            }
+            let (server_head, rows) = chain::fetch(&mut client).await?;
+            let keys = match keys {
+                Some(path) => read_keys(&path)?,
+                None => chain::keys_of(&server_head),
+            };
+            verdict(chain::check(&rows, Some((server_head.seq, &server_head.hash)), Some(&keys)))
+        }
+        AuditAction::Rows => {
+            let (_, rows) = chain::fetch(&mut client).await?;
+            print_json_lines(rows.iter().map(|r| serde_json::to_value(r).expect("a row serialises")))
+        }
+        AuditAction::Keys => {
+            let head = client.head(AuditHeadRequest {}).await?.into_inner();
+            println!("{}", serde_json::to_string_pretty(&chain::keys_of(&head))?);
+            Ok(())
+        }
+    }
 }
 
 fn print_json_lines(values: impl Iterator<Item = serde_json::Value>) -> Result<()> {

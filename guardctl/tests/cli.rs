@@ -299,3 +299,134 @@ async fn unreachable_server_exits_1() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_checks_the_chain_online_and_offline_and_names_the_broken_row() {
+    let server = Server::start();
+    let mut agent = server.agent().await;
+    let (created, _stream) = submit(&mut agent, "/etc/verified", "", "hold-verify").await;
+    assert_ok(&server.ctl(&["deny", &created.id, "--reason", "no"]));
+
+    let online = assert_ok(&server.ctl(&["audit", "verify"]));
+    assert!(online.starts_with("OK: the server's chain is whole: rows 1 to "), "{online}");
+
+    // Offline: an export and the keys, checked without the server.
+    let rows = assert_ok(&server.ctl(&["audit", "rows"]));
+    let keys = assert_ok(&server.ctl(&["audit", "keys"]));
+    assert!(rows.lines().count() >= 2, "{rows}");
+    assert!(keys.contains("\"server\""), "{keys}");
+    let keys_file = server.dir.join("keys.json");
+    std::fs::write(&keys_file, &keys).unwrap();
+    let offline = |text: &str| {
+        let file = server.dir.join("rows.jsonl");
+        std::fs::write(&file, text).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_guardctl"))
+            .args(["audit", "verify", "--rows", file.to_str().unwrap(), "--keys", keys_file.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let out = offline(&rows);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("OK: "));
+
+    let lines: Vec<&str> = rows.lines().collect();
+    let broken = |text: String, what: &str| {
+        let out = offline(&text);
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{said}");
+        assert!(said.starts_with("BROKEN: chain server: row ") && said.contains(what), "{what}: {said}");
+    };
+    broken(rows.replacen("/etc/verified", "/etc/elsewhere", 1), ": modified: ");
+    broken([&lines[..1], &lines[2..]].concat().join("\n"), ": deleted: ");
+    let mut swapped = lines.clone();
+    swapped.swap(0, 1);
+    broken(swapped.join("\n"), ": reordered: ");
+    broken(format!("{rows}{}\n", lines[0]), ": inserted: ");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_search_filters_by_decision_rule_approver_and_tree() {
+    use guard_api::{AuditRecord, Decision, RecordKind};
+    use guard_proto::v1::{Record, ReportRecordsRequest, SubmitRequest};
+    let server = Server::start();
+    let mut agent = server.agent().await;
+    // Three requests: approved by alice (rule etc-writes, tree 1-1), denied by bob (net-out,
+    // tree 2-2), and one left pending (etc-writes, tree 2-2).
+    let mut held = Vec::new();
+    for (object, rule, tree) in
+        [("/etc/a", "etc-writes", "1-1"), ("/etc/b", "net-out", "2-2"), ("/etc/c", "etc-writes", "2-2")]
+    {
+        let mut op = operation(object, "search test");
+        op.rule = rule.into();
+        op.tree_id = tree.into();
+        let req = SubmitRequest { operation: Some(op), timeout_seconds: 300, hold_key: String::new() };
+        let mut stream = agent.submit(req).await.expect("Submit").into_inner();
+        let created = stream.message().await.unwrap().unwrap();
+        held.push((created, stream));
+    }
+    assert_ok(&server.ctl(&["approve", &held[0].0.id]));
+    assert_ok(&server.ctl_as(OTHER_APPROVER, &["deny", &held[1].0.id, "--reason", "no egress"]));
+    next_state(&mut held[0].1, State::Pending as i32).await;
+    next_state(&mut held[1].1, State::Pending as i32).await;
+    // And a record the agent reported itself: an in-kernel deny of rule net-out in tree 2-2.
+    let mut reported = AuditRecord::new(RecordKind::Enforcement, HOST);
+    reported.decision = Some(Decision::Deny);
+    reported.rule = Some("net-out".into());
+    reported.tree_id = Some("2-2".into());
+    reported.object = Some("10.0.0.1:443".into());
+    guard_api::chain::seal(&mut reported, "s1", 1, "");
+    let reply = agent
+        .report_records(ReportRecordsRequest { records: vec![Record { json: reported.to_json() }] })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.refused, None);
+
+    let search = |args: &[&str]| -> Vec<AuditRecord> {
+        let mut all = vec!["audit", "--format", "jsonl"];
+        all.extend_from_slice(args);
+        let out = assert_ok(&server.ctl(&all));
+        out.lines().map(|l| AuditRecord::from_json(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
+    };
+    let everything = search(&[]);
+    let (a, b, c) = (&held[0].0.id, &held[1].0.id, &held[2].0.id);
+    let of = |records: &[AuditRecord], id: &str| records.iter().filter(|r| r.request_id.as_deref() == Some(id)).count();
+
+    let allowed = search(&["--decision", "allow"]);
+    assert!(!allowed.is_empty() && allowed.iter().all(|r| r.decision == Some(Decision::Allow)), "{allowed:#?}");
+    assert_eq!((of(&allowed, a), of(&allowed, b), of(&allowed, c)), (2, 0, 0), "a's review and decision");
+
+    let denied = search(&["--decision", "deny", "--rule", "net-out"]);
+    let kinds: Vec<RecordKind> = denied.iter().map(|r| r.kind).collect();
+    assert_eq!(kinds, [RecordKind::Review, RecordKind::Decision, RecordKind::Enforcement], "{denied:#?}");
+    assert!(denied.iter().all(|r| r.decision == Some(Decision::Deny) && r.rule.as_deref() == Some("net-out")));
+
+    let pending = search(&["--decision", "pending"]);
+    assert_eq!(pending.len(), 3, "the three requests as created: {pending:#?}");
+    assert!(pending.iter().all(|r| r.kind == RecordKind::Request && r.decision.is_none()));
+
+    let bobs = search(&["--approver", OTHER_APPROVER]);
+    assert_eq!(bobs.len(), 2, "{bobs:#?}");
+    assert!(bobs.iter().all(|r| r.approver.as_deref() == Some(OTHER_APPROVER) && r.request_id.as_deref() == Some(b)));
+
+    let tree = search(&["--tree", "2-2"]);
+    let expected = everything.iter().filter(|r| r.tree_id.as_deref() == Some("2-2")).count();
+    assert_eq!(tree.len(), expected);
+    assert!(tree.len() >= 5 && tree.iter().all(|r| r.tree_id.as_deref() == Some("2-2")), "{tree:#?}");
+    assert_eq!(of(&tree, a), 0);
+
+    // The limit counts matching events: bob's two rows come after many others in the trail.
+    assert!(everything.len() > 6);
+    let first = search(&["--approver", OTHER_APPROVER, "--limit", "1"]);
+    assert_eq!((first.len(), first[0].kind), (1, RecordKind::Review));
+    assert_eq!(search(&["--tree", "2-2", "--rule", "net-out", "--limit", "2"]).len(), 2);
+    assert_eq!(search(&["--tree", "1-1", "--approver", OTHER_APPROVER]).len(), 0, "filters combine");
+
+    // A bad value is refused, naming it (by guardctl) or its field (by the server).
+    let bad = server.ctl(&["audit", "--decision", "maybe"]);
+    assert!(!bad.status.success() && stderr(&bad).contains("maybe"), "{}", stderr(&bad));
+    let long = "r".repeat(300);
+    let bad = server.ctl(&["audit", "--rule", &long]);
+    assert!(!bad.status.success(), "{}", stdout(&bad));
+    assert!(stderr(&bad).contains("rule: 300 bytes, at most 256"), "{}", stderr(&bad));
+}

@@ -3,6 +3,7 @@
 //! (`guard-server dev-postgres`), an `[[auto]] decision = "approve"` rule, and guard-loadgen
 //! with 1, 10, 100, 1000 concurrent agents (one TLS connection each) measuring Submit -> the
 //! first streamed APPROVED. One table at the end beside issue 3's targets; nothing is asserted.
+//! Then the audit sinks' rows/s per format (`guard-server bench-sinks`), also reported only.
 //! Every process started here is stopped on the way out, also on error.
 use crate::services::{self, Children, Pki, Server};
 use crate::util::{self, workspace_root};
@@ -36,6 +37,9 @@ pub struct ServerBenchArgs {
     /// Concurrent agents of the load runs (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
     pub server_agents: Vec<usize>,
+    /// Audit rows each sink delivers in the sink benchmark (0: no sink benchmark).
+    #[arg(long, default_value_t = 50_000)]
+    pub sink_records: usize,
 }
 
 /// What one load run measured, or why it has no numbers.
@@ -72,9 +76,10 @@ pub fn run(args: &ServerBenchArgs) -> Result<()> {
     let mut notes = Vec::new();
 
     let sqlite = format!("sqlite://{}", dir.join("bench.db").display());
-    let backend = |name: &'static str, url: &str, rows: &mut Vec<Row>| {
+    let mut audit = Vec::new();
+    let mut backend = |name: &'static str, url: &str, rows: &mut Vec<Row>| {
         let before = rows.len();
-        if let Err(e) = bench_backend(name, url, args, &server, &loadgen, &dir, &pki, rows) {
+        if let Err(e) = bench_backend(name, url, args, &server, &loadgen, &dir, &pki, rows, &mut audit) {
             eprintln!("\n!!!!!!!! xtask: the {name} bench failed: {e:#} !!!!!!!!\n");
             let done: Vec<usize> = rows[before..].iter().map(|r| r.agents).collect();
             for &agents in args.server_agents.iter().filter(|a| !done.contains(a)) {
@@ -100,10 +105,35 @@ pub fn run(args: &ServerBenchArgs) -> Result<()> {
     }
     drop(children);
     print!("{}", render(&rows, args.server_seconds));
+    print!("{}", render_audit(&audit, args.server_seconds));
+    if args.sink_records > 0 {
+        match sink_bench(&server, &dir, args.sink_records) {
+            Ok(table) => print!("{table}"),
+            Err(e) => {
+                eprintln!("\n!!!!!!!! xtask: the sink bench failed; NO SINK NUMBERS: {e:#} !!!!!!!!\n");
+                notes.push(format!("sink bench: {e:#}"));
+            }
+        }
+    }
     for n in notes {
         println!("NOTE: {n}");
     }
     Ok(())
+}
+
+/// The audit sinks' rows/s per format (`guard-server bench-sinks`: file and syslog sinks
+/// delivering a SQLite trail), its table as it prints it.
+fn sink_bench(server: &Path, dir: &Path, records: usize) -> Result<String> {
+    eprintln!("xtask: audit sinks, {records} rows per format");
+    let out = Command::new(server)
+        .args(["bench-sinks", "--records", &records.to_string(), "--dir"])
+        .arg(dir.join("sinks"))
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::inherit())
+        .output()
+        .context("could not start guard-server bench-sinks")?;
+    anyhow::ensure!(out.status.success(), "guard-server bench-sinks {}", out.status);
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// One server on `database_url`, every agent count against it, then the server stopped.
@@ -117,6 +147,7 @@ fn bench_backend(
     dir: &Path,
     pki: &Path,
     rows: &mut Vec<Row>,
+    audit: &mut Vec<AuditRow>,
 ) -> Result<()> {
     // Its own set: the server stops when this returns, also on error.
     let mut children = Children::default();
@@ -143,7 +174,7 @@ fn bench_backend(
 
     for &agents in &args.server_agents {
         eprintln!("xtask: {backend}: {agents} agents for {}s", args.server_seconds);
-        let result = run_load(loadgen, pki, port, agents, args.server_seconds);
+        let result = run_load(loadgen, pki, port, agents, args.server_seconds, &[]);
         if let Err(e) = &result {
             eprintln!("xtask: {backend} with {agents} agents: {e}");
         }
@@ -151,13 +182,111 @@ fn bench_backend(
         // Let the server settle (closed connections, WAL checkpoints) between runs.
         std::thread::sleep(Duration::from_secs(1));
     }
+    for agents in INGEST_AGENTS {
+        eprintln!("xtask: {backend}: audit ingest, {agents} agents, batches of {INGEST_BATCH}");
+        let batch = INGEST_BATCH.to_string();
+        let result = run_load(loadgen, pki, port, agents, args.server_seconds, &["--ingest-batch", &batch]);
+        audit.push(AuditRow { backend, what: format!("ingest, {agents} agent(s) x {INGEST_BATCH}"), result });
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    audit.push(AuditRow {
+        backend,
+        what: "verify (offline, whole chain)".into(),
+        result: verify_speed(port, pki, dir, backend),
+    });
     Ok(())
 }
 
-fn run_load(loadgen: &Path, pki: &Path, port: u16, agents: usize, seconds: u64) -> Result<Measured, String> {
+/// Audit ingest: records per ReportRecords call, and the concurrent agents of each run.
+/// 300 records of the generator's shape are about 210 KB, under the server's 256 KiB message limit.
+const INGEST_BATCH: usize = 300;
+const INGEST_AGENTS: [usize; 2] = [1, 4];
+
+/// One audit measurement: ingest (records/s, batch latencies) or verify (rows/s).
+struct AuditRow {
+    backend: &'static str,
+    what: String,
+    result: Result<Measured, String>,
+}
+
+/// Exports the whole chain with `guardctl audit rows`, then times an offline verify of it.
+fn verify_speed(port: u16, pki: &Path, dir: &Path, backend: &str) -> Result<Measured, String> {
+    let guardctl = workspace_root().join("target/release/guardctl");
+    let ctl = |args: &[&str]| {
+        Command::new(&guardctl)
+            .args(["--server", &format!("https://127.0.0.1:{port}"), "--pki"])
+            .arg(pki)
+            .args(["--as", "bench"])
+            .args(args)
+            .output()
+            .map_err(|e| format!("guardctl: {e}"))
+    };
+    let rows = ctl(&["audit", "rows"])?;
+    let keys = ctl(&["audit", "keys"])?;
+    if !rows.status.success() || !keys.status.success() {
+        return Err(format!("guardctl audit rows/keys: {}", String::from_utf8_lossy(&rows.stderr)));
+    }
+    let (rows_file, keys_file) = (dir.join(format!("rows-{backend}.jsonl")), dir.join(format!("keys-{backend}.json")));
+    fs::write(&rows_file, &rows.stdout).map_err(|e| e.to_string())?;
+    fs::write(&keys_file, &keys.stdout).map_err(|e| e.to_string())?;
+    let n = rows.stdout.iter().filter(|b| **b == b'\n').count() as u64;
+    let t0 = std::time::Instant::now();
+    let out = Command::new(&guardctl)
+        .args(["audit", "verify", "--rows"])
+        .arg(&rows_file)
+        .arg("--keys")
+        .arg(&keys_file)
+        .output()
+        .map_err(|e| format!("guardctl: {e}"))?;
+    let took = t0.elapsed();
+    if !out.status.success() {
+        return Err(format!("verify said: {}", String::from_utf8_lossy(&out.stdout)));
+    }
+    let us = took.as_micros() as u64;
+    Ok(Measured { p50_us: us, p99_us: us, max_us: us, rate: n as f64 / took.as_secs_f64(), decisions: n, errors: 0 })
+}
+
+fn render_audit(rows: &[AuditRow], seconds: u64) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\nguard-server audit trail: ReportRecords ingest of chained records ({seconds} s per run), and an offline verify"
+    );
+    let _ = writeln!(
+        s,
+        "{:<9} {:<34} {:>12} {:>10} {:>12} {:>12}",
+        "backend", "run", "records/s", "records", "p50 µs", "p99 µs"
+    );
+    for r in rows {
+        match &r.result {
+            Ok(m) => {
+                let _ = writeln!(
+                    s,
+                    "{:<9} {:<34} {:>12.0} {:>10} {:>12} {:>12}",
+                    r.backend, r.what, m.rate, m.decisions, m.p50_us, m.p99_us
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(s, "{:<9} {:<34}   FAILED: {e}", r.backend, r.what);
+            }
+        }
+    }
+    let _ = writeln!(s, "target (issue 11): 50,000 records/s ingest on this machine; latencies are per batch (ingest) or the whole run (verify)");
+    s.lines().map(|l| format!("{}\n", l.trim_end())).collect()
+}
+
+fn run_load(
+    loadgen: &Path,
+    pki: &Path,
+    port: u16,
+    agents: usize,
+    seconds: u64,
+    extra: &[&str],
+) -> Result<Measured, String> {
     let out = Command::new(loadgen)
         .args(["--server", &format!("https://127.0.0.1:{port}"), "--pki"])
         .arg(pki)
+        .args(extra)
         .args(["--host-count", &HOSTS.to_string(), "--agents", &agents.to_string()])
         .args(["--duration", &format!("{seconds}s"), "--rule", RULE, "--json"])
         .stderr(Stdio::inherit())

@@ -8,10 +8,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Debian packages: QEMU, the guest userland, initramfs packing, module
-/// decompression, protoc for crates that generate protobuf code, and PostgreSQL (the
-/// guard-server replica tests and benchmarks start throwaway clusters with its binaries).
-const APT_PACKAGES: &[&str] =
-    &["qemu-system-x86", "busybox-static", "cpio", "xz-utils", "protobuf-compiler", "postgresql"];
+/// decompression, protoc for crates that generate protobuf code, PostgreSQL (the
+/// guard-server replica tests and benchmarks start throwaway clusters with its binaries), and
+/// rsyslog with its GnuTLS driver (the audit sink tests start a real rsyslogd on loopback).
+const APT_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "xz-utils",
+    "protobuf-compiler",
+    "postgresql",
+    "rsyslog",
+    "rsyslog-gnutls",
+];
 
 pub fn run() -> Result<()> {
     report("apt packages", apt_packages())?;

@@ -17,6 +17,7 @@
 
 use super::{keys, record_hash, stream_chain, ChainRow, SignedHead, SERVER_CHAIN};
 use crate::{AuditRecord, RecordKind};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
@@ -57,11 +58,45 @@ pub struct Break {
     pub message: String,
 }
 
-/// The public keys checkpoints may be signed with: the server's, and each host's.
-#[derive(Debug, Clone, Default)]
+/// The public keys (hex) checkpoints may be signed with: the server's, and each host's. As a
+/// file (`guardctl audit keys` writes one, an auditor pins it): `{"server": [...], "hosts":
+/// {"web1": [...]}}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Keys {
+    #[serde(default)]
     pub server: Vec<String>,
-    pub hosts: HashMap<String, Vec<String>>,
+    #[serde(default)]
+    pub hosts: BTreeMap<String, Vec<String>>,
+}
+
+impl Keys {
+    /// Adds `public_hex` for `host` ("": the server).
+    pub fn add(&mut self, host: &str, public_hex: &str) {
+        let list = if host.is_empty() { &mut self.server } else { self.hosts.entry(host.into()).or_default() };
+        if !list.iter().any(|k| k == public_hex) {
+            list.push(public_hex.into());
+        }
+    }
+}
+
+/// Reads an export of server rows: one [`ChainRow`] per line (blank lines skipped). An error
+/// names the line.
+pub fn parse_rows(text: &str) -> Result<Vec<ChainRow>, Break> {
+    let mut rows = vec![];
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row = serde_json::from_str(line).map_err(|e| Break {
+            tamper: Tamper::Malformed,
+            chain: SERVER_CHAIN.into(),
+            at: format!("line {}", i + 1),
+            message: format!("not an audit row: {e}"),
+        })?;
+        rows.push(row);
+    }
+    Ok(rows)
 }
 
 impl Keys {
@@ -94,6 +129,9 @@ struct Link {
     computed: String,
     checkpoint: Option<SignedHead>,
     at: String,
+    /// For a row that does not hash as it is but would under another seq: that seq (its seq
+    /// was changed to move it).
+    moved_from: Option<u64>,
 }
 
 /// Walks `links` of `chain` from its genesis; `signer` is the host whose keys sign it (None:
@@ -127,6 +165,13 @@ fn walk(
                 return Err(fail(Tamper::Inserted, &l.at, format!("a second record with seq {}", l.seq)));
             }
             return Err(fail(Tamper::Reordered, &l.at, format!("seq {} comes after seq {last_seq}", l.seq)));
+        }
+        if let (true, Some(from)) = (l.computed != l.hash, l.moved_from) {
+            return Err(fail(
+                Tamper::Reordered,
+                &l.at,
+                format!("this row was written as seq {from}: its seq was changed to move it"),
+            ));
         }
         if l.computed != l.hash {
             return Err(fail(
@@ -241,6 +286,7 @@ pub fn verify_stream(host: &str, records: &[(String, AuditRecord)], keys: Option
             computed: if link.redacted { link.hash.clone() } else { record_hash(r) },
             checkpoint: r.checkpoint.clone().filter(|_| r.kind == RecordKind::Checkpoint),
             at: at.clone(),
+            moved_from: None,
         });
     }
     walk(&chain, &links, Some(host), keys, None)
@@ -260,6 +306,7 @@ pub const ROW_KIND_RECORD: &str = "record";
 /// then each agent stream the reported rows carry.
 pub fn verify_rows(rows: &[ChainRow], head: Option<(u64, &str)>, keys: Option<&Keys>) -> Result<RowsReport, Break> {
     let mut links = Vec::with_capacity(rows.len());
+    let mut searched = false;
     let mut streams: BTreeMap<(String, String), Vec<(String, AuditRecord)>> = BTreeMap::new();
     for row in rows {
         let at = format!("row {}", row.seq);
@@ -279,13 +326,36 @@ pub fn verify_rows(rows: &[ChainRow], head: Option<(u64, &str)>, keys: Option<&K
                 streams.entry((row.host.clone(), link.stream.clone())).or_default().push((at.clone(), record.clone()));
             }
         }
+        let computed = row.expected_hash();
+        // For the first row that does not hash as it is: the seq it was written with, if its
+        // seq was changed to move it (searched once, so the cost stays linear).
+        let moved_from = if computed != row.hash && !searched {
+            searched = true;
+            (1..=rows.len() as i64 + 1)
+                .find(|s| {
+                    *s != row.seq
+                        && super::row_hash(
+                            &row.prev_hash,
+                            *s,
+                            row.time_ms,
+                            &row.host,
+                            &row.kind,
+                            &row.request_id,
+                            &row.json,
+                        ) == row.hash
+                })
+                .and_then(|s| u64::try_from(s).ok())
+        } else {
+            None
+        };
         links.push(Link {
             seq,
             prev_hash: row.prev_hash.clone(),
             hash: row.hash.clone(),
-            computed: row.expected_hash(),
+            computed,
             checkpoint,
             at,
+            moved_from,
         });
     }
     let server = walk(SERVER_CHAIN, &links, None, keys, head)?;

@@ -15,14 +15,15 @@
 //! line, `cs6` the stated reason; custom numbers: `cn1` held ms, `cn2` grant seconds, `cn3`
 //! events lost.
 
-use super::{base_name, command_line, is_file, kind_name, Destination, Outcome, Severity};
+use super::{base_name, command_line, event_name, is_file, kind_name, Destination, Outcome, Severity};
 use crate::record::AuditRecord;
 use std::fmt::Write;
 
 /// `r` as one CEF line (no newline).
 pub fn encode(r: &AuditRecord) -> String {
     let outcome = Outcome::of(r);
-    let signature = r.hook.map(|h| h.name()).unwrap_or(kind_name(r.kind));
+    let signature = event_name(r);
+    let signature = signature.as_str();
     let name = match &r.object {
         Some(o) => format!("{} {signature} {o}", outcome.name()),
         None => format!("{} {signature}", outcome.name()),
@@ -42,10 +43,13 @@ pub fn encode(r: &AuditRecord) -> String {
     line.push('|');
 
     let mut ext: Vec<(&str, String)> = vec![("rt", r.time.unix_ms().to_string()), ("dvchost", r.host.clone())];
-    let act = match outcome.went_ahead() {
-        Some(true) => "allow",
-        Some(false) => "deny",
-        None => "hold",
+    let act = match (outcome, outcome.went_ahead()) {
+        // Nothing was allowed or denied: the device noted it (or refused an attempt).
+        (Outcome::Noted, _) if r.reason == Some(crate::record::Reason::Refused) => "refuse",
+        (Outcome::Noted, _) => "log",
+        (_, Some(true)) => "allow",
+        (_, Some(false)) => "deny",
+        (_, None) => "hold",
     };
     ext.push(("act", act.into()));
     ext.push(("outcome", outcome.name().into()));
@@ -89,7 +93,9 @@ pub fn encode(r: &AuditRecord) -> String {
             ext.push((CN[n - 1].1, label.into()));
         }
     }
-    opt(&mut ext, "msg", r.comment.clone());
+    // A checkpoint's signed head has no CEF key: it is the message (OCSF and ECS carry it whole).
+    let head = r.checkpoint.as_ref().map(|c| format!("{} seq {} hash {} key {}", c.chain, c.seq, c.hash, c.key_id));
+    opt(&mut ext, "msg", r.comment.clone().or(head));
     for (i, (k, v)) in ext.iter().enumerate() {
         if i > 0 {
             line.push(' ');

@@ -5,8 +5,10 @@
 //! (ECS reserves no such name, and custom fields belong in their own namespace). `event.kind`
 //! is `event`; `event.category` and `event.type` use only ECS's allowed values.
 
-use super::{base_name, command_line, is_file, is_network, kind_name, Destination, Outcome, Severity};
-use crate::record::{AuditRecord, Hook, RecordKind};
+use super::{
+    base_name, command_line, event_name, is_file, is_network, kind_name, AgentEvent, Destination, Outcome, Severity,
+};
+use crate::record::{AuditRecord, Hook, Reason, RecordKind};
 use serde_json::{json, Map, Value};
 
 /// The ECS version the documents follow.
@@ -14,10 +16,23 @@ pub const ECS_VERSION: &str = "8.11.0";
 
 /// `event.category` and the `event.type` of the operation (besides allowed/denied).
 fn category(r: &AuditRecord) -> (&'static str, Option<&'static str>) {
-    if matches!(r.kind, RecordKind::Request | RecordKind::Review | RecordKind::Decision) {
-        return ("iam", Some(if r.kind == RecordKind::Request { "creation" } else { "change" }));
+    match r.kind {
+        RecordKind::Request | RecordKind::Review | RecordKind::Decision => {
+            return ("iam", Some(if r.kind == RecordKind::Request { "creation" } else { "change" }))
+        }
+        RecordKind::Grant => return ("iam", Some(if r.decision.is_some() { "creation" } else { "deletion" })),
+        RecordKind::Policy => return ("configuration", Some(if r.comment.is_some() { "change" } else { "creation" })),
+        RecordKind::Checkpoint => return ("host", Some("info")),
+        RecordKind::Enforcement | RecordKind::Agent => {}
     }
-    let Some(h) = r.hook else { return ("host", Some("info")) };
+    let Some(h) = r.hook else {
+        return match AgentEvent::of(r) {
+            Some(AgentEvent::Start) => ("process", Some("start")),
+            Some(AgentEvent::Stop) => ("process", Some("end")),
+            Some(AgentEvent::SpoolDamaged | AgentEvent::BacklogFull) => ("host", Some("error")),
+            None => ("host", Some("info")),
+        };
+    };
     match h {
         Hook::BprmCheckSecurity | Hook::TaskAlloc | Hook::TaskNewtask => ("process", Some("start")),
         Hook::TaskKill => ("process", Some("end")),
@@ -50,13 +65,18 @@ pub fn encode(r: &AuditRecord) -> Value {
     event.insert("kind".into(), "event".into());
     event.insert("category".into(), json!([cat]));
     event.insert("type".into(), json!(types));
-    event.insert("action".into(), r.hook.map(|h| h.name()).unwrap_or(kind_name(r.kind)).into());
+    event.insert("action".into(), event_name(r).into());
+    let refused = r.reason == Some(Reason::Refused);
     event.insert(
         "outcome".into(),
-        match outcome.went_ahead() {
-            Some(true) => "success",
-            Some(false) => "failure",
-            None => "unknown",
+        match (outcome, outcome.went_ahead()) {
+            // A note happened as noted (a grant ended, the agent started); a refused attempt
+            // failed.
+            (Outcome::Noted, _) if refused => "failure",
+            (Outcome::Noted, _) => "success",
+            (_, Some(true)) => "success",
+            (_, Some(false)) => "failure",
+            (_, None) => "unknown",
         }
         .into(),
     );
@@ -143,6 +163,9 @@ pub fn encode(r: &AuditRecord) -> Value {
     put(&mut guard, "lost", r.lost);
     if let Some(s) = &r.stated_reason {
         guard.insert("stated_reason".into(), serde_json::to_value(s).expect("a stated reason serialises"));
+    }
+    if let Some(c) = &r.checkpoint {
+        guard.insert("checkpoint".into(), serde_json::to_value(c).expect("a signed head serialises"));
     }
     doc.insert("guard".into(), Value::Object(guard));
     Value::Object(doc)

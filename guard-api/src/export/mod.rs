@@ -3,7 +3,8 @@
 //! One [`AuditRecord`] in, one line out: [`Format::encode_line`] is what an export command or a
 //! sink calls. Each format lives in its own module ([`ocsf`], [`ecs`], [`cef`]); what they
 //! share is here: the outcome of a record ([`Outcome`]: allowed, blocked, approved, rejected,
-//! pending) and its severity, so that the three formats never disagree about what happened.
+//! pending, or noted when it decides nothing), what an agent event is ([`AgentEvent`]), and
+//! its severity, so that the three formats never disagree about what happened.
 //!
 //! Not wired yet (issue 11): the sinks, `guardctl audit export`, and the hash chain's fields
 //! (the record does not carry a sequence number, hash or signature yet; see
@@ -85,11 +86,20 @@ pub enum Outcome {
     Rejected,
     /// Nothing decided yet (a request just created).
     Pending,
+    /// Nothing to decide: the record notes an event of guard itself or of its trail (a grant
+    /// ended, a policy loaded, a checkpoint, the agent started or stopped, its spool damaged),
+    /// or an attempt the server refused (which changed nothing).
+    Noted,
 }
 
 impl Outcome {
     pub fn of(r: &AuditRecord) -> Outcome {
         let by_person = r.kind == RecordKind::Review;
+        let about_guard =
+            matches!(r.kind, RecordKind::Agent | RecordKind::Grant | RecordKind::Policy | RecordKind::Checkpoint);
+        if r.decision.is_none() && (about_guard || r.reason == Some(Reason::Refused)) {
+            return Outcome::Noted;
+        }
         match (r.decision, r.reason) {
             (None, _) => Outcome::Pending,
             (Some(Decision::Allow), Some(Reason::Approved)) => Outcome::Approved,
@@ -108,6 +118,7 @@ impl Outcome {
             Outcome::Approved => "approved",
             Outcome::Rejected => "rejected",
             Outcome::Pending => "pending",
+            Outcome::Noted => "noted",
         }
     }
 
@@ -116,7 +127,7 @@ impl Outcome {
         match self {
             Outcome::Allowed | Outcome::Approved => Some(true),
             Outcome::Blocked | Outcome::Rejected => Some(false),
-            Outcome::Pending => None,
+            Outcome::Pending | Outcome::Noted => None,
         }
     }
 }
@@ -136,13 +147,66 @@ impl Severity {
         match r.reason {
             // Someone tried to switch guard off, or the audit trail itself lost events.
             Some(Reason::Tamper | Reason::EventsLost | Reason::RingFull) => Severity::High,
+            // The agent's own audit trail is damaged or about to drop records.
+            _ if matches!(AgentEvent::of(r), Some(AgentEvent::SpoolDamaged | AgentEvent::BacklogFull)) => {
+                Severity::High
+            }
+            // Someone tried what they may not (or too late): worth a look, not an alarm.
+            Some(Reason::Refused) if r.decision.is_none() => Severity::Low,
             _ => match Outcome::of(r) {
                 Outcome::Blocked | Outcome::Rejected => Severity::Medium,
                 // An `audit` rule matched: allowed, but the policy asked for it to be seen.
                 Outcome::Allowed if r.action == Some(Action::Audit) => Severity::Low,
-                Outcome::Allowed | Outcome::Approved | Outcome::Pending => Severity::Informational,
+                Outcome::Allowed | Outcome::Approved | Outcome::Pending | Outcome::Noted => Severity::Informational,
             },
         }
+    }
+}
+
+/// What an agent record without a hook is about, by its `object` (the agent writes these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentEvent {
+    /// `start`: the agent started enforcing.
+    Start,
+    /// `stop`: the agent stopped.
+    Stop,
+    /// `spool_damaged`: the agent found its spool damaged and recovered what it could.
+    SpoolDamaged,
+    /// `backlog_full`: the spool's backlog reached its bound.
+    BacklogFull,
+}
+
+impl AgentEvent {
+    pub fn of(r: &AuditRecord) -> Option<AgentEvent> {
+        if r.kind != RecordKind::Agent || r.hook.is_some() {
+            return None;
+        }
+        match r.object.as_deref()? {
+            "start" => Some(AgentEvent::Start),
+            "stop" => Some(AgentEvent::Stop),
+            "spool_damaged" => Some(AgentEvent::SpoolDamaged),
+            "backlog_full" => Some(AgentEvent::BacklogFull),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AgentEvent::Start => "start",
+            AgentEvent::Stop => "stop",
+            AgentEvent::SpoolDamaged => "spool_damaged",
+            AgentEvent::BacklogFull => "backlog_full",
+        }
+    }
+}
+
+/// What an event is called where a hook would name it: the hook, an agent event
+/// (`agent.start`), or the record's kind.
+pub(crate) fn event_name(r: &AuditRecord) -> String {
+    match (r.hook, AgentEvent::of(r)) {
+        (Some(h), _) => h.name().to_string(),
+        (None, Some(a)) => format!("agent.{}", a.name()),
+        (None, None) => kind_name(r.kind).to_string(),
     }
 }
 
@@ -258,6 +322,29 @@ mod tests {
         assert_eq!(Outcome::of(&rec(Review, Some(Allow), None)), Outcome::Approved);
         assert_eq!(Outcome::of(&rec(Review, Some(Deny), None)), Outcome::Rejected);
         assert_eq!(Outcome::of(&rec(Request, None, None)), Outcome::Pending);
+        assert_eq!(Outcome::of(&rec(Review, None, Some(Reason::Refused))), Outcome::Noted, "a refused review");
+        assert_eq!(Outcome::of(&rec(RecordKind::Grant, None, Some(Reason::Expired))), Outcome::Noted);
+        assert_eq!(Outcome::of(&rec(RecordKind::Grant, Some(Allow), Some(Reason::Approved))), Outcome::Approved);
+        assert_eq!(Outcome::of(&rec(RecordKind::Policy, None, None)), Outcome::Noted);
+        assert_eq!(Outcome::of(&rec(RecordKind::Agent, None, None)), Outcome::Noted);
+    }
+
+    #[test]
+    fn agent_events_are_named_by_their_object_and_a_damaged_spool_is_an_alarm() {
+        let mut r = rec(RecordKind::Agent, None, None);
+        r.object = Some("spool_damaged".into());
+        assert_eq!(
+            (AgentEvent::of(&r), event_name(&r).as_str()),
+            (Some(AgentEvent::SpoolDamaged), "agent.spool_damaged")
+        );
+        assert_eq!(Severity::of(&r), Severity::High);
+        r.object = Some("start".into());
+        assert_eq!((AgentEvent::of(&r), Severity::of(&r)), (Some(AgentEvent::Start), Severity::Informational));
+        r.hook = Some(Hook::RingBuffer);
+        assert_eq!(AgentEvent::of(&r), None, "a record with a hook is about the hook");
+        r.hook = None;
+        r.object = Some("something else".into());
+        assert_eq!((AgentEvent::of(&r), event_name(&r).as_str()), (None, "agent"));
     }
 
     #[test]

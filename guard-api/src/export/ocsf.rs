@@ -33,9 +33,28 @@
 //! | `bpf_map` (a guard map's fd) | Kernel Activity (1003) | Read (2) |
 //! | `mmap_file` (executable mapping) | Module Activity (1005) | Load (1), `load_type_id` Mapped |
 //! | `ring_buffer` (the agent's lost-events records) | Event Log Activity (1008) | Other (99), `count` = events lost |
-//! | an enforcement record without a hook | Base Event (0) | Other (99) |
+//! | agent `start`, `stop` (kind agent, no hook, `object` start / stop) | Application Lifecycle (6002) | Start (3), Stop (4); `app` guard-agent |
+//! | agent `spool_damaged`, `backlog_full` | Event Log Activity (1008) | Other (99), `activity_name` Spool Damaged / Backlog Full; `log_name` audit spool |
+//! | `checkpoint` (a signed head of a hash chain) | Event Log Activity (1008) | Other (99), `activity_name` Checkpoint; `log_name` audit chain |
+//! | `grant` made (decision allow) | Entity Management (3004) | Create (1); `entity` type grant, its scope in `entity.data` |
+//! | `grant` ended (expired, tree exited; `comment` says which) | Entity Management (3004) | Delete (4) |
+//! | `policy` new on its host | Entity Management (3004) | Create (1); `entity.policy` {name, uid: the sha256} |
+//! | `policy` changed (`comment`: the hash before) | Entity Management (3004) | Update (3); `entity` as it was, `updated_entity` as it is (1.9; 1.5 has no `updated_entity`) |
+//! | any other record without a hook | Base Event (0) | Other (99) |
 //! | `request` (server: a hold asks for approval) | API Activity (6003) | Create (1) |
-//! | `review`, `decision` (server: an approver's review, the request's end) | API Activity (6003) | Update (3) |
+//! | `review`, `decision` (server: an approver's review, the request's end; a refused attempt) | API Activity (6003) | Update (3) |
+//!
+//! Why these classes. Application Lifecycle is the schema's class for an application starting
+//! and stopping. Event Log Activity is its class for what happens to a log (cleared, rotated,
+//! archived...): a checkpoint seals guard's log, and a damaged spool or a full backlog is
+//! something that happened to it; none of its activities says "sealed" or "damaged", so they
+//! are Other with their own `activity_name`. A grant and a policy are things the server or an
+//! agent creates, changes and removes, which is Entity Management's subject (its
+//! `managed_entity` has a `policy` and free-form `data`); User Access Management (3005) was the
+//! other candidate for grants, but it requires a `user` to whom privileges are assigned, and a
+//! grant is scoped to a watched tree, not a user. Device Config State Change (5019), the other
+//! candidate for policies, describes a device's security level and states, with no place for a
+//! policy's name or hash, and has no `ai_operation` profile.
 //!
 //! # Outcome
 //!
@@ -46,6 +65,7 @@
 //! | blocked | Denied (2) | Blocked (2) | Failure (2) |
 //! | rejected (by a person) | Denied (2) | Rejected (25) | Failure (2) |
 //! | pending (a hold waiting) | Other (99), `action` "Held" | Delayed (14) | Unknown (0) |
+//! | noted (nothing decided: a grant ended, a policy, a checkpoint, an agent event, a refused attempt) | absent | absent | Success (1); Failure (2) for a refused attempt |
 //!
 //! API Activity's `status_id` is that of the API call (Success), its outcome is in
 //! `disposition_id`. `severity_id`: Informational, Low for `audit` rules, Medium for denials,
@@ -55,9 +75,9 @@
 //! server's request id when the server decided the hold, and with its own hold id otherwise:
 //! the enforcement record of a hold, the server's request, reviews and final decision all carry
 //! the same one. A decision that held nothing (a rule, the default) has none, and the attribute
-//! is absent. `metadata.uid` is the first 128 bits of the SHA-256 of the record's JSON:
-//! stable across exports of the same record; the hash chain (issue 11 item 3) will give records
-//! a host sequence number, which should replace it.
+//! is absent. `metadata.uid` of a sealed record is its place in its chain, `host/stream/seq`;
+//! of any other record (the server's own rows, which its row chain numbers apart), the first 128
+//! bits of the SHA-256 of its JSON: stable across exports of the same record.
 //!
 //! # Profiles, and what the schema does not have
 //!
@@ -70,9 +90,10 @@
 //!   reason's tool call (`service.name` the tool, `uid` the call id, `name` the session,
 //!   `ai_role_id` Tool). The stated reason's free text has no attribute there: it is in
 //!   `unmapped.guard.stated_reason`. `ai_model` is not set: guard does not know the model.
-//! - `record_integrity` (1.9 only): `attestation_list` is written by [`encode_attested`] when
-//!   the caller has the record's chain entry ([`Attestation`]); records carry no hash or
-//!   signature yet, so [`encode`] writes none.
+//! - `record_integrity` (1.9 only): `attestation_list` holds the record's chain entry
+//!   ([`Attestation::of`] a sealed record: chain `host/stream`, its seq and SHA-256, the previous
+//!   seq and hash, and for a checkpoint the signing key's id); [`encode_attested`] takes any
+//!   other entry (the server's row chain, say).
 //! - A grant as a `delegation`: the stored schema has no `delegation` object or attribute (the
 //!   word appears only in descriptions). A grant is an `authorizations` entry ("approved by
 //!   alice for 600 s") and `unmapped.guard.grant_seconds`.
@@ -81,8 +102,8 @@
 //!   for reviews), the device's type (`device.type_id` Unknown), file types other than what the
 //!   hook implies.
 
-use super::{base_name, command_line, kind_name, Destination, Outcome, Severity};
-use crate::record::{AuditRecord, Hook, RecordKind};
+use super::{base_name, command_line, event_name, kind_name, AgentEvent, Destination, Outcome, Severity};
+use crate::record::{AuditRecord, Hook, Reason, RecordKind};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -115,6 +136,11 @@ impl OcsfVersion {
         }
     }
 
+    /// Whether Entity Management has `updated_entity` (added after 1.5).
+    fn has_updated_entity(self) -> bool {
+        self == OcsfVersion::V1_9
+    }
+
     /// Whether the `ai_operation` and `record_integrity` profiles exist in this version.
     fn has_ai_and_integrity(self) -> bool {
         self == OcsfVersion::V1_9
@@ -133,6 +159,8 @@ pub struct Class {
 }
 
 const SYSTEM: (u32, &str) = (1, "System Activity");
+const IAM: (u32, &str) = (3, "Identity & Access Management");
+const APPLICATION: (u32, &str) = (6, "Application Activity");
 
 fn class(uid: u32, name: &'static str, category: (u32, &'static str), activity: (u32, &'static str)) -> Class {
     Class {
@@ -164,15 +192,25 @@ pub fn class_of(r: &AuditRecord) -> Class {
         RecordKind::Review | RecordKind::Decision => {
             return class(6003, "API Activity", (6, "Application Activity"), (3, "Update"))
         }
-        // Grants, policies and checkpoints: see the table in the module documentation.
-        RecordKind::Enforcement
-        | RecordKind::Agent
-        | RecordKind::Grant
-        | RecordKind::Policy
-        | RecordKind::Checkpoint => {}
+        RecordKind::Grant => {
+            let activity = if r.decision.is_some() { (1, "Create") } else { (4, "Delete") };
+            return class(3004, "Entity Management", IAM, activity);
+        }
+        RecordKind::Policy => {
+            let activity = if r.comment.is_some() { (3, "Update") } else { (1, "Create") };
+            return class(3004, "Entity Management", IAM, activity);
+        }
+        RecordKind::Checkpoint => return class(1008, "Event Log Activity", SYSTEM, (99, "Checkpoint")),
+        RecordKind::Enforcement | RecordKind::Agent => {}
     }
     let Some(hook) = r.hook else {
-        return class(0, "Base Event", (0, "Uncategorized"), (99, "Other"));
+        return match AgentEvent::of(r) {
+            Some(AgentEvent::Start) => class(6002, "Application Lifecycle", APPLICATION, (3, "Start")),
+            Some(AgentEvent::Stop) => class(6002, "Application Lifecycle", APPLICATION, (4, "Stop")),
+            Some(AgentEvent::SpoolDamaged) => class(1008, "Event Log Activity", SYSTEM, (99, "Spool Damaged")),
+            Some(AgentEvent::BacklogFull) => class(1008, "Event Log Activity", SYSTEM, (99, "Backlog Full")),
+            None => class(0, "Base Event", (0, "Uncategorized"), (99, "Other")),
+        };
     };
     match hook {
         Hook::BprmCheckSecurity | Hook::TaskAlloc | Hook::TaskNewtask => process((1, "Launch")),
@@ -221,7 +259,22 @@ pub struct Attestation {
 
 /// `r` as an OCSF event of version `v`.
 pub fn encode(r: &AuditRecord, v: OcsfVersion) -> Value {
-    encode_attested(r, v, None)
+    encode_attested(r, v, Attestation::of(r).as_ref())
+}
+
+impl Attestation {
+    /// The chain entry a sealed record carries (an agent's stream); None for a record that is
+    /// not chained by its writer.
+    pub fn of(r: &AuditRecord) -> Option<Attestation> {
+        let link = r.chain.as_ref()?;
+        Some(Attestation {
+            chain_uid: crate::chain::stream_chain(&r.host, &link.stream),
+            uid: link.seq.to_string(),
+            sha256: link.hash.clone(),
+            prev: (link.seq > 1).then(|| ((link.seq - 1).to_string(), link.prev_hash.clone())),
+            authority_uid: r.checkpoint.as_ref().map(|h| h.key_id.clone()),
+        })
+    }
 }
 
 /// `r` as an OCSF event of version `v`, with its hash-chain entry when there is one (written
@@ -243,25 +296,33 @@ pub fn encode_attested(r: &AuditRecord, v: OcsfVersion, attestation: Option<&Att
     e.put("time", r.time.unix_ms());
     e.put("severity_id", severity as u32);
     e.put("severity", format!("{severity:?}"));
-    let (status_id, status) = match (api, outcome.went_ahead()) {
-        (true, _) | (false, Some(true)) => (1, "Success"),
-        (false, Some(false)) => (2, "Failure"),
-        (false, None) => (0, "Unknown"),
+    let refused = outcome == Outcome::Noted && r.reason == Some(Reason::Refused);
+    let (status_id, status) = match (api, outcome) {
+        // A refused attempt: the call failed, and changed nothing.
+        _ if refused => (2, "Failure"),
+        // What a record about guard itself notes did happen (the agent started, a grant ended).
+        (true, _) | (false, Outcome::Allowed | Outcome::Approved | Outcome::Noted) => (1, "Success"),
+        (false, Outcome::Blocked | Outcome::Rejected) => (2, "Failure"),
+        (false, Outcome::Pending) => (0, "Unknown"),
     };
     e.put("status_id", status_id);
     e.put("status", status);
     e.put_opt("status_detail", r.reason.map(|x| x.name()));
-    let (action_id, action, disposition_id, disposition) = match outcome {
-        Outcome::Allowed => (1, "Allowed", 1, "Allowed"),
-        Outcome::Approved => (1, "Allowed", 8, "Approved"),
-        Outcome::Blocked => (2, "Denied", 2, "Blocked"),
-        Outcome::Rejected => (2, "Denied", 25, "Rejected"),
-        Outcome::Pending => (99, "Held", 14, "Delayed"),
+    let control = match outcome {
+        Outcome::Allowed => Some((1, "Allowed", 1, "Allowed")),
+        Outcome::Approved => Some((1, "Allowed", 8, "Approved")),
+        Outcome::Blocked => Some((2, "Denied", 2, "Blocked")),
+        Outcome::Rejected => Some((2, "Denied", 25, "Rejected")),
+        Outcome::Pending => Some((99, "Held", 14, "Delayed")),
+        // No operation was allowed or denied: no action, no disposition (both optional).
+        Outcome::Noted => None,
     };
-    e.put("action_id", action_id);
-    e.put("action", action);
-    e.put("disposition_id", disposition_id);
-    e.put("disposition", disposition);
+    if let Some((action_id, action, disposition_id, disposition)) = control {
+        e.put("action_id", action_id);
+        e.put("action", action);
+        e.put("disposition_id", disposition_id);
+        e.put("disposition", disposition);
+    }
     e.put("is_alert", severity >= Severity::High);
     e.put("message", message(r, outcome));
     e.put_opt("duration", r.held_ms);
@@ -304,13 +365,22 @@ pub fn encode_attested(r: &AuditRecord, v: OcsfVersion, attestation: Option<&Att
         );
     } else {
         let mut actor = Obj::default();
-        actor.put_opt("process", actor_process);
-        actor.put_opt("user", user(r));
+        match r.kind {
+            // A grant is made by its approver, and ended by guard-server.
+            RecordKind::Grant => match r.approver.as_deref().filter(|_| outcome != Outcome::Noted) {
+                Some(a) => actor.put("user", json!({"name": a})),
+                None => actor.put("app_name", "guard-server"),
+            },
+            _ => {
+                actor.put_opt("process", actor_process);
+                actor.put_opt("user", user(r));
+            }
+        }
         if actor.0.is_empty() {
             actor.put("app_name", "guard-agent");
         }
         e.put("actor", Value::Object(actor.0));
-        object(&mut e, r, c);
+        object(&mut e, r, c, v);
     }
 
     if let Some(p) = &r.policy {
@@ -335,7 +405,7 @@ pub fn encode_attested(r: &AuditRecord, v: OcsfVersion, attestation: Option<&Att
 }
 
 /// The class-specific object: the file, the peer, the program, the kernel object.
-fn object(e: &mut Obj, r: &AuditRecord, c: Class) {
+fn object(e: &mut Obj, r: &AuditRecord, c: Class, v: OcsfVersion) {
     let object = r.object.as_deref().unwrap_or("");
     match c.uid {
         1007 => {
@@ -400,9 +470,65 @@ fn object(e: &mut Obj, r: &AuditRecord, c: Class) {
         }
         1005 => e.put("module", json!({"file": file_object(object, 1), "load_type_id": 4, "load_type": "Mapped"})),
         1008 => {
-            e.put("log_provider", "guard-agent");
-            e.put("log_name", "kernel ring buffer");
+            let (provider, log) = match (r.kind, r.hook) {
+                (RecordKind::Checkpoint, _) => {
+                    let server = r.checkpoint.as_ref().is_some_and(|c| c.chain == crate::chain::SERVER_CHAIN);
+                    (if server { "guard-server" } else { "guard-agent" }, "audit chain")
+                }
+                (_, Some(Hook::RingBuffer)) => ("guard-agent", "kernel ring buffer"),
+                _ => ("guard-agent", "audit spool"),
+            };
+            e.put("log_provider", provider);
+            e.put("log_name", log);
             e.put_opt("count", r.lost);
+        }
+        3004 => {
+            let mut entity = Obj::default();
+            if r.kind == RecordKind::Policy {
+                // `comment` holds the hash a changed policy had: the entity as it was, and
+                // `updated_entity` as it is now.
+                let name = r.policy.as_deref().unwrap_or("unknown");
+                let policy = |hash: &str| json!({"name": name, "uid": hash});
+                entity.put("type", "policy");
+                entity.put("name", name);
+                match &r.comment {
+                    Some(before) => {
+                        entity.put("uid", before.as_str());
+                        entity.put("policy", policy(before));
+                        // 1.5 has no `updated_entity`: the new hash is in `unmapped.guard.object`.
+                        if v.has_updated_entity() {
+                            e.put(
+                                "updated_entity",
+                                json!({"type": "policy", "name": name, "uid": object, "policy": policy(object)}),
+                            );
+                        }
+                    }
+                    None => {
+                        entity.put("uid", object);
+                        entity.put("policy", policy(object));
+                    }
+                }
+            } else {
+                // A grant: what it lets the tree do again without asking.
+                entity.put("type", "grant");
+                entity.put("name", format!("{} {object}", r.hook.map(|h| h.name()).unwrap_or("operation")));
+                entity.put_opt("uid", r.request_id.as_deref());
+                let mut scope = Obj::default();
+                scope.put_opt("tree_id", r.tree_id.as_deref());
+                scope.put_opt("hook", r.hook.map(|h| h.name()));
+                scope.put("object", object);
+                scope.put_opt("access", r.access.as_deref());
+                if !r.argv.is_empty() {
+                    scope.put("argv", json!(r.argv));
+                }
+                scope.put_opt("seconds", r.grant_seconds);
+                entity.put("data", Value::Object(scope.0));
+                e.put_opt("comment", r.comment.as_deref());
+            }
+            e.put("entity", Value::Object(entity.0));
+        }
+        6002 => {
+            e.put("app", json!({"name": "guard-agent", "vendor_name": "guard"}));
         }
         _ => {}
     }
@@ -462,10 +588,17 @@ fn metadata(r: &AuditRecord, v: OcsfVersion, profiles: &[&str]) -> Value {
     let mut m = Obj::default();
     m.put("version", v.schema_version());
     m.put("product", json!({"name": "guard", "vendor_name": "guard", "version": env!("CARGO_PKG_VERSION")}));
-    let digest = Sha256::digest(r.to_json().as_bytes());
-    m.put("uid", digest[..16].iter().map(|b| format!("{b:02x}")).collect::<String>());
+    // A sealed record is named by its place in its chain (host/stream/seq), which is unique
+    // and stable; any other by the first 128 bits of the SHA-256 of its JSON.
+    match &r.chain {
+        Some(link) => m.put("uid", format!("{}/{}", crate::chain::stream_chain(&r.host, &link.stream), link.seq)),
+        None => {
+            let digest = Sha256::digest(r.to_json().as_bytes());
+            m.put("uid", digest[..16].iter().map(|b| format!("{b:02x}")).collect::<String>());
+        }
+    }
     m.put_opt("correlation_uid", r.request_id.as_deref());
-    m.put("event_code", r.hook.map(|h| h.name()).unwrap_or(kind_name(r.kind)));
+    m.put("event_code", event_name(r));
     m.put("log_name", "guard audit");
     m.put("profiles", profiles);
     Value::Object(m.0)
@@ -499,7 +632,8 @@ fn message_context(r: &AuditRecord) -> Option<Value> {
 }
 
 fn authorization(r: &AuditRecord, outcome: Outcome) -> Option<Value> {
-    let approver = r.approver.as_deref()?;
+    // A note (a grant ending, a refused attempt) authorizes nothing.
+    let approver = r.approver.as_deref().filter(|_| outcome != Outcome::Noted)?;
     let mut decision = format!("{} by {approver}", outcome.name());
     if let Some(s) = r.grant_seconds.filter(|s| *s > 0) {
         decision.push_str(&format!(" for {s} s"));
@@ -546,11 +680,30 @@ fn guard_fields(r: &AuditRecord) -> Value {
     if let Some(s) = &r.stated_reason {
         g.put("stated_reason", serde_json::to_value(s).expect("a stated reason serialises"));
     }
+    if let Some(c) = &r.checkpoint {
+        g.put("checkpoint", serde_json::to_value(c).expect("a signed head serialises"));
+    }
     Value::Object(g.0)
 }
 
 /// One line a person can read: what, on what, and why.
 fn message(r: &AuditRecord, outcome: Outcome) -> String {
+    if outcome == Outcome::Noted {
+        // What is noted, on what, and the note itself: "grant file_open /etc/x: grant G ended:
+        // expired", "policy sha256:...: sha256:<before>", "agent.start".
+        let mut m = kind_name(r.kind).to_string();
+        if let Some(h) = r.hook {
+            m.push_str(&format!(" {h}"));
+        }
+        if let Some(o) = &r.object {
+            m.push(' ');
+            m.push_str(o);
+        }
+        if let Some(c) = r.comment.as_deref().filter(|c| !c.is_empty()) {
+            m.push_str(&format!(": {c}"));
+        }
+        return m;
+    }
     let what = r.hook.map(|h| h.name()).unwrap_or(kind_name(r.kind));
     let mut m = format!("{} {what}", outcome.name());
     if let Some(o) = &r.object {

@@ -1,7 +1,8 @@
 //! AgentService: called by guard-agent with a host certificate. The host of every call is
 //! the certificate's CN; a host only ever sees its own requests.
 use super::streams::{follow, BoxStream};
-use super::{not_found, Reply, Shared};
+use super::{not_found, refuse, Reply, Shared};
+use crate::audit::Attempt;
 use crate::error::GuardError;
 use crate::identity::{require, Role};
 use crate::lifecycle::{self, now_ms};
@@ -10,8 +11,8 @@ use crate::store::{Decision, Finish, HostInfo};
 use crate::{ids, validate};
 use guard_proto::v1::agent_service_server::AgentService;
 use guard_proto::v1::{
-    AwaitRequest, RegisterRequest, RegisterResponse, ReportRecordsRequest, ReportRecordsResponse, Request,
-    SubmitRequest, TreeExitedRequest, TreeExitedResponse, WithdrawRequest,
+    AwaitRequest, RefusedRecord, RegisterRequest, RegisterResponse, ReportRecordsRequest, ReportRecordsResponse,
+    Request, State, StreamPosition, SubmitRequest, TreeExitedRequest, TreeExitedResponse, WithdrawRequest,
 };
 use tonic::Response;
 
@@ -36,8 +37,10 @@ impl AgentService for AgentApi {
             seen_ms: now,
         };
         // A changed hash at registration is the host's word (its agent restarted with another
-        // policy); it is logged, and requests carry the hash they were decided under.
-        if let Some(before) = self.shared.store.register_host(info).await? {
+        // policy); it is logged and recorded, and requests carry the hash they were decided
+        // under.
+        let before = self.shared.store.register_host(info).await?;
+        if let Some(before) = &before {
             for (name, hash) in &r.policy_hashes {
                 match before.get(name) {
                     Some(old) if old != hash => {
@@ -47,6 +50,13 @@ impl AgentService for AgentApi {
                 }
             }
         }
+        if !r.audit_key.is_empty() {
+            self.shared.store.register_audit_key(&host, &r.audit_key, now).await?;
+        }
+        // A policy new or changed since the last registration is a record; the same policy
+        // registered again (an agent reconnecting) is not.
+        let loaded = crate::audit::policy_records(&host, now, &r.policy_hashes, before.as_ref());
+        self.shared.store.append_server(loaded).await?;
         Ok(Response::new(RegisterResponse { host, server_time_ms: now }))
     }
 
@@ -94,7 +104,14 @@ impl AgentService for AgentApi {
     async fn withdraw(&self, request: tonic::Request<WithdrawRequest>) -> Reply<Request> {
         let host = require(&request, Role::Agent)?.name;
         let withdraw = request.into_inner();
-        let (state, reason) = validate::withdraw(&withdraw)?;
+        let (state, reason) = match validate::withdraw(&withdraw) {
+            Ok(valid) => valid,
+            Err(e) if ids::looks_like_request_id(&withdraw.id) => {
+                let who = format!("agent:{host}");
+                return Err(refuse(&self.shared, Attempt::Withdraw, &withdraw.id, &host, &who, e).await.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let WithdrawRequest { id, why } = withdraw;
         if !ids::looks_like_request_id(&id) {
             return Err(not_found(&id, " from this host"));
@@ -107,9 +124,18 @@ impl AgentService for AgentApi {
             decided_ms: now_ms(),
         };
         // Already decided (e.g. approved just before the agent gave up): the agent gets the
-        // request as it is and can act on the real outcome.
-        match self.shared.store.finish(&id, Some(&host), decision).await? {
-            Finish::Ended(r) | Finish::AlreadyEnded(r) => Ok(Response::new(r)),
+        // request as it is and can act on the real outcome; that its withdraw changed nothing
+        // is recorded.
+        let who = format!("agent:{host}");
+        match self.shared.store.finish(&id, Some(&host), decision).await {
+            Ok(Finish::Ended(r)) => Ok(Response::new(r)),
+            Ok(Finish::AlreadyEnded(r)) => {
+                let state = State::try_from(r.state).unwrap_or(State::Unspecified);
+                let message = format!("request {id} is {}, no longer pending", state.label());
+                super::record_refusal(&self.shared, Attempt::Withdraw, &id, &host, &who, &message, false).await;
+                Ok(Response::new(r))
+            }
+            Err(e) => Err(refuse(&self.shared, Attempt::Withdraw, &id, &host, &who, e).await.into()),
         }
     }
 
@@ -124,19 +150,31 @@ impl AgentService for AgentApi {
 
     async fn report_records(&self, request: tonic::Request<ReportRecordsRequest>) -> Reply<ReportRecordsResponse> {
         let host = require(&request, Role::Agent)?.name;
-        // Each record must read as the one audit record type; the error names what does not fit.
-        let mut parsed = validate::report_records(&request.into_inner())?;
-        for record in &mut parsed {
-            // Redacted before it is stored, like a request's argv; the record says so.
+        let (mut records, bad) = validate::report_records(&host, &request.into_inner())?;
+        for record in &mut records {
+            // Redacted before it is stored, like a request's argv, after its hash was checked;
+            // the link says so (the content no longer hashes to it, the chain still holds).
             if self.shared.policy.redact.redact(&mut record.argv) {
                 let note = crate::audit::REDACTED_NOTE;
                 record.comment = Some(match record.comment.take().filter(|c| !c.is_empty()) {
                     Some(c) => format!("{c} ({note})"),
                     None => note.to_string(),
                 });
+                if let Some(link) = &mut record.chain {
+                    link.redacted = true;
+                }
             }
         }
-        let accepted = self.shared.store.append_records(&host, parsed, now_ms()).await?;
-        Ok(Response::new(ReportRecordsResponse { accepted, ..Default::default() }))
+        let done = self.shared.store.append_records(&host, records, now_ms()).await?;
+        // A refusal from the store comes first in the chain; else the service's own.
+        let refused = done.refused.or(bad).map(|r| {
+            tracing::warn!("host {host}: record {} of stream {} refused: {}", r.seq, r.stream, r.message);
+            RefusedRecord { stream: r.stream, seq: r.seq, message: r.message }
+        });
+        Ok(Response::new(ReportRecordsResponse {
+            accepted: done.accepted,
+            stored: done.stored.into_iter().map(|(stream, seq)| StreamPosition { stream, seq }).collect(),
+            refused,
+        }))
     }
 }

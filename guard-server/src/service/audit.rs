@@ -3,6 +3,7 @@ use super::streams::BoxStream;
 use super::{Reply, Shared};
 use crate::identity::{require, Role};
 use crate::lifecycle::{Violations, MAX_NAME_BYTES};
+use crate::search::{Search, Visible};
 use crate::store::AuditFilter;
 use guard_proto::v1::audit_service_server::AuditService;
 use guard_proto::v1::{AuditEvent, AuditHead, AuditHeadRequest, AuditQuery};
@@ -27,22 +28,26 @@ impl AuditService for AuditApi {
         if !q.host.is_empty() {
             super::check_sees(&self.shared, &approver, &q.host)?;
         }
+        let search = Search::from_query(&q)?;
+        // Only the hosts this approver is assigned to (the trail holds argv and paths).
+        let policy = self.shared.policy.clone();
+        let visible = Visible::new(move |host| policy.sees_host(&approver, host));
         let filter = AuditFilter {
             since_ms: q.since_ms,
             until_ms: Some(q.until_ms).filter(|u| *u != 0),
             host: Some(q.host).filter(|h| !h.is_empty()),
             request_id: Some(q.request_id).filter(|r| !r.is_empty()),
+            after_seq: q.after_seq,
+            search,
+            visible: Some(visible),
             limit: q.limit,
         };
-        let mut events = self.shared.store.audit(&filter).await?;
-        // Only the hosts this approver is assigned to (the trail holds argv and paths).
-        events.retain(|e| self.shared.policy.sees_host(&approver, &e.host));
+        let events = self.shared.store.audit(&filter).await?;
         Ok(Response::new(Box::pin(tokio_stream::iter(events.into_iter().map(Ok)))))
     }
 
     async fn head(&self, request: tonic::Request<AuditHeadRequest>) -> Reply<AuditHead> {
         require(&request, Role::Approver)?;
-        // TODO(issue 11, chain): the head and the checkpoint keys.
-        Err(tonic::Status::unimplemented("the audit head is not served yet"))
+        Ok(Response::new(self.shared.store.audit_head().await?))
     }
 }

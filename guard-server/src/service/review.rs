@@ -1,6 +1,7 @@
 //! ReviewService: called by approvers (guardctl, the console) with an approver certificate.
 use super::streams::{watch_pending, BoxStream};
-use super::{check_sees, not_found, Reply, Shared};
+use super::{check_sees, not_found, refuse, Reply, Shared};
+use crate::audit::Attempt;
 use crate::error::GuardError;
 use crate::identity::{caller, require, Role};
 use crate::ids;
@@ -68,20 +69,11 @@ impl ReviewService for ReviewApi {
         if !ids::looks_like_request_id(&input.id) {
             return Err(not_found(&input.id, ""));
         }
-        crate::validate::review(&input)?;
-        let now = now_ms();
-        let review = Review {
-            approver: approver.clone(),
-            approve: input.approve,
-            comment: input.comment.clone(),
-            time_ms: now,
-            grant_seconds: input.grant_seconds,
-        };
         let id = input.id.clone();
-        let policy = self.shared.policy.clone();
-        let judge = move |current: &Request| lifecycle::judge_review(&policy, &approver, &input, current, now);
-        let reviewed = self.shared.store.review(&id, review, &judge).await?;
-        Ok(Response::new(reviewed))
+        match self.review_as(&approver, input).await {
+            Ok(reviewed) => Ok(Response::new(reviewed)),
+            Err(e) => Err(refuse(&self.shared, Attempt::Review, &id, "", &approver, e).await.into()),
+        }
     }
 
     async fn cancel_request(&self, request: tonic::Request<CancelRequestRequest>) -> Reply<Request> {
@@ -90,31 +82,9 @@ impl ReviewService for ReviewApi {
         if !ids::looks_like_request_id(&id) {
             return Err(not_found(&id, ""));
         }
-        let mut v = lifecycle::Violations::default();
-        v.text("comment", &comment, lifecycle::MAX_TEXT_BYTES, false);
-        v.into_result()?;
-        // Cancelling ends the request as a deny does: only one who may deny it may cancel it.
-        // What decides that (host, eligible approvers, owner) never changes after creation.
-        let current = self.shared.store.get(&id, now_ms()).await?.ok_or_else(|| not_found(&id, ""))?;
-        lifecycle::may_decide(&self.shared.policy, &approver, &current)?;
-        let decision = Decision {
-            state: State::Cancelled,
-            reason: "cancelled".into(),
-            decided_by: approver,
-            comment,
-            decided_ms: now_ms(),
-        };
-        match self.shared.store.finish(&id, None, decision).await? {
-            Finish::Ended(r) => Ok(Response::new(r)),
-            Finish::AlreadyEnded(r) => {
-                let state = State::try_from(r.state).unwrap_or(State::Unspecified);
-                Err(GuardError::precondition(
-                    "STATE",
-                    format!("request/{id}"),
-                    format!("request {id} is {}, no longer pending", state.label()),
-                )
-                .into())
-            }
+        match self.cancel_as(&approver, &id, comment).await {
+            Ok(cancelled) => Ok(Response::new(cancelled)),
+            Err(e) => Err(refuse(&self.shared, Attempt::Cancel, &id, "", &approver, e).await.into()),
         }
     }
 
@@ -123,5 +93,57 @@ impl ReviewService for ReviewApi {
     async fn who_am_i(&self, request: tonic::Request<WhoAmIRequest>) -> Reply<WhoAmIResponse> {
         let me = caller(&request)?;
         Ok(Response::new(WhoAmIResponse { name: me.name, role: me.role.label().into() }))
+    }
+}
+
+impl ReviewApi {
+    async fn review_as(&self, approver: &str, input: ReviewRequest) -> Result<Request, GuardError> {
+        crate::validate::review(&input)?;
+        let now = now_ms();
+        let review = Review {
+            approver: approver.to_string(),
+            approve: input.approve,
+            comment: input.comment.clone(),
+            time_ms: now,
+            grant_seconds: input.grant_seconds,
+        };
+        let id = input.id.clone();
+        let policy = self.shared.policy.clone();
+        let who = approver.to_string();
+        let judge = move |current: &Request| lifecycle::judge_review(&policy, &who, &input, current, now);
+        self.shared.store.review(&id, review, &judge).await
+    }
+
+    async fn cancel_as(&self, approver: &str, id: &str, comment: String) -> Result<Request, GuardError> {
+        let mut v = lifecycle::Violations::default();
+        v.text("comment", &comment, lifecycle::MAX_TEXT_BYTES, false);
+        v.into_result()?;
+        // Cancelling ends the request as a deny does: only one who may deny it may cancel it.
+        // What decides that (host, eligible approvers, owner) never changes after creation.
+        let current = self
+            .shared
+            .store
+            .get(id, now_ms())
+            .await?
+            .ok_or_else(|| GuardError::NotFound(format!("no request {id:?}")))?;
+        lifecycle::may_decide(&self.shared.policy, approver, &current)?;
+        let decision = Decision {
+            state: State::Cancelled,
+            reason: "cancelled".into(),
+            decided_by: approver.to_string(),
+            comment,
+            decided_ms: now_ms(),
+        };
+        match self.shared.store.finish(id, None, decision).await? {
+            Finish::Ended(r) => Ok(r),
+            Finish::AlreadyEnded(r) => {
+                let state = State::try_from(r.state).unwrap_or(State::Unspecified);
+                Err(GuardError::precondition(
+                    "STATE",
+                    format!("request/{id}"),
+                    format!("request {id} is {}, no longer pending", state.label()),
+                ))
+            }
+        }
     }
 }

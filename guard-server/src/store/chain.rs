@@ -1,9 +1,11 @@
-//! The audit hash chain: rows appended in order, each linked to the one before it, with one
-//! head row that appenders serialize on (so `seq` has no gaps, whatever the replicas).
+//! The audit hash chain: rows appended in order, each linked to the one before it by a hash
+//! over every column ([`row_hash`]), with one head row that appenders serialize on (so `seq`
+//! has no gaps, whatever the replicas).
 use super::rows::params;
 use super::sql::{Backend, Tx};
-use crate::audit::{self, AuditEntry};
+use crate::audit::AuditEntry;
 use crate::error::GuardResult;
+use guard_api::chain::row_hash;
 use sqlx::{AssertSqlSafe, Row};
 
 /// Audit rows in one INSERT.
@@ -35,7 +37,7 @@ pub async fn append_audit_refs(tx: &mut Tx, backend: Backend, entries: &[&AuditE
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for e in chunk {
             seq += 1;
-            let next = audit::chain_hash(&hash, &e.json);
+            let next = row_hash(&hash, seq, e.time_ms, &e.host, e.kind, &e.request_id, &e.json);
             query = query
                 .bind(seq)
                 .bind(e.time_ms)

@@ -9,6 +9,7 @@
 //! `chain.rs` the audit hash chain, `rows.rs` rows <-> messages. `sqlite.rs` and
 //! `postgres.rs` hold what differs: opening, locking, and change notification across replicas.
 mod chain;
+pub mod ingest;
 pub mod postgres;
 mod rows;
 pub mod schema;
@@ -20,7 +21,7 @@ use crate::error::GuardResult;
 use crate::fanout::Fanout;
 use async_trait::async_trait;
 use guard_api::AuditRecord;
-use guard_proto::v1::{AuditEvent, Operation, Request, Review, State};
+use guard_proto::v1::{AuditEvent, AuditHead, Operation, Request, Review, State};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -125,6 +126,13 @@ pub struct AuditFilter {
     pub until_ms: Option<i64>,
     pub host: Option<String>,
     pub request_id: Option<String>,
+    /// Only rows after this seq (0: from the first).
+    pub after_seq: u64,
+    /// Filters on the record (decision, rule, approver, tree).
+    pub search: crate::search::Search,
+    /// Only the events of hosts this says the caller sees; None: every host.
+    pub visible: Option<crate::search::Visible>,
+    /// Most events returned (after every filter); 0: the store's maximum.
     pub limit: u32,
 }
 
@@ -151,18 +159,32 @@ pub trait Store: Send + Sync {
     async fn review(&self, id: &str, review: Review, judge: &Judge) -> GuardResult<Request>;
     /// Ends a pending request; `host` restricts it to that host's requests (else NOT_FOUND).
     async fn finish(&self, id: &str, host: Option<&str>, decision: Decision) -> GuardResult<Finish>;
-    /// Expires every pending request past its time; returns how many.
+    /// Expires every pending request past its time (returns how many), and ends the grants past
+    /// theirs, each with its record.
     async fn expire_due(&self, now_ms: i64) -> GuardResult<usize>;
-    /// Ends the host's grants for a tree; returns how many.
+    /// Ends the host's grants for a tree, each with its record; returns how many.
     async fn end_grants(&self, host: &str, tree_id: &str, now_ms: i64) -> GuardResult<u32>;
-    /// Appends the records `host`'s agent reported to the audit trail (their `host` becomes
-    /// `host`).
-    async fn append_records(&self, host: &str, records: Vec<AuditRecord>, now_ms: i64) -> GuardResult<u32>;
+    /// Appends records the server wrote itself (refused attempts, policy registrations) to the
+    /// audit trail, in their own transaction.
+    async fn append_server(&self, records: Vec<AuditRecord>) -> GuardResult<()>;
+    /// Stores the chained records `host`'s agent reported, each once, in chain order (see
+    /// [`ingest`]); the service has checked each one's host and hash.
+    async fn append_records(&self, host: &str, records: Vec<AuditRecord>, now_ms: i64) -> GuardResult<ingest::Ingest>;
+    /// Keeps `public_hex` among the keys that sign `host`'s checkpoints ("": the server's).
+    async fn register_audit_key(&self, host: &str, public_hex: &str, now_ms: i64) -> GuardResult<()>;
+    /// The chain's head (seq, hash) and every registered audit key.
+    async fn audit_head(&self) -> GuardResult<AuditHead>;
+    /// Signs the chain's head with `key` in a checkpoint row, unless the head is one already.
+    async fn checkpoint(&self, key: &guard_api::chain::keys::SigningKey, now_ms: i64) -> GuardResult<Option<u64>>;
     async fn audit(&self, filter: &AuditFilter) -> GuardResult<Vec<AuditEvent>>;
     /// Records the host's registration; returns the policy hashes it had registered before.
     async fn register_host(&self, info: HostInfo) -> GuardResult<Option<HashMap<String, String>>>;
     /// The policy hashes `host` registered; None when it never registered.
     async fn host_policies(&self, host: &str) -> GuardResult<Option<HashMap<String, String>>>;
+    /// The seq of the last audit row sink `name` delivered (0 when it never delivered one).
+    async fn sink_position(&self, name: &str) -> GuardResult<u64>;
+    /// Records that sink `name` delivered every audit row up to `seq`.
+    async fn set_sink_position(&self, name: &str, seq: u64) -> GuardResult<()>;
 }
 
 /// Opens the store named by `url` (`sqlite:...` or `postgres://...`), creating its schema,

@@ -6,16 +6,18 @@
 //! Submissions go through the group-commit writer (`writer.rs`); rows are mapped in
 //! `rows.rs`; the audit chain is appended in `chain.rs`.
 use super::chain::append_audit;
+use super::ingest::{self, Ingest};
 use super::rows::{load_request, load_reviews, placeholders, request_from_row, state_label};
 use super::writer::{prepare, SubmitJob, Submitted, Writer, QUEUE};
 use super::{AuditFilter, Decision, Finish, HostInfo, Judge, ListFilter, NewRequest, Store};
-use crate::audit::{self, AuditEntry};
+use crate::audit::{self, AuditEntry, GrantEnd};
 use crate::error::{GuardError, GuardResult};
 use crate::fanout::Fanout;
 use crate::ids;
 use async_trait::async_trait;
+use guard_api::chain::keys::SigningKey;
 use guard_api::{AuditRecord, RecordKind};
-use guard_proto::v1::{AuditEvent, Request, Review, State};
+use guard_proto::v1::{AuditEvent, AuditHead, AuditKey, Request, Review, State};
 
 use super::grant_argv;
 use sqlx::AnyPool;
@@ -54,6 +56,8 @@ pub const REQUEST_COLUMNS: &str = "id, host, operation, state, created_ms, expir
 
 /// Most rows a list or an audit query returns in one call.
 const MAX_ROWS: u32 = 10_000;
+/// Fewest rows an audit query reads at a time (see `audit`).
+const MIN_PAGE: usize = 1000;
 
 /// The request's state (Unspecified for a number this build does not know).
 pub fn state_of(request: &Request) -> State {
@@ -176,6 +180,97 @@ async fn set_decision(tx: &mut Tx, id: &str, d: &Decision) -> GuardResult<bool> 
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// The columns of `grants` an `audit::Grant` is read from.
+const GRANT_COLUMNS: &str =
+    "id, host, tree_id, hook, object, access, argv, approver, request_id, created_ms, expires_ms";
+
+fn grant_from_row(row: &sqlx::any::AnyRow) -> GuardResult<audit::Grant> {
+    Ok(audit::Grant {
+        id: row.try_get("id")?,
+        host: row.try_get("host")?,
+        tree_id: row.try_get("tree_id")?,
+        hook: row.try_get("hook")?,
+        object: row.try_get("object")?,
+        access: row.try_get("access")?,
+        argv: row.try_get("argv")?,
+        approver: row.try_get("approver")?,
+        request_id: row.try_get("request_id")?,
+        created_ms: row.try_get("created_ms")?,
+        expires_ms: row.try_get("expires_ms")?,
+    })
+}
+
+impl SqlStore {
+    /// Expires every pending request past its time, each audited once.
+    async fn expire_requests(&self, now_ms: i64) -> GuardResult<usize> {
+        // A cheap read first: most sweeps find nothing and should not take the write lock.
+        let due = sqlx::query("SELECT id FROM requests WHERE state = 'pending' AND expires_ms <= $1 LIMIT 1")
+            .bind(now_ms)
+            .fetch_optional(&self.pool)
+            .await?;
+        if due.is_none() {
+            return Ok(0);
+        }
+        let mut tx = self.begin_write().await?;
+        // Conditional on `pending`: with several replicas sweeping, each row is expired (and
+        // audited) by exactly one of them.
+        let sql = format!(
+            "UPDATE requests SET state = 'expired', reason = 'expired', decided_by = '', comment = '', decided_ms = $1 \
+             WHERE state = 'pending' AND expires_ms <= $1 RETURNING {REQUEST_COLUMNS}"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql)).bind(now_ms).fetch_all(&mut *tx).await?;
+        let requests = rows.iter().map(request_from_row).collect::<GuardResult<Vec<_>>>()?;
+        let entries: Vec<AuditEntry> =
+            requests.iter().map(|r| audit::entry(RecordKind::Decision, now_ms, r, None)).collect();
+        append_audit(&mut tx, self.backend, &entries).await?;
+        let ids: Vec<&str> = requests.iter().map(|r| r.id.as_str()).collect();
+        self.commit(tx, &ids).await?;
+        Ok(requests.len())
+    }
+
+    /// Ends the live grants matching `condition` (`$1` is now, `$2`... are `binds`), each
+    /// with its record, in one transaction. Conditional on `ended_ms IS NULL`: with several
+    /// replicas, each grant is ended (and audited) by exactly one of them. An expired grant's
+    /// `ended_ms` is its expiry, the time it stopped covering anything.
+    async fn end_grants_where(
+        &self,
+        end: GrantEnd,
+        condition: &str,
+        binds: &[&str],
+        now_ms: i64,
+    ) -> GuardResult<usize> {
+        if end == GrantEnd::Expired {
+            // A cheap read first: most sweeps find nothing and should not take the write lock.
+            let due = sqlx::query("SELECT id FROM grants WHERE ended_ms IS NULL AND expires_ms <= $1 LIMIT 1")
+                .bind(now_ms)
+                .fetch_optional(&self.pool)
+                .await?;
+            if due.is_none() {
+                return Ok(0);
+            }
+        }
+        let ended = match end {
+            GrantEnd::Expired => "expires_ms",
+            GrantEnd::TreeExited => "$1",
+        };
+        let sql = format!(
+            "UPDATE grants SET ended_ms = {ended} WHERE ended_ms IS NULL AND {condition} RETURNING {GRANT_COLUMNS}"
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now_ms);
+        for b in binds {
+            query = query.bind(b.to_string());
+        }
+        let mut tx = self.begin_write().await?;
+        let rows = query.fetch_all(&mut *tx).await?;
+        let grants = rows.iter().map(grant_from_row).collect::<GuardResult<Vec<_>>>()?;
+        let entries: Vec<AuditEntry> =
+            grants.iter().map(|g| audit::server_entry(&audit::grant_record(g, now_ms, Some(end)))).collect();
+        append_audit(&mut tx, self.backend, &entries).await?;
+        tx.commit().await?;
+        Ok(grants.len())
+    }
 }
 
 #[async_trait]
@@ -303,24 +398,38 @@ impl Store for SqlStore {
         // this request only.
         let grant = effect.grant_until_ms.zip(request.operation.as_ref().and_then(|op| Some((op, grant_argv(op)?))));
         if let Some((until, (op, argv))) = grant {
-            let grant_id = ids::new_request_id().map_err(|_| GuardError::Internal("no randomness".into()))?;
+            let grant = audit::Grant {
+                id: ids::new_request_id().map_err(|_| GuardError::Internal("no randomness".into()))?,
+                host: request.host.clone(),
+                tree_id: op.tree_id.clone(),
+                hook: op.hook.clone(),
+                object: op.object.clone(),
+                access: op.access.clone(),
+                argv,
+                approver: review.approver.clone(),
+                request_id: id.to_string(),
+                created_ms: now_ms,
+                expires_ms: until,
+            };
             sqlx::query(
                 "INSERT INTO grants (id, host, tree_id, hook, object, access, argv, approver, request_id, created_ms, \
                  expires_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
-            .bind(grant_id)
-            .bind(request.host.clone())
-            .bind(op.tree_id.clone())
-            .bind(op.hook.clone())
-            .bind(op.object.clone())
-            .bind(op.access.clone())
-            .bind(argv)
-            .bind(review.approver.clone())
-            .bind(id.to_string())
-            .bind(now_ms)
-            .bind(until)
+            .bind(grant.id.clone())
+            .bind(grant.host.clone())
+            .bind(grant.tree_id.clone())
+            .bind(grant.hook.clone())
+            .bind(grant.object.clone())
+            .bind(grant.access.clone())
+            .bind(grant.argv.clone())
+            .bind(grant.approver.clone())
+            .bind(grant.request_id.clone())
+            .bind(grant.created_ms)
+            .bind(grant.expires_ms)
             .execute(&mut *tx)
             .await?;
+            // In the same transaction: a grant exists exactly when its record does.
+            entries.push(audit::server_entry(&audit::grant_record(&grant, now_ms, None)));
         }
         append_audit(&mut tx, self.backend, &entries).await?;
         self.commit(tx, &[id]).await?;
@@ -348,84 +457,125 @@ impl Store for SqlStore {
     }
 
     async fn expire_due(&self, now_ms: i64) -> GuardResult<usize> {
-        // A cheap read first: most sweeps find nothing and should not take the write lock.
-        let due = sqlx::query("SELECT id FROM requests WHERE state = 'pending' AND expires_ms <= $1 LIMIT 1")
-            .bind(now_ms)
-            .fetch_optional(&self.pool)
-            .await?;
-        if due.is_none() {
-            return Ok(0);
-        }
-        let mut tx = self.begin_write().await?;
-        // Conditional on `pending`: with several replicas sweeping, each row is expired (and
-        // audited) by exactly one of them.
-        let sql = format!(
-            "UPDATE requests SET state = 'expired', reason = 'expired', decided_by = '', comment = '', decided_ms = $1 \
-             WHERE state = 'pending' AND expires_ms <= $1 RETURNING {REQUEST_COLUMNS}"
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql)).bind(now_ms).fetch_all(&mut *tx).await?;
-        let requests = rows.iter().map(request_from_row).collect::<GuardResult<Vec<_>>>()?;
-        let entries: Vec<AuditEntry> =
-            requests.iter().map(|r| audit::entry(RecordKind::Decision, now_ms, r, None)).collect();
-        append_audit(&mut tx, self.backend, &entries).await?;
-        let ids: Vec<&str> = requests.iter().map(|r| r.id.as_str()).collect();
-        self.commit(tx, &ids).await?;
-        Ok(requests.len())
+        let expired = self.expire_requests(now_ms).await?;
+        self.end_grants_where(GrantEnd::Expired, "expires_ms <= $1", &[], now_ms).await?;
+        Ok(expired)
     }
 
     async fn end_grants(&self, host: &str, tree_id: &str, now_ms: i64) -> GuardResult<u32> {
-        let done = sqlx::query("UPDATE grants SET ended_ms = $1 WHERE host = $2 AND tree_id = $3 AND ended_ms IS NULL")
-            .bind(now_ms)
-            .bind(host.to_string())
-            .bind(tree_id.to_string())
-            .execute(&self.pool)
-            .await?;
-        Ok(u32::try_from(done.rows_affected()).unwrap_or(u32::MAX))
+        let ended =
+            self.end_grants_where(GrantEnd::TreeExited, "host = $2 AND tree_id = $3", &[host, tree_id], now_ms).await?;
+        Ok(u32::try_from(ended).unwrap_or(u32::MAX))
     }
 
-    async fn append_records(&self, host: &str, records: Vec<AuditRecord>, now_ms: i64) -> GuardResult<u32> {
-        let n = records.len();
-        let entries: Vec<AuditEntry> = records.into_iter().map(|r| audit::reported(r, host, now_ms)).collect();
+    async fn append_server(&self, records: Vec<AuditRecord>) -> GuardResult<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let entries: Vec<AuditEntry> = records.iter().map(audit::server_entry).collect();
         let mut tx = self.begin_write().await?;
         append_audit(&mut tx, self.backend, &entries).await?;
         tx.commit().await?;
-        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+        Ok(())
+    }
+
+    async fn append_records(&self, host: &str, records: Vec<AuditRecord>, now_ms: i64) -> GuardResult<Ingest> {
+        let mut tx = self.begin_write().await?;
+        let done = ingest::ingest(&mut tx, self.backend, host, records, now_ms).await?;
+        tx.commit().await?;
+        Ok(done)
+    }
+
+    async fn register_audit_key(&self, host: &str, public_hex: &str, now_ms: i64) -> GuardResult<()> {
+        let mut tx = self.begin_write().await?;
+        ingest::register_key(&mut tx, host, public_hex, now_ms).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn audit_head(&self) -> GuardResult<AuditHead> {
+        // One read transaction, so the head and the keys are of the same moment.
+        let mut tx = self.pool.begin().await?;
+        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(&mut *tx).await?;
+        let keys =
+            sqlx::query("SELECT host, key_id, public_key, first_seen_ms FROM audit_keys ORDER BY host, first_seen_ms")
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(AuditKey {
+                        host: r.try_get("host")?,
+                        key_id: r.try_get("key_id")?,
+                        public_key: r.try_get("public_key")?,
+                        first_seen_ms: r.try_get("first_seen_ms")?,
+                    })
+                })
+                .collect::<GuardResult<Vec<_>>>()?;
+        tx.commit().await?;
+        Ok(AuditHead {
+            seq: u64::try_from(head.try_get::<i64, _>("seq")?).unwrap_or(0),
+            hash: head.try_get("hash")?,
+            keys,
+        })
+    }
+
+    async fn checkpoint(&self, key: &SigningKey, now_ms: i64) -> GuardResult<Option<u64>> {
+        let mut tx = self.begin_write().await?;
+        let signed = ingest::checkpoint(&mut tx, self.backend, key, now_ms).await?;
+        tx.commit().await?;
+        Ok(signed)
     }
 
     async fn audit(&self, filter: &AuditFilter) -> GuardResult<Vec<AuditEvent>> {
-        let mut sql = String::from(
-            "SELECT seq, time_ms, host, kind, request_id, json, prev_hash, hash FROM audit WHERE time_ms >= $1",
-        );
-        let mut n = 1;
-        if filter.until_ms.is_some() {
-            n += 1;
-            sql += &format!(" AND time_ms < ${n}");
-        }
-        if filter.host.is_some() {
-            n += 1;
-            sql += &format!(" AND host = ${n}");
-        }
-        if filter.request_id.is_some() {
-            n += 1;
-            sql += &format!(" AND request_id = ${n}");
-        }
-        let limit = if filter.limit == 0 { MAX_ROWS } else { filter.limit.min(MAX_ROWS) };
-        sql += &format!(" ORDER BY seq LIMIT {limit}");
-        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(filter.since_ms);
-        if let Some(until) = filter.until_ms {
-            query = query.bind(until);
-        }
-        if let Some(host) = &filter.host {
-            query = query.bind(host.clone());
-        }
-        if let Some(id) = &filter.request_id {
-            query = query.bind(id.clone());
-        }
-        let rows = query.fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
+        let limit = if filter.limit == 0 { MAX_ROWS } else { filter.limit.min(MAX_ROWS) } as usize;
+        let mut events = Vec::new();
+        // Read in pages in seq order: the filters on the record are in the SQL, the caller's
+        // host visibility is applied here, and a page's hidden events are made up by the next
+        // page, so `limit` counts the events returned. A page is at least `MIN_PAGE` rows, so a
+        // small limit behind many hidden rows is not one query per row.
+        let page = limit.max(MIN_PAGE).min(MAX_ROWS as usize);
+        let mut after_seq: i64 = i64::try_from(filter.after_seq).unwrap_or(i64::MAX);
+        loop {
+            let mut sql = String::from(
+                "SELECT seq, time_ms, host, kind, request_id, json, prev_hash, hash FROM audit \
+                 WHERE time_ms >= $1 AND seq > $2",
+            );
+            let mut n = 2;
+            if filter.until_ms.is_some() {
+                n += 1;
+                sql += &format!(" AND time_ms < ${n}");
+            }
+            if filter.host.is_some() {
+                n += 1;
+                sql += &format!(" AND host = ${n}");
+            }
+            if filter.request_id.is_some() {
+                n += 1;
+                sql += &format!(" AND request_id = ${n}");
+            }
+            let mut next = n + 1;
+            let (conditions, binds) = filter.search.conditions(self.backend == Backend::Postgres, &mut next);
+            sql += &conditions;
+            sql += &format!(" ORDER BY seq LIMIT {page}");
+            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(filter.since_ms).bind(after_seq);
+            if let Some(until) = filter.until_ms {
+                query = query.bind(until);
+            }
+            if let Some(host) = &filter.host {
+                query = query.bind(host.clone());
+            }
+            if let Some(id) = &filter.request_id {
+                query = query.bind(id.clone());
+            }
+            for value in binds {
+                query = query.bind(value);
+            }
+            let rows = query.fetch_all(&self.pool).await?;
+            let full_page = rows.len() == page;
+            for row in &rows {
                 let seq: i64 = row.try_get("seq")?;
-                Ok(AuditEvent {
+                after_seq = seq;
+                let event = AuditEvent {
                     seq: u64::try_from(seq).unwrap_or(0),
                     time_ms: row.try_get("time_ms")?,
                     host: row.try_get("host")?,
@@ -434,9 +584,18 @@ impl Store for SqlStore {
                     json: row.try_get("json")?,
                     prev_hash: row.try_get("prev_hash")?,
                     hash: row.try_get("hash")?,
-                })
-            })
-            .collect()
+                };
+                if filter.visible.as_ref().is_none_or(|v| v.sees(&event.host)) {
+                    events.push(event);
+                    if events.len() == limit {
+                        return Ok(events);
+                    }
+                }
+            }
+            if !full_page {
+                return Ok(events);
+            }
+        }
     }
 
     async fn register_host(&self, info: HostInfo) -> GuardResult<Option<HashMap<String, String>>> {
@@ -468,5 +627,27 @@ impl Store for SqlStore {
         let hashes = serde_json::from_str(&text)
             .map_err(|_| GuardError::Internal(format!("host {host}: bad policy_hashes in the database")))?;
         Ok(Some(hashes))
+    }
+
+    async fn sink_position(&self, name: &str) -> GuardResult<u64> {
+        let row = sqlx::query("SELECT seq FROM sink_positions WHERE name = $1")
+            .bind(name.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(0) };
+        let seq: i64 = row.try_get("seq")?;
+        Ok(u64::try_from(seq).unwrap_or(0))
+    }
+
+    async fn set_sink_position(&self, name: &str, seq: u64) -> GuardResult<()> {
+        sqlx::query(
+            "INSERT INTO sink_positions (name, seq) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
+        )
+        .bind(name.to_string())
+        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 }

@@ -2,3 +2,4 @@
 //! with the `testing` feature: never in the production binary.
 pub mod config;
 pub mod pg;
+pub mod sink_bench;

@@ -195,3 +195,51 @@ pub async fn ends(stream: &mut Streaming<Request>) {
 pub fn state(r: &Request) -> State {
     State::try_from(r.state).expect("known state")
 }
+
+/// An agent's spool as the tests play it: records sealed into one stream, in order.
+pub struct TestSpool {
+    pub stream: String,
+    pub seq: u64,
+    pub hash: String,
+}
+
+impl TestSpool {
+    pub fn new(stream: &str) -> Self {
+        TestSpool { stream: stream.into(), seq: 0, hash: String::new() }
+    }
+
+    /// `r` sealed as the stream's next record.
+    pub fn seal(&mut self, mut r: guard_api::AuditRecord) -> guard_api::AuditRecord {
+        self.seq += 1;
+        guard_api::chain::seal(&mut r, &self.stream, self.seq, &self.hash);
+        self.hash = r.chain.as_ref().expect("sealed").hash.clone();
+        r
+    }
+
+    /// A checkpoint signed with `key`, sealed as the stream's next record.
+    pub fn checkpoint(&mut self, host: &str, key: &guard_api::chain::keys::SigningKey) -> guard_api::AuditRecord {
+        let mut r = guard_api::AuditRecord::new(guard_api::RecordKind::Checkpoint, host);
+        let chain = guard_api::chain::stream_chain(host, &self.stream);
+        r.checkpoint = Some(key.sign_head(&chain, self.seq, &self.hash));
+        self.seal(r)
+    }
+}
+
+/// The message of each record, for `ReportRecords`.
+pub fn wire(records: &[guard_api::AuditRecord]) -> Vec<guard_proto::v1::Record> {
+    records.iter().map(|r| guard_proto::v1::Record { json: r.to_json() }).collect()
+}
+
+/// An audit event as the chain hashes it.
+pub fn chain_row(e: guard_proto::v1::AuditEvent) -> guard_api::chain::ChainRow {
+    guard_api::chain::ChainRow {
+        seq: e.seq as i64,
+        time_ms: e.time_ms,
+        host: e.host,
+        kind: e.kind,
+        request_id: e.request_id,
+        json: e.json,
+        prev_hash: e.prev_hash,
+        hash: e.hash,
+    }
+}

@@ -9,7 +9,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use guard_proto::v1::agent_service_client::AgentServiceClient;
-use guard_proto::v1::{Operation, Process, RegisterRequest, State, SubmitRequest};
+use guard_proto::v1::{Operation, Process, Record, RegisterRequest, ReportRecordsRequest, State, SubmitRequest};
 use guardctl::conn::{self, TlsFiles, TlsMaterial};
 use serde_json::json;
 use std::path::PathBuf;
@@ -47,6 +47,11 @@ struct Args {
     connect_parallelism: usize,
     #[arg(long)]
     json: bool,
+    /// Audit ingest instead of decisions: each agent reports batches of this many chained
+    /// records (ReportRecords) back to back; the rate is then records per second, the
+    /// latencies those of one batch.
+    #[arg(long, value_name = "RECORDS")]
+    ingest_batch: Option<usize>,
 }
 
 /// How long one request may wait for its decision before it counts as an error.
@@ -125,6 +130,7 @@ async fn run(args: Args) -> Result<()> {
     let mut tasks = Vec::with_capacity(args.agents);
     for i in 0..args.agents {
         let tls = materials[i % materials.len()].clone();
+        let (host, ingest_batch) = (hosts[i % hosts.len()].clone(), args.ingest_batch);
         let (server, rule, gate, start, stop) =
             (args.server.clone(), args.rule.clone(), gate.clone(), start.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
@@ -147,9 +153,12 @@ async fn run(args: Args) -> Result<()> {
             .await;
             // Everyone waits at the barrier, also agents that failed, so the run starts.
             start.wait().await;
-            match connected {
-                Ok(client) => agent_loop(client, i, nonce, &rule, &stop).await,
-                Err(e) => AgentResult { errors: 1, first_error: Some(format!("connect: {e:#}")), ..Default::default() },
+            match (connected, ingest_batch) {
+                (Ok(client), Some(batch)) => ingest_loop(client, &host, i, nonce, batch, &stop).await,
+                (Ok(client), None) => agent_loop(client, i, nonce, &rule, &stop).await,
+                (Err(e), _) => {
+                    AgentResult { errors: 1, first_error: Some(format!("connect: {e:#}")), ..Default::default() }
+                }
             }
         }));
     }
@@ -176,7 +185,8 @@ async fn run(args: Args) -> Result<()> {
     let elapsed = t0.elapsed().as_secs_f64();
     let mut lat = all.latencies_us;
     lat.sort_unstable();
-    let decisions = lat.len() as u64;
+    // In ingest mode each latency is one batch of records.
+    let decisions = lat.len() as u64 * args.ingest_batch.unwrap_or(1) as u64;
     let pct = |p: f64| -> u32 {
         if lat.is_empty() {
             return 0;
@@ -268,6 +278,56 @@ async fn agent_loop(
                 res.first_error.get_or_insert(e);
                 // Do not spin on a broken connection.
                 tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    res
+}
+
+/// One agent reporting its own stream of audit records, `batch` at a time, until told to stop.
+/// Each record is sealed here as an agent's spool would (that cost is the load generator's).
+async fn ingest_loop(
+    mut client: AgentServiceClient<Channel>,
+    host: &str,
+    agent: usize,
+    nonce: u128,
+    batch: usize,
+    stop: &AtomicBool,
+) -> AgentResult {
+    let mut res = AgentResult::default();
+    let stream = format!("bench-{nonce}-{agent}");
+    let (mut seq, mut prev) = (0u64, String::new());
+    let mut template = guard_api::AuditRecord::new(guard_api::RecordKind::Enforcement, host);
+    template.decision = Some(guard_api::Decision::Allow);
+    template.action = Some(guard_api::Action::Audit);
+    template.hook = Some(guard_api::Hook::FileOpen);
+    template.rule = Some("bench-audit".into());
+    template.argv = vec!["cat".into(), "/etc/hosts".into()];
+    while !stop.load(Ordering::Relaxed) {
+        let records: Vec<Record> = (0..batch)
+            .map(|_| {
+                seq += 1;
+                let mut r = template.clone();
+                r.object = Some(format!("/srv/data/{seq}"));
+                guard_api::chain::seal(&mut r, &stream, seq, &prev);
+                prev = r.chain.as_ref().map(|c| c.hash.clone()).unwrap_or_default();
+                Record { json: r.to_json() }
+            })
+            .collect();
+        let t0 = Instant::now();
+        match client.report_records(ReportRecordsRequest { records }).await {
+            Ok(reply) => match reply.into_inner().refused {
+                None => res.latencies_us.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32),
+                Some(r) => {
+                    res.errors += 1;
+                    res.first_error.get_or_insert(format!("refused seq {}: {}", r.seq, r.message));
+                    return res;
+                }
+            },
+            Err(s) => {
+                res.errors += 1;
+                res.first_error.get_or_insert(format!("ReportRecords: {:?}: {}", s.code(), s.message()));
+                return res;
             }
         }
     }

@@ -21,7 +21,7 @@ fn stream(n: u64, key: &SigningKey) -> Vec<(String, AuditRecord)> {
 }
 
 fn keys(key: &SigningKey) -> Keys {
-    Keys { server: vec![], hosts: HashMap::from([("web1".into(), vec![key.public_hex()])]) }
+    Keys { server: vec![], hosts: BTreeMap::from([("web1".into(), vec![key.public_hex()])]) }
 }
 
 fn broken(records: &[(String, AuditRecord)], key: &SigningKey) -> Break {
