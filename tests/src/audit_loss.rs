@@ -2,9 +2,11 @@
 //! down, and every record reaches the server once, in order. A watched tree makes 500
 //! `audit`-rule decisions while the agent points at a port where no server listens; the agent
 //! is killed with SIGKILL, restarted on the same spool (still no server), 500 more; then it is
-//! restarted pointing at the real server. The server's trail must hold the stream's records
-//! seq 1..=N exactly once, in order, the 1,000 decisions in the order they were made; the
-//! local spool must verify as one chain, its checkpoints signed by the host's audit key.
+//! restarted pointing at the real server. Then once more with the shipped position deleted, so
+//! the whole spool is sent again. The server's trail must hold the stream's records seq 1..=N
+//! exactly once, in order, the 1,000 decisions in the order they were made; the local spool
+//! must verify as one chain, its checkpoints signed by the host's audit key, and
+//! `guardctl audit verify` must find the server's chain whole.
 
 use crate::{
     harness::{read_records, write_files, Skip},
@@ -88,9 +90,13 @@ fn kill_tree() {
     }
 }
 
+/// The tree's script: one read of each file in `range`, in order, by the shell itself (a short
+/// argv keeps the records small), then `exec sleep` (same pid, written to PIDFILE).
 fn reads(range: std::ops::Range<usize>) -> String {
-    let files: Vec<String> = range.map(file).collect();
-    format!("echo $$ > {PIDFILE}; cat {} > /dev/null; exec sleep 120", files.join(" "))
+    format!(
+        "echo $$ > {PIDFILE}; i={}; while [ $i -lt {} ]; do read x < /tmp/t/loss/f$i; i=$((i+1)); done; exec sleep 120",
+        range.start, range.end
+    )
 }
 
 /// Every record of `stream` in the server's trail, in the server's row order, and what else the
@@ -187,10 +193,10 @@ fn loss() -> Result<()> {
     let last = spool.last().and_then(|r| r.chain.as_ref()).map(|c| c.seq).unwrap_or(0);
     let since = started.elapsed().as_secs() + 120;
     let deadline = Instant::now() + WAIT;
-    let shipped = loop {
+    loop {
         let (got, seen) = server_stream(&pki, &server, &host, since, &stream)?;
         if got.iter().filter_map(|r| r.chain.as_ref()).any(|l| l.seq >= last) {
-            break got;
+            break;
         }
         if Instant::now() > deadline {
             c.kill().ok();
@@ -201,9 +207,33 @@ fn loss() -> Result<()> {
             );
         }
         std::thread::sleep(Duration::from_millis(300));
-    };
+    }
     c.kill().ok();
     c.wait().ok();
+
+    // 4: the shipped position lost (as if the acknowledgements never arrived): the agent sends
+    // the whole spool again, and the server must skip what it holds.
+    std::fs::remove_file(format!("{LOG}.shipped"))?;
+    let mut d = start(&flags(&server), "exec sleep 120", "4")?;
+    let spool =
+        wait_spool("the fourth start", |r| r.iter().filter(|x| x.object.as_deref() == Some("start")).count() == 4)?;
+    let last = spool.last().and_then(|r| r.chain.as_ref()).map(|c| c.seq).unwrap_or(0);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let pos: Option<serde_json::Value> =
+            std::fs::read_to_string(format!("{LOG}.shipped")).ok().and_then(|t| serde_json::from_str(&t).ok());
+        if pos.as_ref().and_then(|p| p["seq"].as_u64()).is_some_and(|s| s >= last) {
+            break;
+        }
+        if Instant::now() > deadline {
+            d.kill().ok();
+            bail!("the resent spool was never acknowledged up to seq {last} ({pos:?}); agent: {}", stderr("4"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    d.kill().ok();
+    d.wait().ok();
+    let (shipped, _) = server_stream(&pki, &server, &host, started.elapsed().as_secs() + 120, &stream)?;
 
     // Exactly once, in order: seq 1..=N of the stream, each once, in the server's row order.
     let seqs: Vec<u64> = shipped.iter().filter_map(|r| r.chain.as_ref()).map(|l| l.seq).collect();
@@ -222,20 +252,28 @@ fn loss() -> Result<()> {
 
     // The local spool is one chain across the kill -9 and both restarts, signed by the host's key.
     let spool = read_records(LOG)?;
-    // The kill -9 (1) leaves no stop record, the clean stop (2) one; (3) is killed too.
+    // The kill -9 (1) leaves no stop record, the clean stop (2) one; (3) and (4) are killed too.
     let lifecycle: Vec<&str> = spool
         .iter()
         .filter(|r| r.kind == RecordKind::Agent)
         .filter_map(|r| r.object.as_deref())
         .filter(|o| *o == "start" || *o == "stop")
         .collect();
-    ensure!(lifecycle == ["start", "start", "stop", "start"], "the agent's starts and stops: {lifecycle:?}");
+    ensure!(lifecycle == ["start", "start", "stop", "start", "start"], "the agent's starts and stops: {lifecycle:?}");
     let key = SigningKey::from_pkcs8(&std::fs::read("/tmp/t/audit.key")?).map_err(|e| anyhow!(e))?;
-    let keys = Keys { server: vec![], hosts: HashMap::from([(host.clone(), vec![key.public_hex()])]) };
+    let keys =
+        Keys { server: vec![], hosts: std::collections::BTreeMap::from([(host.clone(), vec![key.public_hex()])]) };
     let labelled: Vec<(String, AuditRecord)> =
         spool.iter().enumerate().map(|(i, r)| (format!("line {}", i + 1), r.clone())).collect();
     let report = verify_stream(&host, &labelled, Some(&keys)).map_err(|e| anyhow!("the local spool: {e}"))?;
     ensure!(report.signed_seq.is_some(), "no checkpoint of the spool verified: {report:?}");
+    // And the server's own check of its chain and every stream in it, with the keys it holds.
+    let out = Command::new("guardctl")
+        .args(["--server", &server, "--pki", &pki, "--as", "alice", "audit", "verify"])
+        .output()
+        .context("running guardctl audit verify")?;
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    ensure!(out.status.success(), "guardctl audit verify: {said}");
     println!(
         "    spool: {} records, stream {stream}, signed up to seq {:?}; server: seq 1..={n} once, in order; {:.1} s",
         report.records,

@@ -1,6 +1,6 @@
 use super::*;
 use guard_api::chain::verify::{verify_stream, Keys, Tamper};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 const HOST: &str = "web1";
 
@@ -23,7 +23,7 @@ fn labelled(records: &[AuditRecord]) -> Vec<(String, AuditRecord)> {
 }
 
 fn keys_of(key: &SigningKey) -> Keys {
-    Keys { server: vec![], hosts: HashMap::from([(HOST.to_string(), vec![key.public_hex()])]) }
+    Keys { server: vec![], hosts: BTreeMap::from([(HOST.to_string(), vec![key.public_hex()])]) }
 }
 
 fn objects(records: &[AuditRecord]) -> Vec<String> {
@@ -102,7 +102,7 @@ fn checkpoints_every_n_records_and_at_a_clean_stop_sign_the_record_before_them()
         assert_eq!((head.seq, &head.hash), (before.seq, &before.hash), "a checkpoint signs the record before it");
         assert_eq!(head.chain, format!("{HOST}/{}", before.stream));
     }
-    let good = Keys { server: vec![], hosts: HashMap::from([(HOST.to_string(), vec![public])]) };
+    let good = Keys { server: vec![], hosts: BTreeMap::from([(HOST.to_string(), vec![public])]) };
     let report = verify_stream(HOST, &labelled(&records), Some(&good)).unwrap();
     assert_eq!(report.signed_seq, Some(10), "the stop record is signed");
     // Another host key does not verify them.
