@@ -6,7 +6,7 @@ use crate::{
     is, Test,
 };
 use anyhow::{ensure, Context, Result};
-use guard_api::{AuditRecord, Decision, Reason, StatedReason};
+use guard_api::{AuditRecord, Decision, Reason, RecordKind, StatedReason};
 use serde_json::Value;
 use std::{
     os::unix::process::CommandExt,
@@ -245,6 +245,22 @@ fn overlaps_and_reload() -> Result<()> {
     let (_, out) = w.finish()?;
     ensure!(has_line(&out, &format!("RESULT errno=1 open-read {b}")), "the running tree kept the old policy: {out}");
     d.wait_record("for the reloaded rule", |r| is(&r.rule, "coding-b-now"))?;
+    // The daemon's start and each policy it loaded are records; a reload records the changed
+    // policy again with its new hash, and not the unchanged one.
+    let recs = d.records()?;
+    ensure!(recs.iter().any(|r| r.kind == RecordKind::Agent && is(&r.object, "start")), "no start record: {recs:#?}");
+    let loads = |name: &str| -> Vec<String> {
+        recs.iter()
+            .filter(|r| r.kind == RecordKind::Policy && is(&r.policy, name))
+            .filter_map(|r| r.object.clone())
+            .collect()
+    };
+    let (coding, users) = (loads("coding"), loads("users"));
+    ensure!(
+        coding.len() == 2 && coding[0] != coding[1] && coding.iter().all(|h| h.starts_with("sha256:")),
+        "policy records of coding (loaded, then changed): {coding:?}"
+    );
+    ensure!(users.len() == 1, "policy records of users (loaded, unchanged): {users:?}");
 
     // An invalid config keeps the old one in force and says why, with file:line:col.
     let cfg = std::fs::read_to_string(&d.config)?;
