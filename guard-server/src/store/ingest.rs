@@ -55,7 +55,13 @@ pub async fn ingest(
     let mut entries = vec![];
     let mut refused = None;
     for record in records {
-        let Some(link) = record.chain.clone() else { continue };
+        let Some(link) = record.chain.clone() else {
+            // The service refuses these before; a caller of the store that did not is told so
+            // (with no stream or seq to name), never silently skipped.
+            let message = "chain: missing (records come from an agent's spool)".to_string();
+            refused = Some(Refusal { stream: String::new(), seq: 0, message });
+            break;
+        };
         if !positions.contains_key(&link.stream) {
             let row = sqlx::query(AssertSqlSafe(format!(
                 "SELECT seq, hash FROM audit_streams WHERE host = $1 AND stream = $2{lock}"

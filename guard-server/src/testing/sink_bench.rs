@@ -22,7 +22,7 @@ const LIMIT: Duration = Duration::from_secs(600);
 
 /// An enforcement record with the fields an agent's usually has.
 fn record(i: usize) -> AuditRecord {
-    let mut r = AuditRecord::at(Timestamp::now(), RecordKind::Enforcement, format!("bench-{}", i % 16));
+    let mut r = AuditRecord::at(Timestamp::now(), RecordKind::Enforcement, "bench-0");
     r.decision = Some(if i.is_multiple_of(3) { Decision::Deny } else { Decision::Allow });
     r.reason = Some(Reason::Rule);
     r.action = Some(Action::Audit);
@@ -54,9 +54,21 @@ pub async fn run(dir: &Path, records: usize) -> Result<String> {
     let _ = std::fs::remove_file(&db);
     let url = format!("sqlite://{}", db.display());
     let store = store::open(&url, Fanout::default()).await?;
-    let all: Vec<AuditRecord> = (0..records).map(record).collect();
+    // Sealed into one stream, as an agent's spool would send them.
+    let mut prev = String::new();
+    let all: Vec<AuditRecord> = (0..records)
+        .map(|i| {
+            let mut r = record(i);
+            guard_api::chain::seal(&mut r, "bench", i as u64 + 1, &prev);
+            prev = r.chain.as_ref().map(|c| c.hash.clone()).unwrap_or_default();
+            r
+        })
+        .collect();
     for chunk in all.chunks(1000) {
-        store.append_records("bench-0", chunk.to_vec(), Timestamp::now().unix_ms()).await?;
+        let done = store.append_records("bench-0", chunk.to_vec(), Timestamp::now().unix_ms()).await?;
+        if let Some(r) = done.refused {
+            anyhow::bail!("the store refused bench record {}: {}", r.seq, r.message);
+        }
     }
     let last = records as u64;
 
