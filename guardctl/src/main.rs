@@ -101,38 +101,8 @@ enum Cmd {
     },
     /// The server's audit trail.
     Audit {
-        /// Only events from this time on: how long ago (10m, 2h, 1d) or an RFC 3339 time
-        /// (2026-11-30T07:00:00Z).
-        #[arg(long, value_name = "AGO|TIME", value_parser = parse_time_ms)]
-        since: Option<i64>,
-        /// Only events before this time, written as for --since.
-        #[arg(long, value_name = "AGO|TIME", value_parser = parse_time_ms)]
-        until: Option<i64>,
-        #[arg(long = "request", value_name = "ID")]
-        request: Option<String>,
-        #[arg(long)]
-        host: Option<String>,
-        /// Only records of this decision: allow, deny, or pending (a request's record at its
-        /// creation, before anyone decided).
-        #[arg(long, value_enum)]
-        decision: Option<DecisionArg>,
-        /// Only records of this rule (its exact name).
-        #[arg(long, value_name = "RULE")]
-        rule: Option<String>,
-        /// Only records whose approver is this name: who decided, reviewed, granted, or
-        /// tried and was refused.
-        #[arg(long, value_name = "NAME")]
-        approver: Option<String>,
-        /// Only records of this watched tree ("<root pid>-<root start time>").
-        #[arg(long, value_name = "TREE_ID")]
-        tree: Option<String>,
-        /// Most events shown, counted after every filter.
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
-        /// Export: one line per event in this format instead of the table: ocsf (1.9),
-        /// ocsf-1.5, ecs, cef or jsonl (the records as guard writes them).
-        #[arg(long, value_parser = parse_format)]
-        format: Option<Format>,
+        #[command(flatten)]
+        query: AuditArgs,
         #[command(subcommand)]
         action: Option<AuditAction>,
     },
@@ -140,9 +110,68 @@ enum Cmd {
     Whoami,
 }
 
+/// Which events `guardctl audit` (and `audit search`, `audit export`) reads, and how it prints them.
+#[derive(Args, Clone)]
+struct AuditArgs {
+    /// Only events from this time on: how long ago (10m, 2h, 1d) or an RFC 3339 time
+    /// (2026-11-30T07:00:00Z).
+    #[arg(long, value_name = "AGO|TIME", value_parser = parse_time_ms)]
+    since: Option<i64>,
+    /// Only events before this time, written as for --since.
+    #[arg(long, value_name = "AGO|TIME", value_parser = parse_time_ms)]
+    until: Option<i64>,
+    #[arg(long = "request", value_name = "ID")]
+    request: Option<String>,
+    #[arg(long)]
+    host: Option<String>,
+    /// Only records of this decision: allow, deny, or pending (a request's record at its
+    /// creation, before anyone decided).
+    #[arg(long, value_enum)]
+    decision: Option<DecisionArg>,
+    /// Only records of this rule (its exact name).
+    #[arg(long, value_name = "RULE")]
+    rule: Option<String>,
+    /// Only records whose approver is this name: who decided, reviewed, granted, or
+    /// tried and was refused.
+    #[arg(long, value_name = "NAME")]
+    approver: Option<String>,
+    /// Only records of this watched tree ("<root pid>-<root start time>").
+    #[arg(long, value_name = "TREE_ID")]
+    tree: Option<String>,
+    /// Most events shown, counted after every filter.
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+    /// Export: one line per event in this format instead of the table: ocsf (1.9),
+    /// ocsf-1.5, ecs, cef or jsonl (the records as guard writes them).
+    #[arg(long, value_parser = parse_format)]
+    format: Option<Format>,
+}
+
+impl AuditArgs {
+    fn query(&self) -> AuditQuery {
+        AuditQuery {
+            since_ms: self.since.unwrap_or(0),
+            until_ms: self.until.unwrap_or(0),
+            host: self.host.clone().unwrap_or_default(),
+            request_id: self.request.clone().unwrap_or_default(),
+            decision: self.decision.map(|d| d.label().to_string()).unwrap_or_default(),
+            rule: self.rule.clone().unwrap_or_default(),
+            approver: self.approver.clone().unwrap_or_default(),
+            tree_id: self.tree.clone().unwrap_or_default(),
+            limit: self.limit,
+            ..Default::default()
+        }
+    }
+}
+
 /// What `guardctl audit` does besides listing and exporting events.
 #[derive(Subcommand)]
 enum AuditAction {
+    /// The events that match the filters, as a table (or --json, or --format): the same as
+    /// `guardctl audit` with them.
+    Search(AuditArgs),
+    /// The events that match the filters, one line each in --format (required).
+    Export(AuditArgs),
     /// Check the server's hash chain and every host's stream in it, and their signed
     /// checkpoints: prints OK, or BROKEN with the first modified, deleted, reordered or
     /// inserted record (exit 1). Online (the server's rows, head and keys), or offline with
@@ -348,25 +377,10 @@ async fn run(cli: Cli) -> Result<()> {
                 print_list(&reqs);
             }
         }
-        Cmd::Audit { action: Some(action), .. } => audit_chain(AuditServiceClient::new(channel), action).await?,
-        Cmd::Audit { since, until, request, host, decision, rule, approver, tree, limit, format, action: None } => {
-            let query = AuditQuery {
-                since_ms: since.unwrap_or(0),
-                until_ms: until.unwrap_or(0),
-                host: host.unwrap_or_default(),
-                request_id: request.unwrap_or_default(),
-                decision: decision.map(|d| d.label().to_string()).unwrap_or_default(),
-                rule: rule.unwrap_or_default(),
-                approver: approver.unwrap_or_default(),
-                tree_id: tree.unwrap_or_default(),
-                limit,
-                ..Default::default()
-            };
-            match format {
-                Some(format) => export(AuditServiceClient::new(channel), query, format).await?,
-                None => audit(AuditServiceClient::new(channel), query, json).await?,
-            }
+        Cmd::Audit { query, action: None } => {
+            audit_action(AuditServiceClient::new(channel), AuditAction::Search(query), json).await?
         }
+        Cmd::Audit { action: Some(action), .. } => audit_action(AuditServiceClient::new(channel), action, json).await?,
         Cmd::Whoami => {
             let me = review.who_am_i(WhoAmIRequest {}).await?.into_inner();
             if json {
@@ -409,8 +423,17 @@ fn verify_offline(rows: &std::path::Path, keys: Option<&std::path::Path>, head: 
     }
 }
 
-async fn audit_chain(mut client: AuditServiceClient<Channel>, action: AuditAction) -> Result<()> {
+async fn audit_action(mut client: AuditServiceClient<Channel>, action: AuditAction, json: bool) -> Result<()> {
     match action {
+        AuditAction::Search(query) => match query.format {
+            Some(format) => export(client, query.query(), format).await,
+            None => audit(client, query.query(), json).await,
+        },
+        AuditAction::Export(query) => {
+            let format =
+                query.format.context("audit export: --format is required (ocsf, ocsf-1.5, ecs, cef, jsonl)")?;
+            export(client, query.query(), format).await
+        }
         AuditAction::Verify { keys, head, .. } => {
             if head.is_some() {
                 bail!("--head is for an offline verify (--rows): online, the server's head is used");

@@ -264,6 +264,16 @@ async fn audit_since_and_until_bound_the_trail_by_time() {
     assert_eq!(count(&["--since", "2100-01-01T00:00:00Z"]), 0);
     assert_eq!(count(&["--since", "2000-01-01T00:00:00Z", "--until", "2000-01-02T00:00:00Z"]), 0);
 
+    // The spellings, `audit search` and `audit export --format`, are the same reads.
+    let plain = assert_ok(&server.ctl(&["audit", "--request", &created.id, "--format", "jsonl"]));
+    assert_eq!(plain.lines().count(), every);
+    let export = assert_ok(&server.ctl(&["audit", "export", "--request", &created.id, "--format", "jsonl"]));
+    assert_eq!(export, plain);
+    let search = assert_ok(&server.ctl(&["audit", "search", "--request", &created.id, "--format", "jsonl"]));
+    assert_eq!(search, plain);
+    let no_format = server.ctl(&["audit", "export", "--request", &created.id]);
+    assert!(!no_format.status.success() && stderr(&no_format).contains("--format"), "{}", stderr(&no_format));
+
     let bad = server.ctl(&["audit", "--until", "yesterday-ish"]);
     assert!(!bad.status.success());
     assert!(stderr(&bad).contains("yesterday-ish"), "the error names the value: {}", stderr(&bad));
