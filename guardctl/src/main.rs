@@ -60,6 +60,8 @@ struct ConnArgs {
     as_name: Option<String>,
 }
 
+// Parsed once per run: the size of the `audit` variant (its filters) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Pending requests, oldest first.
