@@ -138,18 +138,7 @@ fn loss() -> Result<()> {
     else {
         return Err(Skip("no server and PKI from `cargo xtask test` (GUARD_E2E_*)".into()).into());
     };
-    let flags = |url: &str| -> Vec<String> {
-        vec![
-            "--server".into(),
-            url.into(),
-            "--server-ca".into(),
-            format!("{pki}/ca.crt"),
-            "--agent-cert".into(),
-            format!("{pki}/agent-{host}.crt"),
-            "--agent-key".into(),
-            format!("{pki}/agent-{host}.key"),
-        ]
-    };
+    let flags = |url: &str| crate::server_tests::agent_server_flags(url, &pki, &host);
     let started = Instant::now();
     for f in [LOG.to_string(), format!("{LOG}.shipped"), PIDFILE.to_string()] {
         std::fs::remove_file(f).ok();

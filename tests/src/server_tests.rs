@@ -39,18 +39,23 @@ pub fn env() -> Result<Env> {
     Ok(Env { server: get("GUARD_E2E_SERVER")?, pki: get("GUARD_E2E_PKI")?, host: get("GUARD_E2E_HOST")? })
 }
 
+/// The `guard-agent` flags that point it at `server` with `host`'s certificate from `pki`.
+pub fn agent_server_flags(server: &str, pki: &str, host: &str) -> Vec<String> {
+    vec![
+        "--server".into(),
+        server.into(),
+        "--server-ca".into(),
+        format!("{pki}/ca.crt"),
+        "--agent-cert".into(),
+        format!("{pki}/agent-{host}.crt"),
+        "--agent-key".into(),
+        format!("{pki}/agent-{host}.key"),
+    ]
+}
+
 impl Env {
     fn agent_flags(&self, server: &str) -> Vec<String> {
-        vec![
-            "--server".into(),
-            server.into(),
-            "--server-ca".into(),
-            format!("{}/ca.crt", self.pki),
-            "--agent-cert".into(),
-            format!("{}/agent-{}.crt", self.pki, self.host),
-            "--agent-key".into(),
-            format!("{}/agent-{}.key", self.pki, self.host),
-        ]
+        agent_server_flags(server, &self.pki, &self.host)
     }
 
     /// As `start`, from a session with audit login uid `loginuid`.

@@ -61,16 +61,7 @@ fn server_flags(url: Option<&str>) -> Option<(String, Vec<String>)> {
         Some(u) => u.to_string(),
         None => std::env::var("GUARD_E2E_SERVER").ok()?,
     };
-    let flags = vec![
-        "--server".into(),
-        url.clone(),
-        "--server-ca".into(),
-        format!("{pki}/ca.crt"),
-        "--agent-cert".into(),
-        format!("{pki}/agent-{host}.crt"),
-        "--agent-key".into(),
-        format!("{pki}/agent-{host}.key"),
-    ];
+    let flags = crate::server_tests::agent_server_flags(&url, &pki, &host);
     Some((url, flags))
 }
 
