@@ -65,7 +65,7 @@ async fn rows_after(server: &Server, after_seq: u64) -> Vec<ChainRow> {
     use tokio_stream::StreamExt;
     let query = guard_proto::v1::AuditQuery { after_seq, ..Default::default() };
     let events: Vec<_> = server.auditor("carol").await.query(query).await.unwrap().into_inner().collect().await;
-    events.into_iter().map(|e| chain_row(e.unwrap())).collect()
+    events.into_iter().map(|e| ChainRow::from(e.unwrap())).collect()
 }
 
 async fn pool(url: &str) -> AnyPool {

@@ -311,7 +311,7 @@ async fn argv_is_redacted_before_it_is_stored_or_shown() {
     let reported = rows.iter().find(|r| r.kind == "record").expect("the reported record");
     let reported = guard_api::AuditRecord::from_json(&reported.json).unwrap();
     assert!(reported.chain.as_ref().unwrap().redacted);
-    let chain: Vec<_> = rows.iter().cloned().map(chain_row).collect();
+    let chain: Vec<_> = rows.iter().cloned().map(guard_api::chain::ChainRow::from).collect();
     guard_api::chain::verify::verify_rows(&chain, None, None).expect("the chain verifies");
     server.stop().await;
     let mut stored = Vec::new();

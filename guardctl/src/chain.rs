@@ -5,26 +5,12 @@ use anyhow::{Context, Result};
 use guard_api::chain::verify::{verify_rows, Keys, RowsReport};
 use guard_api::chain::ChainRow;
 use guard_proto::v1::audit_service_client::AuditServiceClient;
-use guard_proto::v1::{AuditEvent, AuditHead, AuditHeadRequest, AuditQuery};
+use guard_proto::v1::{AuditHead, AuditHeadRequest, AuditQuery};
 use std::fmt::Write as _;
 use tonic::transport::Channel;
 
 /// Rows per query while paging through the chain.
 const PAGE: u32 = 5_000;
-
-/// The row as the chain hashes it.
-pub fn row_of(e: AuditEvent) -> ChainRow {
-    ChainRow {
-        seq: i64::try_from(e.seq).unwrap_or(i64::MAX),
-        time_ms: e.time_ms,
-        host: e.host,
-        kind: e.kind,
-        request_id: e.request_id,
-        json: e.json,
-        prev_hash: e.prev_hash,
-        hash: e.hash,
-    }
-}
 
 /// The keys the server has registered, as a keys file holds them.
 pub fn keys_of(head: &AuditHead) -> Keys {
@@ -49,7 +35,7 @@ pub async fn fetch(client: &mut AuditServiceClient<Channel>) -> Result<(AuditHea
                 break;
             }
             after = e.seq;
-            rows.push(row_of(e));
+            rows.push(ChainRow::from(e));
         }
         if rows.len() == before {
             break; // the rest is not visible to this approver: verify says what is missing

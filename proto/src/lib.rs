@@ -22,3 +22,19 @@ impl v1::State {
         }
     }
 }
+
+impl From<v1::AuditEvent> for guard_api::chain::ChainRow {
+    /// The audit row as the server's chain hashes it (`guard_api::chain::row_hash`).
+    fn from(e: v1::AuditEvent) -> Self {
+        guard_api::chain::ChainRow {
+            seq: i64::try_from(e.seq).unwrap_or(i64::MAX),
+            time_ms: e.time_ms,
+            host: e.host,
+            kind: e.kind,
+            request_id: e.request_id,
+            json: e.json,
+            prev_hash: e.prev_hash,
+            hash: e.hash,
+        }
+    }
+}

@@ -229,17 +229,3 @@ impl TestSpool {
 pub fn wire(records: &[guard_api::AuditRecord]) -> Vec<guard_proto::v1::Record> {
     records.iter().map(|r| guard_proto::v1::Record { json: r.to_json() }).collect()
 }
-
-/// An audit event as the chain hashes it.
-pub fn chain_row(e: guard_proto::v1::AuditEvent) -> guard_api::chain::ChainRow {
-    guard_api::chain::ChainRow {
-        seq: e.seq as i64,
-        time_ms: e.time_ms,
-        host: e.host,
-        kind: e.kind,
-        request_id: e.request_id,
-        json: e.json,
-        prev_hash: e.prev_hash,
-        hash: e.hash,
-    }
-}
