@@ -388,6 +388,11 @@ pub struct AuditRecord {
     pub comment: Option<String>,
     /// For an approval "for N seconds": how long the grant lasts.
     pub grant_seconds: Option<u64>,
+    /// For a review: how the approver proved who they are ("client certificate", "password",
+    /// "password+passkey", "slack", ...). Left out of the JSON when absent, so records written
+    /// before the field existed keep their canonical form, and with it their chain hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_by: Option<String>,
     /// How long the operation was held.
     pub held_ms: Option<u64>,
     /// For lost kernel events: how many.
@@ -433,6 +438,7 @@ impl AuditRecord {
             approver: None,
             comment: None,
             grant_seconds: None,
+            verified_by: None,
             held_ms: None,
             lost: None,
             stated_reason: None,

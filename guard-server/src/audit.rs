@@ -83,6 +83,7 @@ pub fn record(kind: RecordKind, time_ms: i64, request: &Request, review: Option<
             r.approver = text(&v.approver);
             r.comment = Some(v.comment.clone());
             r.grant_seconds = Some(v.grant_seconds);
+            r.verified_by = text(&v.verified_by);
         }
         (RecordKind::Decision, _) => {
             r.decision = decision_of(state);

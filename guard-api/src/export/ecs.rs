@@ -159,6 +159,7 @@ pub fn encode(r: &AuditRecord) -> Value {
     put(&mut guard, "approver", r.approver.as_deref());
     put(&mut guard, "comment", r.comment.as_deref());
     put(&mut guard, "grant_seconds", r.grant_seconds);
+    put(&mut guard, "verified_by", r.verified_by.as_deref());
     put(&mut guard, "held_ms", r.held_ms);
     put(&mut guard, "lost", r.lost);
     if let Some(s) = &r.stated_reason {

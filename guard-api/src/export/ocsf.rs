@@ -675,6 +675,7 @@ fn guard_fields(r: &AuditRecord) -> Value {
     g.put_opt("approver", r.approver.as_deref());
     g.put_opt("comment", r.comment.as_deref());
     g.put_opt("grant_seconds", r.grant_seconds);
+    g.put_opt("verified_by", r.verified_by.as_deref());
     g.put_opt("held_ms", r.held_ms);
     g.put_opt("lost", r.lost);
     if let Some(s) = &r.stated_reason {

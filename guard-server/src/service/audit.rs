@@ -26,7 +26,7 @@ impl AuditService for AuditApi {
         v.text("request_id", &q.request_id, MAX_NAME_BYTES, false);
         v.into_result()?;
         if !q.host.is_empty() {
-            super::check_sees(&self.shared, &approver, &q.host)?;
+            super::approvals::check_sees(&self.shared, &approver, &q.host)?;
         }
         let search = Search::from_query(&q)?;
         // Only the hosts this approver is assigned to (the trail holds argv and paths).

@@ -1,6 +1,7 @@
 //! The three gRPC services. Each call starts by taking the caller's identity from its
 //! certificate (`identity::require`), then does one thing with the store.
 pub mod agent;
+pub mod approvals;
 pub mod audit;
 pub mod review;
 mod streams;
@@ -29,18 +30,6 @@ pub struct Shared {
 
 /// What every RPC answers.
 type Reply<T> = Result<Response<T>, Status>;
-
-/// PERMISSION_DENIED unless `approver` is assigned to `host` (host groups).
-fn check_sees(shared: &Shared, approver: &str, host: &str) -> Result<(), Status> {
-    if shared.policy.sees_host(approver, host) {
-        Ok(())
-    } else {
-        Err(GuardError::PermissionDenied(format!(
-            "{approver} is not assigned to host {host} (host groups in the server config)"
-        ))
-        .into())
-    }
-}
 
 /// NOT_FOUND for request `id`; `scope` says where it was looked for ("" or " from this host").
 fn not_found(id: &str, scope: &str) -> Status {

@@ -69,6 +69,7 @@ pub fn review_from_row(row: &AnyRow) -> GuardResult<(String, Review)> {
             comment: row.try_get("comment")?,
             time_ms: row.try_get("time_ms")?,
             grant_seconds: u64::try_from(grant_seconds).unwrap_or(0),
+            verified_by: row.try_get("verified_by")?,
         },
     ))
 }
@@ -94,7 +95,7 @@ pub async fn load_reviews(conn: &mut AnyConnection, requests: &mut [Request]) ->
         return Ok(());
     }
     let sql = format!(
-        "SELECT request_id, approver, approve, comment, time_ms, grant_seconds FROM reviews \
+        "SELECT request_id, approver, approve, comment, time_ms, grant_seconds, verified_by FROM reviews \
          WHERE request_id IN ({}) ORDER BY time_ms, approver",
         placeholders(1, requests.len())
     );

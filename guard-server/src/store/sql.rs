@@ -372,8 +372,8 @@ impl Store for SqlStore {
             }
         };
         sqlx::query(
-            "INSERT INTO reviews (request_id, approver, approve, comment, time_ms, grant_seconds) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO reviews (request_id, approver, approve, comment, time_ms, grant_seconds, verified_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(id.to_string())
         .bind(review.approver.clone())
@@ -381,6 +381,7 @@ impl Store for SqlStore {
         .bind(review.comment.clone())
         .bind(review.time_ms)
         .bind(i64::try_from(review.grant_seconds).unwrap_or(i64::MAX))
+        .bind(review.verified_by.clone())
         .execute(&mut *tx)
         .await?;
         request.reviews.push(review.clone());

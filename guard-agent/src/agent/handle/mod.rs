@@ -15,6 +15,9 @@ use guard_common::{kind, Event, Hook};
 use std::time::{Duration, Instant};
 
 /// What the caller must do after an event.
+// Both variants are large (a record, a hold's details) and each lives only until the caller
+// acts on it: boxing either would add an allocation per kernel event for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Effect {
     /// Write this record to the audit log.
