@@ -3,6 +3,7 @@
 //! PostgreSQL for several replicas.
 pub mod audit;
 pub mod config;
+pub mod enroll;
 pub mod error;
 pub mod fanout;
 pub mod identity;
@@ -10,6 +11,7 @@ pub mod ids;
 pub mod lifecycle;
 pub mod pki;
 pub mod ratelimit;
+pub mod revocation;
 pub mod rules;
 pub mod search;
 pub mod server;

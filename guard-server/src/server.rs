@@ -2,6 +2,7 @@
 use crate::config::{AuditSettings, ServerConfig};
 use crate::fanout::Fanout;
 use crate::lifecycle::{now_ms, MAX_MESSAGE_BYTES};
+use crate::revocation::Revocations;
 use crate::service::{agent::AgentApi, audit::AuditApi, review::ReviewApi, Shared};
 use crate::sinks::Sinks;
 use crate::store;
@@ -31,6 +32,8 @@ pub struct ServerHandle {
     serve: JoinHandle<Result<(), tonic::transport::Error>>,
     sweeper: JoinHandle<()>,
     checkpointer: JoinHandle<()>,
+    /// Reloads the revoked certificates.
+    revocations: JoinHandle<()>,
     /// The audit sinks: they only read committed rows, so stopping them first loses nothing
     /// (a batch in flight is delivered again after the next start).
     sinks: Sinks,
@@ -47,6 +50,7 @@ impl ServerHandle {
         let _ = self.stop.send(true);
         self.sweeper.abort();
         self.checkpointer.abort();
+        self.revocations.abort();
         drop(self.sinks);
         let mut serve = self.serve;
         match tokio::time::timeout(deadline, &mut serve).await {
@@ -70,6 +74,8 @@ pub async fn start(config: &ServerConfig) -> Result<ServerHandle> {
     let fanout = Fanout::default();
     let store = store::open(&config.database_url, fanout.clone()).await?;
     let sinks = Sinks::start(store.clone(), &config.sinks).context("audit sinks")?;
+    let revoked = Revocations::load(store.as_ref()).await.context("loading the revoked certificates")?;
+    let revocations = revoked.spawn_refresh(store.clone());
     let (stop, shutdown) = watch::channel(false);
     let shared = Shared {
         store: store.clone(),
@@ -103,6 +109,8 @@ pub async fn start(config: &ServerConfig) -> Result<ServerHandle> {
     let router = Server::builder()
         .tls_config(tls)
         .context("TLS configuration")?
+        // Before every service: a call made with a revoked certificate goes no further.
+        .layer(tonic::service::InterceptorLayer::new(revoked.interceptor()))
         .add_service(
             AgentServiceServer::new(AgentApi { shared: shared.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
@@ -116,7 +124,7 @@ pub async fn start(config: &ServerConfig) -> Result<ServerHandle> {
     let serve = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     }));
-    Ok(ServerHandle { addr, stop, serve, sweeper, checkpointer, sinks })
+    Ok(ServerHandle { addr, stop, serve, sweeper, checkpointer, revocations, sinks })
 }
 
 /// Signs the chain's head every `checkpoint_rows` rows, or `checkpoint_every` after the first

@@ -11,6 +11,7 @@
 mod chain;
 pub mod ingest;
 pub mod postgres;
+pub mod revocations;
 mod rows;
 pub mod schema;
 mod sql;
@@ -185,6 +186,10 @@ pub trait Store: Send + Sync {
     async fn sink_position(&self, name: &str) -> GuardResult<u64>;
     /// Records that sink `name` delivered every audit row up to `seq`.
     async fn set_sink_position(&self, name: &str, seq: u64) -> GuardResult<()>;
+    /// Lists a client certificate as revoked, with its audit record; false when it was already.
+    async fn revoke_certificate(&self, revoked: &crate::revocation::Revoked) -> GuardResult<bool>;
+    /// Every revoked client certificate.
+    async fn revoked_certificates(&self) -> GuardResult<Vec<crate::revocation::Revoked>>;
 }
 
 /// Opens the store named by `url` (`sqlite:...` or `postgres://...`), creating its schema,

@@ -651,4 +651,15 @@ impl Store for SqlStore {
         .await?;
         Ok(())
     }
+
+    async fn revoke_certificate(&self, revoked: &crate::revocation::Revoked) -> GuardResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let new = super::revocations::insert(&mut tx, self.backend, revoked).await?;
+        tx.commit().await?;
+        Ok(new)
+    }
+
+    async fn revoked_certificates(&self) -> GuardResult<Vec<crate::revocation::Revoked>> {
+        super::revocations::all(&self.pool).await
+    }
 }
