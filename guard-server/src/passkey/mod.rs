@@ -28,8 +28,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use webauthn_rs::prelude::{
-    Passkey, PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential, Url,
-    Uuid, Webauthn, WebauthnBuilder, WebauthnError,
+    Passkey, PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential, Url, Uuid,
+    Webauthn, WebauthnBuilder, WebauthnError,
 };
 
 /// The browser side of both ceremonies, to be served as `guard-passkey.js` (no inline script:
@@ -118,7 +118,9 @@ impl Passkeys {
     pub fn new(rp_id: &str, origin: &str, store: Arc<dyn Store>) -> Result<Passkeys, PasskeyError> {
         let url = Url::parse(origin).map_err(|e| PasskeyError::Config(format!("origin {origin:?}: {e}")))?;
         let webauthn = WebauthnBuilder::new(rp_id, &url)
-            .map_err(|_| PasskeyError::Config(format!("rp_id {rp_id:?} is not the host (or a parent domain) of {origin:?}")))?
+            .map_err(|_| {
+                PasskeyError::Config(format!("rp_id {rp_id:?} is not the host (or a parent domain) of {origin:?}"))
+            })?
             .rp_name("guard")
             .timeout(CEREMONY_TTL)
             .build()
@@ -205,7 +207,9 @@ impl Passkeys {
             last_used_ms: 0,
         };
         match self.store.add_passkey(&row).await {
-            Err(GuardError::FailedPrecondition { kind: "PASSKEY_REGISTERED", .. }) => Err(PasskeyError::AlreadyRegistered),
+            Err(GuardError::FailedPrecondition { kind: "PASSKEY_REGISTERED", .. }) => {
+                Err(PasskeyError::AlreadyRegistered)
+            }
             other => other.map_err(PasskeyError::from),
         }?;
         Ok(Registered { credential_id, label })
@@ -261,7 +265,12 @@ impl Passkeys {
         }
         // The passkey was removed between start and finish: it no longer speaks for the user.
         let Some(credential_id) = used else { return Err(PasskeyError::NoPasskey(user.to_string())) };
-        Ok(PasskeyApproval { user: user.to_string(), request_id: request_id.to_string(), decision: pending.decision, credential_id })
+        Ok(PasskeyApproval {
+            user: user.to_string(),
+            request_id: request_id.to_string(),
+            decision: pending.decision,
+            credential_id,
+        })
     }
 
     /// Removes one of `user`'s passkeys; false when they have none with that id.

@@ -61,7 +61,9 @@ pub(crate) fn parse(
     let raw = raw.get_ref();
     match raw.required.get_ref().as_str() {
         "always" => match &raw.rules {
-            Some(r) => Err(at(r.span(), "rules apply only with required = \"rules\" (\"always\" covers every rule)".into())),
+            Some(r) => {
+                Err(at(r.span(), "rules apply only with required = \"rules\" (\"always\" covers every rule)".into()))
+            }
             None => Ok(PasskeyPolicy::Always),
         },
         "rules" => {
@@ -69,7 +71,10 @@ pub(crate) fn parse(
                 return Err(at(raw.required.span(), "required = \"rules\" needs rules = [\"rule name\", ...]".into()));
             };
             if rules.get_ref().is_empty() {
-                return Err(at(rules.span(), "rules is empty: name at least one policy rule (or drop [passkeys])".into()));
+                return Err(at(
+                    rules.span(),
+                    "rules is empty: name at least one policy rule (or drop [passkeys])".into(),
+                ));
             }
             let globs = rules
                 .get_ref()

@@ -7,9 +7,10 @@
 //! plain HTTP calls next to the usual navigate/click/screenshot, with no CDP session to keep.
 //!
 //! Nothing is downloaded: `/usr/bin/chromium` and `/usr/bin/chromedriver` (Debian packages
-//! `chromium`, `chromium-driver`; `cargo xtask setup` installs them). When either is missing,
-//! [`Browser::start`] prints SKIPPED and returns None: a test never passes silently without
-//! a browser.
+//! `chromium`, `chromium-driver`; `cargo xtask setup` installs them). Each browser test carries
+//! `#[cfg_attr(not(has_chromium), ignore = "SKIPPED: ...")]` (build.rs sets `has_chromium`),
+//! so without them libtest reports it as ignored, never as passed; with them it runs, and
+//! fails loudly when the browser cannot start.
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
 use fantoccini::wd::WebDriverCompatibleCommand;
@@ -28,6 +29,10 @@ pub const STEP: Duration = Duration::from_secs(20);
 pub struct Browser {
     pub client: Client,
     driver: tokio::process::Child,
+    /// chromedriver's port and the session id, to end the session from Drop when a test
+    /// panics (killing chromedriver alone would orphan chromium).
+    port: u16,
+    session: Option<String>,
     // Kept until the browser is closed: chromium's fresh profile.
     _profile: tempfile::TempDir,
 }
@@ -43,7 +48,8 @@ fn base64(bytes: &[u8]) -> String {
     const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let n = (chunk[0] as u32) << 16 | (*chunk.get(1).unwrap_or(&0) as u32) << 8 | *chunk.get(2).unwrap_or(&0) as u32;
+        let n =
+            (chunk[0] as u32) << 16 | (*chunk.get(1).unwrap_or(&0) as u32) << 8 | *chunk.get(2).unwrap_or(&0) as u32;
         for i in 0..4 {
             if i <= chunk.len() {
                 out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
@@ -93,14 +99,13 @@ fn free_port() -> u16 {
 
 impl Browser {
     /// Starts chromedriver on a free port and a headless chromium with a fresh profile that
-    /// trusts the certificates whose SPKI pins are given. None (after printing SKIPPED with the
-    /// reason) when chromium or chromedriver is not installed.
-    pub async fn start(test: &str, spki_pins: &[String]) -> Option<Browser> {
+    /// trusts the certificates whose SPKI pins are given.
+    pub async fn start(spki_pins: &[String]) -> Browser {
         for bin in [CHROMIUM, CHROMEDRIVER] {
-            if !Path::new(bin).exists() {
-                println!("SKIPPED {test}: {bin} is missing (apt-get install chromium chromium-driver)");
-                return None;
-            }
+            assert!(
+                Path::new(bin).exists(),
+                "{bin} is missing (cargo xtask setup: apt-get install chromium chromium-driver)"
+            );
         }
         let port = free_port();
         let driver = tokio::process::Command::new(CHROMEDRIVER)
@@ -146,7 +151,8 @@ impl Browser {
                 Err(e) => panic!("no WebDriver session from {CHROMEDRIVER} on port {port}: {e}"),
             }
         };
-        Some(Browser { client, driver, _profile: profile })
+        let session = client.session_id().await.ok().flatten();
+        Browser { client, driver, port, session, _profile: profile }
     }
 
     async fn session(&self, method: http::Method, path: String, body: Option<Value>) -> Value {
@@ -166,7 +172,15 @@ impl Browser {
             "isUserConsenting": true,
         });
         let v = self.session(http::Method::POST, "webauthn/authenticator".into(), Some(body)).await;
-        v.as_str().map(str::to_string).or_else(|| v["authenticatorId"].as_str().map(str::to_string)).expect("authenticator id")
+        v.as_str()
+            .map(str::to_string)
+            .or_else(|| v["authenticatorId"].as_str().map(str::to_string))
+            .expect("authenticator id")
+    }
+
+    /// Removes a virtual authenticator (§11.3) and the credentials it held.
+    pub async fn remove_authenticator(&self, authenticator: &str) {
+        self.session(http::Method::DELETE, format!("webauthn/authenticator/{authenticator}"), None).await;
     }
 
     /// Whether the authenticator's next user verification succeeds (W3C WebAuthn §11.8).
@@ -229,8 +243,29 @@ impl Browser {
 
     /// Ends the session and chromedriver (chromium goes with its session).
     pub async fn close(mut self) {
-        let _ = self.client.clone().close().await;
+        if self.client.clone().close().await.is_ok() {
+            self.session = None;
+        }
         let _ = self.driver.kill().await;
+    }
+}
+
+impl Drop for Browser {
+    /// After a panic (or a forgotten `close`): ends the WebDriver session with a blocking
+    /// DELETE, so chromedriver quits its chromium; then `kill_on_drop` ends chromedriver.
+    fn drop(&mut self) {
+        let Some(session) = self.session.take() else { return };
+        use std::io::{Read, Write};
+        let Ok(mut tcp) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else { return };
+        let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
+        let request = format!(
+            "DELETE /session/{session} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        );
+        // chromedriver answers once chromium has quit; the first bytes of the answer are enough.
+        if tcp.write_all(request.as_bytes()).is_ok() {
+            let _ = tcp.read(&mut [0u8; 256]);
+        }
     }
 }
 
