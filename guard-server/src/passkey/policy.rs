@@ -11,7 +11,9 @@
 //! approval; a chat channel that cannot run a WebAuthn ceremony sends the approver to the
 //! console instead.
 use crate::config::ConfigError;
+use crate::error::{GuardError, GuardResult};
 use crate::rules::Glob;
+use crate::service::approvals::Verified;
 use guard_proto::v1::Request;
 use serde::Deserialize;
 use std::ops::Range;
@@ -42,6 +44,28 @@ impl PasskeyPolicy {
                 rules.iter().any(|g| g.matches(rule))
             }
         }
+    }
+}
+
+impl PasskeyPolicy {
+    /// The server's backstop, applied to every review whatever its channel (`approvals.rs`):
+    /// an approval that needs a passkey but was verified another way is refused, so a channel
+    /// that forgot to ask [`needs_passkey`](Self::needs_passkey) still cannot record one.
+    pub fn check(&self, request: &Request, approver: &str, approve: bool, verified: Verified) -> GuardResult<()> {
+        if !approve || verified == Verified::PasswordAndPasskey || !self.needs_passkey(request, approver) {
+            return Ok(());
+        }
+        let rule = request.operation.as_ref().map(|o| o.rule.as_str()).unwrap_or("");
+        Err(GuardError::precondition(
+            "PASSKEY_REQUIRED",
+            format!("request/{}", request.id),
+            format!(
+                "approving request {} (rule {rule:?}) needs a passkey: approve it in the web console \
+                 (this approval was verified by {} only)",
+                request.id,
+                verified.label()
+            ),
+        ))
     }
 }
 
@@ -125,6 +149,21 @@ mod tests {
         assert!(p.needs_passkey(&request("ssh-keys"), "alice"));
         assert!(!p.needs_passkey(&request("ssh-keys-2"), "alice"));
         assert!(!p.needs_passkey(&request("read-env"), "alice"));
+    }
+
+    #[test]
+    fn the_backstop_refuses_approvals_without_a_passkey_only() {
+        let p = load("[passkeys]\nrequired = \"rules\"\nrules = [\"exec-*\"]\n").unwrap();
+        let mut r = request("exec-curl");
+        r.id = "abc".into();
+        let e = p.check(&r, "alice", true, Verified::Slack).unwrap_err().to_string();
+        assert!(e.contains("approving request abc (rule \"exec-curl\") needs a passkey") && e.contains("slack"), "{e}");
+        assert!(p.check(&r, "alice", true, Verified::ClientCertificate).is_err());
+        assert!(p.check(&r, "alice", true, Verified::Password).is_err());
+        assert!(p.check(&r, "alice", true, Verified::PasswordAndPasskey).is_ok());
+        assert!(p.check(&r, "alice", false, Verified::Slack).is_ok(), "a deny needs no passkey");
+        assert!(p.check(&request("read-env"), "alice", true, Verified::Slack).is_ok());
+        assert!(PasskeyPolicy::Off.check(&r, "alice", true, Verified::Slack).is_ok());
     }
 
     #[test]
