@@ -247,9 +247,11 @@ async fn passkey_approval_in_chromium() {
     // Register: the page's script runs navigator.credentials.create with the server's options.
     b.goto(&format!("{}/?start=req-a", s.base)).await;
     let authenticator = b.add_authenticator(Authenticator::default()).await;
+    // A label with markup: kept as text, and shown as text (the script never writes HTML).
+    b.fill("[data-passkey-label]", "<img src=x onerror=alert(1)>laptop").await;
     b.click("#register-button").await;
     let (state, text) = b.settled("#register [data-passkey-status]").await;
-    assert_eq!((state.as_str(), text.as_str()), ("ok", "Passkey \"test laptop\" registered."));
+    assert_eq!((state.as_str(), text.as_str()), ("ok", "Passkey \"<img src=x onerror=alert(1)>laptop\" registered."));
     let stored = s.store.passkeys_of(USER).await.unwrap();
     assert_eq!(stored.len(), 1, "one passkey stored for {USER}");
     assert_eq!(b.credentials(&authenticator).await.len(), 1, "the authenticator holds it");
@@ -263,7 +265,10 @@ async fn passkey_approval_in_chromium() {
     assert_eq!(approvals(&s.app), [("req-a".to_string(), "approve once".to_string())]);
     let after = s.store.passkeys_of(USER).await.unwrap();
     assert!(after[0].last_used_ms > 0, "the use is stored");
-    assert_ne!(after[0].passkey, stored[0].passkey, "the new signature counter is stored");
+    let counter = |text: &str| serde_json::from_str::<Value>(text).unwrap()["cred"]["counter"].as_u64().unwrap();
+    let sign_count = b.credentials(&authenticator).await[0]["signCount"].as_u64().unwrap();
+    assert!(sign_count > counter(&stored[0].passkey), "the authenticator counted the approval");
+    assert_eq!(counter(&after[0].passkey), sign_count, "the new signature counter is stored");
     b.screenshot(&shots.join("passkey-approved.png")).await;
 
     // The same ceremony and assertion a second time: refused, single use.

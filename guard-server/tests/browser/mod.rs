@@ -207,6 +207,14 @@ impl Browser {
         el.unwrap_or_else(|e| panic!("no {css}: {e}")).click().await.unwrap_or_else(|e| panic!("click {css}: {e}"));
     }
 
+    /// Replaces the value of the input matching `css` with `text`, typed as a user would.
+    pub async fn fill(&self, css: &str, text: &str) {
+        let el = self.client.wait().at_most(STEP).for_element(Locator::Css(css)).await;
+        let el = el.unwrap_or_else(|e| panic!("no {css}: {e}"));
+        el.clear().await.unwrap_or_else(|e| panic!("clear {css}: {e}"));
+        el.send_keys(text).await.unwrap_or_else(|e| panic!("type into {css}: {e}"));
+    }
+
     /// The text of the first element matching `css`, waiting for it to appear.
     pub async fn text(&self, css: &str) -> String {
         let el = self.client.wait().at_most(STEP).for_element(Locator::Css(css)).await;
