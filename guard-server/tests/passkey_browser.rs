@@ -208,7 +208,7 @@ struct Served {
     store: Arc<dyn Store>,
     base: String,
     pin: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// The test app on https://localhost:PORT with a fresh SQLite store. WebAuthn checks the exact
@@ -230,7 +230,7 @@ async fn serve() -> Served {
         .route("/approve", post(approve))
         .with_state(app.clone());
     let pin = serve_https(listener, router);
-    Served { app, store, base, pin, _dir: dir }
+    Served { app, store, base, pin, dir }
 }
 
 fn approvals(app: &App) -> Vec<(String, String)> {
@@ -242,7 +242,7 @@ fn approvals(app: &App) -> Vec<(String, String)> {
 async fn passkey_approval_in_chromium() {
     let s = serve().await;
     let b = Browser::start(std::slice::from_ref(&s.pin)).await;
-    let shots = browser::screenshot_dir(s._dir.path());
+    let shots = browser::screenshot_dir(s.dir.path());
 
     // Register: the page's script runs navigator.credentials.create with the server's options.
     b.goto(&format!("{}/?start=req-a", s.base)).await;
