@@ -72,6 +72,8 @@ pub struct Policy {
     pub redact: Redactor,
     pub policy_changed: PolicyChanged,
     pub limits: Limits,
+    /// Which approvals need a passkey (`[passkeys]`).
+    pub passkeys: crate::passkey::PasskeyPolicy,
 }
 
 impl Default for Policy {
@@ -86,6 +88,7 @@ impl Default for Policy {
             redact: Redactor::default(),
             policy_changed: PolicyChanged::Flag,
             limits: Limits::default(),
+            passkeys: crate::passkey::PasskeyPolicy::Off,
         }
     }
 }
@@ -185,6 +188,7 @@ struct RawConfig {
     rate_limit: Option<Spanned<RawRateLimit>>,
     #[serde(default)]
     sink: Vec<Spanned<RawSink>>,
+    passkeys: Option<Spanned<crate::passkey::policy::RawPasskeys>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -439,6 +443,7 @@ impl ServerConfig {
             audit.checkpoint_every = duration(&a.checkpoint_every, audit.checkpoint_every)?;
         }
         let sinks = crate::sinks::config::parse(&raw.sink, &at, &resolve)?;
+        let passkeys = crate::passkey::policy::parse(raw.passkeys.as_ref(), &at)?;
 
         Ok(ServerConfig {
             listen,
@@ -456,6 +461,7 @@ impl ServerConfig {
                 redact,
                 policy_changed,
                 limits,
+                passkeys,
             },
         })
     }

@@ -9,6 +9,7 @@ pub mod fanout;
 pub mod identity;
 pub mod ids;
 pub mod lifecycle;
+pub mod passkey;
 pub mod pki;
 pub mod ratelimit;
 pub mod revocation;

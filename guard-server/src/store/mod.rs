@@ -10,6 +10,7 @@
 //! `postgres.rs` hold what differs: opening, locking, and change notification across replicas.
 mod chain;
 pub mod ingest;
+pub mod passkeys;
 pub mod postgres;
 pub mod revocations;
 mod rows;
@@ -148,8 +149,9 @@ pub struct HostInfo {
     pub seen_ms: i64,
 }
 
+/// Approvers' passkeys are part of the store (`passkeys.rs`), kept in their own trait and file.
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait Store: passkeys::PasskeyStore + Send + Sync {
     /// Creates the request (decided at once when a grant or the auto rule covers it), or
     /// returns the existing one with the same (host, hold_key).
     async fn submit(&self, new: NewRequest) -> GuardResult<Request>;

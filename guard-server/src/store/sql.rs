@@ -117,6 +117,11 @@ impl SqlStore {
         SqlStore { pool, backend, fanout, submits, tasks }
     }
 
+    /// For the store's other files (`passkeys.rs`), whose simple reads and writes need no lock.
+    pub(super) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     pub fn with_task(mut self, task: tokio::task::JoinHandle<()>) -> SqlStore {
         self.tasks.push(task);
         self
