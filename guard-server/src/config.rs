@@ -27,6 +27,8 @@ pub struct ServerConfig {
     pub audit: AuditSettings,
     /// The audit sinks (`[[sink]]`), each with its own position in the audit trail.
     pub sinks: Vec<SinkConfig>,
+    /// Chat approvals (`[chat]`): Slack, Teams, the signed webhook; off by default.
+    pub chat: crate::chat::ChatConfig,
 }
 
 /// The server's own audit chain: its signing key and how often it signs a checkpoint.
@@ -185,6 +187,7 @@ struct RawConfig {
     rate_limit: Option<Spanned<RawRateLimit>>,
     #[serde(default)]
     sink: Vec<Spanned<RawSink>>,
+    chat: Option<Spanned<crate::chat::config::RawChat>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -439,6 +442,7 @@ impl ServerConfig {
             audit.checkpoint_every = duration(&a.checkpoint_every, audit.checkpoint_every)?;
         }
         let sinks = crate::sinks::config::parse(&raw.sink, &at, &resolve)?;
+        let chat = crate::chat::config::parse(&raw.chat, &at, &resolve)?;
 
         Ok(ServerConfig {
             listen,
@@ -446,6 +450,7 @@ impl ServerConfig {
             tls,
             audit,
             sinks,
+            chat,
             policy: Policy {
                 default_timeout,
                 max_timeout,
@@ -471,6 +476,7 @@ impl ServerConfig {
             policy: Policy::default(),
             audit: AuditSettings::at(dir.join("audit.key")),
             sinks: Vec::new(),
+            chat: crate::chat::ChatConfig::default(),
         }
     }
 }

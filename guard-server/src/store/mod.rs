@@ -8,6 +8,7 @@
 //! `sql.rs` implements the trait, `writer.rs` is the group-commit writer of submissions,
 //! `chain.rs` the audit hash chain, `rows.rs` rows <-> messages. `sqlite.rs` and
 //! `postgres.rs` hold what differs: opening, locking, and change notification across replicas.
+pub mod chat;
 mod chain;
 pub mod ingest;
 pub mod postgres;
@@ -148,7 +149,8 @@ pub struct HostInfo {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync {
+/// The chat channels' part is its own trait (`chat.rs`), implemented there.
+pub trait Store: chat::ChatStore + Send + Sync {
     /// Creates the request (decided at once when a grant or the auto rule covers it), or
     /// returns the existing one with the same (host, hold_key).
     async fn submit(&self, new: NewRequest) -> GuardResult<Request>;
