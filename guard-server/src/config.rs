@@ -187,7 +187,8 @@ struct RawConfig {
     rate_limit: Option<Spanned<RawRateLimit>>,
     #[serde(default)]
     sink: Vec<Spanned<RawSink>>,
-    chat: Option<Spanned<crate::chat::config::RawChat>>,
+    // Not Spanned: `[chat.slack]` alone defines `chat` implicitly, which toml cannot span.
+    chat: Option<crate::chat::config::RawChat>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -73,7 +73,11 @@ impl<'a> Facts<'a> {
         match self.state() {
             State::Pending => "guard: approval needed".into(),
             s => {
-                let by = if self.request.decided_by.is_empty() { String::new() } else { format!(" by {}", self.request.decided_by) };
+                let by = if self.request.decided_by.is_empty() {
+                    String::new()
+                } else {
+                    format!(" by {}", self.request.decided_by)
+                };
                 format!("guard: {}{by}", s.label())
             }
         }
@@ -179,14 +183,17 @@ fn summary(f: &Facts, escape_fn: fn(&str, usize) -> String) -> String {
 /// buttons' value (None: a decided card, without buttons). `console`: the request's page.
 pub fn slack(request: &Request, token: Option<&str>, console: Option<&str>) -> (String, Vec<Value>) {
     let f = Facts::of(request);
-    let mut blocks = vec![json!({"type": "header", "text": {"type": "plain_text", "text": cut_plain(&f.headline(), 150)}})];
+    let mut blocks =
+        vec![json!({"type": "header", "text": {"type": "plain_text", "text": cut_plain(&f.headline(), 150)}})];
     let fields: Vec<String> = f.fields().iter().map(|(k, v)| format!("*{k}:* {}", slack_escape(v, 1900))).collect();
     // A section holds at most 10 fields.
     for chunk in fields.chunks(10) {
         let list: Vec<Value> = chunk.iter().map(|t| json!({"type": "mrkdwn", "text": t})).collect();
         blocks.push(json!({"type": "section", "fields": list}));
     }
-    blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": "*Process ancestry* (acting process first)"}}));
+    blocks.push(
+        json!({"type": "section", "text": {"type": "mrkdwn", "text": "*Process ancestry* (acting process first)"}}),
+    );
     for (i, p) in f.op.ancestry.iter().take(SLACK_MAX_LEVELS).enumerate() {
         let mut text = format!(
             "{i}. pid {} uid {} `{}`\nargv: `{}`",
@@ -253,11 +260,8 @@ fn cut_plain(text: &str, limit: usize) -> String {
 /// approve/deny) carrying the token, or none on a decided card.
 pub fn teams(request: &Request, token: Option<&str>, console: Option<&str>) -> Value {
     let f = Facts::of(request);
-    let facts: Vec<Value> = f
-        .fields()
-        .iter()
-        .map(|(k, v)| json!({"title": k, "value": teams_escape(v, 1000)}))
-        .collect();
+    let facts: Vec<Value> =
+        f.fields().iter().map(|(k, v)| json!({"title": k, "value": teams_escape(v, 1000)})).collect();
     let mut body = vec![
         json!({"type": "TextBlock", "text": teams_escape(&f.headline(), 200), "weight": "Bolder", "size": "Medium", "wrap": true}),
         json!({"type": "FactSet", "facts": facts}),

@@ -87,9 +87,9 @@ pub struct WebhookConfig {
 pub(crate) struct RawChat {
     console_url: Option<Spanned<String>>,
     ca_file: Option<Spanned<String>>,
-    slack: Option<Spanned<RawSlack>>,
-    teams: Option<Spanned<RawTeams>>,
-    webhook: Option<Spanned<RawWebhook>>,
+    slack: Option<RawSlack>,
+    teams: Option<RawTeams>,
+    webhook: Option<RawWebhook>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,11 +134,10 @@ type At<'a> = dyn Fn(Range<usize>, String) -> ConfigError + 'a;
 type Resolve<'a> = dyn Fn(&Spanned<String>) -> Result<PathBuf, ConfigError> + 'a;
 
 /// `[chat]` as the server runs it.
-pub(crate) fn parse(raw: &Option<Spanned<RawChat>>, at: &At, resolve: &Resolve) -> Result<ChatConfig, ConfigError> {
+pub(crate) fn parse(raw: &Option<RawChat>, at: &At, resolve: &Resolve) -> Result<ChatConfig, ConfigError> {
     let Some(raw) = raw else {
         return Ok(ChatConfig { ca_file: DEFAULT_CA_FILE.into(), ..Default::default() });
     };
-    let raw = raw.get_ref();
     let console_url = raw.console_url.as_ref().map(|u| url(u, "chat.console_url", at)).transpose()?;
     let ca_file = match &raw.ca_file {
         Some(f) => resolve(f)?,
@@ -147,13 +146,15 @@ pub(crate) fn parse(raw: &Option<Spanned<RawChat>>, at: &At, resolve: &Resolve) 
     let slack = match &raw.slack {
         None => None,
         Some(s) => {
-            let s = s.get_ref();
             let channels = match s.channel.get_ref() {
                 OneOrMany::One(c) => vec![c.clone()],
                 OneOrMany::Many(c) => c.clone(),
             };
             if channels.is_empty() || channels.iter().any(|c| c.trim().is_empty()) {
-                return Err(at(s.channel.span(), "chat.slack.channel: a channel id (or a list of them), not empty".into()));
+                return Err(at(
+                    s.channel.span(),
+                    "chat.slack.channel: a channel id (or a list of them), not empty".into(),
+                ));
             }
             let api_base = match &s.api_base {
                 Some(u) => url(u, "chat.slack.api_base", at)?,
@@ -171,7 +172,6 @@ pub(crate) fn parse(raw: &Option<Spanned<RawChat>>, at: &At, resolve: &Resolve) 
     let teams = match &raw.teams {
         None => None,
         Some(t) => {
-            let t = t.get_ref();
             let app_id = t.app_id.get_ref().trim().to_string();
             if app_id.is_empty() {
                 return Err(at(t.app_id.span(), "chat.teams.app_id is empty".into()));
@@ -195,14 +195,11 @@ pub(crate) fn parse(raw: &Option<Spanned<RawChat>>, at: &At, resolve: &Resolve) 
     };
     let webhook = match &raw.webhook {
         None => None,
-        Some(w) => {
-            let w = w.get_ref();
-            Some(WebhookConfig {
-                url: url(&w.url, "chat.webhook.url", at)?,
-                secret: secret(&w.secret_file, "chat.webhook.secret_file", at, resolve)?,
-                users: users(&w.users, "chat.webhook.users", at)?,
-            })
-        }
+        Some(w) => Some(WebhookConfig {
+            url: url(&w.url, "chat.webhook.url", at)?,
+            secret: secret(&w.secret_file, "chat.webhook.secret_file", at, resolve)?,
+            users: users(&w.users, "chat.webhook.users", at)?,
+        }),
     };
     Ok(ChatConfig { console_url, ca_file, slack, teams, webhook })
 }
@@ -217,7 +214,9 @@ fn url(u: &Spanned<String>, key: &str, at: &At) -> Result<String, ConfigError> {
     match uri.scheme_str() {
         Some("https") if !host.is_empty() => Ok(text.trim_end_matches('/').to_string()),
         Some("http") if loopback => Ok(text.trim_end_matches('/').to_string()),
-        Some("http") => Err(at(u.span(), format!("{key}: http:// only to this machine (127.0.0.1, localhost); use https://"))),
+        Some("http") => {
+            Err(at(u.span(), format!("{key}: http:// only to this machine (127.0.0.1, localhost); use https://")))
+        }
         _ => Err(at(u.span(), format!("{key}: {text:?} is not an https:// URL"))),
     }
 }

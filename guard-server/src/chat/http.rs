@@ -49,9 +49,8 @@ impl Client {
         let https = uri.scheme_str() == Some("https");
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let bare = host.trim_start_matches('[').trim_end_matches(']').to_string();
-        let tcp = TcpStream::connect((bare.as_str(), port))
-            .await
-            .with_context(|| format!("connecting to {host}:{port}"))?;
+        let tcp =
+            TcpStream::connect((bare.as_str(), port)).await.with_context(|| format!("connecting to {host}:{port}"))?;
         tcp.set_nodelay(true)?;
         let authority = uri.authority().map(|a| a.to_string()).unwrap_or(host.clone());
         let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();

@@ -105,7 +105,9 @@ impl Chat {
         let Action { channel, verified, token, user, users, approve, comment } = action;
         let found = match self.shared.store.chat_token(&token_sha256(token)).await {
             Ok(found) => found,
-            Err(e) => return Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, format!("cannot look the card up: {e}"))),
+            Err(e) => {
+                return Err(Refusal::new(StatusCode::SERVICE_UNAVAILABLE, format!("cannot look the card up: {e}")))
+            }
         };
         let Some(card) = found.filter(|c| c.channel == channel) else {
             return Err(self.forged(channel, "unknown or expired card token: refused".into()));
@@ -154,9 +156,14 @@ pub(crate) struct Action<'a> {
 }
 
 pub(crate) enum Decided {
-    Reviewed { request: Box<Request>, approver: String },
+    Reviewed {
+        request: Box<Request>,
+        approver: String,
+    },
     /// The rule needs a passkey: approve in the console.
-    StepUp { link: String },
+    StepUp {
+        link: String,
+    },
 }
 
 impl Decided {

@@ -27,7 +27,8 @@ impl Poster {
         if !status.is_success() {
             bail!("{method}: HTTP {status}: {}", String::from_utf8_lossy(&answer[..answer.len().min(300)]));
         }
-        let answer: Value = serde_json::from_slice(&answer).with_context(|| format!("{method}: the answer is not JSON"))?;
+        let answer: Value =
+            serde_json::from_slice(&answer).with_context(|| format!("{method}: the answer is not JSON"))?;
         if answer.get("ok").and_then(Value::as_bool) != Some(true) {
             bail!("{method}: Slack says {}", answer.get("error").cloned().unwrap_or(Value::Null));
         }
@@ -47,7 +48,8 @@ impl PosterTrait for Poster {
 
     async fn post(&self, chat: &Chat, request: &Request, token: &str, target: &str) -> anyhow::Result<String> {
         let (text, blocks) = cards::slack(request, Some(token), chat.console_link(&request.id).as_deref());
-        let body = json!({"channel": target, "text": text, "blocks": blocks, "unfurl_links": false, "unfurl_media": false});
+        let body =
+            json!({"channel": target, "text": text, "blocks": blocks, "unfurl_links": false, "unfurl_media": false});
         let answer = self.call(chat, "chat.postMessage", body).await?;
         let channel = answer.get("channel").and_then(Value::as_str).unwrap_or(target);
         let ts = answer.get("ts").and_then(Value::as_str).context("chat.postMessage: no ts in the answer")?;
@@ -80,7 +82,9 @@ async fn verify(chat: &Chat, secret: &str, headers: &HeaderMap, body: &[u8]) -> 
     let mut signed = format!("v0:{ts}:").into_bytes();
     signed.extend_from_slice(body);
     if !hmac_ok(secret.as_bytes(), &signed, hex) {
-        return Err(chat.forged("slack", "X-Slack-Signature does not match the body and the signing secret: refused".into()));
+        return Err(
+            chat.forged("slack", "X-Slack-Signature does not match the body and the signing secret: refused".into())
+        );
     }
     fresh(ts).map_err(|why| chat.forged("slack", format!("X-Slack-Request-Timestamp: {why}")))?;
     chat.first_seen("slack", hex).await
@@ -96,7 +100,8 @@ pub(crate) async fn actions(State(chat): State<Arc<Chat>>, headers: HeaderMap, b
     }
     let payload = form_urlencoded::parse(&body).find(|(k, _)| k == "payload").map(|(_, v)| v.into_owned());
     let Some(payload) = payload.and_then(|p| serde_json::from_str::<Value>(&p).ok()) else {
-        return Refusal::new(StatusCode::BAD_REQUEST, "no JSON `payload` field in the form body".into()).into_response();
+        return Refusal::new(StatusCode::BAD_REQUEST, "no JSON `payload` field in the form body".into())
+            .into_response();
     };
     if payload.get("type").and_then(Value::as_str) != Some("block_actions") {
         // Other interactions (shortcuts, view submissions) are not ours: taken, nothing done.
@@ -131,7 +136,8 @@ pub(crate) async fn actions(State(chat): State<Arc<Chat>>, headers: HeaderMap, b
         Err(r) if r.status == StatusCode::UNAUTHORIZED => return r.into_response(),
         Err(r) => (StatusCode::OK, format!("guard: {}", r.message)),
     };
-    let message = json!({"response_type": "ephemeral", "replace_original": false, "text": cards::slack_escape(&text, 2900)});
+    let message =
+        json!({"response_type": "ephemeral", "replace_original": false, "text": cards::slack_escape(&text, 2900)});
     if let Some(url) = response_url.filter(|u| response_url_ok(&slack.api_base, u)) {
         let http = chat.http.clone();
         let body = message.to_string();
@@ -147,6 +153,7 @@ pub(crate) async fn actions(State(chat): State<Arc<Chat>>, headers: HeaderMap, b
 /// Slack's response URLs are on hooks.slack.com (or the configured API's host, for a proxy
 /// or a test receiver): nothing else is posted to, whatever the payload says.
 fn response_url_ok(api_base: &str, url: &str) -> bool {
-    let origin = |u: &str| u.parse::<http::Uri>().ok().map(|u| (u.scheme_str().map(str::to_string), u.authority().cloned()));
+    let origin =
+        |u: &str| u.parse::<http::Uri>().ok().map(|u| (u.scheme_str().map(str::to_string), u.authority().cloned()));
     url.starts_with("https://hooks.slack.com/") || (origin(url).is_some() && origin(url) == origin(api_base))
 }

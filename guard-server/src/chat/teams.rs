@@ -62,7 +62,11 @@ struct Claims {
 
 /// Checks the bearer token; its claims.
 fn verify_token(chat: &Chat, headers: &HeaderMap) -> Result<Claims, Refusal> {
-    let teams = chat.config.teams.as_ref().ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "Teams is not configured".into()))?;
+    let teams = chat
+        .config
+        .teams
+        .as_ref()
+        .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "Teams is not configured".into()))?;
     let forged = |why: String| chat.forged("teams", why);
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
     let Some(jwt) = auth.strip_prefix("Bearer ") else {
@@ -109,7 +113,9 @@ pub(crate) async fn actions(State(chat): State<Arc<Chat>>, headers: HeaderMap, b
     };
     if let (Some(claimed), Some(actual)) = (&claims.service_url, activity.get("serviceUrl").and_then(Value::as_str)) {
         if claimed.trim_end_matches('/') != actual.trim_end_matches('/') {
-            return chat.forged("teams", "the activity's serviceUrl is not the token's: refused".into()).into_response();
+            return chat
+                .forged("teams", "the activity's serviceUrl is not the token's: refused".into())
+                .into_response();
         }
     }
     // The Bot Framework's token is reused for an hour: replays are told apart by activity.

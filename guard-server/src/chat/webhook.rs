@@ -66,8 +66,11 @@ impl PosterTrait for Poster {
 
     async fn post(&self, chat: &Chat, request: &Request, token: &str, _target: &str) -> anyhow::Result<String> {
         let console = chat.console_link(&request.id);
-        self.send(chat, json!({"event": "created", "request": request_json(request), "token": token, "console_url": console}))
-            .await?;
+        self.send(
+            chat,
+            json!({"event": "created", "request": request_json(request), "token": token, "console_url": console}),
+        )
+        .await?;
         Ok("event".into())
     }
 
@@ -89,7 +92,8 @@ struct Callback {
 /// `POST /webhook/actions`: the receiver's decision.
 pub(crate) async fn actions(State(chat): State<Arc<Chat>>, headers: HeaderMap, body: Bytes) -> Response {
     let Some(hook) = chat.config.webhook.as_ref() else {
-        return Refusal::new(StatusCode::NOT_FOUND, "the webhook is not configured on this server".into()).into_response();
+        return Refusal::new(StatusCode::NOT_FOUND, "the webhook is not configured on this server".into())
+            .into_response();
     };
     let header = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let mut t = None;
@@ -102,12 +106,16 @@ pub(crate) async fn actions(State(chat): State<Arc<Chat>>, headers: HeaderMap, b
         }
     }
     let (Some(t), Some(v1)) = (t, v1) else {
-        return chat.forged("webhook", "no X-Guard-Signature: t=<unix>,v1=<hex> header: refused".into()).into_response();
+        return chat
+            .forged("webhook", "no X-Guard-Signature: t=<unix>,v1=<hex> header: refused".into())
+            .into_response();
     };
     let mut signed = format!("{t}.").into_bytes();
     signed.extend_from_slice(&body);
     if !hmac_ok(hook.secret.0.as_bytes(), &signed, v1) {
-        return chat.forged("webhook", "X-Guard-Signature does not match the body and the secret: refused".into()).into_response();
+        return chat
+            .forged("webhook", "X-Guard-Signature does not match the body and the secret: refused".into())
+            .into_response();
     }
     if let Err(why) = fresh(t) {
         return chat.forged("webhook", format!("X-Guard-Signature: {why}")).into_response();
@@ -126,7 +134,8 @@ pub(crate) async fn actions(State(chat): State<Arc<Chat>>, headers: HeaderMap, b
         "approve" => true,
         "deny" => false,
         other => {
-            return Refusal::new(StatusCode::BAD_REQUEST, format!("action {other:?}: \"approve\" or \"deny\"")).into_response();
+            return Refusal::new(StatusCode::BAD_REQUEST, format!("action {other:?}: \"approve\" or \"deny\""))
+                .into_response();
         }
     };
     let comment = if callback.comment.is_empty() {

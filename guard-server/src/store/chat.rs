@@ -98,10 +98,11 @@ impl ChatStore for SqlStore {
     }
 
     async fn chat_undecided(&self, channel: &str) -> GuardResult<Vec<String>> {
-        let rows = sqlx::query("SELECT request_id FROM chat_cards WHERE channel = $1 AND posted = 1 AND decided_sent = 0")
-            .bind(channel.to_string())
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT request_id FROM chat_cards WHERE channel = $1 AND posted = 1 AND decided_sent = 0")
+                .bind(channel.to_string())
+                .fetch_all(&self.pool)
+                .await?;
         Ok(rows.iter().map(|r| r.try_get("request_id")).collect::<Result<_, _>>()?)
     }
 
@@ -115,10 +116,7 @@ impl ChatStore for SqlStore {
     }
 
     async fn chat_first_seen(&self, signature: &str, now_ms: i64, keep_ms: i64) -> GuardResult<bool> {
-        sqlx::query("DELETE FROM chat_seen WHERE seen_ms < $1")
-            .bind(now_ms - keep_ms)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query("DELETE FROM chat_seen WHERE seen_ms < $1").bind(now_ms - keep_ms).execute(&self.pool).await?;
         let done = sqlx::query("INSERT INTO chat_seen (signature, seen_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(signature.to_string())
             .bind(now_ms)

@@ -8,8 +8,8 @@
 //! `sql.rs` implements the trait, `writer.rs` is the group-commit writer of submissions,
 //! `chain.rs` the audit hash chain, `rows.rs` rows <-> messages. `sqlite.rs` and
 //! `postgres.rs` hold what differs: opening, locking, and change notification across replicas.
-pub mod chat;
 mod chain;
+pub mod chat;
 pub mod ingest;
 pub mod postgres;
 mod rows;
