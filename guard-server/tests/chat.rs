@@ -583,30 +583,33 @@ async fn a_request_gets_cards_everywhere_and_a_signed_slack_approve_decides_and_
         s.slack_updates.len() == 2 && s.teams.len() == 2 && s.hooks.len() == 2
     })
     .await;
-    let seen = env.log.lock().unwrap();
-    let mut updated: Vec<(String, String)> = seen
-        .slack_updates
-        .iter()
-        .map(|u| (u["channel"].as_str().unwrap().into(), u["ts"].as_str().unwrap().into()))
-        .collect();
-    updated.sort();
-    let mut posted: Vec<(String, String)> = seen
-        .slack_posts
-        .iter()
-        .map(|p| (p["channel"].as_str().unwrap().into(), p["ts"].as_str().unwrap().into()))
-        .collect();
-    posted.sort();
-    assert_eq!(updated, posted, "each (channel, ts) posted is updated");
-    for update in &seen.slack_updates {
-        assert!(!has_buttons(update), "a decided card has no buttons: {update}");
-        assert!(update.to_string().contains("approved by alice"), "{update}");
+    {
+        let seen = env.log.lock().unwrap();
+        let mut updated: Vec<(String, String)> = seen
+            .slack_updates
+            .iter()
+            .map(|u| (u["channel"].as_str().unwrap().into(), u["ts"].as_str().unwrap().into()))
+            .collect();
+        updated.sort();
+        let mut posted: Vec<(String, String)> = seen
+            .slack_posts
+            .iter()
+            .map(|p| (p["channel"].as_str().unwrap().into(), p["ts"].as_str().unwrap().into()))
+            .collect();
+        posted.sort();
+        assert_eq!(updated, posted, "each (channel, ts) posted is updated");
+        for update in &seen.slack_updates {
+            assert!(!has_buttons(update), "a decided card has no buttons: {update}");
+            assert!(update.to_string().contains("approved by alice"), "{update}");
+        }
+        assert!(seen.teams[1]["actions"].as_array().unwrap().iter().all(|a| a["type"] != "Action.Execute"));
+        assert!(seen.teams[1].to_string().contains("approved by alice"));
+        assert!(
+            seen.hooks[1].0
+                && seen.hooks[1].1["event"] == "decided"
+                && seen.hooks[1].1["request"]["state"] == "approved"
+        );
     }
-    assert!(seen.teams[1]["actions"].as_array().unwrap().iter().all(|a| a["type"] != "Action.Execute"));
-    assert!(seen.teams[1].to_string().contains("approved by alice"));
-    assert!(
-        seen.hooks[1].0 && seen.hooks[1].1["event"] == "decided" && seen.hooks[1].1["request"]["state"] == "approved"
-    );
-    drop(seen);
     env.stop().await;
 }
 
@@ -803,10 +806,11 @@ async fn a_dead_slack_is_retried_and_never_holds_up_a_decision() {
         s.slack_posts.len() == 2 && s.slack_updates.len() == 2
     })
     .await;
-    let seen = env.log.lock().unwrap();
-    assert_eq!(seen.slack_attempts, 5, "three failures retried");
-    assert!(seen.slack_updates.iter().all(|u| u.to_string().contains("approved by bob")));
-    drop(seen);
+    {
+        let seen = env.log.lock().unwrap();
+        assert_eq!(seen.slack_attempts, 5, "three failures retried");
+        assert!(seen.slack_updates.iter().all(|u| u.to_string().contains("approved by bob")));
+    }
     env.stop().await;
 }
 
