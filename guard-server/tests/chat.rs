@@ -264,16 +264,30 @@ fn write_secrets(dir: &Path) {
     std::fs::copy(fixtures().join("teams-jwks.json"), dir.join("teams-jwks.json")).unwrap();
 }
 
+/// A server on `site` (on `database_url` when given) and where its chat router is served.
+async fn replica(site: &Site, database_url: Option<String>) -> (ServerHandle, SocketAddr) {
+    let mut config = ServerConfig::load(&site.dir.path().join("server.toml")).expect("config with [chat] loads");
+    if let Some(url) = database_url {
+        config.database_url = url;
+    }
+    let handle = server::start(&config).await.expect("server starts");
+    let chat = serve(handle.chat().expect("chat configured").router()).await;
+    (handle, chat)
+}
+
 impl Env {
     /// A server with all three channels; Slack fails its first `slack_fail` posts.
     async fn start(slack_fail: usize) -> Env {
+        Env::start_on(slack_fail, None).await
+    }
+
+    /// As `start`, on the database at `database_url` (the config's SQLite when None).
+    async fn start_on(slack_fail: usize, database_url: Option<String>) -> Env {
         let log: Log = Arc::new(Mutex::new(Seen { slack_fail, ..Default::default() }));
         let receivers = receivers(log.clone()).await;
         let site = Site::with(config().extra(&chat_toml(receivers)));
         write_secrets(site.dir.path());
-        let config = ServerConfig::load(&site.dir.path().join("server.toml")).expect("config with [chat] loads");
-        let handle = server::start(&config).await.expect("server starts");
-        let chat = serve(handle.chat().expect("chat configured").router()).await;
+        let (handle, chat) = replica(&site, database_url).await;
         let pki = site.pki();
         let mut agent = AgentServiceClient::new(channel_with(handle.addr(), &pki, &pki, "agent-h1").await.unwrap());
         agent.register(registration(&[("test", POLICY_HASH)])).await.expect("register");
@@ -903,4 +917,42 @@ fn chat_config_errors_name_the_key_and_the_file() {
     let err = ServerConfig::parse(&path, &teams).unwrap_err().to_string();
     assert!(err.contains("chat.teams.jwks_file") && err.contains("not a JWKS"), "{err}");
     assert!(ServerConfig::parse(&path, tls).unwrap().chat.is_off(), "off by default");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(has_postgres), ignore = "SKIPPED: no PostgreSQL (initdb/pg_ctl) on the build machine")]
+async fn replicas_on_postgresql_post_each_card_once_and_update_it_once() {
+    use guard_server::testing::pg::{find_bindir, PgCluster};
+    if let Err(why) = find_bindir() {
+        panic!("PostgreSQL was installed at build time but is not now: {why}");
+    }
+    let pg_dir = tempfile::tempdir().expect("tempdir");
+    let cluster = PgCluster::start(pg_dir.path(), 5447).expect("PostgreSQL starts");
+    let mut env = Env::start_on(0, Some(cluster.url())).await;
+    // A second replica on the same database, with the same chat config.
+    let (two, two_chat) = replica(&env.site, Some(cluster.url())).await;
+    let (request, mut stream) = env.submit(deploy()).await;
+    env.until("the cards", |s| s.slack_posts.len() == 2 && s.teams.len() == 1 && s.hooks.len() == 1).await;
+    // Both replicas saw the request; give the other one time to (wrongly) post it again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    {
+        let seen = env.log.lock().unwrap();
+        assert_eq!((seen.slack_posts.len(), seen.teams.len(), seen.hooks.len()), (2, 1, 1), "each card posted once");
+    }
+    // Approved through the other replica's endpoint.
+    let token = env.slack_token(&request.id);
+    env.chat = two_chat;
+    let (status, answer) =
+        env.slack_action(&env.slack_body("UALICE", "guard_approve", &token), unix_now(), SIGNING_SECRET).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(state(&next(&mut stream).await), State::Approved);
+    env.until("the updates", |s| s.slack_updates.len() == 2 && s.teams.len() == 2 && s.hooks.len() == 2).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    {
+        let seen = env.log.lock().unwrap();
+        assert_eq!((seen.slack_updates.len(), seen.teams.len(), seen.hooks.len()), (2, 2, 2), "each copy updated once");
+    }
+    two.shutdown(Duration::from_secs(5)).await.expect("clean shutdown");
+    env.stop().await;
+    drop(cluster);
 }
