@@ -236,7 +236,7 @@ bot_token_file = "secrets/slack-bot-token"
 signing_secret_file = "secrets/slack-signing-secret"
 channel = ["C0APPROVE", "C0SECOPS"]
 api_base = "http://{receivers}/api"
-users = {{ "UALICE" = "alice", "UBOB" = "bob", "UCAROL" = "carol" }}
+users = {{ "UALICE" = "alice", "UBOB" = "bob", "UCAROL" = "carol", "UMALLORY" = "mallory" }}
 
 [chat.teams]
 post_url = "http://{receivers}/teams"
@@ -657,6 +657,14 @@ async fn forged_stale_replayed_unknown_and_unmapped_slack_callbacks_change_nothi
         assert_eq!(status, 401, "{answer}");
         assert!(answer.contains("unknown or expired card token"), "{answer}");
     }
+    // Correctly signed, the token of this request's Teams card: not a Slack card's.
+    env.until("the Teams card", |s| s.teams.len() == 1).await;
+    let teams_token = env.teams_cards(&id)[0]["actions"][0]["data"]["token"].as_str().unwrap().to_string();
+    assert_ne!(teams_token, token, "a token per channel");
+    let (status, answer) =
+        env.slack_action(&env.slack_body("UALICE", "guard_approve", &teams_token), unix_now(), SIGNING_SECRET).await;
+    assert_eq!(status, 401, "{answer}");
+    assert!(answer.contains("unknown or expired card token"), "{answer}");
     // Correctly signed by a Slack user who is no approver: told so, in Slack too.
     let stranger = env.slack_body("UNOBODY", "guard_approve", &token);
     let ts = unix_now();
@@ -675,7 +683,7 @@ async fn forged_stale_replayed_unknown_and_unmapped_slack_callbacks_change_nothi
     let after = env.get(&id).await;
     assert_eq!(state(&after), State::Pending, "nothing changed the request");
     assert!(after.reviews.is_empty(), "{:?}", after.reviews);
-    assert_eq!(env.handle().chat().unwrap().forged_count(), 7, "forged posts are counted");
+    assert_eq!(env.handle().chat().unwrap().forged_count(), 8, "forged posts are counted");
     // The unmapped user's attempt on a real request is in the trail; forged posts are not.
     let records = trail(&env, &id).await;
     let refused = refusals(&records);
@@ -718,6 +726,46 @@ async fn a_self_approval_and_a_review_of_a_decided_request_are_refused_through_s
     let records = trail(&env, &id).await;
     let refused: Vec<Option<&str>> = refusals(&records).iter().map(|r| r.approver.as_deref()).collect();
     assert_eq!(refused, [Some("alice"), Some("carol")], "both refusals are in the trail");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn n_of_m_and_eligibility_apply_across_chat_channels() {
+    let mut env = Env::start(0).await;
+    // prod-deploy: 2 approvals of alice, bob, carol (tests/common's config).
+    let (request, mut stream) = env.submit(op("prod-deploy", "3-1", "dev", 2000, "/usr/bin/helm")).await;
+    let id = request.id.clone();
+    assert_eq!(request.approvals_required, 2);
+    env.until("the cards", |s| s.slack_posts.len() == 2 && s.teams.len() == 1).await;
+    let token = env.slack_token(&id);
+    assert!(env.slack_cards(&id)[0].to_string().contains("0 of 2"));
+
+    // Mallory is mapped in Slack but is not one of this rule's approvers.
+    let (status, answer) =
+        env.slack_action(&env.slack_body("UMALLORY", "guard_approve", &token), unix_now(), SIGNING_SECRET).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("refused") && answer.contains("mallory"), "{answer}");
+    // Alice in Slack: one of two.
+    let (status, answer) =
+        env.slack_action(&env.slack_body("UALICE", "guard_approve", &token), unix_now(), SIGNING_SECRET).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("pending"), "{answer}");
+    let after = env.get(&id).await;
+    assert_eq!((state(&after), after.reviews.len()), (State::Pending, 1));
+    // Bob in Teams: two of two.
+    let teams_token = env.teams_cards(&id)[0]["actions"][0]["data"]["token"].as_str().unwrap().to_string();
+    let good = jwt("teams-key.pem", APP_ID, 600);
+    let (status, answer) = teams_action(&env, &good, teams_activity("act-1", "aad-bob", "approve", &teams_token)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(state(&next(&mut stream).await), State::Approved);
+    let after = env.get(&id).await;
+    let reviews: Vec<(&str, &str)> =
+        after.reviews.iter().map(|r| (r.approver.as_str(), r.verified_by.as_str())).collect();
+    assert_eq!(reviews, [("alice", "slack"), ("bob", "teams")]);
+    let records = trail(&env, &id).await;
+    let refused: Vec<Option<&str>> = refusals(&records).iter().map(|r| r.approver.as_deref()).collect();
+    assert_eq!(refused, [Some("mallory")]);
+    env.until("the Slack copies updated", |s| s.slack_updates.len() == 2).await;
     env.stop().await;
 }
 
