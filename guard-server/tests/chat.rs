@@ -1004,3 +1004,24 @@ async fn replicas_on_postgresql_post_each_card_once_and_update_it_once() {
     env.stop().await;
     drop(cluster);
 }
+
+#[tokio::test]
+async fn an_expired_request_updates_its_cards_and_its_buttons_then_refuse() {
+    let mut env = Env::start(0).await;
+    let mut stream = env.agent.submit(submit(deploy(), 1, "")).await.unwrap().into_inner();
+    let request = next(&mut stream).await;
+    env.until("the Slack cards", |s| s.slack_posts.len() == 2).await;
+    let token = env.slack_token(&request.id);
+    assert_eq!(state(&next(&mut stream).await), State::Expired);
+    env.until("both copies updated", |s| s.slack_updates.len() == 2).await;
+    {
+        let seen = env.log.lock().unwrap();
+        assert!(seen.slack_updates.iter().all(|u| !has_buttons(u) && u.to_string().contains("guard: expired")));
+    }
+    let (status, answer) =
+        env.slack_action(&env.slack_body("UALICE", "guard_approve", &token), unix_now(), SIGNING_SECRET).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("no longer pending"), "{answer}");
+    assert_eq!(state(&env.get(&request.id).await), State::Expired);
+    env.stop().await;
+}
