@@ -27,6 +27,8 @@ pub struct ServerConfig {
     pub audit: AuditSettings,
     /// The audit sinks (`[[sink]]`), each with its own position in the audit trail.
     pub sinks: Vec<SinkConfig>,
+    /// Chat approvals (`[chat]`): Slack, Teams, the signed webhook; off by default.
+    pub chat: crate::chat::ChatConfig,
 }
 
 /// The server's own audit chain: its signing key and how often it signs a checkpoint.
@@ -189,6 +191,8 @@ struct RawConfig {
     #[serde(default)]
     sink: Vec<Spanned<RawSink>>,
     passkeys: Option<Spanned<crate::passkey::policy::RawPasskeys>>,
+    // Not Spanned: `[chat.slack]` alone defines `chat` implicitly, which toml cannot span.
+    chat: Option<crate::chat::config::RawChat>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -444,6 +448,7 @@ impl ServerConfig {
         }
         let sinks = crate::sinks::config::parse(&raw.sink, &at, &resolve)?;
         let passkeys = crate::passkey::policy::parse(raw.passkeys.as_ref(), &at)?;
+        let chat = crate::chat::config::parse(&raw.chat, &at, &resolve)?;
 
         Ok(ServerConfig {
             listen,
@@ -451,6 +456,7 @@ impl ServerConfig {
             tls,
             audit,
             sinks,
+            chat,
             policy: Policy {
                 default_timeout,
                 max_timeout,
@@ -477,6 +483,7 @@ impl ServerConfig {
             policy: Policy::default(),
             audit: AuditSettings::at(dir.join("audit.key")),
             sinks: Vec::new(),
+            chat: crate::chat::ChatConfig::default(),
         }
     }
 }

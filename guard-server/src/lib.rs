@@ -2,6 +2,7 @@
 //! approvers review them, everything lands in one audit trail; SQLite for one server,
 //! PostgreSQL for several replicas.
 pub mod audit;
+pub mod chat;
 pub mod config;
 pub mod enroll;
 pub mod error;

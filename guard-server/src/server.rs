@@ -37,12 +37,20 @@ pub struct ServerHandle {
     /// The audit sinks: they only read committed rows, so stopping them first loses nothing
     /// (a batch in flight is delivered again after the next start).
     sinks: Sinks,
+    /// The chat channels' notifiers and callback endpoints, when `[chat]` configures any.
+    chat: Option<crate::chat::ChatService>,
 }
 
 impl ServerHandle {
     /// The address it listens on (the real port when started on port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The chat channels (`[chat]`): their callback endpoints' router, which the console
+    /// nests under `/chat`. None when no channel is configured.
+    pub fn chat(&self) -> Option<&crate::chat::ChatService> {
+        self.chat.as_ref()
     }
 
     /// Ends the streams, lets calls in flight finish for up to `deadline`, then stops.
@@ -52,6 +60,7 @@ impl ServerHandle {
         self.checkpointer.abort();
         self.revocations.abort();
         drop(self.sinks);
+        drop(self.chat);
         let mut serve = self.serve;
         match tokio::time::timeout(deadline, &mut serve).await {
             Ok(joined) => joined.context("server task failed")?.context("server failed"),
@@ -99,6 +108,7 @@ pub async fn start(config: &ServerConfig) -> Result<ServerHandle> {
     let key = SigningKey::load_or_create(&config.audit.key).map_err(|e| anyhow::anyhow!("audit key: {e}"))?;
     shared.store.register_audit_key("", &key.public_hex(), now_ms()).await?;
     let checkpointer = tokio::spawn(checkpoints(shared.store.clone(), key, config.audit.clone()));
+    let chat = crate::chat::ChatService::start(shared.clone(), &config.chat);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -124,7 +134,7 @@ pub async fn start(config: &ServerConfig) -> Result<ServerHandle> {
     let serve = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     }));
-    Ok(ServerHandle { addr, stop, serve, sweeper, checkpointer, revocations, sinks })
+    Ok(ServerHandle { addr, stop, serve, sweeper, checkpointer, revocations, sinks, chat })
 }
 
 /// Signs the chain's head every `checkpoint_rows` rows, or `checkpoint_every` after the first

@@ -9,6 +9,7 @@
 //! `chain.rs` the audit hash chain, `rows.rs` rows <-> messages. `sqlite.rs` and
 //! `postgres.rs` hold what differs: opening, locking, and change notification across replicas.
 mod chain;
+pub mod chat;
 pub mod ingest;
 pub mod passkeys;
 pub mod postgres;
@@ -151,7 +152,8 @@ pub struct HostInfo {
 
 /// Approvers' passkeys are part of the store (`passkeys.rs`), kept in their own trait and file.
 #[async_trait]
-pub trait Store: passkeys::PasskeyStore + Send + Sync {
+/// The chat channels' part is its own trait (`chat.rs`), implemented there.
+pub trait Store: passkeys::PasskeyStore + chat::ChatStore + Send + Sync {
     /// Creates the request (decided at once when a grant or the auto rule covers it), or
     /// returns the existing one with the same (host, hold_key).
     async fn submit(&self, new: NewRequest) -> GuardResult<Request>;

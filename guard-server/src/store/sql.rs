@@ -32,7 +32,8 @@ pub enum Backend {
 }
 
 pub struct SqlStore {
-    pool: AnyPool,
+    /// Also for the chat channels' queries (`chat.rs`).
+    pub(super) pool: AnyPool,
     backend: Backend,
     fanout: Fanout,
     /// To the group-commit writer (see `Writer`).
