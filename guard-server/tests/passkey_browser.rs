@@ -5,7 +5,6 @@
 //! The console is not here yet, so the test serves a minimal HTTPS app of its own around
 //! `guard_server::passkey::Passkeys` and its browser script (`passkey::SCRIPT`), with the same
 //! strict Content-Security-Policy the console will send (no inline script).
-mod browser;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -13,7 +12,7 @@ use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use browser::{Authenticator, Browser};
+use guard_server::testing::browser::{self, Authenticator, Browser};
 use guard_server::fanout::Fanout;
 use guard_server::passkey::{CeremonyError, PasskeyApproval, PasskeyError, Passkeys, SCRIPT};
 use guard_server::store::{self, Store};

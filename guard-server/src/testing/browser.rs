@@ -11,8 +11,6 @@
 //! `#[cfg_attr(not(has_chromium), ignore = "SKIPPED: ...")]` (build.rs sets `has_chromium`),
 //! so without them libtest reports it as ignored, never as passed; with them it runs, and
 //! fails loudly when the browser cannot start.
-#![allow(dead_code)] // each test binary uses its own part of the harness
-
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
