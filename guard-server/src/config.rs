@@ -27,6 +27,8 @@ pub struct ServerConfig {
     pub audit: AuditSettings,
     /// The audit sinks (`[[sink]]`), each with its own position in the audit trail.
     pub sinks: Vec<SinkConfig>,
+    /// The web console (`[console]`); None: no console listener.
+    pub console: Option<crate::console::config::ConsoleSettings>,
 }
 
 /// The server's own audit chain: its signing key and how often it signs a checkpoint.
@@ -185,6 +187,7 @@ struct RawConfig {
     rate_limit: Option<Spanned<RawRateLimit>>,
     #[serde(default)]
     sink: Vec<Spanned<RawSink>>,
+    console: Option<Spanned<crate::console::config::RawConsole>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -439,6 +442,8 @@ impl ServerConfig {
             audit.checkpoint_every = duration(&a.checkpoint_every, audit.checkpoint_every)?;
         }
         let sinks = crate::sinks::config::parse(&raw.sink, &at, &resolve)?;
+        let console =
+            raw.console.as_ref().map(|c| crate::console::config::parse(c, &tls, &at, &resolve)).transpose()?;
 
         Ok(ServerConfig {
             listen,
@@ -446,6 +451,7 @@ impl ServerConfig {
             tls,
             audit,
             sinks,
+            console,
             policy: Policy {
                 default_timeout,
                 max_timeout,
@@ -471,6 +477,7 @@ impl ServerConfig {
             policy: Policy::default(),
             audit: AuditSettings::at(dir.join("audit.key")),
             sinks: Vec::new(),
+            console: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! PostgreSQL for several replicas.
 pub mod audit;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod fanout;
 pub mod identity;

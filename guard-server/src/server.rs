@@ -34,6 +34,8 @@ pub struct ServerHandle {
     /// The audit sinks: they only read committed rows, so stopping them first loses nothing
     /// (a batch in flight is delivered again after the next start).
     sinks: Sinks,
+    /// The web console's listener, when `[console]` configures one.
+    console: Option<crate::console::ConsoleHandle>,
 }
 
 impl ServerHandle {
@@ -42,12 +44,21 @@ impl ServerHandle {
         self.addr
     }
 
+    /// The web console's address and origin (https://...), when it runs.
+    pub fn console(&self) -> Option<(SocketAddr, &str)> {
+        self.console.as_ref().map(|c| (c.addr, c.origin.as_str()))
+    }
+
     /// Ends the streams, lets calls in flight finish for up to `deadline`, then stops.
     pub async fn shutdown(self, deadline: Duration) -> Result<()> {
         let _ = self.stop.send(true);
         self.sweeper.abort();
         self.checkpointer.abort();
         drop(self.sinks);
+        if let Some(console) = self.console {
+            // It stops accepting on the same signal; its connections drain on their own.
+            let _ = tokio::time::timeout(deadline, console.task).await;
+        }
         let mut serve = self.serve;
         match tokio::time::timeout(deadline, &mut serve).await {
             Ok(joined) => joined.context("server task failed")?.context("server failed"),
@@ -112,11 +123,15 @@ pub async fn start(config: &ServerConfig) -> Result<ServerHandle> {
         .add_service(
             AuditServiceServer::new(AuditApi { shared: shared.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES),
         );
+    let console = match &config.console {
+        Some(settings) => Some(crate::console::start(settings, shared.clone(), axum::Router::new()).await?),
+        None => None,
+    };
     let mut stopped = shared.shutdown.clone();
     let serve = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     }));
-    Ok(ServerHandle { addr, stop, serve, sweeper, checkpointer, sinks })
+    Ok(ServerHandle { addr, stop, serve, sweeper, checkpointer, sinks, console })
 }
 
 /// Signs the chain's head every `checkpoint_rows` rows, or `checkpoint_every` after the first

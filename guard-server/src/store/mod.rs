@@ -8,7 +8,9 @@
 //! `sql.rs` implements the trait, `writer.rs` is the group-commit writer of submissions,
 //! `chain.rs` the audit hash chain, `rows.rs` rows <-> messages. `sqlite.rs` and
 //! `postgres.rs` hold what differs: opening, locking, and change notification across replicas.
+pub mod accounts;
 mod chain;
+pub mod grants;
 pub mod ingest;
 pub mod postgres;
 mod rows;
@@ -147,8 +149,10 @@ pub struct HostInfo {
     pub seen_ms: i64,
 }
 
+/// The console's accounts and sessions and its reads of grants are traits of their own
+/// (`accounts.rs`, `grants.rs`), so every store has them.
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait Store: accounts::AccountStore + grants::GrantStore + Send + Sync {
     /// Creates the request (decided at once when a grant or the auto rule covers it), or
     /// returns the existing one with the same (host, hold_key).
     async fn submit(&self, new: NewRequest) -> GuardResult<Request>;
