@@ -211,6 +211,7 @@ fn row(e: &AuditEvent) -> maud::Markup {
                 r.hook.map(|h| h.name().to_string()).unwrap_or_default(),
                 word(r.access.clone()),
                 word(r.object.clone()),
+                r.tree_id.as_ref().map(|t| format!("tree {t}")).unwrap_or_default(),
             ];
             what.retain(|s| !s.is_empty());
             let mut what = what.join(" ");
