@@ -34,7 +34,9 @@ async fn add_users(site: &Site, users: &[(&str, Role)]) {
 async fn add_users_to(url: &str, users: &[(&str, Role)]) {
     let store = store::open(url, Fanout::default()).await.expect("store");
     for (name, role) in users {
-        accounts::add_user(store.as_ref(), name, *role, PASSWORD, guard_server::lifecycle::now_ms()).await.expect("add user");
+        accounts::add_user(store.as_ref(), name, *role, PASSWORD, guard_server::lifecycle::now_ms())
+            .await
+            .expect("add user");
     }
 }
 
@@ -237,8 +239,15 @@ async fn records(server: &Server, id: &str) -> Vec<guard_api::AuditRecord> {
 /// Every audit record of the server's own chain (host "") and of h1, parsed.
 async fn all_records(server: &Server) -> Vec<guard_api::AuditRecord> {
     use tokio_stream::StreamExt;
-    let events: Vec<_> =
-        server.auditor("bob").await.query(guard_proto::v1::AuditQuery::default()).await.unwrap().into_inner().collect().await;
+    let events: Vec<_> = server
+        .auditor("bob")
+        .await
+        .query(guard_proto::v1::AuditQuery::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .collect()
+        .await;
     events.into_iter().map(|e| guard_api::AuditRecord::from_json(&e.unwrap().json).unwrap()).collect()
 }
 
@@ -253,7 +262,8 @@ async fn sign_in_sets_a_secure_session_cookie_and_sign_out_ends_it() {
     assert_eq!((first.status, first.headers["location"].to_str().unwrap()), (303, "/login"), "not signed in");
     let reply = browser.sign_in("bob", PASSWORD).await;
     assert_eq!(reply.status, 303, "{}", reply.body);
-    let cookie = reply.set_cookies().into_iter().find(|c| c.starts_with("__Host-guard_session=")).expect("session cookie");
+    let cookie =
+        reply.set_cookies().into_iter().find(|c| c.starts_with("__Host-guard_session=")).expect("session cookie");
     for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
         assert!(cookie.contains(flag), "{flag} missing: {cookie}");
     }
@@ -329,8 +339,12 @@ async fn approve_once_through_the_console_completes_the_agents_hold() {
 
     let mut operation = op("etc-writes", "100-1", "dev", 2000, "/usr/bin/vi");
     operation.cwd = "/home/dev/project".into();
-    operation.stated_reason =
-        Some(StatedReason { tool: "Bash".into(), call_id: "c1".into(), reason: "fix the config".into(), session: "s".into() });
+    operation.stated_reason = Some(StatedReason {
+        tool: "Bash".into(),
+        call_id: "c1".into(),
+        reason: "fix the config".into(),
+        session: "s".into(),
+    });
     operation.ancestry.push(Process {
         pid: 4200,
         ppid: 1,
@@ -367,7 +381,8 @@ async fn approve_once_through_the_console_completes_the_agents_hold() {
     let decided = next(&mut stream).await;
     assert_eq!(state(&decided), State::Approved, "the agent's hold is approved");
     assert_eq!(decided.decided_by, "bob");
-    let review = records(&server, &created.id).await.into_iter().find(|r| r.kind == guard_api::RecordKind::Review).unwrap();
+    let review =
+        records(&server, &created.id).await.into_iter().find(|r| r.kind == guard_api::RecordKind::Review).unwrap();
     assert_eq!(review.verified_by.as_deref(), Some("password"), "the review record says how bob was verified");
     server.stop().await;
 }
@@ -396,11 +411,8 @@ async fn a_post_without_the_token_or_from_another_origin_is_refused_and_changes_
 
     let now = server.approver("alice").await;
     let mut now = now;
-    let current = now
-        .get_request(guard_proto::v1::GetRequestRequest { id: created.id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let current =
+        now.get_request(guard_proto::v1::GetRequestRequest { id: created.id.clone() }).await.unwrap().into_inner();
     assert_eq!(state(&current), State::Pending, "still pending");
     assert!(current.reviews.is_empty(), "no review recorded");
     server.stop().await;
@@ -426,8 +438,11 @@ async fn approve_for_minutes_makes_a_grant_that_the_grants_page_shows_and_revoke
     // The same operation again: the grant decides it at once, and it counts as a firing.
     let (again, _) = {
         let mut agent = server.agent("h1").await;
-        let mut s =
-            agent.submit(submit(op("etc-writes", "100-1", "dev", 2000, "/usr/bin/vi"), 30, "")).await.unwrap().into_inner();
+        let mut s = agent
+            .submit(submit(op("etc-writes", "100-1", "dev", 2000, "/usr/bin/vi"), 30, ""))
+            .await
+            .unwrap()
+            .into_inner();
         (next(&mut s).await, s)
     };
     assert_eq!((state(&again), again.reason.as_str()), (State::Approved, "grant"));
@@ -454,7 +469,8 @@ async fn approve_for_minutes_makes_a_grant_that_the_grants_page_shows_and_revoke
     assert_eq!(ended.comment.as_deref(), Some(format!("grant {grant_id} ended: revoked by bob").as_str()));
     // And the next identical operation asks again.
     let mut agent = server.agent("h1").await;
-    let mut s = agent.submit(submit(op("etc-writes", "100-1", "dev", 2000, "/usr/bin/vi"), 30, "")).await.unwrap().into_inner();
+    let mut s =
+        agent.submit(submit(op("etc-writes", "100-1", "dev", 2000, "/usr/bin/vi"), 30, "")).await.unwrap().into_inner();
     assert_eq!(state(&next(&mut s).await), State::Pending, "the revoked grant covers nothing");
     server.stop().await;
 }
@@ -491,10 +507,12 @@ async fn deny_needs_a_reason_and_self_approval_auditors_and_decided_requests_are
     let no_reason = bob.post(&path, &[("csrf", &bob_token), ("action", "deny"), ("reason", "  ")]).await;
     assert_eq!(no_reason.status, 400);
     assert!(no_reason.body.contains("a denial needs a reason"));
-    let denied = bob.post(&path, &[("csrf", &bob_token), ("action", "deny"), ("reason", "not during the freeze")]).await;
+    let denied =
+        bob.post(&path, &[("csrf", &bob_token), ("action", "deny"), ("reason", "not during the freeze")]).await;
     assert_eq!(denied.status, 200, "{}", denied.body);
     assert!(denied.body.contains("it is denied"), "{}", denied.body);
-    let decision = records(&server, &own.id).await.into_iter().find(|r| r.kind == guard_api::RecordKind::Decision).unwrap();
+    let decision =
+        records(&server, &own.id).await.into_iter().find(|r| r.kind == guard_api::RecordKind::Decision).unwrap();
     assert_eq!(decision.comment.as_deref(), Some("not during the freeze"));
 
     // Already decided: refused with the server's reason, and the refusal is recorded.
@@ -503,7 +521,11 @@ async fn deny_needs_a_reason_and_self_approval_auditors_and_decided_requests_are
     assert!(late.body.contains("is denied, no longer pending"), "{}", late.body);
     let bob_again = bob.post(&path, &[("csrf", &bob_token), ("action", "approve")]).await;
     assert_eq!(bob_again.status, 409);
-    assert!(bob_again.body.contains("no longer pending") || bob_again.body.contains("already reviewed"), "{}", bob_again.body);
+    assert!(
+        bob_again.body.contains("no longer pending") || bob_again.body.contains("already reviewed"),
+        "{}",
+        bob_again.body
+    );
     let trail = records(&server, &own.id).await;
     assert!(
         trail.iter().any(|r| r.reason == Some(guard_api::Reason::Refused) && r.approver.as_deref() == Some("alice")),
@@ -526,7 +548,8 @@ async fn hostile_argv_is_escaped_and_a_long_one_is_cut() {
         "\"><img src=x onerror=alert(1)>".into(),
         "\u{1b}]52;c;ZXZpbA==\u{7}".into(),
     ];
-    hostile.stated_reason = Some(StatedReason { reason: "</blockquote><script>x()</script>".into(), ..Default::default() });
+    hostile.stated_reason =
+        Some(StatedReason { reason: "</blockquote><script>x()</script>".into(), ..Default::default() });
     let (bad, _s1) = hold(&server, hostile).await;
     let mut long = op("etc-writes", "100-2", "dev", 2000, "/usr/bin/long");
     // 100 KiB of argv: 25 arguments of 4 KiB (the most one argument may hold).
@@ -582,7 +605,10 @@ async fn events_announce_new_requests_and_decisions_on_every_open_console() {
     assert_eq!(reply.status, 200);
     for events in [&mut bob_events, &mut carol_events] {
         let event = events.next_of("decided").await;
-        assert_eq!((event["id"].as_str().unwrap(), event["state"].as_str().unwrap()), (created.id.as_str(), "approved"));
+        assert_eq!(
+            (event["id"].as_str().unwrap(), event["state"].as_str().unwrap()),
+            (created.id.as_str(), "approved")
+        );
     }
     server.stop().await;
 }
@@ -596,7 +622,8 @@ async fn history_filters_paginates_exports_and_shows_chain_positions() {
     let token = bob.signed_in("bob").await;
     for tree in ["1-1", "2-2", "3-3"] {
         let (r, _s) = hold(&server, op("etc-writes", tree, "dev", 2000, "/usr/bin/vi")).await;
-        bob.post(&format!("/requests/{}/review", r.id), &[("csrf", &token), ("action", "deny"), ("reason", "no")]).await;
+        bob.post(&format!("/requests/{}/review", r.id), &[("csrf", &token), ("action", "deny"), ("reason", "no")])
+            .await;
     }
     let mut dana = Browser::new(&site, &server);
     dana.signed_in("dana").await;
@@ -604,7 +631,8 @@ async fn history_filters_paginates_exports_and_shows_chain_positions() {
     assert_eq!(denied.status, 200, "{}", denied.body);
     assert_eq!(denied.body.matches("<tr><td>").count(), 2, "two per page");
     assert!(denied.body.contains("Next page"), "{}", denied.body);
-    let next_link = denied.body.split("class=\"next\" href=\"").nth(1).unwrap().split('"').next().unwrap().replace("&amp;", "&");
+    let next_link =
+        denied.body.split("class=\"next\" href=\"").nth(1).unwrap().split('"').next().unwrap().replace("&amp;", "&");
     let second = dana.get(&next_link).await;
     assert!(second.body.matches("<tr><td>").count() >= 1, "{}", second.body);
     let tree = dana.get("/history?tree=2-2&decision=deny").await;
@@ -653,7 +681,11 @@ async fn the_user_command_adds_a_user_who_can_sign_in() {
     assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
     let short = run(&["user", "add", "frank", "--role", "approver"], "short\n");
     assert!(!short.status.success());
-    assert!(String::from_utf8_lossy(&short.stderr).contains("shorter than 10"), "{}", String::from_utf8_lossy(&short.stderr));
+    assert!(
+        String::from_utf8_lossy(&short.stderr).contains("shorter than 10"),
+        "{}",
+        String::from_utf8_lossy(&short.stderr)
+    );
     let role = run(&["user", "add", "gina", "--role", "root"], &format!("{PASSWORD}\n"));
     assert!(String::from_utf8_lossy(&role.stderr).contains("approver, admin or auditor"));
     let twice = run(&["user", "add", "erin", "--role", "approver"], &format!("{PASSWORD}\n"));
@@ -699,7 +731,10 @@ async fn on_postgresql_sign_in_lockout_review_grant_and_revoke_work_the_same() {
     let token = bob.signed_in("bob").await;
     let (created, mut stream) = hold(&server, op("etc-writes", "100-1", "dev", 2000, "/usr/bin/vi")).await;
     let reply = bob
-        .post(&format!("/requests/{}/review", created.id), &[("csrf", &token), ("action", "approve_for"), ("minutes", "5")])
+        .post(
+            &format!("/requests/{}/review", created.id),
+            &[("csrf", &token), ("action", "approve_for"), ("minutes", "5")],
+        )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(state(&next(&mut stream).await), State::Approved);
@@ -708,7 +743,11 @@ async fn on_postgresql_sign_in_lockout_review_grant_and_revoke_work_the_same() {
     let revoked = bob.post(&format!("/grants/{action}"), &[("csrf", &token)]).await;
     assert_eq!(revoked.status, 200, "{}", revoked.body);
     let history = bob.get("/history?approver=bob").await;
-    assert!(history.body.contains("revoked by bob") && history.body.contains("verified by password"), "{}", history.body);
+    assert!(
+        history.body.contains("revoked by bob") && history.body.contains("verified by password"),
+        "{}",
+        history.body
+    );
     server.stop().await;
     drop(cluster);
 }

@@ -85,7 +85,7 @@ pub async fn revoke(
     Signed(account): Signed,
     Form(form): Form<TokenForm>,
 ) -> Response {
-    if let Err(refused) = check_post(&state, &headers, Some(&account.session.csrf), &form.csrf) {
+    if let Some(refused) = check_post(&state, &headers, Some(&account.session.csrf), &form.csrf) {
         return refused;
     }
     let refuse = |status: StatusCode, message: String| (status, Some(notice(false, &message)));

@@ -122,7 +122,7 @@ pub async fn review(
     Signed(account): Signed,
     Form(form): Form<ReviewForm>,
 ) -> Response {
-    if let Err(refused) = check_post(&state, &headers, Some(&account.session.csrf), &form.csrf) {
+    if let Some(refused) = check_post(&state, &headers, Some(&account.session.csrf), &form.csrf) {
         return refused;
     }
     if account.role != Role::Approver {

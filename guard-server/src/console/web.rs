@@ -64,13 +64,9 @@ impl FromRequestParts<ConsoleState> for Signed {
 
 /// The CSRF checks of a POST, before anything is read or changed: the Origin header (or, when
 /// a browser sends none, the Referer) must be the console's own origin, and when `token` is
-/// given it must be the session's. A refusal is a 403 page naming the problem.
-pub fn check_post(
-    state: &ConsoleState,
-    headers: &HeaderMap,
-    expected: Option<&str>,
-    token: &str,
-) -> Result<(), Response> {
+/// given it must be the session's. Some(refusal): a 403 page naming the problem, to answer
+/// instead of doing anything.
+pub fn check_post(state: &ConsoleState, headers: &HeaderMap, expected: Option<&str>, token: &str) -> Option<Response> {
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let referer = headers.get(header::REFERER).and_then(|v| v.to_str().ok());
     let ours = &*state.origin;
@@ -85,11 +81,11 @@ pub fn check_post(
             "Refused: this form was not sent from the console's own page ({} is not {ours}). Nothing was changed.",
             sent.unwrap_or_else(|| "no Origin or Referer".into())
         );
-        return Err(render::message_page(StatusCode::FORBIDDEN, "Refused (CSRF)", &message));
+        return Some(render::message_page(StatusCode::FORBIDDEN, "Refused (CSRF)", &message));
     }
     if let Some(expected) = expected {
         if token.is_empty() || !accounts::same(token, expected) {
-            return Err(render::message_page(
+            return Some(render::message_page(
                 StatusCode::FORBIDDEN,
                 "Refused (CSRF)",
                 "Refused: the form's security token is missing or is not this session's (reload the page and try \
@@ -97,7 +93,7 @@ pub fn check_post(
             ));
         }
     }
-    Ok(())
+    None
 }
 
 /// Every answer: a strict CSP (only our own script and style, no inline script, no framing),
@@ -154,7 +150,7 @@ pub struct LoginForm {
 
 pub async fn login(State(state): State<ConsoleState>, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
     let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or_default().to_string();
-    if let Err(refused) = check_post(&state, &headers, Some(&expected), &form.csrf) {
+    if let Some(refused) = check_post(&state, &headers, Some(&expected), &form.csrf) {
         return refused;
     }
     let store = state.shared.store.as_ref();
@@ -184,7 +180,7 @@ pub async fn logout(
     headers: HeaderMap,
     Form(form): Form<TokenForm>,
 ) -> Response {
-    if let Err(refused) = check_post(&state, &headers, Some(&account.session.csrf), &form.csrf) {
+    if let Some(refused) = check_post(&state, &headers, Some(&account.session.csrf), &form.csrf) {
         return refused;
     }
     if let Err(e) = state.shared.store.delete_session(&account.session.id_hash).await {
