@@ -185,6 +185,22 @@ struct Events {
 }
 
 impl Events {
+    /// The stream ends within 10 s, sending no further event.
+    async fn ends(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.body.frame()).await.expect("the stream ends within 10s");
+            match frame {
+                None | Some(Err(_)) => return,
+                Some(Ok(frame)) => {
+                    let data = frame.into_data().unwrap_or_default();
+                    let text = String::from_utf8_lossy(&data);
+                    assert!(!text.contains("event:"), "an event after sign-out: {text}");
+                }
+            }
+        }
+    }
+
     /// The next event named `kind` (skipping others) as (kind, data), within 10 s.
     async fn next_of(&mut self, kind: &str) -> serde_json::Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -285,8 +301,13 @@ async fn sign_in_sets_a_secure_session_cookie_and_sign_out_ends_it() {
     assert!(store.session(&accounts::id_hash(id)).await.unwrap().is_some());
 
     let token = csrf(&page.body);
+    let mut events = browser.events().await;
+    events.next_of("snapshot").await;
     let out = browser.post("/logout", &[("csrf", &token)]).await;
     assert_eq!(out.status, 303);
+    // The open event stream ends at the next change and sends nothing of it.
+    let (_created, _stream) = hold(&server, op("etc-writes", "100-1", "dev", 2000, "/usr/bin/vi")).await;
+    events.ends().await;
     assert!(store.session(&accounts::id_hash(id)).await.unwrap().is_none(), "logout deletes the session");
     // The old cookie opens nothing any more.
     browser.cookies.insert("__Host-guard_session".into(), id.into());

@@ -227,6 +227,21 @@ pub async fn authenticate(
     Ok(Some(Account { name: user.name, role, session }))
 }
 
+/// Whether `account`'s session still stands (not signed out, expired, or its user disabled):
+/// what a long-lived event stream checks before it sends anything more.
+pub async fn still_signed_in(store: &dyn Store, settings: &ConsoleSettings, account: &Account, now_ms: i64) -> bool {
+    let hash = &account.session.id_hash;
+    let Ok(Some(session)) = store.session(hash).await else { return false };
+    let idle = i64::try_from(settings.session_idle.as_millis()).unwrap_or(i64::MAX);
+    let max = i64::try_from(settings.session_max.as_millis()).unwrap_or(i64::MAX);
+    // An open stream is not a person at work: it does not keep the session alive, and ends
+    // when the session goes idle like any page would.
+    if now_ms.saturating_sub(session.created_ms) > max || now_ms.saturating_sub(session.last_seen_ms) > idle {
+        return false;
+    }
+    matches!(store.user(&account.name).await, Ok(Some(u)) if !u.disabled)
+}
+
 /// The audit record of a refused sign-in (and of the lockout it caused): a review-kind record
 /// of the server (host ""), reason refused, `approver` the name that was tried.
 async fn record_refusal(store: &dyn Store, settings: &ConsoleSettings, name: &str, refusal: &Refusal, now_ms: i64) {

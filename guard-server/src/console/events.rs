@@ -7,7 +7,7 @@
 //!
 //! Cards are rendered here, by the server, escaped like the page's: the script inserts them
 //! as they are and never builds markup from a request's fields.
-use super::accounts::Account;
+use super::accounts::{still_signed_in, Account};
 use super::queue::{card_of, pending, sees};
 use super::web::Signed;
 use super::ConsoleState;
@@ -23,6 +23,9 @@ use std::convert::Infallible;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 
+/// How often an idle stream checks that its session still stands.
+const SESSION_CHECK: Duration = Duration::from_secs(30);
+
 pub async fn stream(State(state): State<ConsoleState>, Signed(account): Signed) -> Response {
     let mut rx = state.shared.fanout.subscribe();
     let mut shutdown = state.shared.shutdown.clone();
@@ -33,11 +36,20 @@ pub async fn stream(State(state): State<ConsoleState>, Signed(account): Signed) 
             Ok(event) => yield Ok::<Event, Infallible>(event),
             Err(e) => { tracing::warn!("console events: {e}"); return; }
         }
+        let mut check = tokio::time::interval(SESSION_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let change = tokio::select! {
-                change = rx.recv() => change,
+                change = rx.recv() => Some(change),
+                _ = check.tick() => None,
                 _ = stopped(&mut shutdown) => return,
             };
+            // Signed out, expired or disabled since the stream began: it ends, and sends
+            // nothing more (the browser's reconnect then meets the sign-in page).
+            if !still_signed_in(state.shared.store.as_ref(), &state.settings, &account, now_ms()).await {
+                return;
+            }
+            let Some(change) = change else { continue };
             let changed: Vec<Request> = match change {
                 Ok(Change::Request(id)) => match state.shared.store.get(&id, now_ms()).await {
                     Ok(found) => found.into_iter().collect(),

@@ -14,9 +14,9 @@ mod events;
 mod grants;
 mod history;
 mod queue;
-mod render;
+pub mod render;
 mod serve;
-mod web;
+pub mod web;
 
 use crate::service::Shared;
 use anyhow::{Context, Result};

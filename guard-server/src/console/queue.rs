@@ -144,6 +144,12 @@ pub async fn review(
         Ok(v) => v,
         Err(e) => return queue(&state, &account, render::status_of(&e), Some(notice(false, &e.to_string()))).await,
     };
+    let no_grant = input.grant_seconds > 0
+        && approvals::get(&state.shared, &account.name, &id)
+            .await
+            .ok()
+            .and_then(|r| r.operation)
+            .is_some_and(|op| crate::store::grant_argv(&op).is_none());
     let what = match (input.approve, input.grant_seconds) {
         (false, _) => "denied".to_string(),
         (true, 0) => "approved".to_string(),
