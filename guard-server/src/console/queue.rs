@@ -158,12 +158,15 @@ pub async fn review(
     match approvals::review(&state.shared, &account.name, verified, input).await {
         Ok(r) => {
             let (got, need) = (r.reviews.iter().filter(|v| v.approve).count(), r.approvals_required.max(1));
-            let message = match render::state_of(&r) {
+            let mut message = match render::state_of(&r) {
                 RequestState::Pending => {
                     format!("You {what} request {}: {got} of {need} approvals, it waits for more.", r.id)
                 }
                 s => format!("You {what} request {}: it is {}.", r.id, s.label()),
             };
+            if no_grant {
+                message.push_str(" No grant was made: the exec's argv was cut short, so nobody saw all of it.");
+            }
             queue(&state, &account, StatusCode::OK, Some(notice(true, &message))).await
         }
         Err(e) => {
