@@ -599,6 +599,20 @@ async fn hostile_argv_is_escaped_and_a_long_one_is_cut() {
     let snapshot = events.next_of("snapshot").await;
     let html = snapshot["cards"].as_array().unwrap().iter().map(|c| c["html"].as_str().unwrap()).collect::<String>();
     assert!(html.contains("&lt;script&gt;") && !html.contains("<script>"), "{html}");
+
+    // A hostile deny reason is escaped in the history too.
+    let token = csrf(&page.body);
+    let denied = browser
+        .post(
+            &format!("/requests/{}/review", bad.id),
+            &[("csrf", &token), ("action", "deny"), ("reason", "<script>steal()</script>\u{1b}[2J")],
+        )
+        .await;
+    assert_eq!(denied.status, 200, "{}", denied.body);
+    let history = browser.get("/history").await;
+    assert!(history.body.contains("&lt;script&gt;steal()&lt;/script&gt;\\x1b[2J"), "{}", history.body);
+    assert!(!history.body.contains("<script>steal") && !history.body.contains('\u{1b}'));
+
     server.stop().await;
 }
 
@@ -695,7 +709,8 @@ async fn the_user_command_adds_a_user_who_can_sign_in() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        // A command that fails early may not read its stdin: its exit status says why.
+        let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
         child.wait_with_output().unwrap()
     };
     let added = run(&["user", "add", "erin", "--role", "approver"], &format!("{PASSWORD}\n"));
@@ -771,4 +786,114 @@ async fn on_postgresql_sign_in_lockout_review_grant_and_revoke_work_the_same() {
     );
     server.stop().await;
     drop(cluster);
+}
+
+#[tokio::test]
+async fn n_of_m_progress_is_shown_and_streamed_until_the_second_approval_decides() {
+    let site = console_site();
+    let server = site.start(None).await;
+    add_users(&site, &[("bob", Role::Approver), ("carol", Role::Approver)]).await;
+    let mut bob = Browser::new(&site, &server);
+    let bob_token = bob.signed_in("bob").await;
+    let mut carol = Browser::new(&site, &server);
+    let carol_token = carol.signed_in("carol").await;
+    let mut carol_events = carol.events().await;
+    carol_events.next_of("snapshot").await;
+
+    // prod-deploy needs 2 of alice, bob, carol.
+    let (created, mut stream) = hold(&server, op("prod-deploy", "5-5", "dev", 2000, "/usr/bin/deploy")).await;
+    assert!(carol_events.next_of("created").await["html"].as_str().unwrap().contains("0 of 2"));
+    let first =
+        bob.post(&format!("/requests/{}/review", created.id), &[("csrf", &bob_token), ("action", "approve")]).await;
+    assert_eq!(first.status, 200);
+    assert!(first.body.contains("1 of 2 approvals, it waits for more"), "{}", first.body);
+    let reviewed = carol_events.next_of("reviewed").await;
+    let html = reviewed["html"].as_str().unwrap();
+    assert!(
+        html.contains("1 of 2") && html.contains("bob <b>approved</b>") && html.contains("verified by password"),
+        "{html}"
+    );
+    let page = carol.get("/").await;
+    assert!(page.body.contains("approvals <b class=\"nofm\">1 of 2</b>"), "{}", page.body);
+
+    let second =
+        carol.post(&format!("/requests/{}/review", created.id), &[("csrf", &carol_token), ("action", "approve")]).await;
+    assert!(second.body.contains("it is approved"), "{}", second.body);
+    assert_eq!(carol_events.next_of("decided").await["id"], created.id.as_str());
+    assert_eq!(state(&next(&mut stream).await), State::Approved);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn approvers_see_only_their_hosts_and_only_admins_revoke_any_grant() {
+    let toml = guard_server::testing::config::ServerToml::new("pki")
+        .default_timeout("30s")
+        .approver_in("bob", &["bob"], &["one"])
+        .approver_in("carol", &[], &["two"])
+        .extra("[[host_group]]\nname = \"one\"\nhosts = [\"h1\"]\n[[host_group]]\nname = \"two\"\nhosts = [\"h2\"]\n")
+        .extra("[console]\nlisten = \"127.0.0.1:0\"\n");
+    let site = Site::with(toml);
+    let server = site.start(None).await;
+    add_users(
+        &site,
+        &[("bob", Role::Approver), ("carol", Role::Approver), ("dana", Role::Auditor), ("root", Role::Admin)],
+    )
+    .await;
+    let mut bob = Browser::new(&site, &server);
+    let bob_token = bob.signed_in("bob").await;
+    let mut carol = Browser::new(&site, &server);
+    let carol_token = carol.signed_in("carol").await;
+
+    let (created, mut stream) = hold(&server, op("etc-writes", "100-1", "dev", 2000, "/usr/bin/vi")).await;
+    assert!(bob.get("/").await.body.contains(&created.id), "h1 is bob's");
+    assert!(!carol.get("/").await.body.contains(&created.id), "h1 is not carol's");
+    let refused =
+        carol.post(&format!("/requests/{}/review", created.id), &[("csrf", &carol_token), ("action", "approve")]).await;
+    assert_eq!(refused.status, 403);
+    assert!(refused.body.contains("carol is not assigned to host h1"), "{}", refused.body);
+    let history = carol.get("/history?host=h1").await;
+    assert_eq!(history.status, 403, "{}", history.body);
+    assert!(!carol.get("/history").await.body.contains(&created.id), "no h1 record for carol");
+
+    let approved = bob
+        .post(
+            &format!("/requests/{}/review", created.id),
+            &[("csrf", &bob_token), ("action", "approve_for"), ("minutes", "60")],
+        )
+        .await;
+    assert_eq!(approved.status, 200, "{}", approved.body);
+    assert_eq!(state(&next(&mut stream).await), State::Approved);
+    let grants = bob.get("/grants").await;
+    let grant = grants.body.split("action=\"/grants/").nth(1).unwrap().split('/').next().unwrap().to_string();
+    assert!(!carol.get("/grants").await.body.contains(&grant), "carol does not see h1's grant");
+    let by_carol = carol.post(&format!("/grants/{grant}/revoke"), &[("csrf", &carol_token)]).await;
+    assert_eq!(by_carol.status, 403, "{}", by_carol.body);
+    let mut dana = Browser::new(&site, &server);
+    let dana_token = dana.signed_in("dana").await;
+    let seen = dana.get("/grants").await;
+    assert!(
+        seen.body.contains(&format!("grant-{grant}")) && !seen.body.contains("Revoke"),
+        "auditors read, never revoke"
+    );
+    assert_eq!(dana.post(&format!("/grants/{grant}/revoke"), &[("csrf", &dana_token)]).await.status, 403);
+    let mut root = Browser::new(&site, &server);
+    let root_token = root.signed_in("root").await;
+    let by_admin = root.post(&format!("/grants/{grant}/revoke"), &[("csrf", &root_token)]).await;
+    assert_eq!(by_admin.status, 200, "{}", by_admin.body);
+    assert!(by_admin.body.contains("revoked"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_session_ends() {
+    let site = Site::with(config().extra("[console]\nlisten = \"127.0.0.1:0\"\nsession_idle = \"1s\"\n"));
+    let server = site.start(None).await;
+    add_users(&site, &[("bob", Role::Approver)]).await;
+    let mut bob = Browser::new(&site, &server);
+    bob.signed_in("bob").await;
+    assert_eq!(bob.get("/").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = bob.get("/").await;
+    assert_eq!((after.status, after.headers["location"].to_str().unwrap()), (303, "/login"), "idle for longer than 1s");
+    server.stop().await;
 }
