@@ -405,6 +405,13 @@ async fn approve_once_through_the_console_completes_the_agents_hold() {
     let review =
         records(&server, &created.id).await.into_iter().find(|r| r.kind == guard_api::RecordKind::Review).unwrap();
     assert_eq!(review.verified_by.as_deref(), Some("password"), "the review record says how bob was verified");
+
+    // The same operation again: its card lists the earlier decision.
+    let (again, _again_stream) = hold(&server, op("etc-writes", "100-9", "dev", 2000, "/usr/bin/vi")).await;
+    let page = browser.get("/").await;
+    let card = page.body.split(&format!("id=\"req-{}\"", again.id)).nth(1).expect("the new card");
+    let earlier = card.split("Earlier decisions on this operation").nth(1).unwrap();
+    assert!(earlier.contains("<b>approved</b> by bob"), "{earlier}");
     server.stop().await;
 }
 

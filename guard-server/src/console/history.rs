@@ -246,6 +246,7 @@ async fn chain_status(state: &ConsoleState, account: &Account) -> maud::Markup {
             Err(e) => (render::notice(false, &format!("cannot read the chain's head: {e}"))),
         }
         @match &streams {
+            Ok(list) if !list.iter().any(|s| sees(state, account, &s.host)) => p.small { "No agent has reported records yet." },
             Ok(list) => div.scroll { table.chains {
                 thead { tr { th { "host" } th { "agent stream" } th { "last seq stored" } th { "hash" } } }
                 tbody { @for s in list.iter().filter(|s| sees(state, account, &s.host)) {

@@ -209,3 +209,31 @@ pub async fn argv(
 fn not_found(id: &str) -> GuardError {
     GuardError::NotFound(format!("no request {id:?}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(action: &str, minutes: Option<&str>, reason: &str) -> ReviewForm {
+        ReviewForm {
+            csrf: String::new(),
+            action: action.into(),
+            minutes: minutes.map(str::to_string),
+            reason: reason.into(),
+        }
+    }
+
+    #[test]
+    fn the_form_becomes_a_review_or_a_named_problem() {
+        let once = review_of("abc", &form("approve", None, "")).unwrap();
+        assert_eq!((once.approve, once.grant_seconds), (true, 0));
+        let grant = review_of("abc", &form("approve_for", Some("15"), "")).unwrap();
+        assert_eq!((grant.approve, grant.grant_seconds), (true, 900));
+        let deny = review_of("abc", &form("deny", None, "  not now ")).unwrap();
+        assert_eq!((deny.approve, deny.comment.as_str()), (false, "not now"));
+        assert!(review_of("abc", &form("approve_for", Some("7"), "")).unwrap_err().contains("one of"));
+        assert!(review_of("abc", &form("approve_for", Some("\u{1b}[2J"), "")).unwrap_err().contains("\\x1b"));
+        assert!(review_of("abc", &form("deny", None, " ")).unwrap_err().contains("needs a reason"));
+        assert!(review_of("abc", &form("<b>", None, "")).unwrap_err().contains("unknown action"));
+    }
+}
