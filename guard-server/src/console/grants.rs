@@ -29,7 +29,9 @@ async fn grants_page(state: &ConsoleState, account: &Account, status: StatusCode
         Ok(live) => live,
         Err(e) => return render::error_page(&e),
     };
-    let live: Vec<_> = live.into_iter().filter(|l| sees(state, account, &l.grant.host)).collect();
+    // Approvers: the grants of their hosts, and the ones they made wherever that was.
+    let live: Vec<_> =
+        live.into_iter().filter(|l| sees(state, account, &l.grant.host) || l.grant.approver == account.name).collect();
     let body = html! {
         @if let Some(b) = banner { (b) }
         h1 { "Active grants" }
@@ -93,7 +95,7 @@ pub async fn revoke(
     let (status, banner) = match found {
         Err(e) => return render::error_page(&e),
         Ok(None) => refuse(StatusCode::NOT_FOUND, format!("Refused: no grant {:?}. Nothing was changed.", shown(&id))),
-        Ok(Some((g, _))) if !sees(&state, &account, &g.host) || !may_revoke(&state, &account, &g) => refuse(
+        Ok(Some((g, _))) if !may_revoke(&state, &account, &g) => refuse(
             StatusCode::FORBIDDEN,
             format!(
                 "Refused: {} ({}) may not revoke grant {id} (approvers revoke their own grants and those on their hosts; admins any). Nothing was changed.",
