@@ -4,6 +4,8 @@
 //    With them it runs, and fails loudly if the cluster cannot start.
 // 3. `cfg(has_rsyslog)` when Debian's rsyslogd and its GnuTLS driver are installed (`cargo
 //    xtask setup` installs them), for the syslog sink tests (tests/sinks.rs), likewise.
+// 4. `cfg(has_chromium)` when Debian's chromium and chromedriver are installed (`cargo xtask
+//    setup` installs them), for the real-browser tests (tests/browser/), likewise.
 fn main() {
     println!("cargo:rerun-if-changed=migrations");
     println!("cargo::rustc-check-cfg=cfg(has_postgres)");
@@ -20,7 +22,17 @@ fn main() {
     if std::path::Path::new(RSYSLOGD).exists() && std::path::Path::new(RSYSLOG_GTLS).exists() {
         println!("cargo:rustc-cfg=has_rsyslog");
     }
+    println!("cargo::rustc-check-cfg=cfg(has_chromium)");
+    println!("cargo:rerun-if-changed={CHROMIUM}");
+    println!("cargo:rerun-if-changed={CHROMEDRIVER}");
+    if std::path::Path::new(CHROMIUM).exists() && std::path::Path::new(CHROMEDRIVER).exists() {
+        println!("cargo:rustc-cfg=has_chromium");
+    }
 }
+
+/// Debian's chromium and chromium-driver packages.
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
 /// Where Debian's rsyslog package puts the daemon and its TLS stream driver.
 const RSYSLOGD: &str = "/usr/sbin/rsyslogd";

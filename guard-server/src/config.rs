@@ -29,6 +29,8 @@ pub struct ServerConfig {
     pub sinks: Vec<SinkConfig>,
     /// The web console (`[console]`); None: no console listener.
     pub console: Option<crate::console::config::ConsoleSettings>,
+    /// Chat approvals (`[chat]`): Slack, Teams, the signed webhook; off by default.
+    pub chat: crate::chat::ChatConfig,
 }
 
 /// The server's own audit chain: its signing key and how often it signs a checkpoint.
@@ -74,6 +76,8 @@ pub struct Policy {
     pub redact: Redactor,
     pub policy_changed: PolicyChanged,
     pub limits: Limits,
+    /// Which approvals need a passkey (`[passkeys]`).
+    pub passkeys: crate::passkey::PasskeyPolicy,
 }
 
 impl Default for Policy {
@@ -88,6 +92,7 @@ impl Default for Policy {
             redact: Redactor::default(),
             policy_changed: PolicyChanged::Flag,
             limits: Limits::default(),
+            passkeys: crate::passkey::PasskeyPolicy::Off,
         }
     }
 }
@@ -188,6 +193,9 @@ struct RawConfig {
     #[serde(default)]
     sink: Vec<Spanned<RawSink>>,
     console: Option<Spanned<crate::console::config::RawConsole>>,
+    passkeys: Option<Spanned<crate::passkey::policy::RawPasskeys>>,
+    // Not Spanned: `[chat.slack]` alone defines `chat` implicitly, which toml cannot span.
+    chat: Option<crate::chat::config::RawChat>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -444,6 +452,8 @@ impl ServerConfig {
         let sinks = crate::sinks::config::parse(&raw.sink, &at, &resolve)?;
         let console =
             raw.console.as_ref().map(|c| crate::console::config::parse(c, &tls, &at, &resolve)).transpose()?;
+        let passkeys = crate::passkey::policy::parse(raw.passkeys.as_ref(), &at)?;
+        let chat = crate::chat::config::parse(&raw.chat, &at, &resolve)?;
 
         Ok(ServerConfig {
             listen,
@@ -452,6 +462,7 @@ impl ServerConfig {
             audit,
             sinks,
             console,
+            chat,
             policy: Policy {
                 default_timeout,
                 max_timeout,
@@ -462,6 +473,7 @@ impl ServerConfig {
                 redact,
                 policy_changed,
                 limits,
+                passkeys,
             },
         })
     }
@@ -478,6 +490,7 @@ impl ServerConfig {
             audit: AuditSettings::at(dir.join("audit.key")),
             sinks: Vec::new(),
             console: None,
+            chat: crate::chat::ChatConfig::default(),
         }
     }
 }

@@ -65,6 +65,11 @@ enum Cmd {
         #[arg(long, global = true)]
         database_url: Option<String>,
     },
+    /// Client certificates from CSRs (`guardctl enroll`), and their revocation.
+    Cert {
+        #[command(subcommand)]
+        action: CertCmd,
+    },
     /// Start a throwaway PostgreSQL cluster, print its URL, stop it on SIGTERM/SIGINT (benchmarks).
     /// Only in builds with the `testing` feature.
     #[cfg(feature = "testing")]
@@ -114,6 +119,154 @@ enum UserCmd {
     },
 }
 
+#[derive(Subcommand)]
+enum CertCmd {
+    /// Sign a certificate signing request with the CA: the CSR's CN is the name, the role is
+    /// yours to give; the key stays where the CSR was made. Writes <role>-<CN>.crt.
+    Sign {
+        /// The init-pki directory holding ca.crt and ca.key.
+        #[arg(long)]
+        pki: PathBuf,
+        /// The CSR (PEM), e.g. from `guardctl enroll`.
+        #[arg(long)]
+        csr: PathBuf,
+        #[arg(long, value_enum, default_value = "approver")]
+        role: CertRole,
+        /// How long the certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Where to write the certificate (default: the --pki directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Revoke a client certificate: every replica refuses it within seconds.
+    Revoke {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        /// The certificate (PEM) to revoke.
+        #[arg(long, conflicts_with = "serial", required_unless_present = "serial")]
+        cert: Option<PathBuf>,
+        /// Or its serial number (hex, as `cert sign` printed it).
+        #[arg(long, requires = "name")]
+        serial: Option<String>,
+        /// With --serial: whose certificate it is (for the record).
+        #[arg(long)]
+        name: Option<String>,
+        /// Why (kept in the audit record and told to whoever presents it).
+        #[arg(long)]
+        reason: String,
+    },
+    /// List the revoked certificates.
+    Revoked {
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CertRole {
+    Approver,
+    Agent,
+}
+
+/// The database a maintenance command works on, found as `serve` finds it.
+#[derive(clap::Args)]
+struct DatabaseArgs {
+    /// The server's configuration file.
+    #[arg(long, conflicts_with_all = ["pki", "database_url"])]
+    config: Option<PathBuf>,
+    /// The init-pki directory of a server run with `serve --pki` (SQLite in its parent).
+    #[arg(long, conflicts_with = "database_url")]
+    pki: Option<PathBuf>,
+    /// sqlite:PATH or postgres://...
+    #[arg(long)]
+    database_url: Option<String>,
+}
+
+impl DatabaseArgs {
+    fn url(&self) -> Result<String> {
+        match (&self.config, &self.pki, &self.database_url) {
+            (Some(file), _, _) => Ok(ServerConfig::load(file)?.database_url),
+            (None, Some(dir), url) => {
+                Ok(ServerConfig::from_pki(dir, DEFAULT_LISTEN.parse()?, url.clone()).database_url)
+            }
+            (None, None, Some(url)) => Ok(url.clone()),
+            (None, None, None) => anyhow::bail!("give --config FILE, --pki DIR or --database-url URL"),
+        }
+    }
+
+    async fn open(&self) -> Result<std::sync::Arc<dyn guard_server::store::Store>> {
+        guard_server::store::open(&self.url()?, guard_server::fanout::Fanout::default()).await
+    }
+}
+
+fn cert(action: CertCmd) -> Result<()> {
+    use guard_server::revocation::{self, Revoked};
+    match action {
+        CertCmd::Sign { pki, csr, role, days, out } => {
+            let pem = std::fs::read_to_string(&csr).with_context(|| format!("cannot read {}", csr.display()))?;
+            let role = match role {
+                CertRole::Approver => guard_server::pki::ROLE_APPROVER,
+                CertRole::Agent => guard_server::pki::ROLE_AGENT,
+            };
+            let out = out.unwrap_or_else(|| pki.clone());
+            let signed = guard_server::enroll::sign_csr(&pki, &pem, role, days, &out)
+                .with_context(|| format!("CSR {}", csr.display()))?;
+            println!("created {} (CN {}, serial {})", signed.path.display(), signed.name, signed.serial);
+            Ok(())
+        }
+        CertCmd::Revoke { db, cert, serial, name, reason } => {
+            let (serial, name) = match (cert, serial) {
+                (Some(file), _) => {
+                    let pem =
+                        std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+                    revocation::serial_and_name(&pem).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+                }
+                (None, Some(serial)) => {
+                    let serial = serial.trim_start_matches("0x").replace(':', "").to_ascii_lowercase();
+                    if serial.is_empty() || !serial.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        anyhow::bail!("--serial {serial:?}: give the serial number in hex");
+                    }
+                    (serial, name.unwrap_or_default())
+                }
+                (None, None) => anyhow::bail!("give --cert FILE or --serial HEX --name NAME"),
+            };
+            if reason.trim().is_empty() {
+                anyhow::bail!("--reason: say why (it goes in the audit record)");
+            }
+            let by = format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
+            let revoked = Revoked { serial: serial.clone(), name: name.clone(), reason, revoked_by: by, revoked_ms: 0 };
+            let new = runtime()?.block_on(async {
+                Ok::<_, anyhow::Error>(revocation::revoke(db.open().await?.as_ref(), revoked).await?)
+            })?;
+            if new {
+                println!(
+                    "revoked certificate {serial} of {name:?}: refused by every replica within {:?}",
+                    revocation::REFRESH_EVERY
+                );
+            } else {
+                println!("certificate {serial} was revoked already");
+            }
+            Ok(())
+        }
+        CertCmd::Revoked { db } => {
+            let list = runtime()?
+                .block_on(async { Ok::<_, anyhow::Error>(db.open().await?.revoked_certificates().await?) })?;
+            for r in list {
+                println!(
+                    "{}  {}  {}  by {}: {}",
+                    guard_api::Timestamp::from_unix_ms(r.revoked_ms),
+                    r.serial,
+                    r.name,
+                    r.revoked_by,
+                    r.reason
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -132,6 +285,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Cert { action } => cert(action),
         Cmd::Serve { config, pki, database_url, listen } => {
             let mut config = match (config, pki) {
                 (Some(file), _) => ServerConfig::load(&file)?,

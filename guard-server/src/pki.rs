@@ -60,7 +60,7 @@ pub fn init_pki(dir: &Path, spec: &PkiSpec) -> Result<Vec<PkiAction>> {
 }
 
 /// Names become file names and certificate CNs: keep them to a safe, printable set.
-fn check_name(name: &str) -> Result<()> {
+pub fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with(['.', '-'])
@@ -71,15 +71,20 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The CA of an existing PKI directory, to sign with.
+pub fn load_ca(dir: &Path) -> Result<Issuer<'static, KeyPair>> {
+    let (crt, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+    let key_pem = fs::read_to_string(&key).with_context(|| format!("cannot read {}", key.display()))?;
+    let crt_pem = fs::read_to_string(&crt).with_context(|| format!("cannot read {}", crt.display()))?;
+    let key_pair = KeyPair::from_pem(&key_pem).with_context(|| format!("bad key in {}", key.display()))?;
+    Issuer::from_ca_cert_pem(&crt_pem, key_pair).with_context(|| format!("bad certificate in {}", crt.display()))
+}
+
 fn ca(dir: &Path, actions: &mut Vec<PkiAction>) -> Result<Issuer<'static, KeyPair>> {
     let (crt, key) = (dir.join("ca.crt"), dir.join("ca.key"));
     match (crt.exists(), key.exists()) {
         (true, true) => {
-            let key_pem = fs::read_to_string(&key).with_context(|| format!("cannot read {}", key.display()))?;
-            let crt_pem = fs::read_to_string(&crt).with_context(|| format!("cannot read {}", crt.display()))?;
-            let key_pair = KeyPair::from_pem(&key_pem).with_context(|| format!("bad key in {}", key.display()))?;
-            let issuer = Issuer::from_ca_cert_pem(&crt_pem, key_pair)
-                .with_context(|| format!("bad certificate in {}", crt.display()))?;
+            let issuer = load_ca(dir)?;
             actions.push(PkiAction::Kept(crt));
             Ok(issuer)
         }
@@ -89,7 +94,7 @@ fn ca(dir: &Path, actions: &mut Vec<PkiAction>) -> Result<Issuer<'static, KeyPai
             params.distinguished_name = dn("guard CA", "guard-ca");
             params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
             params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-            validity(&mut params, 20);
+            validity(&mut params, 20 * 365);
             let cert = params.self_signed(&key_pair)?;
             write_new(&key, key_pair.serialize_pem().as_bytes(), 0o600)?;
             write_new(&crt, cert.pem().as_bytes(), 0o644)?;
@@ -124,6 +129,16 @@ fn leaf(
         write_new(&key, key_pair.serialize_pem().as_bytes(), 0o600)?;
         key_pair
     };
+    let params = leaf_params(cn, role, sans, 10 * 365)?;
+    let cert = params.signed_by(&key_pair, issuer)?;
+    write_new(&crt, cert.pem().as_bytes(), 0o644)?;
+    actions.push(PkiAction::Created(crt));
+    Ok(())
+}
+
+/// A leaf certificate's parameters: CN `cn`, role (OU) `role`, `sans` (server only), valid
+/// `days`; client roles get ClientAuth, the server ServerAuth.
+pub fn leaf_params(cn: &str, role: &str, sans: &[String], days: i64) -> Result<CertificateParams> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name = dn(cn, role);
     params.subject_alt_names = sans
@@ -140,11 +155,8 @@ fn leaf(
         ExtendedKeyUsagePurpose::ClientAuth
     }];
     params.use_authority_key_identifier_extension = true;
-    validity(&mut params, 10);
-    let cert = params.signed_by(&key_pair, issuer)?;
-    write_new(&crt, cert.pem().as_bytes(), 0o644)?;
-    actions.push(PkiAction::Created(crt));
-    Ok(())
+    validity(&mut params, days);
+    Ok(params)
 }
 
 fn dn(cn: &str, ou: &str) -> DistinguishedName {
@@ -155,15 +167,15 @@ fn dn(cn: &str, ou: &str) -> DistinguishedName {
     dn
 }
 
-fn validity(params: &mut CertificateParams, years: i64) {
+fn validity(params: &mut CertificateParams, days: i64) {
     let now = time::OffsetDateTime::now_utc();
     // An hour back so that a clock slightly behind on another host still accepts it.
     params.not_before = now - time::Duration::hours(1);
-    params.not_after = now + time::Duration::days(365 * years);
+    params.not_after = now + time::Duration::days(days);
 }
 
 /// Creates `path` with `mode`; fails if it exists so nothing is ever overwritten.
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -2,6 +2,7 @@
 use crate::config::{AuditSettings, ServerConfig};
 use crate::fanout::Fanout;
 use crate::lifecycle::{now_ms, MAX_MESSAGE_BYTES};
+use crate::revocation::Revocations;
 use crate::service::{agent::AgentApi, audit::AuditApi, review::ReviewApi, Shared};
 use crate::sinks::Sinks;
 use crate::store;
@@ -31,9 +32,13 @@ pub struct ServerHandle {
     serve: JoinHandle<Result<(), tonic::transport::Error>>,
     sweeper: JoinHandle<()>,
     checkpointer: JoinHandle<()>,
+    /// Reloads the revoked certificates.
+    revocations: JoinHandle<()>,
     /// The audit sinks: they only read committed rows, so stopping them first loses nothing
     /// (a batch in flight is delivered again after the next start).
     sinks: Sinks,
+    /// The chat channels' notifiers and callback endpoints, when `[chat]` configures any.
+    chat: Option<crate::chat::ChatService>,
     /// The web console's listener, when `[console]` configures one.
     console: Option<crate::console::ConsoleHandle>,
 }
@@ -49,16 +54,24 @@ impl ServerHandle {
         self.console.as_ref().map(|c| (c.addr, c.origin.as_str()))
     }
 
+    /// The chat channels (`[chat]`): their callback endpoints' router, which the console
+    /// nests under `/chat`. None when no channel is configured.
+    pub fn chat(&self) -> Option<&crate::chat::ChatService> {
+        self.chat.as_ref()
+    }
+
     /// Ends the streams, lets calls in flight finish for up to `deadline`, then stops.
     pub async fn shutdown(self, deadline: Duration) -> Result<()> {
         let _ = self.stop.send(true);
         self.sweeper.abort();
         self.checkpointer.abort();
+        self.revocations.abort();
         drop(self.sinks);
         if let Some(console) = self.console {
             // It stops accepting on the same signal; its connections drain on their own.
             let _ = tokio::time::timeout(deadline, console.task).await;
         }
+        drop(self.chat);
         let mut serve = self.serve;
         match tokio::time::timeout(deadline, &mut serve).await {
             Ok(joined) => joined.context("server task failed")?.context("server failed"),
@@ -81,6 +94,8 @@ pub async fn start(config: &ServerConfig) -> Result<ServerHandle> {
     let fanout = Fanout::default();
     let store = store::open(&config.database_url, fanout.clone()).await?;
     let sinks = Sinks::start(store.clone(), &config.sinks).context("audit sinks")?;
+    let revoked = Revocations::load(store.as_ref()).await.context("loading the revoked certificates")?;
+    let revocations = revoked.spawn_refresh(store.clone());
     let (stop, shutdown) = watch::channel(false);
     let shared = Shared {
         store: store.clone(),
@@ -104,6 +119,7 @@ pub async fn start(config: &ServerConfig) -> Result<ServerHandle> {
     let key = SigningKey::load_or_create(&config.audit.key).map_err(|e| anyhow::anyhow!("audit key: {e}"))?;
     shared.store.register_audit_key("", &key.public_hex(), now_ms()).await?;
     let checkpointer = tokio::spawn(checkpoints(shared.store.clone(), key, config.audit.clone()));
+    let chat = crate::chat::ChatService::start(shared.clone(), &config.chat);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -114,6 +130,8 @@ pub async fn start(config: &ServerConfig) -> Result<ServerHandle> {
     let router = Server::builder()
         .tls_config(tls)
         .context("TLS configuration")?
+        // Before every service: a call made with a revoked certificate goes no further.
+        .layer(tonic::service::InterceptorLayer::new(revoked.interceptor()))
         .add_service(
             AgentServiceServer::new(AgentApi { shared: shared.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
@@ -124,14 +142,18 @@ pub async fn start(config: &ServerConfig) -> Result<ServerHandle> {
             AuditServiceServer::new(AuditApi { shared: shared.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES),
         );
     let console = match &config.console {
-        Some(settings) => Some(crate::console::start(settings, shared.clone(), axum::Router::new()).await?),
+        Some(settings) => {
+            // The chat channels' callbacks are served by the console's listener, under /chat.
+            let extra = chat.as_ref().map(|c| axum::Router::new().nest("/chat", c.router())).unwrap_or_default();
+            Some(crate::console::start(settings, shared.clone(), extra).await?)
+        }
         None => None,
     };
     let mut stopped = shared.shutdown.clone();
     let serve = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     }));
-    Ok(ServerHandle { addr, stop, serve, sweeper, checkpointer, sinks, console })
+    Ok(ServerHandle { addr, stop, serve, sweeper, checkpointer, revocations, sinks, chat, console })
 }
 
 /// Signs the chain's head every `checkpoint_rows` rows, or `checkpoint_every` after the first

@@ -3,6 +3,7 @@
 
 pub use guard_proto::client as conn;
 pub mod chain;
+pub mod enroll;
 pub mod failure;
 pub mod render;
 pub mod table;

@@ -110,6 +110,15 @@ enum Cmd {
     },
     /// Who the server takes this certificate for.
     Whoami,
+    /// Make this approver's key and a certificate signing request, here: send the .csr to an
+    /// admin (`guard-server cert sign --csr FILE`), keep the .key.
+    Enroll {
+        /// Your approver name (the certificate's CN).
+        name: String,
+        /// Where to write approver-NAME.key and approver-NAME.csr.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 /// Which events `guardctl audit` (and `audit search`, `audit export`) reads, and how it prints them.
@@ -318,6 +327,12 @@ async fn run(cli: Cli) -> Result<()> {
     if let Cmd::Audit { action: Some(AuditAction::Verify { rows: Some(rows), keys, head }), .. } = &cli.cmd {
         return verify_offline(rows, keys.as_deref(), head.as_deref());
     }
+    if let Cmd::Enroll { name, dir } = &cli.cmd {
+        let done = guardctl::enroll::enroll(name, dir)?;
+        println!("key (keep it here): {}\nCSR (send it to an admin): {}", done.key.display(), done.csr.display());
+        println!("the admin runs: guard-server cert sign --pki PKI_DIR --csr {}", done.csr.display());
+        return Ok(());
+    }
     let channel = cli.conn.channel().await?;
     let mut review = ReviewServiceClient::new(channel.clone());
     let json = cli.json;
@@ -391,6 +406,7 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{} ({})", me.name, me.role);
             }
         }
+        Cmd::Enroll { .. } => unreachable!("enroll returned before connecting"),
     }
     Ok(())
 }

@@ -440,3 +440,113 @@ async fn audit_search_filters_by_decision_rule_approver_and_tree() {
     assert!(!bad.status.success(), "{}", stdout(&bad));
     assert!(stderr(&bad).contains("rule: 300 bytes, at most 256"), "{}", stderr(&bad));
 }
+
+/// `guard-server` run with `args` (init-pki, cert ...); its output.
+fn server_cmd(args: &[&str]) -> std::process::Output {
+    Command::new(server_binary()).args(args).output().expect("running guard-server")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enroll_signs_a_csr_made_here_and_a_revoked_certificate_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::start();
+    let pki = server.pki.to_str().unwrap().to_string();
+    // The approver makes the key and CSR on their own machine (here: into the PKI dir, where
+    // `--pki --as dave` looks); the key is theirs alone.
+    let out = assert_ok(&server.ctl_as("dave", &["enroll", "dave", "--dir", &pki]));
+    assert!(out.contains("approver-dave.csr"), "{out}");
+    let key = server.pki.join("approver-dave.key");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    // A second enroll never replaces the key.
+    let again = server.ctl_as("dave", &["enroll", "dave", "--dir", &pki]);
+    assert!(!again.status.success() && stderr(&again).contains("must not exist yet"), "{}", stderr(&again));
+    // A CSR whose signature does not match its content is refused (who sent it does not hold the key).
+    let csr = std::fs::read_to_string(server.pki.join("approver-dave.csr")).unwrap();
+    let mut lines: Vec<String> = csr.lines().map(str::to_string).collect();
+    let middle = lines.len() / 2;
+    let flipped: String = lines[middle]
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if i == 10 {
+                if c == 'A' {
+                    'B'
+                } else {
+                    'A'
+                }
+            } else {
+                c
+            }
+        })
+        .collect();
+    lines[middle] = flipped;
+    let forged = server.dir.join("forged.csr");
+    std::fs::write(&forged, lines.join("\n") + "\n").unwrap();
+    let refused = server_cmd(&["cert", "sign", "--pki", &pki, "--csr", forged.to_str().unwrap()]);
+    assert!(!refused.status.success(), "a forged CSR was signed");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("forged.csr"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    // Before signing, dave has no certificate: guardctl says which file is missing.
+    let before = server.ctl_as("dave", &["whoami"]);
+    assert!(!before.status.success(), "dave connected before being signed");
+
+    let signed = server_cmd(&["cert", "sign", "--pki", &pki, "--csr", &format!("{pki}/approver-dave.csr")]);
+    let said = String::from_utf8_lossy(&signed.stdout).to_string();
+    assert!(signed.status.success(), "cert sign: {}", String::from_utf8_lossy(&signed.stderr));
+    let serial = said.split("serial ").nth(1).unwrap().trim_end_matches([')', '\n']).to_string();
+    assert_eq!(assert_ok(&server.ctl_as("dave", &["whoami"])).trim(), "dave (approver)");
+
+    // Revoked: every call with that certificate is refused, saying why; others still work.
+    let db = format!("sqlite://{}", server.dir.join("guard.db").display());
+    let revoked = server_cmd(&[
+        "cert",
+        "revoke",
+        "--database-url",
+        &db,
+        "--cert",
+        &format!("{pki}/approver-dave.crt"),
+        "--reason",
+        "laptop lost",
+    ]);
+    assert!(revoked.status.success(), "cert revoke: {}", String::from_utf8_lossy(&revoked.stderr));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let refusal = loop {
+        let o = server.ctl_as("dave", &["whoami"]);
+        if !o.status.success() {
+            break stderr(&o);
+        }
+        assert!(std::time::Instant::now() < deadline, "a revoked certificate is still accepted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        refusal.contains("UNAUTHENTICATED") && refusal.contains("revoked") && refusal.contains("laptop lost"),
+        "{refusal}"
+    );
+    assert!(refusal.contains(&serial), "the refusal names the serial {serial}: {refusal}");
+    assert_eq!(assert_ok(&server.ctl(&["whoami"])).trim(), format!("{APPROVER} (approver)"));
+    // Revoking twice changes nothing; the revocation is in the audit trail.
+    let twice = server_cmd(&[
+        "cert",
+        "revoke",
+        "--database-url",
+        &db,
+        "--serial",
+        &serial,
+        "--name",
+        "dave",
+        "--reason",
+        "again",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&twice.stdout).contains("revoked already"),
+        "{}",
+        String::from_utf8_lossy(&twice.stdout)
+    );
+    let trail = assert_ok(&server.ctl(&["audit", "--json"]));
+    let records: Vec<_> = trail.lines().filter(|l| l.contains(&format!("certificate serial {serial}"))).collect();
+    assert_eq!(records.len(), 1, "one revocation record: {trail}");
+    assert!(records[0].contains("laptop lost") && records[0].contains("\"revoked\""), "{}", records[0]);
+}

@@ -8,6 +8,7 @@
 
 mod audit_loss;
 mod bench;
+mod console_e2e;
 mod daemon_tests;
 mod demo;
 mod escape_decide;
@@ -110,6 +111,7 @@ fn run_tests() -> i32 {
     harness::prepare();
     let trials = TESTS
         .iter()
+        .chain(console_e2e::TESTS)
         .chain(daemon_tests::TESTS)
         .chain(escape_ns::TESTS)
         .chain(escape_files::TESTS)

@@ -122,7 +122,7 @@ impl Env {
     }
 
     /// The server's audit trail (`guardctl audit --json`): each row's record.
-    fn audit_records(&self) -> Result<Vec<AuditRecord>> {
+    pub(crate) fn audit_records(&self) -> Result<Vec<AuditRecord>> {
         let rows = json_list(&self.ctl("alice", &["audit", "--json"])?)?;
         rows.into_iter()
             .map(|row| {

@@ -10,7 +10,9 @@ use std::process::Command;
 /// Debian packages: QEMU, the guest userland, initramfs packing, module
 /// decompression, protoc for crates that generate protobuf code, PostgreSQL (the
 /// guard-server replica tests and benchmarks start throwaway clusters with its binaries), and
-/// rsyslog with its GnuTLS driver (the audit sink tests start a real rsyslogd on loopback).
+/// rsyslog with its GnuTLS driver (the audit sink tests start a real rsyslogd on loopback),
+/// OpenSSL's headers and pkg-config (webauthn-rs verifies passkey signatures with OpenSSL), and
+/// chromium with chromedriver (the console's real-browser tests drive it headless).
 const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
@@ -20,6 +22,10 @@ const APT_PACKAGES: &[&str] = &[
     "postgresql",
     "rsyslog",
     "rsyslog-gnutls",
+    "libssl-dev",
+    "pkg-config",
+    "chromium",
+    "chromium-driver",
 ];
 
 pub fn run() -> Result<()> {

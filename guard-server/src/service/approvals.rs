@@ -120,7 +120,12 @@ async fn review_unrecorded(
     let id = input.id.clone();
     let policy = shared.policy.clone();
     let who = approver.to_string();
-    let judge = move |current: &Request| lifecycle::judge_review(&policy, &who, &input, current, now);
+    let judge = move |current: &Request| {
+        let effect = lifecycle::judge_review(&policy, &who, &input, current, now)?;
+        // `[passkeys]`: an approval that needs one is refused unless this channel ran it.
+        policy.passkeys.check(current, &who, input.approve, verified)?;
+        Ok(effect)
+    };
     shared.store.review(&id, review, &judge).await
 }
 

@@ -10,9 +10,12 @@
 //! `postgres.rs` hold what differs: opening, locking, and change notification across replicas.
 pub mod accounts;
 mod chain;
+pub mod chat;
 pub mod grants;
 pub mod ingest;
+pub mod passkeys;
 pub mod postgres;
+pub mod revocations;
 mod rows;
 pub mod schema;
 mod sql;
@@ -149,10 +152,13 @@ pub struct HostInfo {
     pub seen_ms: i64,
 }
 
-/// The console's accounts and sessions and its reads of grants are traits of their own
-/// (`accounts.rs`, `grants.rs`), so every store has them.
+/// Each channel's own rows are a trait of their own, in their own file: the console's accounts
+/// and sessions and its reads of grants (`accounts.rs`, `grants.rs`), approvers' passkeys
+/// (`passkeys.rs`), the chat channels' cards (`chat.rs`); so every store has them.
 #[async_trait]
-pub trait Store: accounts::AccountStore + grants::GrantStore + Send + Sync {
+pub trait Store:
+    accounts::AccountStore + grants::GrantStore + passkeys::PasskeyStore + chat::ChatStore + Send + Sync
+{
     /// Creates the request (decided at once when a grant or the auto rule covers it), or
     /// returns the existing one with the same (host, hold_key).
     async fn submit(&self, new: NewRequest) -> GuardResult<Request>;
@@ -189,6 +195,10 @@ pub trait Store: accounts::AccountStore + grants::GrantStore + Send + Sync {
     async fn sink_position(&self, name: &str) -> GuardResult<u64>;
     /// Records that sink `name` delivered every audit row up to `seq`.
     async fn set_sink_position(&self, name: &str, seq: u64) -> GuardResult<()>;
+    /// Lists a client certificate as revoked, with its audit record; false when it was already.
+    async fn revoke_certificate(&self, revoked: &crate::revocation::Revoked) -> GuardResult<bool>;
+    /// Every revoked client certificate.
+    async fn revoked_certificates(&self) -> GuardResult<Vec<crate::revocation::Revoked>>;
 }
 
 /// Opens the store named by `url` (`sqlite:...` or `postgres://...`), creating its schema,

@@ -32,7 +32,8 @@ pub enum Backend {
 }
 
 pub struct SqlStore {
-    pool: AnyPool,
+    /// Also for the chat channels' queries (`chat.rs`).
+    pub(super) pool: AnyPool,
     backend: Backend,
     fanout: Fanout,
     /// To the group-commit writer (see `Writer`).
@@ -117,14 +118,14 @@ impl SqlStore {
         SqlStore { pool, backend, fanout, submits, tasks }
     }
 
+    /// For the store's other files (`passkeys.rs`, `accounts.rs`, `grants.rs`).
+    pub(super) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     pub fn with_task(mut self, task: tokio::task::JoinHandle<()>) -> SqlStore {
         self.tasks.push(task);
         self
-    }
-
-    /// The pool, for the store's other files (accounts.rs, grants.rs).
-    pub(super) fn pool(&self) -> &AnyPool {
-        &self.pool
     }
 
     pub(super) fn backend(&self) -> Backend {
@@ -659,5 +660,16 @@ impl Store for SqlStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn revoke_certificate(&self, revoked: &crate::revocation::Revoked) -> GuardResult<bool> {
+        let mut tx = self.begin_write().await?;
+        let new = super::revocations::insert(&mut tx, self.backend, revoked).await?;
+        tx.commit().await?;
+        Ok(new)
+    }
+
+    async fn revoked_certificates(&self) -> GuardResult<Vec<crate::revocation::Revoked>> {
+        super::revocations::all(&self.pool).await
     }
 }
