@@ -137,6 +137,20 @@ impl Browser {
         self.send("POST", path, body, origin).await
     }
 
+    /// A JSON POST as the passkey script makes it (the session's token in X-CSRF-Token).
+    async fn post_json(&mut self, path: &str, body: serde_json::Value, token: Option<&str>) -> Reply {
+        let mut send = self.connect().await;
+        let mut request = self.request("POST", path, body.to_string(), Some(&self.origin.clone()));
+        request.headers_mut().insert("content-type", "application/json".parse().unwrap());
+        if let Some(t) = token {
+            request.headers_mut().insert("x-csrf-token", t.parse().unwrap());
+        }
+        let response = send.send_request(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Reply { status: parts.status.as_u16(), headers: parts.headers, body: String::from_utf8_lossy(&body).into() }
+    }
+
     async fn sign_in(&mut self, user: &str, password: &str) -> Reply {
         let page = self.get("/login").await;
         assert_eq!(page.status, 200, "{}", page.body);
@@ -902,5 +916,74 @@ async fn an_idle_session_ends() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let after = bob.get("/").await;
     assert_eq!((after.status, after.headers["location"].to_str().unwrap()), (303, "/login"), "idle for longer than 1s");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_approval_that_needs_a_passkey_is_refused_without_a_valid_one_and_the_ceremony_is_wired() {
+    // A host name origin (passkeys refuse IP addresses), on a port picked now.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let site = Site::with(config().extra(&format!(
+        "[passkeys]\nrequired = \"always\"\n[console]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"https://localhost:{port}\"\n"
+    )));
+    let server = site.start(None).await;
+    add_users(&site, &[("bob", Role::Approver)]).await;
+    let mut bob = Browser::new(&site, &server);
+    let token = bob.signed_in("bob").await;
+    let (created, _stream) = hold(&server, op("etc-writes", "100-1", "dev", 2000, "/usr/bin/vi")).await;
+
+    let page = bob.get("/").await;
+    let start = format!("/requests/{}/passkey/start", created.id);
+    assert!(
+        page.body.contains("data-passkey-approve") && page.body.contains(&format!("data-start=\"{start}\"")),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("<meta name=\"csrf-token\""), "the script's token");
+    let script = bob.get("/static/guard-passkey.js").await;
+    assert_eq!(script.status, 200);
+    assert!(script.body.contains("navigator.credentials.get"));
+
+    // Without a passkey: the server's backstop refuses the approval.
+    let path = format!("/requests/{}/review", created.id);
+    let plain = bob.post(&path, &[("csrf", &token), ("action", "approve")]).await;
+    assert_eq!(plain.status, 409, "{}", plain.body);
+    assert!(plain.body.contains("passkey"), "{}", plain.body);
+    // A forged step-up: refused, nothing recorded.
+    let forged = bob
+        .post(
+            &path,
+            &[("csrf", &token), ("action", "approve"), ("passkey_ceremony", "00ff"), ("passkey_credential", "{}")],
+        )
+        .await;
+    assert_eq!(forged.status, 409, "{}", forged.body);
+    assert!(forged.body.contains("passkey confirmation was refused"), "{}", forged.body);
+
+    // The ceremony endpoints: the token is required, and bob has no passkey to confirm with.
+    let no_token = bob.post_json(&start, serde_json::json!({"action": "approve"}), None).await;
+    assert_eq!(no_token.status, 403, "{}", no_token.body);
+    let none = bob.post_json(&start, serde_json::json!({"action": "approve"}), Some(&token)).await;
+    assert_eq!(none.status, 409, "{}", none.body);
+    assert!(none.body.contains("has no passkey registered"), "{}", none.body);
+    let register = bob.post_json("/passkeys/register/start", serde_json::json!({}), Some(&token)).await;
+    assert_eq!(register.status, 200, "{}", register.body);
+    let options: serde_json::Value = serde_json::from_str(&register.body).unwrap();
+    assert!(options["ceremony"].as_str().is_some_and(|c| !c.is_empty()));
+    assert_eq!(options["options"]["publicKey"]["rp"]["id"], "localhost");
+    assert_eq!(options["options"]["publicKey"]["authenticatorSelection"]["userVerification"], "required");
+    assert_eq!(bob.get("/passkeys").await.status, 200);
+
+    let current = server
+        .approver("carol")
+        .await
+        .get_request(guard_proto::v1::GetRequestRequest { id: created.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(state(&current), State::Pending, "no approval was recorded");
+    assert!(current.reviews.is_empty());
+    // A denial never needs a passkey.
+    let denied = bob.post(&path, &[("csrf", &token), ("action", "deny"), ("reason", "no")]).await;
+    assert_eq!(denied.status, 200, "{}", denied.body);
     server.stop().await;
 }

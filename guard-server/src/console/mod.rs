@@ -7,12 +7,14 @@
 //! Module map: `config` ([console] settings), `accounts` (users, passwords, sessions, lockout),
 //! `web` (cookies, CSRF, sign-in pages, headers), `render` (how requests and records look),
 //! `queue` (the live queue and reviews), `events` (its SSE stream), `history` (trail, export,
-//! chain status), `grants` (live grants, revoke), `serve` (TLS and HTTP/1.1).
+//! chain status), `grants` (live grants, revoke), `passkeys` (registration and the approval
+//! step-up, over `crate::passkey`), `serve` (TLS and HTTP/1.1).
 pub mod accounts;
 pub mod config;
 mod events;
 mod grants;
 mod history;
+mod passkeys;
 mod queue;
 pub mod render;
 mod serve;
@@ -35,6 +37,9 @@ pub struct ConsoleState {
     /// The origin browsers use (`public_url`, or https:// and the bound address): the only
     /// Origin a POST is accepted from.
     pub origin: Arc<str>,
+    /// The WebAuthn side, bound to `origin`; None when the origin cannot carry passkeys (an IP
+    /// address).
+    pub passkeys: Option<Arc<crate::passkey::Passkeys>>,
 }
 
 /// The console's routes.
@@ -58,6 +63,12 @@ pub fn router_with(state: ConsoleState, extra: Router) -> Router {
         .route("/export", get(history::export))
         .route("/grants", get(grants::page))
         .route("/grants/{id}/revoke", post(grants::revoke))
+        .route("/passkeys", get(passkeys::page))
+        .route("/passkeys/register/start", post(passkeys::register_start))
+        .route("/passkeys/register/finish", post(passkeys::register_finish))
+        .route("/passkeys/{id}/remove", post(passkeys::remove))
+        .route("/requests/{id}/passkey/start", post(passkeys::approval_start))
+        .route("/static/guard-passkey.js", get(passkeys::script))
         .route("/static/console.js", get(web::script))
         .route("/static/console.css", get(web::style))
         .with_state(state)
@@ -81,10 +92,12 @@ pub async fn start(settings: &ConsoleSettings, shared: Shared, extra: Router) ->
         .with_context(|| format!("cannot listen on {} for the console", settings.listen))?;
     let addr = listener.local_addr()?;
     let origin = settings.public_url.clone().unwrap_or_else(|| format!("https://{addr}"));
+    let passkeys = passkeys::for_origin(&origin, shared.store.clone());
     let state = ConsoleState {
         shared: shared.clone(),
         settings: Arc::new(settings.clone()),
         origin: Arc::from(origin.as_str()),
+        passkeys,
     };
     let app = router_with(state, extra);
     let task = tokio::spawn(serve::serve(listener, tls, app, shared.shutdown.clone()));

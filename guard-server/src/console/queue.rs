@@ -45,7 +45,8 @@ pub async fn pending(state: &ConsoleState, account: &Account) -> GuardResult<Vec
 pub async fn card_of(state: &ConsoleState, account: &Account, r: &Request) -> GuardResult<Markup> {
     let op = r.operation.clone().unwrap_or_default();
     let earlier = state.shared.store.earlier_decisions(&r.host, &op.hook, &op.object, &r.id, EARLIER).await?;
-    Ok(card(r, &earlier, account, now_ms()))
+    let needs_passkey = state.shared.policy.passkeys.needs_passkey(r, &account.name);
+    Ok(card(r, &earlier, account, needs_passkey, now_ms()))
 }
 
 /// The queue page, with `banner` (the outcome of a review) above it.
@@ -85,6 +86,11 @@ pub struct ReviewForm {
     minutes: Option<String>,
     #[serde(default)]
     reason: String,
+    /// The passkey step-up's ceremony id and assertion (JSON), when the script ran one.
+    #[serde(default)]
+    passkey_ceremony: String,
+    #[serde(default)]
+    passkey_credential: String,
 }
 
 /// The review the form asks for, or what is wrong with the form.
@@ -108,11 +114,33 @@ fn review_of(id: &str, form: &ReviewForm) -> Result<ReviewRequest, String> {
     Ok(ReviewRequest { id: id.to_string(), approve, comment: reason, grant_seconds })
 }
 
-/// How the approver was verified for this review. Password now (the session's sign-in); the
-/// passkey step-up (a fresh user-verified assertion bound to this request, when the rule or
-/// the config asks for it) plugs in here and answers `Verified::PasswordAndPasskey`.
-fn verification(_state: &ConsoleState, _account: &Account, _request_id: &str) -> Result<Verified, GuardError> {
-    Ok(Verified::Password)
+/// How the approver was verified for this review: the session's password, and the passkey
+/// when the form carries a step-up, which must be this approver's, for this request and for
+/// exactly this decision (the ceremony remembers what it was started for). Whether one was
+/// needed is the server's to check (`service::approvals` refuses an approval that needed one
+/// and lacks it).
+async fn verification(
+    state: &ConsoleState,
+    account: &Account,
+    request_id: &str,
+    form: &ReviewForm,
+) -> Result<Verified, GuardError> {
+    if form.passkey_ceremony.is_empty() && form.passkey_credential.is_empty() {
+        return Ok(Verified::Password);
+    }
+    let refused = |m: String| GuardError::precondition("PASSKEY", format!("request/{request_id}"), m);
+    let Some(passkeys) = &state.passkeys else {
+        return Err(refused("passkeys are not available on this console".into()));
+    };
+    let approval = passkeys
+        .finish_approval(&account.name, &form.passkey_ceremony, request_id, &form.passkey_credential)
+        .await
+        .map_err(|e| refused(format!("the passkey confirmation was refused: {e}")))?;
+    let asked = super::passkeys::decision_summary(&form.action, form.minutes.as_deref());
+    if approval.decision != asked {
+        return Err(refused(format!("the passkey confirmed {:?}, but the form asks {:?}", approval.decision, asked)));
+    }
+    Ok(Verified::PasswordAndPasskey)
 }
 
 pub async fn review(
@@ -140,7 +168,7 @@ pub async fn review(
             return queue(&state, &account, StatusCode::BAD_REQUEST, Some(notice(false, &message))).await;
         }
     };
-    let verified = match verification(&state, &account, &id) {
+    let verified = match verification(&state, &account, &id, &form).await {
         Ok(v) => v,
         Err(e) => return queue(&state, &account, render::status_of(&e), Some(notice(false, &e.to_string()))).await,
     };
@@ -220,6 +248,8 @@ mod tests {
             action: action.into(),
             minutes: minutes.map(str::to_string),
             reason: reason.into(),
+            passkey_ceremony: String::new(),
+            passkey_credential: String::new(),
         }
     }
 

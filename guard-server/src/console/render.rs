@@ -85,7 +85,9 @@ pub fn layout(title: &str, account: Option<&Account>, body: Markup) -> Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · guard" }
                 link rel="stylesheet" href="/static/console.css";
+                @if let Some(a) = account { meta name="csrf-token" content=(a.session.csrf); }
                 script src="/static/console.js" defer {}
+                script src="/static/guard-passkey.js" defer {}
             }
             body {
                 header.top {
@@ -95,6 +97,7 @@ pub fn layout(title: &str, account: Option<&Account>, body: Markup) -> Markup {
                             a href="/" { "Queue" }
                             a href="/history" { "History" }
                             a href="/grants" { "Grants" }
+                            a href="/passkeys" { "Passkeys" }
                         }
                         span.who { (a.name) " (" (a.role.label()) ")" }
                         form.inline method="post" action="/logout" {
@@ -150,7 +153,8 @@ pub fn login(token: &str, error: Option<&str>) -> Markup {
 
 /// One request as a card: everything an approver needs to decide it, and (for approvers,
 /// while it is pending) the buttons.
-pub fn card(r: &Request, earlier: &[Request], account: &Account, now_ms: i64) -> Markup {
+/// `needs_passkey`: `[passkeys]` requires a passkey for this approver's approval of it.
+pub fn card(r: &Request, earlier: &[Request], account: &Account, needs_passkey: bool, now_ms: i64) -> Markup {
     let default_op = Operation::default();
     let op = r.operation.as_ref().unwrap_or(&default_op);
     let approvals = r.reviews.iter().filter(|v| v.approve).count();
@@ -236,23 +240,27 @@ pub fn card(r: &Request, earlier: &[Request], account: &Account, now_ms: i64) ->
                 }
             }
             @if pending && account.role == Role::Approver {
-                (buttons(r, account))
+                (buttons(r, account, needs_passkey))
             }
         }
     }
 }
 
 /// The approver's three actions; every form carries the session's CSRF token.
-fn buttons(r: &Request, account: &Account) -> Markup {
+fn buttons(r: &Request, account: &Account, needs_passkey: bool) -> Markup {
     let action = format!("/requests/{}/review", r.id);
+    // An approval that needs a passkey: the script runs the ceremony on submit (see
+    // passkey/guard-passkey.js) and adds its answer to the form.
+    let start = needs_passkey.then(|| format!("/requests/{}/passkey/start", r.id));
     html! {
         section.actions {
-            form method="post" action=(action) {
+            @if needs_passkey { p.small { "Approving this needs your passkey." } p data-passkey-status role="status" {} }
+            form method="post" action=(action) data-passkey-approve[needs_passkey] data-start=[start.as_deref()] {
                 input type="hidden" name="csrf" value=(account.session.csrf);
                 input type="hidden" name="action" value="approve";
                 button.approve type="submit" { "Approve once" }
             }
-            form method="post" action=(action) {
+            form method="post" action=(action) data-passkey-approve[needs_passkey] data-start=[start.as_deref()] {
                 input type="hidden" name="csrf" value=(account.session.csrf);
                 input type="hidden" name="action" value="approve_for";
                 select name="minutes" aria-label="grant length" {
