@@ -211,6 +211,9 @@ pub enum GrantEnd {
     Expired,
     /// The tree it was scoped to exited (the agent said so).
     TreeExited,
+    /// Someone revoked it before its time (the console's Revoke); the record's comment names
+    /// who.
+    Revoked,
 }
 
 impl GrantEnd {
@@ -218,6 +221,7 @@ impl GrantEnd {
         match self {
             GrantEnd::Expired => "expired",
             GrantEnd::TreeExited => "tree exited",
+            GrantEnd::Revoked => "revoked",
         }
     }
 }
@@ -249,6 +253,7 @@ pub fn grant_record(grant: &Grant, time_ms: i64, end: Option<GrantEnd>) -> Audit
             r.reason = Some(match end {
                 GrantEnd::Expired => Reason::Expired,
                 GrantEnd::TreeExited => Reason::Exited,
+                GrantEnd::Revoked => Reason::Cancelled,
             });
             r.state = Some("ended".into());
             r.comment = Some(format!("grant {} ended: {}", grant.id, end.label()));

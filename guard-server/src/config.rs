@@ -27,6 +27,8 @@ pub struct ServerConfig {
     pub audit: AuditSettings,
     /// The audit sinks (`[[sink]]`), each with its own position in the audit trail.
     pub sinks: Vec<SinkConfig>,
+    /// The web console (`[console]`); None: no console listener.
+    pub console: Option<crate::console::config::ConsoleSettings>,
     /// Chat approvals (`[chat]`): Slack, Teams, the signed webhook; off by default.
     pub chat: crate::chat::ChatConfig,
 }
@@ -190,6 +192,7 @@ struct RawConfig {
     rate_limit: Option<Spanned<RawRateLimit>>,
     #[serde(default)]
     sink: Vec<Spanned<RawSink>>,
+    console: Option<Spanned<crate::console::config::RawConsole>>,
     passkeys: Option<Spanned<crate::passkey::policy::RawPasskeys>>,
     // Not Spanned: `[chat.slack]` alone defines `chat` implicitly, which toml cannot span.
     chat: Option<crate::chat::config::RawChat>,
@@ -447,6 +450,8 @@ impl ServerConfig {
             audit.checkpoint_every = duration(&a.checkpoint_every, audit.checkpoint_every)?;
         }
         let sinks = crate::sinks::config::parse(&raw.sink, &at, &resolve)?;
+        let console =
+            raw.console.as_ref().map(|c| crate::console::config::parse(c, &tls, &at, &resolve)).transpose()?;
         let passkeys = crate::passkey::policy::parse(raw.passkeys.as_ref(), &at)?;
         let chat = crate::chat::config::parse(&raw.chat, &at, &resolve)?;
 
@@ -456,6 +461,7 @@ impl ServerConfig {
             tls,
             audit,
             sinks,
+            console,
             chat,
             policy: Policy {
                 default_timeout,
@@ -483,6 +489,7 @@ impl ServerConfig {
             policy: Policy::default(),
             audit: AuditSettings::at(dir.join("audit.key")),
             sinks: Vec::new(),
+            console: None,
             chat: crate::chat::ChatConfig::default(),
         }
     }

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod chat;
 pub mod config;
+pub mod console;
 pub mod enroll;
 pub mod error;
 pub mod fanout;

@@ -50,6 +50,21 @@ enum Cmd {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
+    /// Manage the web console's users. A user's name is the approver name the policy uses
+    /// (eligible approvers, host groups, tree owners). The database is found as `serve` finds it.
+    User {
+        #[command(subcommand)]
+        action: UserCmd,
+        /// The server's configuration file (its database_url is used).
+        #[arg(long, global = true, conflicts_with = "pki")]
+        config: Option<PathBuf>,
+        /// Without a config file: the init-pki directory (SQLite in its parent).
+        #[arg(long, global = true)]
+        pki: Option<PathBuf>,
+        /// sqlite:PATH or postgres://... (overrides the config file).
+        #[arg(long, global = true)]
+        database_url: Option<String>,
+    },
     /// Client certificates from CSRs (`guardctl enroll`), and their revocation.
     Cert {
         #[command(subcommand)]
@@ -74,6 +89,33 @@ enum Cmd {
         dir: PathBuf,
         #[arg(long, default_value_t = 50_000)]
         records: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Add a user; the password is read from --password-file, else one line from stdin.
+    Add {
+        name: String,
+        /// approver (decides requests), auditor (reads history, exports), admin (auditor +
+        /// revokes any grant).
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// List the users, their roles and whether they are disabled or locked.
+    List,
+    /// Disable a user (their sessions end at once).
+    Disable { name: String },
+    /// Enable a disabled user again.
+    Enable { name: String },
+    /// Set a new password (from --password-file or stdin); the user's sessions end and any
+    /// lockout is lifted.
+    Passwd {
+        name: String,
+        #[arg(long)]
+        password_file: Option<PathBuf>,
     },
 }
 
@@ -261,6 +303,15 @@ fn main() -> Result<()> {
             }
             runtime()?.block_on(serve(config))
         }
+        Cmd::User { action, config, pki, database_url } => {
+            let url = match (config, pki, database_url) {
+                (_, _, Some(url)) => url,
+                (Some(file), _, None) => ServerConfig::load(&file)?.database_url,
+                (None, Some(dir), None) => ServerConfig::from_pki(&dir, DEFAULT_LISTEN.parse()?, None).database_url,
+                (None, None, None) => anyhow::bail!("give --config FILE, --pki DIR or --database-url URL"),
+            };
+            runtime()?.block_on(user(&url, action))
+        }
         #[cfg(feature = "testing")]
         Cmd::DevPostgres { dir, port } => {
             use guard_server::testing::pg::PgCluster;
@@ -281,6 +332,61 @@ fn main() -> Result<()> {
     }
 }
 
+/// The password of `user add` / `user passwd`: the file's first line, else stdin's.
+fn read_password(file: Option<&std::path::Path>) -> Result<String> {
+    let text = match file {
+        Some(f) => std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?,
+        None => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).context("reading the password from stdin")?;
+            line
+        }
+    };
+    Ok(text.lines().next().unwrap_or_default().to_string())
+}
+
+async fn user(url: &str, action: UserCmd) -> Result<()> {
+    use guard_server::console::accounts::{self, Role};
+    use guard_server::lifecycle::now_ms;
+    let store = guard_server::store::open(url, guard_server::fanout::Fanout::default()).await?;
+    let store = store.as_ref();
+    match action {
+        UserCmd::Add { name, role, password_file } => {
+            let role = Role::parse(&role).with_context(|| format!("role {role:?}: one of {}", Role::NAMES))?;
+            let password = read_password(password_file.as_deref())?;
+            accounts::add_user(store, &name, role, &password, now_ms()).await?;
+            println!("added {name} ({})", role.label());
+        }
+        UserCmd::List => {
+            let now = now_ms();
+            for u in store.users().await? {
+                let mut notes = Vec::new();
+                if u.disabled {
+                    notes.push("disabled".to_string());
+                }
+                if u.locked_until_ms > now {
+                    notes.push(format!("locked until {}", guard_api::Timestamp::from_unix_ms(u.locked_until_ms)));
+                }
+                println!("{}\t{}\t{}", u.name, u.role, notes.join(", "));
+            }
+        }
+        UserCmd::Disable { name } => {
+            anyhow::ensure!(store.set_user_disabled(&name, true).await?, "no user named {name}");
+            println!("disabled {name}");
+        }
+        UserCmd::Enable { name } => {
+            anyhow::ensure!(store.set_user_disabled(&name, false).await?, "no user named {name}");
+            println!("enabled {name}");
+        }
+        UserCmd::Passwd { name, password_file } => {
+            let password = read_password(password_file.as_deref())?;
+            accounts::change_password(store, &name, &password, now_ms()).await?;
+            println!("changed the password of {name}");
+        }
+    }
+    Ok(())
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
@@ -291,6 +397,9 @@ async fn serve(config: ServerConfig) -> Result<()> {
     let handle = server::start(&config).await?;
     // Tests and scripts wait for this exact line.
     println!("guard-server listening on {}", handle.addr());
+    if let Some((addr, origin)) = handle.console() {
+        println!("guard-server console on {origin} (listening on {addr})");
+    }
     std::io::stdout().flush()?;
     stop.wait().await;
     tracing::info!("stopping: draining for at most {DRAIN_DEADLINE:?}");

@@ -39,12 +39,19 @@ pub struct ServerHandle {
     sinks: Sinks,
     /// The chat channels' notifiers and callback endpoints, when `[chat]` configures any.
     chat: Option<crate::chat::ChatService>,
+    /// The web console's listener, when `[console]` configures one.
+    console: Option<crate::console::ConsoleHandle>,
 }
 
 impl ServerHandle {
     /// The address it listens on (the real port when started on port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The web console's address and origin (https://...), when it runs.
+    pub fn console(&self) -> Option<(SocketAddr, &str)> {
+        self.console.as_ref().map(|c| (c.addr, c.origin.as_str()))
     }
 
     /// The chat channels (`[chat]`): their callback endpoints' router, which the console
@@ -60,6 +67,10 @@ impl ServerHandle {
         self.checkpointer.abort();
         self.revocations.abort();
         drop(self.sinks);
+        if let Some(console) = self.console {
+            // It stops accepting on the same signal; its connections drain on their own.
+            let _ = tokio::time::timeout(deadline, console.task).await;
+        }
         drop(self.chat);
         let mut serve = self.serve;
         match tokio::time::timeout(deadline, &mut serve).await {
@@ -130,11 +141,19 @@ pub async fn start(config: &ServerConfig) -> Result<ServerHandle> {
         .add_service(
             AuditServiceServer::new(AuditApi { shared: shared.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES),
         );
+    let console = match &config.console {
+        Some(settings) => {
+            // The chat channels' callbacks are served by the console's listener, under /chat.
+            let extra = chat.as_ref().map(|c| axum::Router::new().nest("/chat", c.router())).unwrap_or_default();
+            Some(crate::console::start(settings, shared.clone(), extra).await?)
+        }
+        None => None,
+    };
     let mut stopped = shared.shutdown.clone();
     let serve = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     }));
-    Ok(ServerHandle { addr, stop, serve, sweeper, checkpointer, revocations, sinks, chat })
+    Ok(ServerHandle { addr, stop, serve, sweeper, checkpointer, revocations, sinks, chat, console })
 }
 
 /// Signs the chain's head every `checkpoint_rows` rows, or `checkpoint_every` after the first

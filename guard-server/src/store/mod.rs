@@ -8,8 +8,10 @@
 //! `sql.rs` implements the trait, `writer.rs` is the group-commit writer of submissions,
 //! `chain.rs` the audit hash chain, `rows.rs` rows <-> messages. `sqlite.rs` and
 //! `postgres.rs` hold what differs: opening, locking, and change notification across replicas.
+pub mod accounts;
 mod chain;
 pub mod chat;
+pub mod grants;
 pub mod ingest;
 pub mod passkeys;
 pub mod postgres;
@@ -150,10 +152,13 @@ pub struct HostInfo {
     pub seen_ms: i64,
 }
 
-/// Approvers' passkeys are part of the store (`passkeys.rs`), kept in their own trait and file.
+/// Each channel's own rows are a trait of their own, in their own file: the console's accounts
+/// and sessions and its reads of grants (`accounts.rs`, `grants.rs`), approvers' passkeys
+/// (`passkeys.rs`), the chat channels' cards (`chat.rs`); so every store has them.
 #[async_trait]
-/// The chat channels' part is its own trait (`chat.rs`), implemented there.
-pub trait Store: passkeys::PasskeyStore + chat::ChatStore + Send + Sync {
+pub trait Store:
+    accounts::AccountStore + grants::GrantStore + passkeys::PasskeyStore + chat::ChatStore + Send + Sync
+{
     /// Creates the request (decided at once when a grant or the auto rule covers it), or
     /// returns the existing one with the same (host, hold_key).
     async fn submit(&self, new: NewRequest) -> GuardResult<Request>;

@@ -118,7 +118,7 @@ impl SqlStore {
         SqlStore { pool, backend, fanout, submits, tasks }
     }
 
-    /// For the store's other files (`passkeys.rs`), whose simple reads and writes need no lock.
+    /// For the store's other files (`passkeys.rs`, `accounts.rs`, `grants.rs`).
     pub(super) fn pool(&self) -> &AnyPool {
         &self.pool
     }
@@ -126,6 +126,10 @@ impl SqlStore {
     pub fn with_task(mut self, task: tokio::task::JoinHandle<()>) -> SqlStore {
         self.tasks.push(task);
         self
+    }
+
+    pub(super) fn backend(&self) -> Backend {
+        self.backend
     }
 
     async fn begin_write(&self) -> GuardResult<Tx> {
@@ -189,10 +193,10 @@ async fn set_decision(tx: &mut Tx, id: &str, d: &Decision) -> GuardResult<bool> 
 }
 
 /// The columns of `grants` an `audit::Grant` is read from.
-const GRANT_COLUMNS: &str =
+pub const GRANT_COLUMNS: &str =
     "id, host, tree_id, hook, object, access, argv, approver, request_id, created_ms, expires_ms";
 
-fn grant_from_row(row: &sqlx::any::AnyRow) -> GuardResult<audit::Grant> {
+pub fn grant_from_row(row: &sqlx::any::AnyRow) -> GuardResult<audit::Grant> {
     Ok(audit::Grant {
         id: row.try_get("id")?,
         host: row.try_get("host")?,
@@ -259,7 +263,7 @@ impl SqlStore {
         }
         let ended = match end {
             GrantEnd::Expired => "expires_ms",
-            GrantEnd::TreeExited => "$1",
+            GrantEnd::TreeExited | GrantEnd::Revoked => "$1",
         };
         let sql = format!(
             "UPDATE grants SET ended_ms = {ended} WHERE ended_ms IS NULL AND {condition} RETURNING {GRANT_COLUMNS}"

@@ -85,6 +85,12 @@ impl Server {
         self.handle.as_ref().expect("running").addr()
     }
 
+    /// The web console's address and origin (the config must have a `[console]` table).
+    pub fn console(&self) -> (std::net::SocketAddr, String) {
+        let (addr, origin) = self.handle.as_ref().expect("running").console().expect("a [console] in the config");
+        (addr, origin.to_string())
+    }
+
     pub async fn channel(&self, stem: &str) -> Channel {
         channel_with(self.addr(), &self.pki, &self.pki, stem).await.expect("connect")
     }
