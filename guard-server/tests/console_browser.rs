@@ -1,10 +1,9 @@
 //! The console in Debian's real chromium (headless, WebDriver, a W3C virtual authenticator):
 //! sign in, register a passkey, see a request appear live, approve it with the passkey (the
 //! agent's hold is approved and the review says password+passkey), deny another with a reason.
-mod browser;
 mod common;
 
-use browser::{Authenticator, Browser};
+use guard_server::testing::browser::{self, Authenticator, Browser};
 use common::*;
 use guard_proto::v1::State;
 use guard_server::console::accounts::{self, Role};
