@@ -80,6 +80,31 @@ enum Cmd {
         #[arg(long, default_value_t = 5432)]
         port: u16,
     },
+    /// The console's person in the VM suite: drives Debian's chromium against the console
+    /// (`cargo xtask test` starts it). Only in builds with the `testing` feature.
+    #[cfg(feature = "testing")]
+    #[command(hide = true)]
+    BrowserE2e {
+        #[arg(long)]
+        console: String,
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        password_file: PathBuf,
+        #[arg(long)]
+        approve_object: String,
+        #[arg(long)]
+        deny_object: String,
+        #[arg(long)]
+        deny_reason: String,
+        #[arg(long)]
+        screenshots: PathBuf,
+        /// Seconds to wait for the guest's requests.
+        #[arg(long, default_value_t = 1800)]
+        wait: u64,
+    },
     /// Measure the audit sinks' throughput per format (benchmarks). Only in builds with the
     /// `testing` feature.
     #[cfg(feature = "testing")]
@@ -323,6 +348,37 @@ fn main() -> Result<()> {
             std::io::stdout().flush()?;
             runtime.block_on(stop.wait());
             cluster.stop()
+        }
+        #[cfg(feature = "testing")]
+        Cmd::BrowserE2e {
+            console,
+            cert,
+            user,
+            password_file,
+            approve_object,
+            deny_object,
+            deny_reason,
+            screenshots,
+            wait,
+        } => {
+            let password = std::fs::read_to_string(&password_file)
+                .with_context(|| format!("reading {}", password_file.display()))?
+                .trim_end_matches('\n')
+                .to_string();
+            let driver = guard_server::testing::console_e2e::Driver {
+                console,
+                cert,
+                user,
+                password,
+                approve_object,
+                deny_object,
+                deny_reason,
+                screenshots,
+                wait: Duration::from_secs(wait),
+            };
+            runtime()?.block_on(driver.run())?;
+            println!("browser-e2e: OK");
+            Ok(())
         }
         #[cfg(feature = "testing")]
         Cmd::BenchSinks { dir, records } => {

@@ -6,8 +6,8 @@
 //! and denies the second with a reason. This side checks what the kernel did and what the
 //! audit trail says. The argv is hostile (HTML, script, a terminal escape, 60 KB): the driver
 //! checks the page shows it as text; this side only needs the decisions to land.
-use crate::harness::Skip;
-use crate::server_tests::{env, files, policy};
+use crate::harness::{self, Skip};
+use crate::server_tests::{env, policy};
 use crate::Test;
 use anyhow::{ensure, Result};
 use guard_api::{Decision, RecordKind};
@@ -15,22 +15,22 @@ use std::time::Duration;
 
 pub const TESTS: &[Test] = &[("console_browser_approves_with_a_passkey_and_denies_with_a_reason", approve_and_deny)];
 
-/// The objects the host's driver looks for (it approves the first, denies the second).
-pub const APPROVE: &str = "console-approve-me";
-pub const DENY: &str = "console-deny-me";
-/// The reason the driver types.
-const DENY_REASON: &str = "not from the console test";
-
 /// Long enough for the driver to have signed in and registered its passkey before it sees
 /// the request; it acts within seconds once the card is there.
 const WAIT: Duration = Duration::from_secs(300);
 
 fn approve_and_deny() -> Result<()> {
     let e = env()?;
-    if std::env::var("GUARD_E2E_CONSOLE").map(|v| v.is_empty()).unwrap_or(true) {
-        return Err(Skip("no console driver on the host (xtask said why above)".into()).into());
-    }
-    let p = files(&[APPROVE, DENY])?;
+    // What the host's driver approves, denies, and the reason it gives (xtask sets them when
+    // the driver runs).
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let (Some(approve), Some(deny), Some(deny_reason)) =
+        (var("GUARD_E2E_CONSOLE_APPROVE"), var("GUARD_E2E_CONSOLE_DENY"), var("GUARD_E2E_CONSOLE_REASON"))
+    else {
+        return Err(Skip("no console browser driver on the host (xtask said why above)".into()).into());
+    };
+    let p = [approve, deny];
+    harness::write_files(&[p[0].as_str(), p[1].as_str()])?;
     // Extra arguments are ignored by `guard-e2e do`, and shown on the card.
     let hostile = r#"'<script>alert("argv")</script>' '"><img src=x onerror=alert(2)>' "$(printf '\033]52;c;ZXZpbA==\007')" "$(head -c 60000 /dev/zero | tr '\0' A)""#;
     let script = format!("guard-e2e do open-read {} {hostile}; guard-e2e do open-read {} {hostile}", p[0], p[1]);
@@ -56,6 +56,6 @@ fn approve_and_deny() -> Result<()> {
     );
     let denied = review(&p[1]).ok_or_else(|| anyhow::anyhow!("no review record for {}", p[1]))?;
     ensure!(denied.decision == Some(Decision::Deny), "{denied:?}");
-    ensure!(denied.comment.as_deref() == Some(DENY_REASON), "deny reason: {:?}", denied.comment);
+    ensure!(denied.comment.as_deref() == Some(deny_reason.as_str()), "deny reason: {:?}", denied.comment);
     Ok(())
 }

@@ -109,9 +109,11 @@ fn run_tests() -> i32 {
     // The serial console is no terminal; colour codes would only clutter the CI log.
     args.color = Some(ColorSetting::Never);
     harness::prepare();
-    let trials = TESTS
+    // The console test first: the host's browser driver signs in when the suite starts, and
+    // its console session must not have gone idle by the time the requests come.
+    let trials = console_e2e::TESTS
         .iter()
-        .chain(console_e2e::TESTS)
+        .chain(TESTS)
         .chain(daemon_tests::TESTS)
         .chain(escape_ns::TESTS)
         .chain(escape_files::TESTS)

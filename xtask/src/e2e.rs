@@ -46,6 +46,96 @@ pub fn run(args: &TestArgs) -> Result<u8> {
     Ok(summarize(&results))
 }
 
+/// The console's person (`guard-server browser-e2e`, Debian's chromium) beside the kernel's
+/// services; the guest's console test makes the requests it decides. Without chromium the
+/// guest's test is skipped (no GUARD_E2E_CONSOLE_* in its environment) and says so.
+struct BrowserDriver {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+/// What the guest's console test holds, and the reason the driver gives for the deny.
+const CONSOLE_APPROVE: &str = "/tmp/t/srv/console-approve-me";
+const CONSOLE_DENY: &str = "/tmp/t/srv/console-deny-me";
+const CONSOLE_DENY_REASON: &str = "not from the console test";
+
+impl BrowserDriver {
+    fn start(central: &mut central::Central) -> Result<Option<BrowserDriver>> {
+        if !(std::path::Path::new("/usr/bin/chromium").exists()
+            && std::path::Path::new("/usr/bin/chromedriver").exists())
+        {
+            eprintln!(
+                "\n!!!!!!!! xtask: no /usr/bin/chromium or /usr/bin/chromedriver: the console browser test will be SKIPPED !!!!!!!!\n"
+            );
+            return Ok(None);
+        }
+        let log = central.dir.join("browser-e2e.log");
+        let out = std::fs::File::create(&log)?;
+        let c = &central.console;
+        let child = Command::new(crate::services::server_binary()?)
+            .arg("browser-e2e")
+            .args(["--console", &c.url, "--user", c.user])
+            .arg("--cert")
+            .arg(&c.cert)
+            .arg("--password-file")
+            .arg(&c.password_file)
+            .args(["--approve-object", CONSOLE_APPROVE, "--deny-object", CONSOLE_DENY])
+            .args(["--deny-reason", CONSOLE_DENY_REASON])
+            .arg("--screenshots")
+            .arg(central.dir.join("screenshots"))
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .stdin(std::process::Stdio::null())
+            .spawn()?;
+        for (k, v) in [
+            ("GUARD_E2E_CONSOLE_APPROVE", CONSOLE_APPROVE),
+            ("GUARD_E2E_CONSOLE_DENY", CONSOLE_DENY),
+            ("GUARD_E2E_CONSOLE_REASON", CONSOLE_DENY_REASON),
+        ] {
+            central.guest_env.push((k.to_owned(), v.to_owned()));
+        }
+        eprintln!("xtask: the console's browser driver is waiting in chromium (log {})", log.display());
+        Ok(Some(BrowserDriver { child, log }))
+    }
+
+    /// After the guest's run: the driver must have decided both requests and exited 0. When a
+    /// filter left the console test out, a driver still waiting is only stopped.
+    fn finish(mut self, filtered: bool) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(200))
+                }
+                _ => break None,
+            }
+        };
+        let log = self.log.display();
+        match status {
+            Some(s) if s.success() => Ok(()),
+            Some(s) => Err(format!("the console's browser driver failed ({s}): see {log}")),
+            None => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                if filtered {
+                    Ok(())
+                } else {
+                    Err(format!("the console's browser driver never finished: see {log}"))
+                }
+            }
+        }
+    }
+}
+
+impl Drop for BrowserDriver {
+    /// A run that ends another way (a guest crash, an error) never leaves chromium behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// One kernel's run: whether guard-e2e passed, and its test counts when it got to print them.
 struct KernelRun {
     outcome: Result<(), String>,
@@ -85,9 +175,13 @@ fn run_kernel(series: Series, e2e_args: &[String], label: Option<String>) -> Ker
     let failed = |why: String| KernelRun { outcome: Err(why), tests: None };
     for attempt in 1..=2 {
         // Fresh services per boot: a retried kernel must not see the first attempt's requests.
-        let central = match central::start(series.name(), true) {
+        let mut central = match central::start(series.name(), true) {
             Ok(c) => c,
             Err(e) => return failed(format!("starting guard-server on the host: {e:#}")),
+        };
+        let driver = match BrowserDriver::start(&mut central) {
+            Ok(d) => d,
+            Err(e) => return failed(format!("starting the console's browser driver: {e:#}")),
         };
         let vm_args = VmArgs {
             kernel: series,
@@ -106,7 +200,11 @@ fn run_kernel(series: Series, e2e_args: &[String], label: Option<String>) -> Ker
         match vm::run_with_console(&vm_args) {
             Ok((code, console)) => {
                 let tests = parse_guest_tests(&console);
-                let outcome = if code == 0 { Ok(()) } else { Err(format!("guard-e2e exited with {code}")) };
+                let mut outcome = if code == 0 { Ok(()) } else { Err(format!("guard-e2e exited with {code}")) };
+                let filtered = !e2e_args.is_empty();
+                if let (Err(why), Ok(())) = (driver.map(|d| d.finish(filtered)).unwrap_or(Ok(())), &outcome) {
+                    outcome = Err(why);
+                }
                 return KernelRun { outcome, tests };
             }
             Err(err) if err.is::<GuestCrash>() && attempt == 1 => {

@@ -2,5 +2,6 @@
 //! with the `testing` feature: never in the production binary.
 pub mod browser;
 pub mod config;
+pub mod console_e2e;
 pub mod pg;
 pub mod sink_bench;
