@@ -3,12 +3,12 @@
 //! agent's hold is approved and the review says password+passkey), deny another with a reason.
 mod common;
 
-use guard_server::testing::browser::{self, Authenticator, Browser};
 use common::*;
 use guard_proto::v1::State;
 use guard_server::console::accounts::{self, Role};
 use guard_server::fanout::Fanout;
 use guard_server::store;
+use guard_server::testing::browser::{self, Authenticator, Browser};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
