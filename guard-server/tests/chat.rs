@@ -283,9 +283,14 @@ impl Env {
 
     /// As `start`, on the database at `database_url` (the config's SQLite when None).
     async fn start_on(slack_fail: usize, database_url: Option<String>) -> Env {
+        Env::start_with(slack_fail, database_url, "").await
+    }
+
+    /// As `start_on`, with `extra` added to the server config (e.g. a `[passkeys]` section).
+    async fn start_with(slack_fail: usize, database_url: Option<String>, extra: &str) -> Env {
         let log: Log = Arc::new(Mutex::new(Seen { slack_fail, ..Default::default() }));
         let receivers = receivers(log.clone()).await;
-        let site = Site::with(config().extra(&chat_toml(receivers)));
+        let site = Site::with(config().extra(&chat_toml(receivers)).extra(extra));
         write_secrets(site.dir.path());
         let (handle, chat) = replica(&site, database_url).await;
         let pki = site.pki();
@@ -554,7 +559,7 @@ async fn a_request_gets_cards_everywhere_and_a_signed_slack_approve_decides_and_
     let token = button(card, "guard_approve")["value"].as_str().unwrap().to_string();
     assert_eq!(button(card, "guard_deny")["value"], token.as_str());
     assert!(token.len() >= 26 && !token.contains(&id), "the token is opaque and 128+ bits: {token}");
-    assert_eq!(button(card, "guard_console")["url"], format!("https://guard.example.com/requests/{id}").as_str());
+    assert_eq!(button(card, "guard_console")["url"], format!("https://guard.example.com/#req-{id}").as_str());
 
     // Teams: the same facts on an Adaptive Card 1.5 with Action.Execute buttons.
     let teams = env.teams_cards(&id);
@@ -1028,5 +1033,103 @@ async fn an_expired_request_updates_its_cards_and_its_buttons_then_refuse() {
     assert_eq!(status, 200, "{answer}");
     assert!(answer.contains("no longer pending"), "{answer}");
     assert_eq!(state(&env.get(&request.id).await), State::Expired);
+    env.stop().await;
+}
+
+/// `[passkeys]` covering the rules named.
+fn passkeys_for(rules: &str) -> String {
+    format!("[passkeys]\nrequired = \"rules\"\nrules = [{rules}]\n")
+}
+
+#[tokio::test]
+async fn an_approve_that_needs_a_passkey_gets_the_console_link_in_slack_teams_and_the_webhook_and_changes_nothing() {
+    let mut env = Env::start_with(0, None, &passkeys_for("\"dep*\"")).await;
+    let (request, _stream) = env.submit(deploy()).await;
+    let id = request.id.clone();
+    let link = format!("https://guard.example.com/#req-{id}");
+    env.until("the cards", |s| s.slack_posts.len() == 2 && s.teams.len() == 1 && s.hooks.len() == 1).await;
+
+    // Slack: a correctly signed approve by a mapped, eligible approver is answered (ephemeral,
+    // in the HTTP answer and through response_url) with the link to the request's card.
+    let token = env.slack_token(&id);
+    let (status, answer) =
+        env.slack_action(&env.slack_body("UALICE", "guard_approve", &token), unix_now(), SIGNING_SECRET).await;
+    assert_eq!(status, 200, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["response_type"], "ephemeral", "{answer}");
+    let text = answer["text"].as_str().unwrap();
+    assert!(text.contains("needs your passkey") && text.contains(&link), "{text}");
+    env.until("the ephemeral answer through response_url", |s| s.slack_responses.len() == 1).await;
+    assert!(env.log.lock().unwrap().slack_responses[0]["text"].as_str().unwrap().contains(&link));
+
+    // Teams: the same, as the Universal Actions message answer.
+    let teams_token = env.teams_cards(&id)[0]["actions"][0]["data"]["token"].as_str().unwrap().to_string();
+    let good = jwt("teams-key.pem", APP_ID, 600);
+    let (status, answer) =
+        teams_action(&env, &good, teams_activity("act-pk", "aad-bob", "approve", &teams_token)).await;
+    assert_eq!(status, 200, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["statusCode"], 200, "{answer}");
+    let text = answer["value"].as_str().unwrap();
+    assert!(text.contains("needs your passkey") && text.contains(&link), "{text}");
+
+    // The webhook: a JSON error naming the problem, with the link.
+    let hook_token = env.log.lock().unwrap().hooks[0].1["token"].as_str().unwrap().to_string();
+    let callback = json!({"token": hook_token, "action": "approve", "user": "bob"}).to_string();
+    let (status, answer) = http_post(
+        &format!("http://{}/webhook/actions", env.chat),
+        &[("x-guard-signature", guard_signature(HOOK_SECRET, unix_now(), &callback))],
+        callback.into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 409, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!((answer["ok"].as_bool(), answer["error"].as_str()), (Some(false), Some("passkey_required")), "{answer}");
+    assert_eq!(answer["console_url"], link.as_str(), "{answer}");
+
+    // Nothing changed: still pending, no review, nothing in the trail, no card updated.
+    let after = env.get(&id).await;
+    assert_eq!(state(&after), State::Pending);
+    assert!(after.reviews.is_empty(), "{:?}", after.reviews);
+    assert!(trail(&env, &id).await.is_empty(), "no review or refusal was recorded");
+    assert!(env.log.lock().unwrap().slack_updates.is_empty());
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn a_deny_through_slack_needs_no_passkey_even_when_approving_would() {
+    let mut env = Env::start_with(0, None, &passkeys_for("\"deploy\"")).await;
+    let (request, mut stream) = env.submit(deploy()).await;
+    let id = request.id.clone();
+    env.until("the Slack cards", |s| s.slack_posts.len() == 2).await;
+    let token = env.slack_token(&id);
+    let (status, answer) =
+        env.slack_action(&env.slack_body("UBOB", "guard_deny", &token), unix_now(), SIGNING_SECRET).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("denied") && !answer.contains("passkey"), "{answer}");
+    assert_eq!(state(&next(&mut stream).await), State::Denied, "the agent's stream sees the deny");
+    let after = env.get(&id).await;
+    let reviews: Vec<(&str, &str, bool)> =
+        after.reviews.iter().map(|r| (r.approver.as_str(), r.verified_by.as_str(), r.approve)).collect();
+    assert_eq!(reviews, [("bob", "slack", false)]);
+    env.until("both Slack copies updated", |s| s.slack_updates.len() == 2).await;
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn passkeys_for_another_rule_leave_a_slack_approve_as_it_was() {
+    let mut env = Env::start_with(0, None, &passkeys_for("\"prod-*\", \"ssh-keys\"")).await;
+    let (request, mut stream) = env.submit(deploy()).await;
+    let id = request.id.clone();
+    env.until("the Slack cards", |s| s.slack_posts.len() == 2).await;
+    let token = env.slack_token(&id);
+    let (status, answer) =
+        env.slack_action(&env.slack_body("UALICE", "guard_approve", &token), unix_now(), SIGNING_SECRET).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("approved") && !answer.contains("passkey"), "{answer}");
+    assert_eq!(state(&next(&mut stream).await), State::Approved);
+    let after = env.get(&id).await;
+    assert_eq!((after.reviews[0].approver.as_str(), after.reviews[0].verified_by.as_str()), ("alice", "slack"));
+    env.until("both Slack copies updated", |s| s.slack_updates.len() == 2).await;
     env.stop().await;
 }

@@ -45,14 +45,6 @@ pub const REPLAY_WINDOW: Duration = Duration::from_secs(5 * 60);
 /// Largest callback body taken (Slack's interaction payloads are a few KB).
 const MAX_BODY: usize = 256 * 1024;
 
-/// Whether `approver` must confirm this request with a passkey in the console rather than
-/// approve it from a chat card. The one place that decides it: false until passkeys land
-/// (the passkey work makes this read its rule); chat callbacks then answer with a link to
-/// the request's console page instead of approving.
-pub fn needs_passkey(_request: &Request, _approver: &str) -> bool {
-    false
-}
-
 /// What the chat channels share: the server's state, the config, the HTTP client, and how
 /// many callbacks were refused before any request could be named.
 pub struct Chat {
@@ -67,9 +59,11 @@ pub struct Chat {
 }
 
 impl Chat {
-    /// The request's page in the console, when the console's URL is configured.
+    /// The request's card in the console, when the console's URL is configured: the queue
+    /// (`GET /`, the console has no page per request) scrolled to the card, whose element id
+    /// is `req-<id>` (console/render.rs).
     pub(crate) fn console_link(&self, id: &str) -> Option<String> {
-        self.config.console_url.as_ref().map(|base| format!("{base}/requests/{id}"))
+        self.config.console_url.as_ref().map(|base| format!("{base}/#req-{id}"))
     }
 
     /// Counts and logs a callback refused for its proof; the answer says why.
@@ -130,9 +124,11 @@ impl Chat {
             },
             None => user.to_string(),
         };
-        if approve && needs_passkey(&request, &approver) {
-            let link = self.console_link(&request.id).unwrap_or_else(|| "the console".into());
-            return Ok(Decided::StepUp { link });
+        // `[passkeys]` (the server's one answer, as the console asks it): a chat button cannot
+        // run a WebAuthn ceremony, so an approval that needs a passkey is sent to the console
+        // and nothing is recorded. A deny never needs one and goes on to the review.
+        if approve && self.shared.policy.passkeys.needs_passkey(&request, &approver) {
+            return Ok(Decided::StepUp { id: request.id.clone(), link: self.console_link(&request.id) });
         }
         let input = ReviewRequest { id: request.id.clone(), approve, comment, grant_seconds: 0 };
         match approvals::review(&self.shared, &approver, verified, input).await {
@@ -160,9 +156,11 @@ pub(crate) enum Decided {
         request: Box<Request>,
         approver: String,
     },
-    /// The rule needs a passkey: approve in the console.
+    /// The rule needs a passkey: approve in the console (`link`: the request's card there,
+    /// when `[chat] console_url` is set). Nothing was recorded.
     StepUp {
-        link: String,
+        id: String,
+        link: Option<String>,
     },
 }
 
@@ -174,9 +172,14 @@ impl Decided {
                 let state = guard_proto::v1::State::try_from(request.state).unwrap_or_default().label();
                 format!("guard: {approver}'s review of request {} is recorded; the request is {state}", request.id)
             }
-            Decided::StepUp { link } => {
-                format!("guard: this approval needs your passkey: approve it in the console, {link}")
-            }
+            Decided::StepUp { id, link: Some(link) } => format!(
+                "guard: approving request {id} needs your passkey, which chat cannot check: approve it in the \
+                 console, {link} (nothing was recorded)"
+            ),
+            Decided::StepUp { id, link: None } => format!(
+                "guard: approving request {id} needs your passkey, which chat cannot check: approve it in the \
+                 guard console (nothing was recorded)"
+            ),
         }
     }
 }

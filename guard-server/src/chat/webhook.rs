@@ -5,7 +5,7 @@
 //! `POST /chat/webhook/actions` with `{"token", "action": "approve"|"deny", "user", "comment"?}`,
 //! signed the same way, within 5 minutes, each signature once.
 use super::notify::Poster as PosterTrait;
-use super::{fresh, hmac_hex, hmac_ok, Action, Chat, Refusal};
+use super::{fresh, hmac_hex, hmac_ok, Action, Chat, Decided, Refusal};
 use crate::lifecycle::now_ms;
 use crate::service::approvals::Verified;
 use anyhow::{bail, Context};
@@ -155,7 +155,19 @@ pub(crate) async fn actions(State(chat): State<Arc<Chat>>, headers: HeaderMap, b
         })
         .await;
     match decided {
-        Ok(d) => (StatusCode::OK, axum::Json(json!({"ok": true, "message": d.message()}))).into_response(),
+        Ok(d) => {
+            let message = d.message();
+            let (status, body) = match d {
+                Decided::Reviewed { .. } => (StatusCode::OK, json!({"ok": true, "message": message})),
+                // Not decided: the approval needs a passkey, which only the console can check. A
+                // JSON error (409, as the server's own passkey refusal) with the card's link.
+                Decided::StepUp { link, .. } => (
+                    StatusCode::CONFLICT,
+                    json!({"ok": false, "error": "passkey_required", "message": message, "console_url": link}),
+                ),
+            };
+            (status, axum::Json(body)).into_response()
+        }
         Err(r) => r.into_response(),
     }
 }
