@@ -13,8 +13,7 @@ use tonic_types::FieldViolation;
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 pub const MAX_OBJECT_BYTES: usize = 4096;
 pub const MAX_ANCESTRY: usize = 64;
-pub const MAX_ARGV: usize = 64;
-pub const MAX_ARG_BYTES: usize = 4096;
+pub use guard_proto::limits::{MAX_ARGV, MAX_ARG_BYTES};
 /// Paths (exe, cwd) and free text (stated reason, comments).
 pub const MAX_TEXT_BYTES: usize = 4096;
 /// Short names: hook, rule, policy, access, user, tree id, hold key.

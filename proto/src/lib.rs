@@ -9,6 +9,15 @@ pub use v1::*;
 
 pub mod client;
 
+/// What guard-server accepts in one process's argv (it refuses a request past these): agents
+/// cut what they send to fit, and say so (`argv_truncated`).
+pub mod limits {
+    /// Arguments per process.
+    pub const MAX_ARGV: usize = 64;
+    /// Bytes per argument.
+    pub const MAX_ARG_BYTES: usize = 4096;
+}
+
 impl v1::State {
     /// The short lower-case name people read in tables and records.
     pub fn label(self) -> &'static str {

@@ -241,13 +241,14 @@ pub fn operation(h: &HoldInfo) -> Operation {
             .iter()
             .map(|l| {
                 let acting = l.pid == h.pid;
+                let (argv, cut) = fit_argv(&l.argv);
                 Process {
                     pid: l.pid,
                     ppid: l.ppid,
                     uid: if acting { h.uid } else { 0 },
                     exe: l.exe.clone().unwrap_or_default(),
-                    argv: l.argv.clone(),
-                    argv_truncated: acting && h.argv_truncated,
+                    argv,
+                    argv_truncated: cut || (acting && h.argv_truncated),
                     argv_from_proc: l.argv_from_proc,
                     // Set by the server.
                     argv_redacted: false,
@@ -269,6 +270,31 @@ pub fn operation(h: &HoldInfo) -> Operation {
             session: r.session.clone(),
         }),
     }
+}
+
+/// `argv` cut to what the server accepts (at most MAX_ARGV arguments of MAX_ARG_BYTES each, cut
+/// on a character boundary), and whether anything was cut. Sending it whole would have the
+/// server refuse the request, and the hold could never be approved; cut, the approver sees
+/// that it was (and the server makes no grant from an argv it did not see whole).
+fn fit_argv(argv: &[String]) -> (Vec<String>, bool) {
+    use guard_proto::limits::{MAX_ARGV, MAX_ARG_BYTES};
+    let mut cut = argv.len() > MAX_ARGV;
+    let fitted = argv
+        .iter()
+        .take(MAX_ARGV)
+        .map(|a| {
+            if a.len() <= MAX_ARG_BYTES {
+                return a.clone();
+            }
+            cut = true;
+            let mut end = MAX_ARG_BYTES;
+            while !a.is_char_boundary(end) {
+                end -= 1;
+            }
+            a[..end].to_string()
+        })
+        .collect();
+    (fitted, cut)
 }
 
 /// The decision a request's final state carries; None while it is pending.
@@ -456,5 +482,22 @@ mod tests {
         assert_eq!(op.stated_reason.unwrap().tool, "bash");
         let none = HoldInfo { hook: None, access: None, ..hold };
         assert_eq!((operation(&none).hook.as_str(), operation(&none).access.as_str()), ("", ""));
+    }
+
+    #[test]
+    fn argv_past_the_servers_limits_is_cut_on_a_character_boundary_and_said_so() {
+        use guard_proto::limits::{MAX_ARGV, MAX_ARG_BYTES};
+        let whole = vec!["ls".to_string(), "-l".to_string()];
+        assert_eq!(fit_argv(&whole), (whole.clone(), false));
+        // 'é' is two bytes: an odd limit would split it, so the cut steps back one byte.
+        let long = format!("a{}", "é".repeat(MAX_ARG_BYTES));
+        let (argv, cut) = fit_argv(&["sh".into(), long]);
+        assert!(cut);
+        assert_eq!(argv[1].len(), MAX_ARG_BYTES - 1);
+        assert!(argv[1].starts_with("aé"));
+        let many: Vec<String> = (0..MAX_ARGV + 5).map(|i| i.to_string()).collect();
+        let (argv, cut) = fit_argv(&many);
+        assert!(cut);
+        assert_eq!(argv.len(), MAX_ARGV);
     }
 }
