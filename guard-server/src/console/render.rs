@@ -188,7 +188,7 @@ pub fn card(r: &Request, earlier: &[Request], account: &Account, needs_passkey: 
                             div { code.exe { (long_text(&p.exe, r, "exe")) } " pid " (p.pid) " ppid " (p.ppid) " uid " (p.uid) }
                             div.argv { (argv(r, level, p)) }
                             @if p.argv_from_proc { div.mark.proc { "argv read from /proc: the process can rewrite it (unverified)" } }
-                            @if p.argv_truncated { div.mark { "argv cut short by the kernel" } }
+                            @if p.argv_truncated { div.mark { "argv cut short: this is not all of it" } }
                             @if p.argv_redacted { div.mark { "argv redacted by the server" } }
                         }
                     }
