@@ -20,6 +20,13 @@ pub fn run(kernel: Series, interactive: bool) -> Result<u8> {
     setup::run()?;
     compile::build()?;
     let central = central::start("demo", false)?;
+    println!(
+        "\n== the web console: {} (user {}, password in {}); from another machine: ssh -L {port}:localhost:{port} this-host\n",
+        central.console.url,
+        central.console.user,
+        central.console.password_file.display(),
+        port = central.console.url.rsplit(':').next().unwrap_or_default(),
+    );
     let ctl = Ctl::new(&central);
     let done = Arc::new(AtomicBool::new(false));
     let approver = {
