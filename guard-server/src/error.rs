@@ -32,6 +32,21 @@ fn describe_fields(violations: &[FieldViolation]) -> String {
 }
 
 impl GuardError {
+    /// The HTTP status the console and the chat endpoints answer this error with: the same
+    /// kinds as the gRPC codes, so a caller can act on it the same way.
+    pub fn http_status(&self) -> http::StatusCode {
+        use http::StatusCode;
+        match self {
+            GuardError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            GuardError::NotFound(_) => StatusCode::NOT_FOUND,
+            GuardError::FailedPrecondition { .. } => StatusCode::CONFLICT,
+            GuardError::PermissionDenied(_) => StatusCode::FORBIDDEN,
+            GuardError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            GuardError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GuardError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         GuardError::InvalidArgument(vec![FieldViolation::new(field, description)])
     }

@@ -55,15 +55,8 @@ enum Cmd {
     User {
         #[command(subcommand)]
         action: UserCmd,
-        /// The server's configuration file (its database_url is used).
-        #[arg(long, global = true, conflicts_with = "pki")]
-        config: Option<PathBuf>,
-        /// Without a config file: the init-pki directory (SQLite in its parent).
-        #[arg(long, global = true)]
-        pki: Option<PathBuf>,
-        /// sqlite:PATH or postgres://... (overrides the config file).
-        #[arg(long, global = true)]
-        database_url: Option<String>,
+        #[command(flatten)]
+        db: DatabaseArgs,
     },
     /// Client certificates from CSRs (`guardctl enroll`), and their revocation.
     Cert {
@@ -328,15 +321,7 @@ fn main() -> Result<()> {
             }
             runtime()?.block_on(serve(config))
         }
-        Cmd::User { action, config, pki, database_url } => {
-            let url = match (config, pki, database_url) {
-                (_, _, Some(url)) => url,
-                (Some(file), _, None) => ServerConfig::load(&file)?.database_url,
-                (None, Some(dir), None) => ServerConfig::from_pki(&dir, DEFAULT_LISTEN.parse()?, None).database_url,
-                (None, None, None) => anyhow::bail!("give --config FILE, --pki DIR or --database-url URL"),
-            };
-            runtime()?.block_on(user(&url, action))
-        }
+        Cmd::User { action, db } => runtime()?.block_on(user(&db.url()?, action)),
         #[cfg(feature = "testing")]
         Cmd::DevPostgres { dir, port } => {
             use guard_server::testing::pg::PgCluster;

@@ -1133,3 +1133,30 @@ async fn passkeys_for_another_rule_leave_a_slack_approve_as_it_was() {
     env.until("both Slack copies updated", |s| s.slack_updates.len() == 2).await;
     env.stop().await;
 }
+
+#[tokio::test]
+async fn an_approve_the_rules_refuse_gets_their_reason_not_the_passkey_link() {
+    // The rule needs a passkey, but alice may not approve her own tree, and a decided request
+    // cannot be approved by anyone: each gets the rules' refusal (recorded), not the console link.
+    let mut env = Env::start_with(0, None, &passkeys_for("\"dep*\"")).await;
+    let (request, mut stream) = env.submit(op("deploy", "7-1", "alice", 1000, "/usr/bin/kubectl")).await;
+    let id = request.id.clone();
+    env.until("the Slack cards", |s| s.slack_posts.len() == 2).await;
+    let token = env.slack_token(&id);
+    let (status, answer) =
+        env.slack_action(&env.slack_body("UALICE", "guard_approve", &token), unix_now(), SIGNING_SECRET).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("refused") && !answer.contains("passkey"), "{answer}");
+
+    let (_, answer) = env.slack_action(&env.slack_body("UBOB", "guard_deny", &token), unix_now(), SIGNING_SECRET).await;
+    assert!(answer.contains("denied"), "{answer}");
+    assert_eq!(state(&next(&mut stream).await), State::Denied);
+    tokio::time::sleep(Duration::from_millis(1100)).await; // a new timestamp: a new signature
+    let (_, answer) =
+        env.slack_action(&env.slack_body("UCAROL", "guard_approve", &token), unix_now(), SIGNING_SECRET).await;
+    assert!(answer.contains("no longer pending") && !answer.contains("passkey"), "{answer}");
+    let records = trail(&env, &id).await;
+    let refused: Vec<Option<&str>> = refusals(&records).iter().map(|r| r.approver.as_deref()).collect();
+    assert_eq!(refused, [Some("alice"), Some("carol")], "both refusals are in the trail");
+    env.stop().await;
+}

@@ -126,8 +126,12 @@ impl Chat {
         };
         // `[passkeys]` (the server's one answer, as the console asks it): a chat button cannot
         // run a WebAuthn ceremony, so an approval that needs a passkey is sent to the console
-        // and nothing is recorded. A deny never needs one and goes on to the review.
-        if approve && self.shared.policy.passkeys.needs_passkey(&request, &approver) {
+        // and nothing is recorded. A deny never needs one and goes on to the review. So does
+        // an approval the rules refuse anyway (not pending, not this approver's to decide):
+        // the review refuses it with its own reason and records the attempt.
+        let decidable = request.state == guard_proto::v1::State::Pending as i32
+            && crate::lifecycle::may_decide(&self.shared.policy, &approver, &request).is_ok();
+        if approve && decidable && self.shared.policy.passkeys.needs_passkey(&request, &approver) {
             return Ok(Decided::StepUp { id: request.id.clone(), link: self.console_link(&request.id) });
         }
         let input = ReviewRequest { id: request.id.clone(), approve, comment, grant_seconds: 0 };
@@ -197,15 +201,7 @@ impl Refusal {
     }
 
     fn from_guard(e: GuardError) -> Self {
-        let status = match &e {
-            GuardError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-            GuardError::NotFound(_) => StatusCode::NOT_FOUND,
-            GuardError::FailedPrecondition { .. } => StatusCode::CONFLICT,
-            GuardError::PermissionDenied(_) => StatusCode::FORBIDDEN,
-            GuardError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            GuardError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            GuardError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
+        let status = e.http_status();
         Refusal { status, message: format!("refused: {e}") }
     }
 }

@@ -160,7 +160,7 @@ pub async fn page(State(state): State<ConsoleState>, Signed(account): Signed, Qu
     let more = events.len() > limit as usize;
     let events = &events[..events.len().min(limit as usize)];
     let chain = chain_status(&state, &account).await;
-    let status = refusal.as_ref().map(render::status_of).unwrap_or(StatusCode::OK);
+    let status = refusal.as_ref().map(GuardError::http_status).unwrap_or(StatusCode::OK);
     let body = html! {
         h1 { "History" }
         @if let Some(e) = &refusal { (render::notice(false, &format!("Refused: {e}"))) }

@@ -205,7 +205,7 @@ pub async fn approval_start(
     }
     // The request must be one this approver sees (the review applies every other rule).
     if let Err(e) = crate::service::approvals::get(&state.shared, &account.name, &id).await {
-        return json_error(render::status_of(&e), e.to_string());
+        return json_error(e.http_status(), e.to_string());
     }
     let Some(passkeys) = &state.passkeys else { return unavailable() };
     let decision = decision_summary(&body.action, body.minutes.as_deref());

@@ -170,7 +170,7 @@ pub async fn review(
     };
     let verified = match verification(&state, &account, &id, &form).await {
         Ok(v) => v,
-        Err(e) => return queue(&state, &account, render::status_of(&e), Some(notice(false, &e.to_string()))).await,
+        Err(e) => return queue(&state, &account, e.http_status(), Some(notice(false, &e.to_string()))).await,
     };
     let no_grant = input.grant_seconds > 0
         && approvals::get(&state.shared, &account.name, &id)
@@ -199,7 +199,7 @@ pub async fn review(
         }
         Err(e) => {
             let message = format!("Refused: {e}. Nothing was changed.");
-            queue(&state, &account, render::status_of(&e), Some(notice(false, &message))).await
+            queue(&state, &account, e.http_status(), Some(notice(false, &message))).await
         }
     }
 }

@@ -58,19 +58,6 @@ pub fn state_of(r: &Request) -> State {
     State::try_from(r.state).unwrap_or(State::Unspecified)
 }
 
-/// The HTTP status of a refusal by the service.
-pub fn status_of(e: &GuardError) -> StatusCode {
-    match e {
-        GuardError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
-        GuardError::NotFound(_) => StatusCode::NOT_FOUND,
-        GuardError::FailedPrecondition { .. } => StatusCode::CONFLICT,
-        GuardError::PermissionDenied(_) => StatusCode::FORBIDDEN,
-        GuardError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-        GuardError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        GuardError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
 pub fn respond(status: StatusCode, markup: Markup) -> Response {
     (status, Html(markup.into_string())).into_response()
 }
@@ -131,7 +118,7 @@ pub fn error_page(e: &GuardError) -> Response {
     if matches!(e, GuardError::Internal(_) | GuardError::Unavailable(_)) {
         tracing::error!("console: {e}");
     }
-    message_page(status_of(e), "Refused", &e.to_string())
+    message_page(e.http_status(), "Refused", &e.to_string())
 }
 
 pub fn login(token: &str, error: Option<&str>) -> Markup {
