@@ -55,8 +55,17 @@ enum Cmd {
     User {
         #[command(subcommand)]
         action: UserCmd,
-        #[command(flatten)]
-        db: DatabaseArgs,
+        // As DatabaseArgs, but global, so that they may follow `user add NAME` (clap does not
+        // carry `global` through a flattened struct).
+        /// The server's configuration file (its database_url is used).
+        #[arg(long, global = true, conflicts_with = "pki")]
+        config: Option<PathBuf>,
+        /// Without a config file: the init-pki directory (SQLite in its parent).
+        #[arg(long, global = true)]
+        pki: Option<PathBuf>,
+        /// sqlite:PATH or postgres://... (overrides the config file).
+        #[arg(long, global = true)]
+        database_url: Option<String>,
     },
     /// Client certificates from CSRs (`guardctl enroll`), and their revocation.
     Cert {
@@ -321,7 +330,10 @@ fn main() -> Result<()> {
             }
             runtime()?.block_on(serve(config))
         }
-        Cmd::User { action, db } => runtime()?.block_on(user(&db.url()?, action)),
+        Cmd::User { action, config, pki, database_url } => {
+            let db = DatabaseArgs { config, pki, database_url };
+            runtime()?.block_on(user(&db.url()?, action))
+        }
         #[cfg(feature = "testing")]
         Cmd::DevPostgres { dir, port } => {
             use guard_server::testing::pg::PgCluster;
