@@ -100,7 +100,11 @@ async fn authorize(AxState(p): AxState<Arc<Provider>>, Query(q): Query<HashMap<S
     Redirect::to(&format!("{redirect_uri}?code={code}&state={}", q["state"])).into_response()
 }
 
-async fn token(AxState(p): AxState<Arc<Provider>>, headers: HeaderMap, Form(f): Form<HashMap<String, String>>) -> Response {
+async fn token(
+    AxState(p): AxState<Arc<Provider>>,
+    headers: HeaderMap,
+    Form(f): Form<HashMap<String, String>>,
+) -> Response {
     let refuse = |why: String| {
         p.refused_exchanges.lock().unwrap().push(why.clone());
         (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_grant", "error_description": why}))).into_response()
@@ -291,7 +295,7 @@ impl Browser {
 
     /// /login's link, /oidc/start, the provider's authorize: the callback path (with code
     /// and state) the provider sends the browser back to.
-    async fn to_provider_and_back(&mut self) -> String {
+    async fn through_the_provider(&mut self) -> String {
         let login = self.console("GET", "/login", String::new()).await;
         assert!(login.body.contains("href=\"/oidc/start\""), "the sign-in page links to the provider");
         assert!(login.body.contains(&format!("Sign in with {LABEL}")), "{}", login.body);
@@ -356,7 +360,7 @@ async fn a_good_sign_in_opens_a_session_whose_approvals_say_oidc() {
     add_users(&site).await;
     let mut browser = Browser::new(&site, &server);
 
-    let callback = browser.to_provider_and_back().await;
+    let callback = browser.through_the_provider().await;
     let done = browser.console("GET", &callback, String::new()).await;
     assert_eq!((done.status, done.location().as_str()), (303, "/"), "{}", done.body);
     assert!(browser.signed_in(), "a session cookie");
@@ -371,14 +375,12 @@ async fn a_good_sign_in_opens_a_session_whose_approvals_say_oidc() {
     let token = page.body[at..].split('"').next().unwrap().to_string();
 
     let mut agent = server.agent("h1").await;
-    let mut stream = agent
-        .submit(submit(op("etc-writes", "100-1", "dev", 2000, "/usr/bin/vi"), 30, ""))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream =
+        agent.submit(submit(op("etc-writes", "100-1", "dev", 2000, "/usr/bin/vi"), 30, "")).await.unwrap().into_inner();
     let created = next(&mut stream).await;
-    let reply =
-        browser.console("POST", &format!("/requests/{}/review", created.id), format!("csrf={token}&action=approve")).await;
+    let reply = browser
+        .console("POST", &format!("/requests/{}/review", created.id), format!("csrf={token}&action=approve"))
+        .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let decided = next(&mut stream).await;
     assert_eq!((state(&decided), decided.decided_by.as_str()), (State::Approved, "bob"));
@@ -404,7 +406,7 @@ async fn a_wrong_or_replayed_state_is_refused_without_a_session() {
 
     // A state the console never issued.
     let mut browser = Browser::new(&site, &server);
-    let callback = browser.to_provider_and_back().await;
+    let callback = browser.through_the_provider().await;
     let forged = callback.replace("state=", &format!("state={}&was=", accounts::random_hex(32)));
     let reply = browser.console("GET", &forged, String::new()).await;
     assert_eq!(reply.status, 400, "{}", reply.body);
@@ -422,7 +424,7 @@ async fn a_wrong_or_replayed_state_is_refused_without_a_session() {
 
     // A good sign-in, then the same callback again (attempt cookie put back): used once only.
     let mut browser = Browser::new(&site, &server);
-    let callback = browser.to_provider_and_back().await;
+    let callback = browser.through_the_provider().await;
     let attempt = browser.cookies["__Host-guard_oidc"].clone();
     assert_eq!(browser.console("GET", &callback, String::new()).await.status, 303);
     assert!(browser.signed_in());
@@ -443,7 +445,8 @@ async fn tokens_with_a_wrong_nonce_audience_issuer_or_key_are_refused_and_record
     let server = site.start(None).await;
     add_users(&site).await;
 
-    let cases: [(&str, fn(&mut Twist), &str); 4] = [
+    type Case = (&'static str, fn(&mut Twist), &'static str);
+    let cases: [Case; 4] = [
         ("nonce", |t| t.wrong_nonce = true, "nonce is not this sign-in's"),
         ("audience", |t| t.wrong_audience = true, "InvalidAudience"),
         ("issuer", |t| t.wrong_issuer = true, "InvalidIssuer"),
@@ -456,7 +459,7 @@ async fn tokens_with_a_wrong_nonce_audience_issuer_or_key_are_refused_and_record
             twist(&mut t);
         }
         let mut browser = Browser::new(&site, &server);
-        let callback = browser.to_provider_and_back().await;
+        let callback = browser.through_the_provider().await;
         let reply = browser.console("GET", &callback, String::new()).await;
         assert_eq!(reply.status, 401, "{name}: {}", reply.body);
         let message = notice(&reply.body);
@@ -481,7 +484,7 @@ async fn an_unknown_or_disabled_user_is_refused_and_recorded() {
     for (user, why) in [("nobody", "is not a console user"), ("dave", "is disabled")] {
         p.twist.lock().unwrap().user = user.into();
         let mut browser = Browser::new(&site, &server);
-        let callback = browser.to_provider_and_back().await;
+        let callback = browser.through_the_provider().await;
         let reply = browser.console("GET", &callback, String::new()).await;
         assert_eq!(reply.status, 403, "{user}: {}", reply.body);
         let message = notice(&reply.body);
@@ -515,13 +518,31 @@ fn config_errors_name_the_key_and_the_place() {
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "x\n").unwrap();
     let cases = [
-        (format!("issuer = \"http://idp.example\"\nclient_id = \"c\"\nclient_secret_file = \"{}\"\n", secret.display()), "console.oidc.issuer"),
-        ("issuer = \"https://idp.example\"\nclient_id = \"c\"\nclient_secret_file = \"/nonexistent/secret\"\n".to_string(), "console.oidc.client_secret_file"),
-        (format!("issuer = \"https://idp.example\"\nclient_id = \"c\"\nclient_secret_file = \"{}\"\nclaim = \"sub\"\n", secret.display()), "console.oidc.claim"),
+        (
+            format!(
+                "issuer = \"http://idp.example\"\nclient_id = \"c\"\nclient_secret_file = \"{}\"\n",
+                secret.display()
+            ),
+            "console.oidc.issuer",
+        ),
+        (
+            "issuer = \"https://idp.example\"\nclient_id = \"c\"\nclient_secret_file = \"/nonexistent/secret\"\n"
+                .to_string(),
+            "console.oidc.client_secret_file",
+        ),
+        (
+            format!(
+                "issuer = \"https://idp.example\"\nclient_id = \"c\"\nclient_secret_file = \"{}\"\nclaim = \"sub\"\n",
+                secret.display()
+            ),
+            "console.oidc.claim",
+        ),
     ];
     for (table, key) in cases {
-        let site = Site::with(config().extra(&format!("[console]\nlisten = \"127.0.0.1:0\"\n\n[console.oidc]\n{table}")));
-        let err = guard_server::config::ServerConfig::load(&site.dir.path().join("server.toml")).unwrap_err().to_string();
+        let site =
+            Site::with(config().extra(&format!("[console]\nlisten = \"127.0.0.1:0\"\n\n[console.oidc]\n{table}")));
+        let err =
+            guard_server::config::ServerConfig::load(&site.dir.path().join("server.toml")).unwrap_err().to_string();
         assert!(err.contains(key), "{key} not named: {err}");
         assert!(err.contains("server.toml:"), "no file:line:col: {err}");
     }

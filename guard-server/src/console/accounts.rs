@@ -238,8 +238,9 @@ pub async fn sign_in_oidc(
         return Ok(Err(refusal));
     }
     let user = user.ok_or_else(|| GuardError::Internal("a sign-in without a user".into()))?;
-    let role = Role::parse(&user.role)
-        .ok_or_else(|| GuardError::Internal(format!("console user {} has an unknown role {:?}", user.name, user.role)))?;
+    let role = Role::parse(&user.role).ok_or_else(|| {
+        GuardError::Internal(format!("console user {} has an unknown role {:?}", user.name, user.role))
+    })?;
     Ok(Ok(open_session(store, settings, &user.name, role, OIDC, now_ms).await?))
 }
 

@@ -169,7 +169,8 @@ impl Oidc {
         if !status.is_success() {
             return Err(format!("the provider's {what} ({url}) answered {status}"));
         }
-        serde_json::from_slice(&body).map_err(|e| format!("the provider's {what} ({url}) is not what was expected: {e}"))
+        serde_json::from_slice(&body)
+            .map_err(|e| format!("the provider's {what} ({url}) is not what was expected: {e}"))
     }
 
     /// The discovery document, fetched once (a failure is not cached: the next sign-in tries
@@ -188,9 +189,11 @@ impl Oidc {
                 d.issuer, self.settings.issuer
             ));
         }
-        for (name, url) in
-            [("authorization_endpoint", &d.authorization_endpoint), ("token_endpoint", &d.token_endpoint), ("jwks_uri", &d.jwks_uri)]
-        {
+        for (name, url) in [
+            ("authorization_endpoint", &d.authorization_endpoint),
+            ("token_endpoint", &d.token_endpoint),
+            ("jwks_uri", &d.jwks_uri),
+        ] {
             if !endpoint_ok(url) {
                 return Err(format!("the provider's {name} {url:?} is not https:// (or http:// to this machine)"));
             }
@@ -304,13 +307,18 @@ impl Oidc {
         let header = jsonwebtoken::decode_header(id_token)
             .map_err(|e| token_refused("", format!("the provider's ID token is malformed: {e}")))?;
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
-            return Err(token_refused("", format!("the ID token is signed with {:?}; only RS256 and ES256 are accepted", header.alg)));
+            return Err(token_refused(
+                "",
+                format!("the ID token is signed with {:?}; only RS256 and ES256 are accepted", header.alg),
+            ));
         }
         let key = self
             .key(discovery, header.kid.as_deref())
             .await
             .map_err(|e| refused(StatusCode::BAD_GATEWAY, e))?
-            .ok_or_else(|| token_refused("", format!("the ID token's key {:?} is not in the provider's JWKS", header.kid)))?;
+            .ok_or_else(|| {
+                token_refused("", format!("the ID token's key {:?} is not in the provider's JWKS", header.kid))
+            })?;
         let mut validation = Validation::new(header.alg);
         validation.set_audience(&[&s.client_id]);
         validation.set_issuer(&[&s.issuer]);
@@ -504,5 +512,3 @@ async fn finish(state: &ConsoleState, oidc: &Oidc, headers: &HeaderMap, q: &Call
         .map_err(|e| refused(StatusCode::INTERNAL_SERVER_ERROR, format!("the console's store failed: {e}")))?;
     Ok((name, outcome))
 }
-
-
