@@ -65,6 +65,10 @@ struct Provider {
     good_exchanges: Mutex<u32>,
     /// Token requests refused (bad secret, bad verifier, unknown code), with why.
     refused_exchanges: Mutex<Vec<String>>,
+    /// Discovery says client_secret_post only (else basic and post).
+    post_only: bool,
+    /// How each token request authenticated the client: "basic" or "post".
+    client_auth: Mutex<Vec<&'static str>>,
 }
 
 async fn discovery(AxState(p): AxState<Arc<Provider>>) -> Json<serde_json::Value> {
@@ -78,7 +82,8 @@ async fn discovery(AxState(p): AxState<Arc<Provider>>) -> Json<serde_json::Value
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256"],
         "code_challenge_methods_supported": ["S256"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "token_endpoint_auth_methods_supported":
+            if p.post_only { json!(["client_secret_post"]) } else { json!(["client_secret_basic", "client_secret_post"]) },
     }))
 }
 
@@ -111,6 +116,7 @@ async fn token(
     };
     // client_secret_basic or client_secret_post.
     let basic = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Basic "));
+    p.client_auth.lock().unwrap().push(if basic.is_some() { "basic" } else { "post" });
     let (id, secret) = match basic {
         Some(b) => {
             let pair = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b).unwrap()).unwrap();
@@ -164,9 +170,13 @@ async fn jwks() -> Response {
 
 /// Starts the provider on loopback; it and its issuer URL.
 async fn provider() -> Arc<Provider> {
+    provider_with(false).await
+}
+
+async fn provider_with(post_only: bool) -> Arc<Provider> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let issuer = format!("http://{}", listener.local_addr().unwrap());
-    let p = Arc::new(Provider { issuer, ..Default::default() });
+    let p = Arc::new(Provider { issuer, post_only, ..Default::default() });
     p.twist.lock().unwrap().user = "bob".into();
     let app = Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
@@ -181,9 +191,13 @@ async fn provider() -> Arc<Provider> {
 /// A console site whose `[console.oidc]` names `p`, with console users bob (approver) and
 /// dave (disabled).
 async fn oidc_site(p: &Provider) -> (Site, tempfile::TempDir) {
+    oidc_site_with_secret(p, CLIENT_SECRET).await
+}
+
+async fn oidc_site_with_secret(p: &Provider, client_secret: &str) -> (Site, tempfile::TempDir) {
     let secrets = tempfile::tempdir().unwrap();
     let secret = secrets.path().join("client-secret");
-    std::fs::write(&secret, format!("{CLIENT_SECRET}\n")).unwrap();
+    std::fs::write(&secret, format!("{client_secret}\n")).unwrap();
     let toml = format!(
         "[console]\nlisten = \"127.0.0.1:0\"\n\n[console.oidc]\nissuer = \"{}\"\nclient_id = \"{CLIENT_ID}\"\n\
          client_secret_file = \"{}\"\nlabel = \"{LABEL}\"\n",
@@ -367,6 +381,7 @@ async fn a_good_sign_in_opens_a_session_whose_approvals_say_oidc() {
     assert!(!browser.cookies.contains_key("__Host-guard_oidc"), "the attempt cookie is cleared");
     assert_eq!(*p.good_exchanges.lock().unwrap(), 1, "the code was exchanged with the secret and PKCE verifier");
     assert!(p.refused_exchanges.lock().unwrap().is_empty());
+    assert_eq!(*p.client_auth.lock().unwrap(), ["basic"], "client_secret_basic when the provider takes it");
 
     let page = browser.console("GET", "/", String::new()).await;
     assert_eq!(page.status, 200);
@@ -394,6 +409,40 @@ async fn a_good_sign_in_opens_a_session_whose_approvals_say_oidc() {
         .find(|r| r.kind == guard_api::RecordKind::Review)
         .expect("a review record");
     assert_eq!(review.verified_by.as_deref(), Some("oidc"), "the review record says bob signed in through OIDC");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_provider_that_takes_only_client_secret_post_gets_it() {
+    let p = provider_with(true).await;
+    let (site, _secrets) = oidc_site(&p).await;
+    let server = site.start(None).await;
+    add_users(&site).await;
+    let mut browser = Browser::new(&site, &server);
+    let callback = browser.through_the_provider().await;
+    let done = browser.console("GET", &callback, String::new()).await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert!(browser.signed_in());
+    assert_eq!(*p.client_auth.lock().unwrap(), ["post"]);
+    assert_eq!(*p.good_exchanges.lock().unwrap(), 1, "the secret in the form checked out");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_client_secret_is_refused_by_the_provider_and_opens_no_session() {
+    let p = provider().await;
+    let (site, _secrets) = oidc_site_with_secret(&p, "not-the-secret").await;
+    let server = site.start(None).await;
+    add_users(&site).await;
+    let mut browser = Browser::new(&site, &server);
+    let callback = browser.through_the_provider().await;
+    let reply = browser.console("GET", &callback, String::new()).await;
+    assert_eq!(reply.status, 401, "{}", reply.body);
+    let message = notice(&reply.body);
+    assert!(message.contains("the token endpoint refused the code"), "{message}");
+    assert!(!browser.signed_in());
+    assert_eq!(p.refused_exchanges.lock().unwrap().len(), 1);
+    assert!(!reply.body.contains("not-the-secret"), "the secret is not shown");
     server.stop().await;
 }
 
