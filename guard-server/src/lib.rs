@@ -8,6 +8,7 @@ pub mod console;
 pub mod enroll;
 pub mod error;
 pub mod fanout;
+pub mod http_client;
 pub mod identity;
 pub mod ids;
 pub mod lifecycle;

@@ -199,14 +199,16 @@ enum CertRole {
 /// The database a maintenance command works on, found as `serve` finds it.
 #[derive(clap::Args)]
 struct DatabaseArgs {
+    // global: `user add NAME ... --config FILE` (the README's order) as well as
+    // `user --config FILE add NAME ...`.
     /// The server's configuration file.
-    #[arg(long, conflicts_with_all = ["pki", "database_url"])]
+    #[arg(long, global = true, conflicts_with_all = ["pki", "database_url"])]
     config: Option<PathBuf>,
     /// The init-pki directory of a server run with `serve --pki` (SQLite in its parent).
-    #[arg(long, conflicts_with = "database_url")]
+    #[arg(long, global = true, conflicts_with = "database_url")]
     pki: Option<PathBuf>,
     /// sqlite:PATH or postgres://...
-    #[arg(long)]
+    #[arg(long, global = true)]
     database_url: Option<String>,
 }
 

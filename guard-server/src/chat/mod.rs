@@ -19,7 +19,7 @@
 //! `/chat` on its HTTPS listener: no listener of its own.
 pub mod cards;
 pub mod config;
-mod http;
+use crate::http_client as http;
 mod notify;
 mod slack;
 mod teams;

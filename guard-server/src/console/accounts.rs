@@ -171,29 +171,91 @@ pub async fn sign_in(
     let role = user.as_ref().and_then(|u| Role::parse(&u.role));
     match (refusal, user, role) {
         (Some(refusal), _, _) => {
-            record_refusal(store, settings, name, &refusal, now_ms).await;
+            record_refusal(store, settings, name, &refusal, PASSWORD, now_ms).await;
             Ok(Err(refusal))
         }
         (None, Some(user), Some(role)) => {
             store.sign_in_succeeded(&user.name).await?;
-            let idle = i64::try_from(settings.session_idle.as_millis()).unwrap_or(i64::MAX);
-            let max = i64::try_from(settings.session_max.as_millis()).unwrap_or(i64::MAX);
-            store.delete_stale_sessions(now_ms.saturating_sub(idle), now_ms.saturating_sub(max)).await?;
-            let id = random_hex(32);
-            let session = Session {
-                id_hash: id_hash(&id),
-                user: user.name.clone(),
-                csrf: random_hex(32),
-                created_ms: now_ms,
-                last_seen_ms: now_ms,
-            };
-            store.create_session(&session).await?;
-            Ok(Ok((id, Account { name: user.name, role, session })))
+            Ok(Ok(open_session(store, settings, &user.name, role, PASSWORD, now_ms).await?))
         }
         (None, Some(user), None) => {
             Err(GuardError::Internal(format!("console user {} has an unknown role {:?}", user.name, user.role)))
         }
         (None, None, _) => Err(GuardError::Internal("a sign-in without a user".into())),
+    }
+}
+
+/// `Session::method` of a session opened with a password...
+pub const PASSWORD: &str = "password";
+/// ...and of one opened through the OpenID provider (`[console.oidc]`).
+pub const OIDC: &str = "oidc";
+
+/// A new session of `name` (its id, for the cookie, and the account), opened by `method`;
+/// stale sessions are swept on the way.
+async fn open_session(
+    store: &dyn Store,
+    settings: &ConsoleSettings,
+    name: &str,
+    role: Role,
+    method: &str,
+    now_ms: i64,
+) -> GuardResult<(String, Account)> {
+    let idle = i64::try_from(settings.session_idle.as_millis()).unwrap_or(i64::MAX);
+    let max = i64::try_from(settings.session_max.as_millis()).unwrap_or(i64::MAX);
+    store.delete_stale_sessions(now_ms.saturating_sub(idle), now_ms.saturating_sub(max)).await?;
+    let id = random_hex(32);
+    let session = Session {
+        id_hash: id_hash(&id),
+        user: name.to_string(),
+        csrf: random_hex(32),
+        created_ms: now_ms,
+        last_seen_ms: now_ms,
+        method: method.to_string(),
+    };
+    store.create_session(&session).await?;
+    Ok((id, Account { name: name.to_string(), role, session }))
+}
+
+/// Signs `name` in on the word of the OpenID provider (its ID token was checked by
+/// `console::oidc`): a new session if `name` is an existing, enabled console user, or the
+/// refusal, recorded in the audit trail as a password refusal is. The role is the local
+/// user's; the password lockout does not apply (it guards against guessed passwords, and a
+/// stranger's guesses must not shut a user out of the provider's sign-in too).
+pub async fn sign_in_oidc(
+    store: &dyn Store,
+    settings: &ConsoleSettings,
+    name: &str,
+    now_ms: i64,
+) -> GuardResult<Result<(String, Account), Refusal>> {
+    let user = if check_name(name).is_ok() { store.user(name).await? } else { None };
+    let refusal = match &user {
+        None => Some(Refusal::UnknownUser),
+        Some(u) if u.disabled => Some(Refusal::Disabled),
+        Some(_) => None,
+    };
+    if let Some(refusal) = refusal {
+        record_refusal(store, settings, name, &refusal, OIDC, now_ms).await;
+        return Ok(Err(refusal));
+    }
+    let user = user.ok_or_else(|| GuardError::Internal("a sign-in without a user".into()))?;
+    let role = Role::parse(&user.role).ok_or_else(|| {
+        GuardError::Internal(format!("console user {} has an unknown role {:?}", user.name, user.role))
+    })?;
+    Ok(Ok(open_session(store, settings, &user.name, role, OIDC, now_ms).await?))
+}
+
+/// The audit record of an OpenID sign-in refused before any user was looked up (the
+/// provider's token did not check out): `tried` is the claim, when the token had one.
+pub async fn record_oidc_refusal(store: &dyn Store, tried: &str, why: &str, now_ms: i64) {
+    let mut r = AuditRecord::at(Timestamp::from_unix_ms(now_ms), RecordKind::Review, "");
+    r.reason = Some(Reason::Refused);
+    let shown: String = guard_api::screen::escape(tried).chars().take(MAX_NAME_BYTES).collect();
+    r.approver = Some(shown);
+    let why: String = guard_api::screen::escape(why).chars().take(500).collect();
+    r.comment = Some(format!("console sign-in refused (oidc): {why}"));
+    r.state = Some("refused".into());
+    if let Err(e) = store.append_server(vec![r]).await {
+        tracing::error!("cannot record a refused console sign-in: {e}");
     }
 }
 
@@ -244,7 +306,14 @@ pub async fn still_signed_in(store: &dyn Store, settings: &ConsoleSettings, acco
 
 /// The audit record of a refused sign-in (and of the lockout it caused): a review-kind record
 /// of the server (host ""), reason refused, `approver` the name that was tried.
-async fn record_refusal(store: &dyn Store, settings: &ConsoleSettings, name: &str, refusal: &Refusal, now_ms: i64) {
+async fn record_refusal(
+    store: &dyn Store,
+    settings: &ConsoleSettings,
+    name: &str,
+    refusal: &Refusal,
+    method: &str,
+    now_ms: i64,
+) {
     let until = |ms: i64| Timestamp::from_unix_ms(ms).to_string();
     let why = match refusal {
         Refusal::UnknownUser => "no such user".to_string(),
@@ -265,7 +334,11 @@ async fn record_refusal(store: &dyn Store, settings: &ConsoleSettings, name: &st
     // adversary's text as much as anyone's.
     let shown: String = guard_api::screen::escape(name).chars().take(MAX_NAME_BYTES).collect();
     r.approver = Some(shown);
-    r.comment = Some(format!("console sign-in refused: {why}"));
+    r.comment = Some(if method == OIDC {
+        format!("console sign-in refused (oidc): {why}")
+    } else {
+        format!("console sign-in refused: {why}")
+    });
     r.state = Some(if matches!(refusal, Refusal::WrongPassword { locked_until_ms: Some(_), .. }) {
         "locked".into()
     } else {

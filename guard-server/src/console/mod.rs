@@ -7,13 +7,15 @@
 //! Module map: `config` ([console] settings), `accounts` (users, passwords, sessions, lockout),
 //! `web` (cookies, CSRF, sign-in pages, headers), `render` (how requests and records look),
 //! `queue` (the live queue and reviews), `events` (its SSE stream), `history` (trail, export,
-//! chain status), `grants` (live grants, revoke), `passkeys` (registration and the approval
+//! chain status), `grants` (live grants, revoke), `oidc` (sign-in through an OpenID provider),
+//! `passkeys` (registration and the approval
 //! step-up, over `crate::passkey`), `serve` (TLS and HTTP/1.1).
 pub mod accounts;
 pub mod config;
 mod events;
 mod grants;
 mod history;
+pub mod oidc;
 mod passkeys;
 mod queue;
 pub mod render;
@@ -40,6 +42,8 @@ pub struct ConsoleState {
     /// The WebAuthn side, bound to `origin`; None when the origin cannot carry passkeys (an IP
     /// address).
     pub passkeys: Option<Arc<crate::passkey::Passkeys>>,
+    /// Sign-in through the OpenID provider, when `[console.oidc]` configures one.
+    pub oidc: Option<Arc<oidc::Oidc>>,
 }
 
 /// The console's routes.
@@ -56,6 +60,8 @@ pub fn router_with(state: ConsoleState, extra: Router) -> Router {
         .route("/", get(queue::page))
         .route("/login", get(web::login_page).post(web::login))
         .route("/logout", post(web::logout))
+        .route("/oidc/start", get(oidc::start))
+        .route("/oidc/callback", get(oidc::callback))
         .route("/events", get(events::stream))
         .route("/requests/{id}/review", post(queue::review))
         .route("/requests/{id}/argv/{level}", get(queue::argv))
@@ -98,6 +104,7 @@ pub async fn start(settings: &ConsoleSettings, shared: Shared, extra: Router) ->
         settings: Arc::new(settings.clone()),
         origin: Arc::from(origin.as_str()),
         passkeys,
+        oidc: settings.oidc.clone().map(|o| Arc::new(oidc::Oidc::new(o))),
     };
     let app = router_with(state, extra);
     let task = tokio::spawn(serve::serve(listener, tls, app, shared.shutdown.clone()));

@@ -114,7 +114,8 @@ fn review_of(id: &str, form: &ReviewForm) -> Result<ReviewRequest, String> {
     Ok(ReviewRequest { id: id.to_string(), approve, comment: reason, grant_seconds })
 }
 
-/// How the approver was verified for this review: the session's password, and the passkey
+/// How the approver was verified for this review: the session's password (or OpenID sign-in),
+/// and the passkey
 /// when the form carries a step-up, which must be this approver's, for this request and for
 /// exactly this decision (the ceremony remembers what it was started for). Whether one was
 /// needed is the server's to check (`service::approvals` refuses an approval that needed one
@@ -125,8 +126,10 @@ async fn verification(
     request_id: &str,
     form: &ReviewForm,
 ) -> Result<Verified, GuardError> {
+    // The session's own sign-in: a password, or the OpenID provider (`[console.oidc]`).
+    let oidc = account.session.method == super::accounts::OIDC;
     if form.passkey_ceremony.is_empty() && form.passkey_credential.is_empty() {
-        return Ok(Verified::Password);
+        return Ok(if oidc { Verified::Oidc } else { Verified::Password });
     }
     let refused = |m: String| GuardError::precondition("PASSKEY", format!("request/{request_id}"), m);
     let Some(passkeys) = &state.passkeys else {
@@ -140,7 +143,7 @@ async fn verification(
     if approval.decision != asked {
         return Err(refused(format!("the passkey confirmed {:?}, but the form asks {:?}", approval.decision, asked)));
     }
-    Ok(Verified::PasswordAndPasskey)
+    Ok(if oidc { Verified::OidcAndPasskey } else { Verified::PasswordAndPasskey })
 }
 
 pub async fn review(

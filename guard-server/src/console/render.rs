@@ -121,7 +121,8 @@ pub fn error_page(e: &GuardError) -> Response {
     message_page(e.http_status(), "Refused", &e.to_string())
 }
 
-pub fn login(token: &str, error: Option<&str>) -> Markup {
+/// The sign-in page; `oidc`: the label of the OpenID provider's link, when one is configured.
+pub fn login(token: &str, error: Option<&str>, oidc: Option<&str>) -> Markup {
     layout(
         "Sign in",
         None,
@@ -133,6 +134,9 @@ pub fn login(token: &str, error: Option<&str>) -> Markup {
                 label { "User name" input name="username" autocomplete="username" required autofocus; }
                 label { "Password" input name="password" type="password" autocomplete="current-password" required; }
                 button type="submit" { "Sign in" }
+            }
+            @if let Some(label) = oidc {
+                p.oidc { a.oidc href="/oidc/start" { "Sign in with " (label) } }
             }
         },
     )

@@ -128,12 +128,15 @@ pub async fn login_page(State(state): State<ConsoleState>, headers: HeaderMap) -
     if let Ok(Some(_)) = signed_in {
         return Redirect::to("/").into_response();
     }
-    login_form(StatusCode::OK, None)
+    login_form(&state, StatusCode::OK, None)
 }
 
-fn login_form(status: StatusCode, error: Option<&str>) -> Response {
+/// The sign-in page (with the OpenID provider's link when one is configured) and its CSRF
+/// cookie.
+pub fn login_form(state: &ConsoleState, status: StatusCode, error: Option<&str>) -> Response {
     let token = accounts::random_hex(32);
-    let mut response = render::respond(status, render::login(&token, error));
+    let label = state.settings.oidc.as_ref().map(|o| o.label.as_str());
+    let mut response = render::respond(status, render::login(&token, error, label));
     response.headers_mut().append(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, &token, 3600));
     response
 }
@@ -163,7 +166,7 @@ pub async fn login(State(state): State<ConsoleState>, headers: HeaderMap, Form(f
             h.append(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, "", 0));
             response
         }
-        Ok(Err(_refusal)) => login_form(StatusCode::UNAUTHORIZED, Some(SIGN_IN_REFUSED)),
+        Ok(Err(_refusal)) => login_form(&state, StatusCode::UNAUTHORIZED, Some(SIGN_IN_REFUSED)),
         Err(e) => render::error_page(&e),
     }
 }

@@ -52,7 +52,7 @@ impl PasskeyPolicy {
     /// an approval that needs a passkey but was verified another way is refused, so a channel
     /// that forgot to ask [`needs_passkey`](Self::needs_passkey) still cannot record one.
     pub fn check(&self, request: &Request, approver: &str, approve: bool, verified: Verified) -> GuardResult<()> {
-        if !approve || verified == Verified::PasswordAndPasskey || !self.needs_passkey(request, approver) {
+        if !approve || verified.with_passkey() || !self.needs_passkey(request, approver) {
             return Ok(());
         }
         let rule = request.operation.as_ref().map(|o| o.rule.as_str()).unwrap_or("");
@@ -161,6 +161,8 @@ mod tests {
         assert!(p.check(&r, "alice", true, Verified::ClientCertificate).is_err());
         assert!(p.check(&r, "alice", true, Verified::Password).is_err());
         assert!(p.check(&r, "alice", true, Verified::PasswordAndPasskey).is_ok());
+        assert!(p.check(&r, "alice", true, Verified::Oidc).is_err());
+        assert!(p.check(&r, "alice", true, Verified::OidcAndPasskey).is_ok());
         assert!(p.check(&r, "alice", false, Verified::Slack).is_ok(), "a deny needs no passkey");
         assert!(p.check(&request("read-env"), "alice", true, Verified::Slack).is_ok());
         assert!(PasskeyPolicy::Off.check(&r, "alice", true, Verified::Slack).is_ok());

@@ -20,6 +20,10 @@ pub enum Verified {
     Password,
     /// The console's session, and a fresh user-verified passkey assertion for this request.
     PasswordAndPasskey,
+    /// The console's session, opened through the configured OpenID provider (`[console.oidc]`).
+    Oidc,
+    /// That session, and a fresh user-verified passkey assertion for this request.
+    OidcAndPasskey,
     /// A Slack interaction whose signature (the app's signing secret) was checked.
     Slack,
     /// A Microsoft Teams action whose token was checked.
@@ -29,11 +33,18 @@ pub enum Verified {
 }
 
 impl Verified {
+    /// Whether a fresh passkey assertion for this review is part of it.
+    pub fn with_passkey(self) -> bool {
+        matches!(self, Verified::PasswordAndPasskey | Verified::OidcAndPasskey)
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Verified::ClientCertificate => "client certificate",
             Verified::Password => "password",
             Verified::PasswordAndPasskey => "password+passkey",
+            Verified::Oidc => "oidc",
+            Verified::OidcAndPasskey => "oidc+passkey",
             Verified::Slack => "slack",
             Verified::Teams => "teams",
             Verified::Webhook => "webhook",

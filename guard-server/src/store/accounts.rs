@@ -31,6 +31,8 @@ pub struct Session {
     pub csrf: String,
     pub created_ms: i64,
     pub last_seen_ms: i64,
+    /// How it was opened: "password" or "oidc" (migration 0011).
+    pub method: String,
 }
 
 /// What a failed sign-in did to the account.
@@ -96,6 +98,7 @@ fn session_from_row(row: &sqlx::any::AnyRow) -> GuardResult<Session> {
         csrf: row.try_get("csrf")?,
         created_ms: row.try_get("created_ms")?,
         last_seen_ms: row.try_get("last_seen_ms")?,
+        method: row.try_get("method")?,
     })
 }
 
@@ -208,13 +211,15 @@ impl AccountStore for SqlStore {
 
     async fn create_session(&self, session: &Session) -> GuardResult<()> {
         sqlx::query(
-            "INSERT INTO console_sessions (id_hash, user_name, csrf, created_ms, last_seen_ms) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO console_sessions (id_hash, user_name, csrf, created_ms, last_seen_ms, method) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(session.id_hash.clone())
         .bind(session.user.clone())
         .bind(session.csrf.clone())
         .bind(session.created_ms)
         .bind(session.last_seen_ms)
+        .bind(session.method.clone())
         .execute(self.pool())
         .await?;
         Ok(())
@@ -222,7 +227,7 @@ impl AccountStore for SqlStore {
 
     async fn session(&self, id_hash: &str) -> GuardResult<Option<Session>> {
         let row = sqlx::query(
-            "SELECT id_hash, user_name, csrf, created_ms, last_seen_ms FROM console_sessions WHERE id_hash = $1",
+            "SELECT id_hash, user_name, csrf, created_ms, last_seen_ms, method FROM console_sessions WHERE id_hash = $1",
         )
         .bind(id_hash.to_string())
         .fetch_optional(self.pool())

@@ -1,10 +1,11 @@
-//! The one HTTP client of the chat channels: a JSON POST with a few headers, over TLS whose
-//! roots are the configured CA bundle (`chat.ca_file`), or plain HTTP to this machine (the
-//! config allows no other). One connection per post: posts are rare, and a fresh connection
-//! never trips on one the service closed while idle.
+//! The server's one outbound HTTP client (the chat channels' posts, the console's OpenID
+//! provider): GETs and POSTs with a few headers, over TLS whose roots are a configured CA
+//! bundle (`chat.ca_file`, `console.oidc.ca_file`), or plain HTTP to this machine (the configs
+//! allow no other). One connection per exchange: they are rare, and a fresh connection never
+//! trips on one the service closed while idle.
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use http::{Request, StatusCode, Uri};
+use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
@@ -15,9 +16,10 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-/// The whole exchange of one post; a chat service slower than this is retried later.
+/// The whole exchange; a chat service or provider slower than this is retried later.
 const TIMEOUT: Duration = Duration::from_secs(15);
-/// The most of an answer read (Slack's answers are small; an error page is cut).
+/// The most of an answer read (Slack's answers and a provider's JWKS are small; an error page
+/// is cut).
 const MAX_ANSWER: usize = 1 << 20;
 
 #[derive(Clone)]
@@ -38,12 +40,41 @@ impl Client {
 
     /// POSTs `body` as JSON to `url` with `headers`; the status and the answer's body.
     pub async fn post_json(&self, url: &str, headers: &[(&str, String)], body: String) -> Result<(StatusCode, Bytes)> {
-        tokio::time::timeout(TIMEOUT, self.post(url, headers, body))
+        self.exchange(Method::POST, url, headers, Some("application/json; charset=utf-8"), body).await
+    }
+
+    /// POSTs `body` as an HTML form (`application/x-www-form-urlencoded`, as OAuth token
+    /// endpoints take it).
+    pub async fn post_form(&self, url: &str, headers: &[(&str, String)], body: String) -> Result<(StatusCode, Bytes)> {
+        self.exchange(Method::POST, url, headers, Some("application/x-www-form-urlencoded"), body).await
+    }
+
+    /// GETs `url`.
+    pub async fn get(&self, url: &str, headers: &[(&str, String)]) -> Result<(StatusCode, Bytes)> {
+        self.exchange(Method::GET, url, headers, None, String::new()).await
+    }
+
+    async fn exchange(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, String)],
+        content_type: Option<&str>,
+        body: String,
+    ) -> Result<(StatusCode, Bytes)> {
+        tokio::time::timeout(TIMEOUT, self.send(method, url, headers, content_type, body))
             .await
             .with_context(|| format!("{}: no answer in {TIMEOUT:?}", redact(url)))?
     }
 
-    async fn post(&self, url: &str, headers: &[(&str, String)], body: String) -> Result<(StatusCode, Bytes)> {
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, String)],
+        content_type: Option<&str>,
+        body: String,
+    ) -> Result<(StatusCode, Bytes)> {
         let uri: Uri = url.parse().with_context(|| format!("bad url {}", redact(url)))?;
         let host = uri.host().context("url has no host")?.to_string();
         let https = uri.scheme_str() == Some("https");
@@ -54,10 +85,14 @@ impl Client {
         tcp.set_nodelay(true)?;
         let authority = uri.authority().map(|a| a.to_string()).unwrap_or(host.clone());
         let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
-        let mut request = Request::post(target)
+        let mut request = Request::builder()
+            .method(method)
+            .uri(target)
             .header(http::header::HOST, authority)
-            .header(http::header::CONTENT_TYPE, "application/json; charset=utf-8")
             .header(http::header::USER_AGENT, concat!("guard-server/", env!("CARGO_PKG_VERSION")));
+        if let Some(content_type) = content_type {
+            request = request.header(http::header::CONTENT_TYPE, content_type);
+        }
         for (name, value) in headers {
             request = request.header(*name, value);
         }
@@ -66,9 +101,9 @@ impl Client {
             let tls = self.tls.as_ref().with_context(|| format!("no TLS roots: {}", self.tls_error))?;
             let name = ServerName::try_from(bare.clone()).with_context(|| format!("{host:?} is not a server name"))?;
             let stream = tls.connect(name, tcp).await.with_context(|| format!("TLS handshake with {host}"))?;
-            send(TokioIo::new(stream), request).await
+            round_trip(TokioIo::new(stream), request).await
         } else {
-            send(TokioIo::new(tcp), request).await
+            round_trip(TokioIo::new(tcp), request).await
         }
     }
 }
@@ -98,7 +133,7 @@ fn connector(ca_file: &Path) -> Result<TlsConnector> {
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
-async fn send<S>(io: TokioIo<S>, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes)>
+async fn round_trip<S>(io: TokioIo<S>, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes)>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
