@@ -196,30 +196,27 @@ enum CertRole {
     Agent,
 }
 
-/// The database a maintenance command works on, found as `serve` finds it.
+/// The database a maintenance command (`user`, `cert revoke`) works on, found as `serve` finds
+/// it.
 #[derive(clap::Args)]
 struct DatabaseArgs {
-    // global: `user add NAME ... --config FILE` (the README's order) as well as
-    // `user --config FILE add NAME ...`.
-    /// The server's configuration file.
-    #[arg(long, global = true, conflicts_with_all = ["pki", "database_url"])]
+    /// The server's configuration file (its database_url is used).
+    #[arg(long, conflicts_with = "pki")]
     config: Option<PathBuf>,
-    /// The init-pki directory of a server run with `serve --pki` (SQLite in its parent).
-    #[arg(long, global = true, conflicts_with = "database_url")]
+    /// Without a config file: the init-pki directory (SQLite in its parent).
+    #[arg(long)]
     pki: Option<PathBuf>,
-    /// sqlite:PATH or postgres://...
-    #[arg(long, global = true)]
+    /// sqlite:PATH or postgres://... (overrides the config file).
+    #[arg(long)]
     database_url: Option<String>,
 }
 
 impl DatabaseArgs {
     fn url(&self) -> Result<String> {
         match (&self.config, &self.pki, &self.database_url) {
-            (Some(file), _, _) => Ok(ServerConfig::load(file)?.database_url),
-            (None, Some(dir), url) => {
-                Ok(ServerConfig::from_pki(dir, DEFAULT_LISTEN.parse()?, url.clone()).database_url)
-            }
-            (None, None, Some(url)) => Ok(url.clone()),
+            (_, _, Some(url)) => Ok(url.clone()),
+            (Some(file), _, None) => Ok(ServerConfig::load(file)?.database_url),
+            (None, Some(dir), None) => Ok(ServerConfig::from_pki(dir, DEFAULT_LISTEN.parse()?, None).database_url),
             (None, None, None) => anyhow::bail!("give --config FILE, --pki DIR or --database-url URL"),
         }
     }
