@@ -38,11 +38,11 @@ async fn sign_in_register_a_passkey_approve_live_with_it_and_deny_with_a_reason(
     b.fill("input[name=username]", "bob").await;
     b.fill("input[name=password]", "wrong password").await;
     b.click("form.login button").await;
-    assert!(b.text(".notice").await.contains("Sign-in failed"), "a wrong password is refused");
+    b.text_with(".notice", "Sign-in failed").await; // a wrong password is refused
     b.fill("input[name=username]", "bob").await;
     b.fill("input[name=password]", PASSWORD).await;
     b.click("form.login button").await;
-    assert!(b.text("h1").await.contains("Pending requests"));
+    b.text_with("h1", "Pending requests").await;
 
     b.goto(&format!("{base}/passkeys")).await;
     b.add_authenticator(Authenticator::default()).await;
@@ -62,8 +62,7 @@ async fn sign_in_register_a_passkey_approve_live_with_it_and_deny_with_a_reason(
     assert!(b.text(&format!("{card} .op")).await.contains("/usr/bin/vi"));
     b.screenshot(&shots.join("console-live-queue.png")).await;
     b.click(&format!("{card} form[data-passkey-approve] button.approve")).await;
-    let notice = b.text(".notice").await;
-    assert!(notice.contains("it is approved"), "{notice}");
+    b.text_with(".notice", "it is approved").await;
     let decided = next(&mut first).await;
     assert_eq!(state_of(&decided), State::Approved, "the held operation goes ahead");
     assert_eq!(decided.reviews[0].verified_by, "password+passkey");
@@ -74,7 +73,7 @@ async fn sign_in_register_a_passkey_approve_live_with_it_and_deny_with_a_reason(
     let card = format!("#req-{}", other.id);
     b.fill(&format!("{card} input[name=reason]"), "not during the freeze").await;
     b.click(&format!("{card} button.deny")).await;
-    assert!(b.text(".notice").await.contains("it is denied"));
+    b.text_with(".notice", "it is denied").await;
     let denied = next(&mut second).await;
     assert_eq!((state_of(&denied), denied.comment.as_str()), (State::Denied, "not during the freeze"));
     b.close().await;

@@ -200,9 +200,22 @@ impl Browser {
         self.client.goto(url).await.unwrap_or_else(|e| panic!("goto {url}: {e}"));
     }
 
+    /// Clicks the element matching `css`, waiting for it. A page that is replaced between the
+    /// find and the click (a form post's answer arriving) makes the element stale: find it
+    /// again, until STEP has passed.
     pub async fn click(&self, css: &str) {
-        let el = self.client.wait().at_most(STEP).for_element(Locator::Css(css)).await;
-        el.unwrap_or_else(|e| panic!("no {css}: {e}")).click().await.unwrap_or_else(|e| panic!("click {css}: {e}"));
+        let deadline = Instant::now() + STEP;
+        loop {
+            let el = self.client.wait().at_most(STEP).for_element(Locator::Css(css)).await;
+            match el.unwrap_or_else(|e| panic!("no {css}: {e}")).click().await {
+                Ok(()) => return,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("click {css}: {e}; trying again");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("click {css}: {e}"),
+            }
+        }
     }
 
     /// Replaces the value of the input matching `css` with `text`, typed as a user would.
@@ -213,10 +226,42 @@ impl Browser {
         el.send_keys(text).await.unwrap_or_else(|e| panic!("type into {css}: {e}"));
     }
 
-    /// The text of the first element matching `css`, waiting for it to appear.
+    /// The text of the first element matching `css`, waiting for it to appear. An element made
+    /// stale by the page being replaced under it is found again, until STEP has passed.
     pub async fn text(&self, css: &str) -> String {
-        let el = self.client.wait().at_most(STEP).for_element(Locator::Css(css)).await;
-        el.unwrap_or_else(|e| panic!("no {css}: {e}")).text().await.unwrap()
+        let deadline = Instant::now() + STEP;
+        loop {
+            let el = self.client.wait().at_most(STEP).for_element(Locator::Css(css)).await;
+            match el.unwrap_or_else(|e| panic!("no {css}: {e}")).text().await {
+                Ok(text) => return text,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("text of {css}: {e}; trying again");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("text of {css}: {e}"),
+            }
+        }
+    }
+
+    /// Waits until the element matching `css` says `needle`, and returns its text. After a click
+    /// that posts a form, the old page stays until the answer arrives: reading once would see
+    /// the old page's text.
+    pub async fn text_with(&self, css: &str, needle: &str) -> String {
+        let deadline = Instant::now() + STEP;
+        loop {
+            if let Ok(el) = self.client.find(Locator::Css(css)).await {
+                if let Ok(text) = el.text().await {
+                    if text.contains(needle) {
+                        return text;
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                let page = self.client.source().await.unwrap_or_default();
+                panic!("{css} did not say {needle:?} within {STEP:?}; page:\n{page}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Waits until the element matching `css` has a `data-state` other than "working" (or

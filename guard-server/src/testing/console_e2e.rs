@@ -53,12 +53,12 @@ impl Driver {
         b.fill("input[name=username]", &self.user).await;
         b.fill("input[name=password]", "not the password").await;
         b.click("form.login button").await;
-        ensure!(b.text(".notice").await.contains("Sign-in failed"), "a wrong password was not refused");
+        b.text_with(".notice", "Sign-in failed").await; // a wrong password is refused
         b.screenshot(&self.screenshots.join("console-sign-in-refused.png")).await;
         b.fill("input[name=username]", &self.user).await;
         b.fill("input[name=password]", &self.password).await;
         b.click("form.login button").await;
-        ensure!(b.text("h1").await.contains("Pending requests"), "signing in did not open the queue");
+        b.text_with("h1", "Pending requests").await; // signed in: the queue
 
         b.goto(&format!("{base}/passkeys")).await;
         b.add_authenticator(Authenticator::default()).await;
@@ -77,15 +77,13 @@ impl Driver {
         self.check_a_post_without_the_token_is_refused(b, &approve).await?;
 
         b.click(&format!("{approve} form[data-passkey-approve] button.approve")).await;
-        let notice = b.text(".notice").await;
-        ensure!(notice.contains("it is approved"), "approving with the passkey: {notice}");
+        b.text_with(".notice", "it is approved").await;
         eprintln!("browser-e2e: approved {approve} with the passkey");
 
         let deny = self.card_for(b, &self.deny_object).await?;
         b.fill(&format!("{deny} input[name=reason]"), &self.deny_reason).await;
         b.click(&format!("{deny} button.deny")).await;
-        let notice = b.text(".notice").await;
-        ensure!(notice.contains("it is denied"), "denying: {notice}");
+        b.text_with(".notice", "it is denied").await;
         eprintln!("browser-e2e: denied {deny}");
         b.screenshot(&self.screenshots.join("console-after-decisions.png")).await;
         Ok(())
