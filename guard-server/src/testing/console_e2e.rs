@@ -94,11 +94,14 @@ impl Driver {
     async fn card_for(&self, b: &Browser, object: &str) -> Result<String> {
         let deadline = Instant::now() + self.wait;
         loop {
+            // The live queue replaces cards as events come: an element gone stale between the
+            // find and the read is simply looked for again on the next round.
             for card in b.client.find_all(Locator::Css("[id^='req-']")).await.unwrap_or_default() {
                 let Ok(op) = card.find(Locator::Css(".op")).await else { continue };
                 if op.text().await.unwrap_or_default().contains(object) {
-                    let id = card.attr("id").await?.context("a card without its id")?;
-                    return Ok(format!("#{id}"));
+                    if let Ok(Some(id)) = card.attr("id").await {
+                        return Ok(format!("#{id}"));
+                    }
                 }
             }
             if Instant::now() > deadline {
