@@ -491,8 +491,9 @@ pub mod reason {
     /// An ask from a context that cannot be held (io_uring worker): denied at once.
     pub const UNHOLDABLE: u8 = 6;
     /// An operation that changes what paths mean (user namespace, chroot, pivot_root, mount,
-    /// umount) or runs a program without a name (memfd, deleted file), with no rule allowing
-    /// it: denied for a watched tree whatever the policy's default.
+    /// umount), runs a program without a name (memfd, deleted file), or traces or reads a
+    /// process outside every tree, with no rule allowing it: denied for a watched tree
+    /// whatever the policy's default.
     pub const SAFE_DEFAULT: u8 = 16;
     /// The program being executed or mapped executable could not be resolved to a path.
     pub const EXEC_UNRESOLVED: u8 = 17;

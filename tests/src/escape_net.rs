@@ -26,6 +26,7 @@ pub const TESTS: &[Test] = &[
     ("escape_net_sends_with_an_address_are_connects", sends_with_address),
     ("escape_net_reading_or_tracing_outside_the_tree_is_decided", outside_the_tree),
     ("escape_net_other_trees_cannot_be_traced_or_read", other_trees),
+    ("escape_net_outsiders_cannot_be_traced_or_read_under_a_permissive_default", outsiders_by_default),
     ("escape_net_module_autoload_and_kexec_follow_the_module_rule", module_autoload_and_kexec),
 ];
 
@@ -276,8 +277,7 @@ fn outside_the_tree() -> Result<()> {
 
 /// Item 7: a tree may trace and read only inside itself. Two trees of the daemon (two
 /// policies, neither with a ptrace rule, both "allow" by default): tree A's attach to and read
-/// of tree B are refused with `other_tree`; A may still trace an outsider (the default allows
-/// it) and its own children.
+/// of tree B are refused with `other_tree`, and its attach to an outsider with `safe_default`.
 fn other_trees() -> Result<()> {
     let dir = "/tmp/t/dnet";
     std::fs::create_dir_all(format!("{dir}/bin"))?;
@@ -308,7 +308,9 @@ fn other_trees() -> Result<()> {
     ensure!(line(&format!("ptrace {bpid}"), "RESULT errno=1 "), "attach to tree B: {out} ({code})");
     ensure!(line(&format!("open-read /proc/{bpid}/environ"), "RESULT errno=13 "), "read of tree B: {out}");
     ensure!(line(&format!("pidfd-getfd {bpid} 0"), "RESULT errno=1 "), "pidfd_getfd of tree B: {out}");
-    ensure!(line(&format!("ptrace {}", outsider.pid()), "RESULT ok"), "attach to the outsider: {out}");
+    // No ptrace rule: the outsider is refused too, whatever the default (see
+    // `outsiders_by_default`).
+    ensure!(line(&format!("ptrace {}", outsider.pid()), "RESULT errno=1 "), "attach to the outsider: {out}");
     for mode in ["attach", "read"] {
         let obj = format!("ptrace {mode} pid {bpid}");
         d.wait_record(&format!("other_tree {mode}"), |x| {
@@ -361,4 +363,43 @@ fn module_autoload_and_kexec() -> Result<()> {
     })();
     std::fs::write("/proc/sys/kernel/modprobe", old.trim_end())?;
     result
+}
+
+/// Item 7, a tree may trace only inside itself: under a policy whose default allows
+/// everything and that has no `ptrace` rule, the tree still cannot attach to a process outside
+/// every tree (which would let it run code there, out of reach of every rule), take its file
+/// descriptors, or read its environment or memory (the tokens a user's shell holds). Each
+/// refusal is recorded `safe_default`; the outsider is not traced. A `ptrace` allow rule is
+/// what lets a debugging tree reach outside.
+fn outsiders_by_default() -> Result<()> {
+    let outsider = Outsider::start()?;
+    let pid = outsider.pid();
+    let permissive = "default = \"allow\"\n";
+    let steps = [
+        (format!("open-read /proc/{pid}/environ"), "RESULT errno=13 "),
+        (format!("open-read /proc/{pid}/mem"), "RESULT errno=13 "),
+        (format!("pidfd-getfd {pid} 0"), "RESULT errno=1 "),
+        (format!("ptrace {pid}"), "RESULT errno=1 "),
+        ("open-read /proc/self/environ".to_string(), "RESULT ok"),
+    ];
+    let r = &run_steps("esc-ptrace-default", permissive, &steps)?;
+    let by_default = |mode: &str| {
+        let obj = format!("ptrace {mode} pid {pid}");
+        r.iter()
+            .filter(|x| {
+                x.hook == Some(Hook::PtraceAccessCheck)
+                    && is(&x.object, &obj)
+                    && x.reason == Some(Reason::SafeDefault)
+                    && x.decision == Some(Decision::Deny)
+            })
+            .count()
+    };
+    ensure!(by_default("read") >= 1, "no safe_default record for the environ read: {r:#?}");
+    ensure!(by_default("attach") >= 3, "want safe_default records for mem, pidfd_getfd and ptrace: {r:#?}");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    ensure!(status.contains("TracerPid:\t0\n"), "the outsider was traced: {status}");
+    // The same attach with a rule that allows it: the rule, not the default, opens the way.
+    let allow = "default = \"allow\"\n[[rule]]\nname = \"debugger\"\naction = \"allow\"\nptrace = true\n";
+    run_steps("esc-ptrace-rule", allow, &[(format!("ptrace {pid}"), "RESULT ok")])?;
+    Ok(())
 }

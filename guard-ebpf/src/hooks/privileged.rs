@@ -117,8 +117,11 @@ pub fn kernel_module_request(ctx: LsmContext) -> i32 {
 /// - A target in the caller's own tree (same `Watched.root`): allowed, ordinary debugging.
 /// - A target in another watched tree: the policy's `ptrace` rule if it has one, else denied
 ///   (`other_tree`); a tree never reaches into another tree, whose policy may be looser.
-/// - A target outside every tree: the `ptrace` rule, else the policy default. Reads are
-///   recorded when not allowed (they are frequent: `ps`, `lsof`), attaches always.
+/// - A target outside every tree: the `ptrace` rule, else denied whatever the policy default
+///   (`safe_default`). A tree may trace only inside itself: an attach to the user's shell or
+///   editor would let it run code outside every tree, and a read of their environment takes
+///   the tokens held there, so neither may follow a permissive default. Reads are recorded
+///   when not allowed (they are frequent: `lsof`), attaches always.
 ///
 /// The kernel's own probes (`PTRACE_MODE_NOAUDIT`) get the same decision without a record.
 /// Only the ptrace syscall can be held; elsewhere an ask is denied at once (`unholdable`).
@@ -142,13 +145,8 @@ pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
     let rule = conf.ptrace;
     let attach = mode & PTRACE_MODE_ATTACH != 0;
     if mode & PTRACE_MODE_NOAUDIT != 0 {
-        let action = if rule.rule != 0 {
-            rule.action
-        } else if other_tree {
-            Action::Deny as u8
-        } else {
-            conf.default_action
-        };
+        // Outside the caller's tree and no rule: denied (see above), quietly.
+        let action = if rule.rule != 0 { rule.action } else { Action::Deny as u8 };
         return if action == Action::Allow as u8 || action == Action::Audit as u8 { 0 } else { -EPERM };
     }
     label(s, if attach { b"ptrace attach" } else { b"ptrace read" });
@@ -158,8 +156,9 @@ pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
         holdable: attach && syscall_nr() == NR_PTRACE,
         always_record: attach || other_tree,
     };
-    if other_tree && rule.rule == 0 {
-        emit(s, &w, &op, Outcome::decision(Action::Deny as u8, reason::OTHER_TREE, 0, 0));
+    if rule.rule == 0 {
+        let why = if other_tree { reason::OTHER_TREE } else { reason::SAFE_DEFAULT };
+        emit(s, &w, &op, Outcome::decision(Action::Deny as u8, why, 0, 0));
         return -EPERM;
     }
     decide(s, &w, &op, rule)
