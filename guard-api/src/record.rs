@@ -233,12 +233,20 @@ pub enum Hook {
     BpfMap,
     /// A file descriptor received over a unix socket or by pidfd_getfd (decided by the file rules).
     FileReceive,
+    /// An extended attribute set on a file (a POSIX ACL too on 6.1): a write of it.
+    InodeSetxattr,
+    /// An extended attribute removed from a file: a write of it.
+    InodeRemovexattr,
+    /// A POSIX ACL set on a file (6.2 on): a write of it.
+    InodeSetAcl,
+    /// A POSIX ACL removed from a file (6.2 on): a write of it.
+    InodeRemoveAcl,
     /// Not a hook: the agent's reading of the kernel's ring buffer (lost events).
     RingBuffer,
 }
 
 impl Hook {
-    pub const ALL: [Hook; 37] = [
+    pub const ALL: [Hook; 41] = [
         Hook::BprmCheckSecurity,
         Hook::FileOpen,
         Hook::PathMknod,
@@ -275,6 +283,10 @@ impl Hook {
         Hook::TaskKill,
         Hook::BpfMap,
         Hook::FileReceive,
+        Hook::InodeSetxattr,
+        Hook::InodeRemovexattr,
+        Hook::InodeSetAcl,
+        Hook::InodeRemoveAcl,
         Hook::RingBuffer,
     ];
 
@@ -316,6 +328,10 @@ impl Hook {
             Hook::TaskKill => "task_kill",
             Hook::BpfMap => "bpf_map",
             Hook::FileReceive => "file_receive",
+            Hook::InodeSetxattr => "inode_setxattr",
+            Hook::InodeRemovexattr => "inode_removexattr",
+            Hook::InodeSetAcl => "inode_set_acl",
+            Hook::InodeRemoveAcl => "inode_remove_acl",
             Hook::RingBuffer => "ring_buffer",
         }
     }

@@ -200,6 +200,15 @@ pub enum Hook {
     // Escape hatches (issue 10 item 5): codes 52-55.
     /// A file descriptor received over a unix socket (SCM_RIGHTS) or by pidfd_getfd.
     FileReceive = 52,
+    // Extended attributes and ACLs of a protected object: writes of it (issue 9 item 2).
+    /// setxattr/lsetxattr/fsetxattr (and on 6.1 a POSIX ACL, which is an xattr there).
+    InodeSetxattr = 28,
+    /// removexattr/lremovexattr/fremovexattr.
+    InodeRemovexattr = 29,
+    /// A POSIX ACL set (6.2 on: ACLs no longer pass inode_setxattr).
+    InodeSetAcl = 30,
+    /// A POSIX ACL removed (6.2 on).
+    InodeRemoveAcl = 31,
 }
 
 impl Hook {
@@ -242,6 +251,10 @@ impl Hook {
             50 => TaskKill,
             51 => BpfMap,
             52 => FileReceive,
+            28 => InodeSetxattr,
+            29 => InodeRemovexattr,
+            30 => InodeSetAcl,
+            31 => InodeRemoveAcl,
             _ => return None,
         })
     }
@@ -285,6 +298,10 @@ impl Hook {
             TaskKill => "task_kill",
             BpfMap => "bpf_map",
             FileReceive => "file_receive",
+            InodeSetxattr => "inode_setxattr",
+            InodeRemovexattr => "inode_removexattr",
+            InodeSetAcl => "inode_set_acl",
+            InodeRemoveAcl => "inode_remove_acl",
         }
     }
 }
@@ -823,6 +840,15 @@ pub struct Offsets {
     /// `struct msghdr.msg_name` / `msg_namelen`.
     pub msghdr_name: u32,
     pub msghdr_namelen: u32,
+    // The mount of a dentry, for the inode hooks that get no `struct path` (xattrs): the
+    // dentry's superblock (`dentry.d_sb`), its list of mounts (`super_block.s_mounts`, linked
+    // through `mount.mnt_instance`), and the caller's mount namespace (`task_struct.nsproxy`,
+    // `nsproxy.mnt_ns`).
+    pub dentry_sb: u32,
+    pub sb_mounts: u32,
+    pub mount_instance: u32,
+    pub task_nsproxy: u32,
+    pub nsproxy_mnt_ns: u32,
 }
 
 /// Sizes of the types that cross the kernel boundary, and so of the maps and ring buffer
@@ -859,7 +885,7 @@ const _: () = {
     assert!(size_of::<Argv>() == 600);
     assert!(offset_of!(Argv, hashes) == 520);
     assert!(size_of::<ArgvRule>() == 48);
-    assert!(size_of::<Offsets>() == 100);
+    assert!(size_of::<Offsets>() == 120);
 };
 
 #[cfg(feature = "user")]

@@ -35,6 +35,11 @@ static OFFSETS: Offsets = Offsets {
     socket_sk: 0,
     msghdr_name: 0,
     msghdr_namelen: 0,
+    dentry_sb: 0,
+    sb_mounts: 0,
+    mount_instance: 0,
+    task_nsproxy: 0,
+    nsproxy_mnt_ns: 0,
 };
 
 /// Upper bound of tasks reserved by all watched trees, set by the agent below WATCHED's

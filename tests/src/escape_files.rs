@@ -15,6 +15,7 @@ pub const TESTS: &[Test] = &[
     ("escape_files_links_symlinks_and_attributes_are_refused", links_and_attrs),
     ("escape_files_long_and_deep_paths_are_unresolvable", long_and_deep),
     ("escape_files_chroot_and_detached_mounts_do_not_rename_objects", chroot_and_detached),
+    ("escape_files_extended_attributes_and_acls_are_writes", xattrs),
 ];
 
 /// Runs `steps` (op, expected RESULT prefix) in one watched shell; returns the records.
@@ -264,5 +265,79 @@ chroot = true
         })
         .count();
     ensure!(detached >= 2, "expected two unresolvable opens through the clone: {r:#?}");
+    Ok(())
+}
+
+/// Extended attributes and ACLs of a write-protected object are writes of it (item 2): set by
+/// path, through a descriptor opened for reading, through a bind mount of its directory (a
+/// name no rule covers), removed, and a POSIX ACL that would let another user read it (an
+/// xattr on 6.1, its own hook from 6.2 on). None of it changes the object; each is recorded.
+fn xattrs() -> Result<()> {
+    let bind = "/tmp/ef5-bind";
+    nix::mount::umount2(bind, nix::mount::MntFlags::MNT_DETACH).ok();
+    std::fs::remove_dir_all("/tmp/ef5").ok();
+    harness::write_files(&["/tmp/ef5/ro/a", "/tmp/ef5/free"])?;
+    std::fs::create_dir_all(bind)?;
+    // The bind mount and the attribute to remove are made from outside the tree.
+    nix::mount::mount(Some("/tmp/ef5"), bind, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)?;
+    let get = |name: &str| xattr_value("/tmp/ef5/ro/a", name);
+    set_xattr("/tmp/ef5/ro/a", "trusted.keep", b"1")?;
+    let policy = r#"
+[[rule]]
+name = "ro"
+action = "deny"
+file = { path = "/tmp/ef5/ro/", access = "write" }
+"#;
+    let steps = [
+        ("setxattr /tmp/ef5/ro/a trusted.evil 1", DENIED),
+        ("fsetxattr /tmp/ef5/ro/a trusted.evil 2", DENIED),
+        ("setxattr /tmp/ef5-bind/ro/a trusted.evil 3", DENIED),
+        ("removexattr /tmp/ef5/ro/a trusted.keep", DENIED),
+        ("setacl /tmp/ef5/ro/a", DENIED),
+        ("setxattr /tmp/ef5/free trusted.fine 1", OK),
+    ];
+    let r = run_steps("ef5", policy, &steps);
+    nix::mount::umount2(bind, nix::mount::MntFlags::MNT_DETACH).ok();
+    let r = &r?;
+    ensure!(get("trusted.evil").is_none(), "an attribute was set on the protected file");
+    ensure!(get("trusted.keep").as_deref() == Some(&b"1"[..]), "the protected file's attribute was removed");
+    ensure!(get("system.posix_acl_access").is_none(), "an ACL was set on the protected file");
+    ensure!(xattr_value("/tmp/ef5/free", "trusted.fine").is_some(), "the free file's attribute was not set");
+    let n = r
+        .iter()
+        .filter(|x| {
+            x.decision == Some(Decision::Deny)
+                && x.hook == Some(Hook::InodeSetxattr)
+                && is(&x.object, "/tmp/ef5/ro/a")
+                && is(&x.rule, "ro")
+        })
+        .count();
+    // Three sets; on 6.1 the ACL is a fourth.
+    ensure!(n >= 3, "want 3 inode_setxattr deny records, got {n}: {r:#?}");
+    denied(r, Hook::InodeRemovexattr, "/tmp/ef5/ro/a", Reason::Rule, Some("ro"))?;
+    ensure!(
+        has(r, |x| x.decision == Some(Decision::Deny)
+            && matches!(x.hook, Some(Hook::InodeSetAcl) | Some(Hook::InodeSetxattr))
+            && is(&x.object, "/tmp/ef5/ro/a")),
+        "no deny record for the ACL: {r:#?}"
+    );
+    Ok(())
+}
+
+/// The value of the extended attribute `name` of `path`, if it has one.
+fn xattr_value(path: &str, name: &str) -> Option<Vec<u8>> {
+    let (p, n) = (std::ffi::CString::new(path).ok()?, std::ffi::CString::new(name).ok()?);
+    let mut buf = [0u8; 256];
+    // SAFETY: NUL-terminated strings and a buffer of the length given, all live for the call.
+    let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+    (len >= 0).then(|| buf[..len as usize].to_vec())
+}
+
+/// Sets the extended attribute `name` of `path` (from the test, outside every tree).
+fn set_xattr(path: &str, name: &str, value: &[u8]) -> Result<()> {
+    let (p, n) = (std::ffi::CString::new(path)?, std::ffi::CString::new(name)?);
+    // SAFETY: NUL-terminated strings and a value slice of its length, all live for the call.
+    let r = unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr() as *const libc::c_void, value.len(), 0) };
+    ensure!(r == 0, "setxattr {path} {name}: {}", std::io::Error::last_os_error());
     Ok(())
 }

@@ -5,7 +5,33 @@ use crate::ops::{check, cstr};
 use nix::errno::Errno;
 
 /// The ops this module runs (dispatched from `ops::run`).
-pub const OPS: &[&str] = &["link", "symlink", "exchange", "chmod", "chown", "chroot-open", "tree-open"];
+pub const OPS: &[&str] = &[
+    "link",
+    "symlink",
+    "exchange",
+    "chmod",
+    "chown",
+    "chroot-open",
+    "tree-open",
+    "setxattr",
+    "fsetxattr",
+    "removexattr",
+    "setacl",
+];
+
+/// A POSIX ACL in its xattr form (`system.posix_acl_access`): version 2, then (tag, perm, id)
+/// entries: the owner rw, user 65534 r, the group r, the mask r, others nothing.
+fn acl_blob() -> Vec<u8> {
+    let mut b = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in
+        [(0x01u16, 6u16, u32::MAX), (0x02, 4, 65534), (0x04, 4, u32::MAX), (0x10, 4, u32::MAX), (0x20, 0, u32::MAX)]
+    {
+        b.extend(tag.to_le_bytes());
+        b.extend(perm.to_le_bytes());
+        b.extend(id.to_le_bytes());
+    }
+    b
+}
 
 /// Opens `path` read-only relative to `dir` and closes it.
 fn open_at(dir: i32, path: &str) -> Result<(), Errno> {
@@ -65,6 +91,41 @@ pub fn run(args: &[String]) -> Result<(), Errno> {
             // SAFETY: fd was returned by open_tree and is closed once, here.
             unsafe { libc::close(fd as i32) };
             r
+        }
+        // setxattr PATH NAME VALUE
+        "setxattr" => {
+            let value = args.get(3).map(String::as_str).unwrap_or("");
+            // SAFETY: see above; value is a live slice of its length.
+            check(unsafe { libc::setxattr(p1, p2, value.as_ptr() as *const libc::c_void, value.len(), 0) } as i64)
+        }
+        // fsetxattr through a descriptor opened read-only: PATH NAME VALUE
+        "fsetxattr" => {
+            let value = args.get(3).map(String::as_str).unwrap_or("");
+            // SAFETY: see above.
+            let fd = unsafe { libc::open(p1, libc::O_RDONLY | libc::O_CLOEXEC) };
+            check(fd as i64)?;
+            // SAFETY: fd was just opened; value is a live slice of its length.
+            let r =
+                check(unsafe { libc::fsetxattr(fd, p2, value.as_ptr() as *const libc::c_void, value.len(), 0) } as i64);
+            // SAFETY: fd was returned by open and is closed once, here.
+            unsafe { libc::close(fd) };
+            r
+        }
+        // SAFETY: see above.
+        "removexattr" => check(unsafe { libc::removexattr(p1, p2) } as i64),
+        // setacl PATH: a POSIX access ACL that lets user 65534 read the file.
+        "setacl" => {
+            let acl = acl_blob();
+            // SAFETY: see above; acl is a live buffer of its length.
+            check(unsafe {
+                libc::setxattr(
+                    p1,
+                    c"system.posix_acl_access".as_ptr(),
+                    acl.as_ptr() as *const libc::c_void,
+                    acl.len(),
+                    0,
+                )
+            } as i64)
         }
         _ => Err(Errno::EINVAL),
     }

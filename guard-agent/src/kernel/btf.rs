@@ -22,6 +22,7 @@ pub enum BtfError {
 
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
+const KIND_FUNC: u32 = 12;
 
 struct Type {
     name_off: u32,
@@ -115,6 +116,12 @@ impl Btf {
         std::str::from_utf8(&rest[..end]).unwrap_or("")
     }
 
+    /// Whether the kernel has a function of this name (an LSM hook `h` exists where
+    /// `bpf_lsm_h` does).
+    pub fn has_func(&self, name: &str) -> bool {
+        self.types.iter().any(|t| t.kind == KIND_FUNC && self.name(t.name_off) == name)
+    }
+
     /// Byte offset of `member` in `struct name`, looking inside anonymous unions and structs.
     pub fn offset(&self, name: &str, member: &str) -> Result<u32, BtfError> {
         let id = *self.by_name.get(name).ok_or_else(|| BtfError::NoStruct(name.into()))?;
@@ -186,6 +193,11 @@ impl Btf {
             socket_sk: self.offset("socket", "sk")?,
             msghdr_name: self.offset("msghdr", "msg_name")?,
             msghdr_namelen: self.offset("msghdr", "msg_namelen")?,
+            dentry_sb: self.offset("dentry", "d_sb")?,
+            sb_mounts: self.offset("super_block", "s_mounts")?,
+            mount_instance: self.offset("mount", "mnt_instance")?,
+            task_nsproxy: self.offset("task_struct", "nsproxy")?,
+            nsproxy_mnt_ns: self.offset("nsproxy", "mnt_ns")?,
         })
     }
 }

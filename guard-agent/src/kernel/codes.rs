@@ -43,6 +43,10 @@ pub fn hook(code: u8) -> Option<Hook> {
         KHook::TaskKill => Hook::TaskKill,
         KHook::BpfMap => Hook::BpfMap,
         KHook::FileReceive => Hook::FileReceive,
+        KHook::InodeSetxattr => Hook::InodeSetxattr,
+        KHook::InodeRemovexattr => Hook::InodeRemovexattr,
+        KHook::InodeSetAcl => Hook::InodeSetAcl,
+        KHook::InodeRemoveAcl => Hook::InodeRemoveAcl,
     })
 }
 
@@ -126,9 +130,15 @@ pub fn access(hook_code: u8, aux: u64) -> Option<&'static str> {
         KHook::FileOpen if aux & FMODE_READ != 0 => Some("read"),
         KHook::PathMknod | KHook::PathMkdir => Some("create"),
         KHook::PathUnlink | KHook::PathRmdir => Some("delete"),
-        KHook::PathTruncate | KHook::PathLink | KHook::PathSymlink | KHook::PathChmod | KHook::PathChown => {
-            Some("write")
-        }
+        KHook::PathTruncate
+        | KHook::PathLink
+        | KHook::PathSymlink
+        | KHook::PathChmod
+        | KHook::PathChown
+        | KHook::InodeSetxattr
+        | KHook::InodeRemovexattr
+        | KHook::InodeSetAcl
+        | KHook::InodeRemoveAcl => Some("write"),
         // The kernel puts the side in aux: the source is a delete, the target a write.
         KHook::PathRename if aux == class::DELETE as u64 => Some("delete"),
         KHook::PathRename if aux == class::WRITE as u64 => Some("write"),

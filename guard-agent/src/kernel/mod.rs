@@ -114,6 +114,11 @@ fn explain_load_error(name: &str, e: &ProgramError) -> anyhow::Error {
     anyhow!("cannot load {name}: {e}")
 }
 
+/// LSM hooks that newer kernels have and 6.1 does not: their programs are loaded only where the
+/// kernel has the hook. On 6.1, POSIX ACLs are extended attributes and pass `inode_setxattr`;
+/// from 6.2 on they have hooks of their own.
+const NEWER_HOOKS: [&str; 2] = ["inode_set_acl", "inode_remove_acl"];
+
 /// One line on how long loading took (mostly the verifier), slowest programs first: the
 /// agent's start time is dominated by it, and it differs between kernels.
 fn log_load_times(mut times: Vec<(std::time::Duration, String, Option<u32>)>) {
@@ -150,8 +155,8 @@ impl Kernel {
         if OBJECT.is_empty() {
             bail!("{}", problems.join("; "));
         }
-        let offsets =
-            OffsetBtf::from_sys_fs()?.guard_offsets().context("reading struct offsets from the kernel's BTF")?;
+        let kernel_btf = OffsetBtf::from_sys_fs()?;
+        let offsets = kernel_btf.guard_offsets().context("reading struct offsets from the kernel's BTF")?;
         let btf = Btf::from_sys_fs().context("loading the kernel's BTF")?;
         let pin_dir = pin_root.map(|r| r.join(build_id()));
         let mut loader = EbpfLoader::new();
@@ -194,7 +199,16 @@ impl Kernel {
                 base.context(problems.join("; "))
             }
         })?;
-        let names: Vec<String> = ebpf.programs_mut().map(|(n, _)| n.to_string()).collect();
+        let mut names: Vec<String> = ebpf.programs_mut().map(|(n, _)| n.to_string()).collect();
+        names.retain(|name| {
+            let present = !NEWER_HOOKS.contains(&name.as_str()) || kernel_btf.has_func(&format!("bpf_lsm_{name}"));
+            if !present {
+                tracing::info!(
+                    "{name}: no such LSM hook on this kernel, not loaded (what it decides passes an older hook here)"
+                );
+            }
+            present
+        });
         let link_path = |name: &str| pin_dir.as_ref().map(|d| d.join(format!("link_{name}")));
         let reuse = pin_dir.is_some() && names.iter().all(|n| link_path(n).is_some_and(|p| p.exists()));
         let mut identity = attached::Identity::default();

@@ -39,7 +39,14 @@ fn category(r: &AuditRecord) -> (&'static str, Option<&'static str>) {
         Hook::PtraceAccessCheck | Hook::UringOverrideCreds => ("process", Some("access")),
         Hook::PathMknod | Hook::PathMkdir | Hook::PathSymlink | Hook::PathLink => ("file", Some("creation")),
         Hook::PathUnlink | Hook::PathRmdir => ("file", Some("deletion")),
-        Hook::PathRename | Hook::PathTruncate | Hook::PathChmod | Hook::PathChown => ("file", Some("change")),
+        Hook::PathRename
+        | Hook::PathTruncate
+        | Hook::PathChmod
+        | Hook::PathChown
+        | Hook::InodeSetxattr
+        | Hook::InodeRemovexattr
+        | Hook::InodeSetAcl
+        | Hook::InodeRemoveAcl => ("file", Some("change")),
         Hook::MmapFile => ("library", Some("start")),
         h if is_file(h) => ("file", Some("access")),
         h if is_network(h) => ("network", Some("connection")),

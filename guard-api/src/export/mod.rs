@@ -255,6 +255,10 @@ pub fn is_file(h: Hook) -> bool {
             | Hook::PathSymlink
             | Hook::PathChmod
             | Hook::PathChown
+            | Hook::InodeSetxattr
+            | Hook::InodeRemovexattr
+            | Hook::InodeSetAcl
+            | Hook::InodeRemoveAcl
             | Hook::PathChroot
             | Hook::SbPivotroot
             | Hook::SbMount

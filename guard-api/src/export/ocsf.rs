@@ -22,7 +22,8 @@
 //! | `path_unlink`, `path_rmdir` | File System Activity (1001) | Delete (4) |
 //! | `path_rename` | File System Activity (1001) | Rename (5) |
 //! | `path_truncate` | File System Activity (1001) | Update (3) |
-//! | `path_chmod`, `path_chown` | File System Activity (1001) | Set Security (7) |
+//! | `path_chmod`, `path_chown`, `inode_set_acl`, `inode_remove_acl` | File System Activity (1001) | Set Security (7) |
+//! | `inode_setxattr`, `inode_removexattr` | File System Activity (1001) | Set Attributes (6) |
 //! | `sb_mount`, `move_mount` | File System Activity (1001) | Mount (12) |
 //! | `sb_umount` | File System Activity (1001) | Unmount (13) |
 //! | `path_chroot`, `sb_pivotroot` | File System Activity (1001) | Other (99), `activity_name` chroot / pivot_root |
@@ -222,7 +223,8 @@ pub fn class_of(r: &AuditRecord) -> Class {
         Hook::PathUnlink | Hook::PathRmdir => file((4, "Delete")),
         Hook::PathRename => file((5, "Rename")),
         Hook::PathTruncate => file((3, "Update")),
-        Hook::PathChmod | Hook::PathChown => file((7, "Set Security")),
+        Hook::PathChmod | Hook::PathChown | Hook::InodeSetAcl | Hook::InodeRemoveAcl => file((7, "Set Security")),
+        Hook::InodeSetxattr | Hook::InodeRemovexattr => file((6, "Set Attributes")),
         Hook::SbMount | Hook::MoveMount => file((12, "Mount")),
         Hook::SbUmount => file((13, "Unmount")),
         Hook::PathChroot => file((99, "chroot")),
