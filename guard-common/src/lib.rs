@@ -822,6 +822,11 @@ pub struct Offsets {
     /// `struct msghdr.msg_name` / `msg_namelen`.
     pub msghdr_name: u32,
     pub msghdr_namelen: u32,
+    // Exec resolution (issue 9 item 3, exec half).
+    /// `struct dentry.d_hash` + `struct hlist_bl_node.pprev`: NULL when the dentry is unhashed,
+    /// which with a parent other than itself is the kernel's `d_unlinked` (a deleted file, an
+    /// O_TMPFILE never linked).
+    pub dentry_hash_pprev: u32,
 }
 
 /// Sizes of the types that cross the kernel boundary, and so of the maps and ring buffer
@@ -858,7 +863,7 @@ const _: () = {
     assert!(size_of::<Argv>() == 600);
     assert!(offset_of!(Argv, hashes) == 520);
     assert!(size_of::<ArgvRule>() == 48);
-    assert!(size_of::<Offsets>() == 100);
+    assert!(size_of::<Offsets>() == 104);
 };
 
 #[cfg(feature = "user")]

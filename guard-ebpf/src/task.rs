@@ -35,6 +35,7 @@ static OFFSETS: Offsets = Offsets {
     socket_sk: 0,
     msghdr_name: 0,
     msghdr_namelen: 0,
+    dentry_hash_pprev: 0,
 };
 
 /// Upper bound of tasks reserved by all watched trees, set by the agent below WATCHED's

@@ -186,6 +186,7 @@ impl Btf {
             socket_sk: self.offset("socket", "sk")?,
             msghdr_name: self.offset("msghdr", "msg_name")?,
             msghdr_namelen: self.offset("msghdr", "msg_namelen")?,
+            dentry_hash_pprev: self.offset("dentry", "d_hash")? + self.offset("hlist_bl_node", "pprev")?,
         })
     }
 }
