@@ -494,7 +494,7 @@ pub mod reason {
     /// umount) or runs a program without a name (memfd, deleted file), with no rule allowing
     /// it: denied for a watched tree whatever the policy's default.
     pub const SAFE_DEFAULT: u8 = 16;
-    /// The program being executed or mapped executable could not be resolved to a path.
+    /// The program being executed or mapped executable could not be resolved to its global path.
     pub const EXEC_UNRESOLVED: u8 = 17;
     /// The object could not be resolved to its global path (too long, too deep, a detached
     /// mount, a failed `bpf_d_path`): denied for a watched task whatever the rules say.
