@@ -85,7 +85,8 @@ pub enum Reason {
     /// mount or unmount) or runs a program with no name (a memfd, a deleted file), and no rule
     /// allows it: denied for a watched tree whatever the policy's default.
     SafeDefault,
-    /// The program being executed, or mapped executable, could not be resolved to a path.
+    /// The program being executed, or mapped executable, could not be resolved to its global
+    /// path.
     ExecUnresolved,
     /// The kernel could not resolve the object to its global path (longer than its buffer,
     /// deeper than its walk, on a detached mount, or a failed `bpf_d_path`): denied whatever

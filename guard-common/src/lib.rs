@@ -512,7 +512,7 @@ pub mod reason {
     /// process outside every tree, with no rule allowing it: denied for a watched tree
     /// whatever the policy's default.
     pub const SAFE_DEFAULT: u8 = 16;
-    /// The program being executed or mapped executable could not be resolved to a path.
+    /// The program being executed or mapped executable could not be resolved to its global path.
     pub const EXEC_UNRESOLVED: u8 = 17;
     /// The object could not be resolved to its global path (too long, too deep, a detached
     /// mount, a failed `bpf_d_path`): denied for a watched task whatever the rules say.
@@ -849,6 +849,11 @@ pub struct Offsets {
     pub mount_instance: u32,
     pub task_nsproxy: u32,
     pub nsproxy_mnt_ns: u32,
+    // Exec resolution (issue 9 item 3, exec half).
+    /// `struct dentry.d_hash` + `struct hlist_bl_node.pprev`: NULL when the dentry is unhashed,
+    /// which with a parent other than itself is the kernel's `d_unlinked` (a deleted file, an
+    /// O_TMPFILE never linked).
+    pub dentry_hash_pprev: u32,
 }
 
 /// Sizes of the types that cross the kernel boundary, and so of the maps and ring buffer
@@ -885,7 +890,7 @@ const _: () = {
     assert!(size_of::<Argv>() == 600);
     assert!(offset_of!(Argv, hashes) == 520);
     assert!(size_of::<ArgvRule>() == 48);
-    assert!(size_of::<Offsets>() == 120);
+    assert!(size_of::<Offsets>() == 124);
 };
 
 #[cfg(feature = "user")]

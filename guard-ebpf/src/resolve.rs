@@ -58,8 +58,9 @@ pub unsafe fn file_path_into(s: &mut Scratch, file: *const u8) -> bool {
 /// Always leaves a path (possibly a tail) in `s.buf` for the record, and says in
 /// `s.truncated` whether it is the object's whole global path: 0 yes; 1 the path was longer
 /// than the buffer or deeper than MAX_DEPTH (never to be matched on its tail); 2 the walk
-/// ended at the root of a detached or internal mount, not of a mount namespace. See
-/// [`unresolved`].
+/// ended at the root of a detached or internal mount, not of a mount namespace, or at a dentry
+/// with no parent that is not its mount's root (a pseudo-file, a disconnected dentry), with
+/// `s.mnt` the mount where it ended. See [`unresolved`].
 ///
 /// # Safety
 /// `vfsmnt` and `dentry` must be kernel pointers a hook received (every read of them goes
@@ -83,7 +84,7 @@ pub unsafe fn walk_into(s: &mut Scratch, vfsmnt: *const u8, dentry: *const u8) -
             let m = core::ptr::read_volatile(&(*sp).mnt) as *const u8;
             let mnt_root: u64 = read_kernel(m.add(off(&o.mount_mnt) + off(&o.vfsmount_root)));
             let parent: u64 = read_kernel(d.add(off(&o.dentry_parent)));
-            if d as u64 == mnt_root || d as u64 == parent {
+            if d as u64 == mnt_root {
                 let mparent: u64 = read_kernel(m.add(off(&o.mount_parent)));
                 if mparent == m as u64 || mparent == 0 {
                     // The top of the mount tree. It is a real namespace's root only if that
@@ -119,6 +120,15 @@ pub unsafe fn walk_into(s: &mut Scratch, vfsmnt: *const u8, dentry: *const u8) -
             );
             s.walk[npos as usize] = b'/';
             core::ptr::write_volatile(&mut (*sp).pos, npos);
+            if parent == d as u64 {
+                // A dentry that is its own parent but not its mount's root: a pseudo-file of
+                // an internal mount (a pipe, a socket, a memfd: the name just written is all
+                // it has), or a disconnected dentry (open_by_handle_at) or one moved out of a
+                // bind mount's subtree. None has a global path: `truncated` = 2, `s.mnt`
+                // the file's own mount.
+                core::ptr::write_volatile(&mut (*sp).truncated, 2);
+                break;
+            }
             core::ptr::write_volatile(&mut (*sp).dentry, parent);
         }
         let pos = core::ptr::read_volatile(&(*sp).pos) & BUF_MASK;
@@ -212,9 +222,11 @@ pub fn label(s: &mut Scratch, text: &[u8]) {
 /// What d_path appends to the path of a file with no name left (unlinked, or a memfd).
 const DELETED: &[u8; 10] = b" (deleted)";
 
-/// Whether the path in `s.buf` is that of a file with no name left. d_path appends
-/// " (deleted)" to an unlinked dentry (memfds are created unlinked); a file really named
-/// "x (deleted)" is also taken for one, which only ever denies more where it decides exec.
+/// Whether the path `bpf_d_path` left in `s.buf` is that of a file with no name left: d_path
+/// appends " (deleted)" to an unlinked dentry and to every pseudo-file of an internal mount
+/// (memfds). Used only by [`file_object`] on files whose walk ended on an internal mount, where
+/// the kernel builds that name itself. Programs are not decided on this spelling: see
+/// [`program_object`].
 #[inline(always)]
 pub fn anonymous(s: &Scratch) -> bool {
     let len = s.len as usize;
@@ -230,6 +242,85 @@ pub fn anonymous(s: &Scratch) -> bool {
         i += 1;
     }
     true
+}
+
+/// `MNT_NS_INTERNAL` (fs/mount.h): the `mnt_ns` of the kernel's internal mounts (kern_mount:
+/// pipefs, sockfs, anon_inodefs, and shm, where memfds live), `ERR_PTR(-EINVAL)`.
+pub const MNT_NS_INTERNAL: u64 = -22i64 as u64;
+
+/// What the file of an exec or of an executable mapping is, by [`program_object`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Program {
+    /// Its whole global path is in `s.buf`: the exec rules decide.
+    Path,
+    /// It has no name left (a memfd, a deleted or never-linked file): the `exec_anonymous`
+    /// rule decides. `s.buf` holds the name it had, followed by " (deleted)" as d_path writes it.
+    Anonymous,
+    /// Its global path could not be built (longer than the buffer, deeper than the walk, on a
+    /// detached mount): denied. `s.buf` holds what the walk got, marked truncated.
+    Unresolved,
+}
+
+/// Resolves the program `file` (the file of an exec, or one being mapped executable) to its
+/// global path with the dentry walk, as opens are resolved: a chroot, or a fexecve of a
+/// descriptor opened in one, does not change what the program is called, so a rule on the real
+/// path holds and a rule on `/usr/bin/X` does not match `<jail>/usr/bin/X`. (`bpf_d_path`
+/// would give the path relative to the task's root.)
+///
+/// A program with no name left is recognised on the object, not on its spelling:
+/// - a deleted or never-linked (O_TMPFILE) file by the kernel's own `d_unlinked` test: its
+///   dentry is unhashed and is not its own parent (a root dentry, or the pseudo-dentry of a
+///   memfd, is its own parent, and is never hashed);
+/// - a memfd by where the walk ends: on an internal mount (`MNT_NS_INTERNAL`), where no path
+///   can name it.
+///
+/// So a file really named "x (deleted)" is an ordinary program, decided by its path.
+///
+/// # Safety
+/// `file` must be a `struct file *` the kernel gave this hook (read through
+/// bpf_probe_read_kernel only).
+#[inline(always)]
+pub unsafe fn program_object(s: &mut Scratch, file: *const u8) -> Program {
+    let o = offsets();
+    // SAFETY: `f_path` is inside the file by the BTF offset; every read below goes through
+    // bpf_probe_read_kernel into plain integers.
+    let unlinked = unsafe {
+        let fpath = file.add(off(&o.file_f_path));
+        let dentry: u64 = read_kernel(fpath.add(off(&o.path_dentry)));
+        let pprev: u64 = read_kernel((dentry as *const u8).add(off(&o.dentry_hash_pprev)));
+        let parent: u64 = read_kernel((dentry as *const u8).add(off(&o.dentry_parent)));
+        walk_path_into(s, fpath);
+        dentry != 0 && pprev == 0 && parent != dentry
+    };
+    let internal = s.truncated == 2 && {
+        // SAFETY: `s.mnt` is the `struct mount *` where the walk ended; read through
+        // bpf_probe_read_kernel.
+        let ns: u64 = unsafe { read_kernel((s.mnt as *const u8).add(off(&o.mount_mnt_ns))) };
+        ns == MNT_NS_INTERNAL
+    };
+    if unlinked || internal {
+        // The name a memfd has (`memfd:x`) is all of it; a deleted file's path may still be a
+        // tail (marked truncated).
+        if internal {
+            s.truncated = 0;
+        }
+        let len = s.len;
+        if len + (DELETED.len() as u64) < BUF_LEN as u64 {
+            let mut i = 0;
+            while i < DELETED.len() {
+                s.buf[(len as usize + i) & (BUF_LEN - 1)] = DELETED[i];
+                i += 1;
+            }
+            s.buf[(len as usize + DELETED.len()) & (BUF_LEN - 1)] = 0;
+            s.len = len + DELETED.len() as u64;
+        }
+        return Program::Anonymous;
+    }
+    if s.truncated != 0 {
+        return Program::Unresolved;
+    }
+    Program::Path
 }
 
 /// Whether the last walk failed to give the object's whole global path (see [`walk_into`]).

@@ -1,15 +1,12 @@
 //! Tree selectors: an exec by a task outside every tree may start a new watched tree. The
 //! match happens in the exec itself, so the new program never runs an instruction unwatched.
-use aya_ebpf::{
-    helpers::{bpf_get_current_uid_gid, generated::bpf_get_current_ancestor_cgroup_id},
-    programs::LsmContext,
-};
+use aya_ebpf::helpers::{bpf_get_current_uid_gid, generated::bpf_get_current_ancestor_cgroup_id};
 use guard_common::{selector, PendingSel, SelKey, Selector, Watched, MAX_CGROUP_LEVELS};
 
 use crate::argv::{capture_exec_argv, tokens_all_seen};
-use crate::maps::{scratch, ARGV, PENDING_SEL, SELECTORS, SEL_CONF};
-use crate::resolve::{file_path_into, path_hashes};
-use crate::task::{current_tgid, current_tid, off, offsets};
+use crate::maps::{Scratch, ARGV, PENDING_SEL, SELECTORS, SEL_CONF};
+use crate::resolve::{path_hashes, Program};
+use crate::task::{current_tgid, current_tid};
 
 const NO_RANK: u32 = u32::MAX;
 
@@ -32,28 +29,25 @@ fn selector(kind: u8, value: u64) -> Option<&'static Selector> {
     unsafe { SELECTORS.get(key) }
 }
 
-/// At bprm_check_security of an unwatched task: remembers the best exe selector matching the
-/// resolved program path (a script's own path, or the binary's), for sched_process_exec.
+/// Whether any exe selector is loaded (so bprm_check_security of an unwatched task has a
+/// program to resolve).
 #[inline(always)]
-pub fn select_by_exe(ctx: &LsmContext) {
-    let Some(conf) = SEL_CONF.get(0) else { return };
-    if conf.exe == 0 {
-        return;
-    }
-    let Some(s) = scratch() else { return };
-    let bprm: *const u8 = ctx.arg(0);
-    // SAFETY: `file` is the file the kernel opened for the exec; bpf_d_path is allowed in
-    // bprm_check_security.
-    let resolved = unsafe {
-        let file = *(bprm.add(off(&offsets().binprm_file)) as *const *const u8);
-        file_path_into(s, file)
-    };
-    if !resolved {
-        return;
-    }
+pub fn exe_selectors() -> bool {
+    SEL_CONF.get(0).is_some_and(|c| c.exe != 0)
+}
+
+/// At bprm_check_security of an unwatched task: remembers the best exe selector matching the
+/// program (a script's own path, or the binary's), for sched_process_exec. `s.buf` holds the
+/// program as `resolve::program_object` resolved it: the global path, as the exec rules see
+/// it, so a chroot cannot start a tree (or avoid one) by a chroot-relative name. A path
+/// selector matches only a whole global path; a name selector matches the last component,
+/// which the walk reads first and so has even when the path is too long or on a detached
+/// mount. A program with no name left (a memfd, a deleted file) is selected by neither.
+#[inline(always)]
+pub fn select_by_exe(s: &mut Scratch, bprm: *const u8, program: Program) {
     let (full, name) = path_hashes(s);
-    let by_path = selector(selector::EXE_PATH, full);
-    let by_name = selector(selector::EXE_NAME, name);
+    let by_path = if program == Program::Path { selector(selector::EXE_PATH, full) } else { None };
+    let by_name = if program != Program::Anonymous { selector(selector::EXE_NAME, name) } else { None };
     // argv is captured once, only when a selector has argv tokens, and dropped after: the
     // task is not watched (yet).
     let needs_argv = by_path.is_some_and(|s| s.ntok != 0) || by_name.is_some_and(|s| s.ntok != 0);

@@ -40,6 +40,7 @@ static OFFSETS: Offsets = Offsets {
     mount_instance: 0,
     task_nsproxy: 0,
     nsproxy_mnt_ns: 0,
+    dentry_hash_pprev: 0,
 };
 
 /// Upper bound of tasks reserved by all watched trees, set by the agent below WATCHED's

@@ -14,7 +14,7 @@ use crate::maps::{
     scratch, watched, watched_task, APPROVED, ARGV, EVENTS, GRACE, HOLDS, RESERVED, RESERVED_SLOT, TASK_COUNT,
     TREE_TASKS, VERDICTS, WATCHED,
 };
-use crate::resolve::{label, walk_path_into};
+use crate::resolve::{label, program_object};
 use crate::select::select_new_tree;
 use crate::task::{current_tid, max_tasks, max_tree_tasks, off, offsets, read_kernel};
 
@@ -204,14 +204,13 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
         ARGV.remove(old_pid).ok();
     }
     if let Some(s) = scratch() {
+        // The program as bprm_check_security resolved it (its global path; a memfd or deleted
+        // file marked " (deleted)"), so the record names what the rules decided.
         // SAFETY: `bprm` is the exec's linux_binprm; its file is read through
-        // bpf_probe_read_kernel and walked with the helper-only reads of `walk_path_into`.
+        // bpf_probe_read_kernel and walked with the helper-only reads of `program_object`.
         unsafe {
             let file: u64 = read_kernel(bprm.add(off(&offsets().binprm_file)));
-            let fpath = (file as *const u8).add(off(&offsets().file_f_path));
-            if !walk_path_into(s, fpath) {
-                return 0;
-            }
+            program_object(s, file as *const u8);
         }
         // aux: 0 for an exec inside a tree, selector rank + 1 for the exec that starts one.
         let op = Op { hook: Hook::Exec, aux: new_tree as u64, holdable: false, always_record: true };

@@ -276,7 +276,10 @@ fn xattrs() -> Result<()> {
     let bind = "/tmp/ef5-bind";
     nix::mount::umount2(bind, nix::mount::MntFlags::MNT_DETACH).ok();
     std::fs::remove_dir_all("/tmp/ef5").ok();
-    harness::write_files(&["/tmp/ef5/ro/a", "/tmp/ef5/free"])?;
+    std::fs::remove_dir_all("/tmp/ef5x").ok();
+    // ef5x is on the same filesystem but not below the bind mount's root: that mount is no way
+    // to it, and must not make it unresolvable.
+    harness::write_files(&["/tmp/ef5/ro/a", "/tmp/ef5/free", "/tmp/ef5x/free"])?;
     std::fs::create_dir_all(bind)?;
     // The bind mount and the attribute to remove are made from outside the tree.
     nix::mount::mount(Some("/tmp/ef5"), bind, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)?;
@@ -295,6 +298,7 @@ file = { path = "/tmp/ef5/ro/", access = "write" }
         ("removexattr /tmp/ef5/ro/a trusted.keep", DENIED),
         ("setacl /tmp/ef5/ro/a", DENIED),
         ("setxattr /tmp/ef5/free trusted.fine 1", OK),
+        ("setxattr /tmp/ef5x/free trusted.fine 1", OK),
     ];
     let r = run_steps("ef5", policy, &steps);
     nix::mount::umount2(bind, nix::mount::MntFlags::MNT_DETACH).ok();
@@ -302,7 +306,9 @@ file = { path = "/tmp/ef5/ro/", access = "write" }
     ensure!(get("trusted.evil").is_none(), "an attribute was set on the protected file");
     ensure!(get("trusted.keep").as_deref() == Some(&b"1"[..]), "the protected file's attribute was removed");
     ensure!(get("system.posix_acl_access").is_none(), "an ACL was set on the protected file");
-    ensure!(xattr_value("/tmp/ef5/free", "trusted.fine").is_some(), "the free file's attribute was not set");
+    for free in ["/tmp/ef5/free", "/tmp/ef5x/free"] {
+        ensure!(xattr_value(free, "trusted.fine").is_some(), "the attribute of {free} was not set");
+    }
     let n = r
         .iter()
         .filter(|x| {

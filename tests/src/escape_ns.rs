@@ -18,6 +18,10 @@ pub const TESTS: &[crate::Test] = &[
     ("escape_ns_deleted_binary_exec_refused", deleted_exec),
     ("escape_ns_loader_cannot_run_an_exec_denied_program", loader),
     ("escape_ns_exec_rule_on_a_symlink_protects_the_target", symlink_rule),
+    ("escape_ns_chroot_does_not_rename_a_denied_program", chroot_deny),
+    ("escape_ns_chroot_does_not_borrow_an_allow_rule", chroot_allow),
+    ("escape_ns_loader_in_a_chroot_cannot_run_an_exec_denied_program", chroot_loader),
+    ("escape_ns_a_program_named_deleted_is_decided_by_its_path", named_deleted),
 ];
 
 /// A policy that allows everything by default: the operations tested here must be refused
@@ -395,6 +399,258 @@ fn symlink_rule() -> Result<()> {
             .count()
             >= 2,
         "not two deny records of the target: {r:#?}"
+    );
+    Ok(())
+}
+
+/// Exec and mmap_file decide on the bprm_check_security record: a deny of `object` by `rule`.
+fn exec_denied(r: &[AuditRecord], hook: Hook, object: &str, reason: Reason, rule: Option<&str>) -> usize {
+    r.iter()
+        .filter(|x| {
+            x.hook == Some(hook)
+                && x.decision == Some(Decision::Deny)
+                && x.reason == Some(reason)
+                && is(&x.object, object)
+                && rule.is_none_or(|n| is(&x.rule, n))
+        })
+        .count()
+}
+
+/// A jail for the chroot tests: `dir` emptied, with busybox copied to each of `programs`
+/// (names inside the jail).
+fn jail(dir: &str, programs: &[&str]) -> Result<()> {
+    std::fs::remove_dir_all(dir).ok();
+    for p in programs {
+        let at = format!("{dir}{p}");
+        std::fs::create_dir_all(std::path::Path::new(&at).parent().context("a program path has a parent")?)?;
+        harness::copy_busybox(&at)?;
+    }
+    Ok(())
+}
+
+/// A policy that allows chroot has a deny rule on the real path of `<jail>/bin/evil`. Inside
+/// the chroot the tree runs `/bin/evil` by execve and by fexecve of a descriptor it opened
+/// there (bpf_d_path would name both `/bin/evil`): refused by the rule, the record naming the
+/// global path, the marker it would write absent. `/bin/ok` in the same jail runs (the chroot
+/// itself works).
+fn chroot_deny() -> Result<()> {
+    let jail_dir = "/tmp/t/nsj1";
+    jail(jail_dir, &["/bin/evil", "/bin/ok"])?;
+    let policy = r#"
+default = "allow"
+[[rule]]
+name = "jail"
+action = "allow"
+chroot = true
+[[rule]]
+name = "no-evil"
+action = "deny"
+exec = { path = "/tmp/t/nsj1/bin/evil" }
+"#;
+    let a = Agent::start(
+        "ns-chroot-deny",
+        policy,
+        "guard-e2e do chroot-run /tmp/t/nsj1 exec /bin/evil touch /evil-1; \
+         guard-e2e do chroot-run /tmp/t/nsj1 fexec /bin/evil touch /evil-2; \
+         guard-e2e do chroot-run /tmp/t/nsj1 exec /bin/ok touch /ok",
+    )?;
+    for v in ["execve in the chroot", "fexecve in the chroot"] {
+        let r = a.result()?;
+        ensure!(r.starts_with("RESULT errno=1 "), "{v}: {r}");
+    }
+    let r = a.result()?;
+    ensure!(r.starts_with("RESULT ok "), "the control program in the chroot: {r}");
+    let out = a.finish()?;
+    for m in ["evil-1", "evil-2"] {
+        ensure!(!std::path::Path::new(&format!("{jail_dir}/{m}")).exists(), "the denied program ran ({m})");
+    }
+    ensure!(std::path::Path::new(&format!("{jail_dir}/ok")).exists(), "the control program did not run");
+    let r = &out.records()?;
+    let n = exec_denied(r, Hook::BprmCheckSecurity, "/tmp/t/nsj1/bin/evil", Reason::Rule, Some("no-evil"));
+    ensure!(n >= 2, "not two deny records naming the global path /tmp/t/nsj1/bin/evil: {r:#?}");
+    ensure!(!has(r, |x| is(&x.object, "/bin/evil")), "a record names the chroot-relative path: {r:#?}");
+    Ok(())
+}
+
+/// Under a default-deny policy with an allow rule on `/tmp/t/bin/nsj-tool` (and on the shell
+/// and guard-e2e, which the workload needs), a tree in a chroot runs its own
+/// `<jail>/tmp/t/bin/nsj-tool` (another file) by execve and fexecve, and `<jail>/bin/sh`'s
+/// target by the path the shell's allow rule names: each is refused by the default, recorded
+/// with its global path. The real nsj-tool runs outside the chroot (the control).
+fn chroot_allow() -> Result<()> {
+    let jail_dir = "/tmp/t/nsj2";
+    let bb = busybox();
+    jail(jail_dir, &["/tmp/t/bin/nsj-tool", &bb])?;
+    harness::copy_busybox("/tmp/t/bin/nsj-tool")?;
+    std::fs::remove_file("/tmp/t/nsj2-ok").ok();
+    let me = std::fs::canonicalize(std::env::current_exe()?)?.display().to_string();
+    let policy = format!(
+        r#"
+default = "deny"
+[[rule]]
+name = "files"
+action = "allow"
+file = {{ path = "/", access = "any" }}
+[[rule]]
+name = "jail"
+action = "allow"
+chroot = true
+[[rule]]
+name = "shell"
+action = "allow"
+exec = {{ path = "{bb}" }}
+[[rule]]
+name = "e2e"
+action = "allow"
+exec = {{ path = "{me}" }}
+[[rule]]
+name = "tool"
+action = "allow"
+exec = {{ path = "/tmp/t/bin/nsj-tool" }}
+"#
+    );
+    let a = Agent::start(
+        "ns-chroot-allow",
+        &policy,
+        &format!(
+            "guard-e2e do chroot-run /tmp/t/nsj2 exec /tmp/t/bin/nsj-tool touch /tool-1; \
+             guard-e2e do chroot-run /tmp/t/nsj2 fexec /tmp/t/bin/nsj-tool touch /tool-2; \
+             guard-e2e do chroot-run /tmp/t/nsj2 exec {bb} touch /shell; \
+             guard-e2e do chroot-run - exec /tmp/t/bin/nsj-tool touch /tmp/t/nsj2-ok"
+        ),
+    )?;
+    for v in ["execve of the jail's tool", "fexecve of the jail's tool", "execve of the jail's shell"] {
+        let r = a.result()?;
+        ensure!(r.starts_with("RESULT errno=1 "), "{v}: {r}");
+    }
+    let r = a.result()?;
+    ensure!(r.starts_with("RESULT ok "), "the allowed tool outside the chroot: {r}");
+    let out = a.finish()?;
+    for m in ["tool-1", "tool-2", "shell"] {
+        ensure!(!std::path::Path::new(&format!("{jail_dir}/{m}")).exists(), "a jail program ran ({m})");
+    }
+    ensure!(std::path::Path::new("/tmp/t/nsj2-ok").exists(), "the allowed tool did not run");
+    let r = &out.records()?;
+    let n = exec_denied(r, Hook::BprmCheckSecurity, "/tmp/t/nsj2/tmp/t/bin/nsj-tool", Reason::Default, None);
+    ensure!(n >= 2, "not two default deny records naming /tmp/t/nsj2/tmp/t/bin/nsj-tool: {r:#?}");
+    let shell = format!("{jail_dir}{bb}");
+    ensure!(
+        exec_denied(r, Hook::BprmCheckSecurity, &shell, Reason::Default, None) >= 1,
+        "no default deny record naming {shell}: {r:#?}"
+    );
+    ensure!(
+        has(r, |x| x.hook == Some(Hook::BprmCheckSecurity)
+            && is(&x.rule, "tool")
+            && is(&x.object, "/tmp/t/bin/nsj-tool")
+            && x.decision == Some(Decision::Allow)),
+        "no allow record of the real tool: {r:#?}"
+    );
+    Ok(())
+}
+
+/// The loader's libraries as `ld.so --list` names them (absolute paths).
+fn libraries(ld: &str, bin: &str) -> Result<Vec<String>> {
+    let out = std::process::Command::new(ld).args(["--list", bin]).output()?;
+    ensure!(out.status.success(), "{ld} --list {bin}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/') && std::path::Path::new(w).exists())
+        .map(str::to_string)
+        .collect())
+}
+
+/// In a chroot holding a loader, its libraries and two copies of guard-e2e, the tree runs
+/// `ld.so /bin/dyn-denied` (exec-denied by its real path) and `ld.so /bin/dyn-ok`: the
+/// loader cannot map the denied one executable (mmap_file, the record naming the global
+/// path), so it never runs; the other one does.
+fn chroot_loader() -> Result<()> {
+    let me = std::env::current_exe()?.display().to_string();
+    let Some(ld) = interpreter(&me).filter(|l| std::path::Path::new(l).exists()) else {
+        return Err(Skip("guard-e2e is not dynamically linked here: no loader to run".into()).into());
+    };
+    let jail_dir = "/tmp/t/nsj3";
+    std::fs::remove_dir_all(jail_dir).ok();
+    std::fs::create_dir_all(format!("{jail_dir}/libs"))?;
+    std::fs::create_dir_all(format!("{jail_dir}/bin"))?;
+    let jail_ld = format!("{jail_dir}/ld.so");
+    std::fs::copy(&ld, &jail_ld)?;
+    for lib in libraries(&ld, &me)? {
+        let name = std::path::Path::new(&lib).file_name().context("a library has a name")?.to_owned();
+        std::fs::copy(&lib, std::path::Path::new(jail_dir).join("libs").join(name))?;
+    }
+    std::fs::copy(&me, format!("{jail_dir}/bin/dyn-denied"))?;
+    std::fs::copy(&me, format!("{jail_dir}/bin/dyn-ok"))?;
+    let policy = r#"
+default = "allow"
+[[rule]]
+name = "jail"
+action = "allow"
+chroot = true
+[[rule]]
+name = "no-dyn"
+action = "deny"
+exec = { path = "/tmp/t/nsj3/bin/dyn-denied" }
+"#;
+    let a = Agent::start(
+        "ns-chroot-loader",
+        policy,
+        "guard-e2e do chroot-run /tmp/t/nsj3 status /ld.so ld.so --library-path /libs /bin/dyn-denied do marker /m-denied; \
+         guard-e2e do chroot-run /tmp/t/nsj3 status /ld.so ld.so --library-path /libs /bin/dyn-ok do marker /m-ok",
+    )?;
+    // The control prints its own RESULT line (`marker`): wait for the reports of chroot-run.
+    let r = a.line_starting("RESULT ok chroot-run")?;
+    ensure!(!r.ends_with("exit=0"), "ld.so X in the chroot: {r}");
+    let r = a.line_starting("RESULT ok chroot-run")?;
+    ensure!(r.ends_with("exit=0"), "the control under the loader in the chroot: {r}");
+    let out = a.finish()?;
+    ensure!(!std::path::Path::new("/tmp/t/nsj3/m-denied").exists(), "X ran under ld.so in the chroot");
+    ensure!(std::path::Path::new("/tmp/t/nsj3/m-ok").exists(), "the control did not run");
+    let r = &out.records()?;
+    ensure!(
+        exec_denied(r, Hook::MmapFile, "/tmp/t/nsj3/bin/dyn-denied", Reason::Rule, Some("no-dyn")) >= 1,
+        "no mmap_file deny record naming the global path of X: {r:#?}"
+    );
+    Ok(())
+}
+
+/// Programs whose real names end in " (deleted)" are ordinary programs: with no
+/// `exec_anonymous` rule one runs (the default allows it), and another is refused by the deny
+/// rule on its path (reason `rule`, not `safe_default`). A program with no name left is told
+/// by the object, not by the spelling.
+fn named_deleted() -> Result<()> {
+    let ok = "/tmp/t/bin/ns-named (deleted)";
+    let denied = "/tmp/t/bin/ns-named2 (deleted)";
+    harness::copy_busybox(ok)?;
+    harness::copy_busybox(denied)?;
+    for m in ["/tmp/t/ns-named-ran", "/tmp/t/ns-named2-ran"] {
+        std::fs::remove_file(m).ok();
+    }
+    let policy = format!(
+        "default = \"allow\"\n[[rule]]\nname = \"no-named2\"\naction = \"deny\"\nexec = {{ path = \"{denied}\" }}\n"
+    );
+    let a = Agent::start(
+        "ns-named-deleted",
+        &policy,
+        &format!(
+            "guard-e2e do chroot-run - exec '{ok}' touch /tmp/t/ns-named-ran; \
+             guard-e2e do chroot-run - exec '{denied}' touch /tmp/t/ns-named2-ran"
+        ),
+    )?;
+    let r = a.result()?;
+    ensure!(r.starts_with("RESULT ok "), "a program named \"... (deleted)\" under a default allow: {r}");
+    let r = a.result()?;
+    ensure!(r.starts_with("RESULT errno=1 "), "a program named \"... (deleted)\" under a deny rule: {r}");
+    let out = a.finish()?;
+    ensure!(std::path::Path::new("/tmp/t/ns-named-ran").exists(), "the allowed program did not run");
+    ensure!(!std::path::Path::new("/tmp/t/ns-named2-ran").exists(), "the denied program ran");
+    let r = &out.records()?;
+    ensure!(
+        exec_denied(r, Hook::BprmCheckSecurity, denied, Reason::Rule, Some("no-named2")) >= 1,
+        "no rule deny record of {denied}: {r:#?}"
+    );
+    ensure!(
+        !has(r, |x| x.reason == Some(Reason::SafeDefault)),
+        "a program named \"... (deleted)\" was taken for an anonymous one: {r:#?}"
     );
     Ok(())
 }

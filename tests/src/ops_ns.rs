@@ -24,6 +24,7 @@ pub const OPS: &[&str] = &[
     "deleted-exec",
     "run-status",
     "marker",
+    "chroot-run",
 ];
 
 fn report(op: &str, r: Result<(), Errno>, after: &str) -> i32 {
@@ -232,6 +233,40 @@ pub fn run(args: &[String]) -> i32 {
                 Err(e) => format!("spawn-error={e}"),
             };
             report(&op, Ok(()), &after)
+        }
+        // chroot-run DIR exec|fexec|status PROG ARGV...: chroot(DIR) and chdir("/") (DIR "-": no
+        // chroot), then runs PROG (a name inside the new root) with ARGV (argv[0] first): by
+        // execve (exec), by fexecve of a descriptor opened inside the root (fexec), or by
+        // spawning it and reporting its exit status (status, for a loader: `exit=N`).
+        "chroot-run" => {
+            let rooted =
+                if a(1) == "-" { Ok(()) } else { nix::unistd::chroot(a(1)).and_then(|()| nix::unistd::chdir("/")) };
+            let argv = &args[4.min(args.len())..];
+            let mut after = String::new();
+            let r = rooted.and_then(|()| match a(2) {
+                "exec" => spawn_exec(|| {
+                    let argv: Vec<CString> = argv.iter().map(|s| cstr(s)).collect();
+                    nix::unistd::execv(&cstr(a(3)), &argv).unwrap_err()
+                }),
+                "fexec" => {
+                    let f = std::fs::File::open(a(3)).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(5)))?;
+                    spawn_exec(|| fexecve(f.as_raw_fd(), argv))
+                }
+                "status" => {
+                    use std::os::unix::process::CommandExt;
+                    let st = std::process::Command::new(a(3))
+                        .arg0(argv.first().map(String::as_str).unwrap_or(a(3)))
+                        .args(argv.iter().skip(1))
+                        .status();
+                    after = match st {
+                        Ok(s) => format!("exit={}", s.code().unwrap_or(-1)),
+                        Err(e) => format!("spawn-error={e}"),
+                    };
+                    Ok(())
+                }
+                _ => Err(Errno::EINVAL),
+            });
+            report(&op, r, &after)
         }
         // marker PATH: creates PATH (proof that a program ran).
         "marker" => {

@@ -198,6 +198,7 @@ impl Btf {
             mount_instance: self.offset("mount", "mnt_instance")?,
             task_nsproxy: self.offset("task_struct", "nsproxy")?,
             nsproxy_mnt_ns: self.offset("nsproxy", "mnt_ns")?,
+            dentry_hash_pprev: self.offset("dentry", "d_hash")? + self.offset("hlist_bl_node", "pprev")?,
         })
     }
 }

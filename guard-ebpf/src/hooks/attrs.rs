@@ -94,6 +94,7 @@ fn decide_dentry(ctx: &LsmContext, hook: Hook) -> i32 {
         found: NO_RULE,
         seen: 0,
         state: WALKING,
+        last: 0,
     };
     // SAFETY: `mount_step` is a callback of the shape bpf_loop expects, and `walk` lives on
     // this stack for the whole call; `s` is this program's scratch value.
@@ -110,6 +111,13 @@ fn decide_dentry(ctx: &LsmContext, hook: Hook) -> i32 {
     if walk.seen == 0 {
         label(s, b"extended attributes outside the mount namespace");
         return decide(s, &w, &op, NO_RULE);
+    }
+    if walk.state == WALKING {
+        // No rule refused: the record names the object by the last mount that reaches it (a
+        // later mount of the filesystem that does not reach it may have overwritten `s.buf`).
+        // SAFETY: `last` is a `struct mount *` from the superblock's list; the walk reads
+        // through bpf_probe_read_kernel only.
+        unsafe { walk_into(s, (walk.last as *const u8).add(off(&o.mount_mnt)), dentry as *const u8) };
     }
     if unresolved(s) {
         return unresolvable(s, &w, &op);
@@ -141,9 +149,11 @@ struct MountWalk {
     policy: u64,
     /// The rule found so far (an allow), or the one that stopped the walk.
     found: RuleRef,
-    /// Mounts in the caller's namespace walked.
+    /// Mounts in the caller's namespace through which the object has a global path.
     seen: u32,
     state: u32,
+    /// The last of those mounts.
+    last: u64,
 }
 
 /// One node of the superblock's mount list; 1 ends the loop.
@@ -163,13 +173,19 @@ extern "C" fn mount_step(_i: u64, ctx: *mut c_void) -> i64 {
         if ns != walk.ns {
             return 0;
         }
-        walk.seen += 1;
         let s = &mut *walk.s;
         walk_into(s, mount.add(off(&o.mount_mnt)), walk.dentry as *const u8);
+        if s.truncated == 2 {
+            // The object is not below this mount's root (a bind mount of another directory of
+            // the same filesystem): not a way to reach it.
+            return 0;
+        }
         if unresolved(s) {
             walk.state = UNRESOLVED;
             return 1;
         }
+        walk.seen += 1;
+        walk.last = mount as u64;
         let found = lookup_path(s, walk.policy as u8, class::WRITE);
         if found.rule != 0 && found.action != Action::Allow as u8 {
             walk.found = found;

@@ -1,10 +1,13 @@
 //! Exec: `bprm_check_security` decides exec rules (path, then argv conditions) for watched
 //! threads, and looks for a selector that starts a new tree for the others.
 //!
-//! Exec rules mean programs (issue 9 item 8):
-//! - a program with no name left (a memfd run by `fexecve`, a deleted or never-linked file)
-//!   is decided by the policy's `exec_anonymous` rule, denied with none (`safe_default`);
-//! - a program that cannot be resolved to a path is denied (`exec_unresolved`);
+//! Exec rules mean programs (issue 9 items 3 and 8):
+//! - a program is its global path (the dentry walk, as for opens: `resolve::program_object`),
+//!   not the path relative to the task's root, so a chroot does not rename it;
+//! - a program with no name left (a memfd run by `fexecve`, a deleted or never-linked file),
+//!   recognised on the object, is decided by the policy's `exec_anonymous` rule, denied with
+//!   none (`safe_default`);
+//! - a program that cannot be resolved to its global path is denied (`exec_unresolved`);
 //! - a program mapped executable by the dynamic loader (`ld.so /usr/bin/X` maps X, it does not
 //!   exec it) is decided at `mmap_file`: a PROT_EXEC mapping of a file an exec rule denies (or
 //!   asks for: a mapping cannot be held) is refused, and so is one of an anonymous file.
@@ -16,16 +19,19 @@ use crate::arch::is_exec_syscall;
 use crate::argv::{argv_readable, capture_exec_argv, match_argv_rules};
 use crate::decide::{decide, emit, Op, Outcome};
 use crate::maps::{bump, policy, scratch, watched, Scratch};
-use crate::resolve::{anonymous, file_path_into, lookup_path, NO_RULE};
-use crate::select::select_by_exe;
+use crate::resolve::{lookup_path, program_object, Program, NO_RULE};
+use crate::select::{exe_selectors, select_by_exe};
 use crate::task::{off, offsets, syscall_nr};
 
 /// `PROT_EXEC` of mmap(2).
 const PROT_EXEC: u64 = 0x4;
-/// A deny of a program that could not be resolved to a path.
+/// A deny of a program that could not be resolved to its global path. The record's object is
+/// what the walk got (a tail, or a path on a detached mount), marked truncated.
 #[inline(always)]
 fn unresolved(s: &mut Scratch, w: &Watched, op: &Op) -> i32 {
-    crate::resolve::label(s, b"unresolved program");
+    if s.truncated == 0 {
+        s.truncated = 1;
+    }
     emit(s, w, op, Outcome::decision(Action::Deny as u8, reason::EXEC_UNRESOLVED, 0, 0));
     -EPERM
 }
@@ -51,23 +57,33 @@ pub fn bprm_creds_for_exec(_ctx: LsmContext) -> i32 {
     0
 }
 
+/// bprm_check_security(struct linux_binprm *bprm): the program about to run (for a script,
+/// once for the script and once for its interpreter). The program is resolved once, here, for
+/// both uses: the exec rules of a watched task, and the exe selectors of an unwatched one (so
+/// a tree starts, or not, by the same global path its rules see).
 #[lsm(hook = "bprm_check_security")]
 pub fn bprm_check_security(ctx: LsmContext) -> i32 {
-    let Some(w) = watched() else {
-        select_by_exe(&ctx);
+    let w = watched();
+    if w.is_none() && !exe_selectors() {
+        return 0;
+    }
+    let Some(s) = scratch() else {
+        return if w.is_some() { -EPERM } else { 0 };
+    };
+    let bprm: *const u8 = ctx.arg(0);
+    // SAFETY: `file` is the file the kernel opened for the exec; the walk reads it through
+    // bpf_probe_read_kernel only.
+    let program = unsafe {
+        let file = *(bprm.add(off(&offsets().binprm_file)) as *const *const u8);
+        program_object(s, file)
+    };
+    let Some(w) = w else {
+        select_by_exe(s, bprm, program);
         return 0;
     };
-    let Some(s) = scratch() else { return -EPERM };
-    let bprm: *const u8 = ctx.arg(0);
     let argv_read = argv_readable();
-    // SAFETY: `file` is the file the kernel opened for the exec; bpf_d_path is allowed in
-    // bprm_check_security.
-    let resolved = unsafe {
-        let file = *(bprm.add(off(&offsets().binprm_file)) as *const *const u8);
-        file_path_into(s, file)
-    };
     let op = Op { hook: Hook::Exec, aux: 0, holdable: true, always_record: false };
-    if !resolved {
+    if program == Program::Unresolved {
         return unresolved(s, &w, &op);
     }
     if !argv_read {
@@ -76,7 +92,7 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
         emit(s, &w, &op, Outcome::decision(Action::Deny as u8, reason::ARGV_UNREADABLE, 0, 0));
         return -EPERM;
     }
-    if anonymous(s) {
+    if program == Program::Anonymous {
         let op = Op { always_record: true, ..op };
         return guarded(s, &w, &op, anonymous_rule(&w));
     }
@@ -101,13 +117,12 @@ pub fn mmap_file(ctx: LsmContext) -> i32 {
     }
     let Some(s) = scratch() else { return -EPERM };
     let op = Op { hook: Hook::MmapFile, aux: prot, holdable: false, always_record: true };
-    // SAFETY: `file` is the file the kernel is about to map; bpf_d_path is allowed in
-    // mmap_file (a sleepable LSM hook).
-    if !unsafe { file_path_into(s, file) } {
-        return unresolved(s, &w, &op);
-    }
-    if anonymous(s) {
-        return guarded(s, &w, &op, anonymous_rule(&w));
+    // SAFETY: `file` is the file the kernel is about to map; the walk reads it through
+    // bpf_probe_read_kernel only.
+    match unsafe { program_object(s, file) } {
+        Program::Path => {}
+        Program::Unresolved => return unresolved(s, &w, &op),
+        Program::Anonymous => return guarded(s, &w, &op, anonymous_rule(&w)),
     }
     let found = lookup_path(s, w.policy, class::EXEC);
     if found.rule != 0 && (found.action == Action::Deny as u8 || found.action == Action::Ask as u8) {

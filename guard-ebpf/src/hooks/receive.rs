@@ -19,15 +19,12 @@ use guard_common::{class, Hook, EPERM};
 use super::tamper;
 use crate::decide::{decide, Op};
 use crate::maps::{scratch, watched};
-use crate::resolve::{label, lookup_path, unresolvable, walk_path_into, NO_RULE};
+use crate::resolve::{label, lookup_path, unresolvable, walk_path_into, MNT_NS_INTERNAL, NO_RULE};
 use crate::task::{off, offsets, read_kernel};
 
 /// `f_mode` bits (include/linux/fs.h).
 const FMODE_READ: u32 = 0x1;
 const FMODE_WRITE: u32 = 0x2;
-/// `MNT_NS_INTERNAL` (fs/mount.h): the `mnt_ns` of the kernel's internal mounts (kern_mount:
-/// pipefs, sockfs, anon_inodefs, shm), `ERR_PTR(-EINVAL)`.
-const MNT_NS_INTERNAL: u64 = -22i64 as u64;
 
 /// file_receive(struct file *file)
 #[lsm(hook = "file_receive")]
