@@ -186,6 +186,12 @@ impl Btf {
             socket_sk: self.offset("socket", "sk")?,
             msghdr_name: self.offset("msghdr", "msg_name")?,
             msghdr_namelen: self.offset("msghdr", "msg_namelen")?,
+            binprm_argc: self.offset("linux_binprm", "argc")?,
+            binprm_filename: self.offset("linux_binprm", "filename")?,
+            binprm_interp: self.offset("linux_binprm", "interp")?,
+            task_mm: self.offset("task_struct", "mm")?,
+            mm_arg_start: self.offset("mm_struct", "arg_start")?,
+            mm_start_stack: self.offset("mm_struct", "start_stack")?,
         })
     }
 }

@@ -1,0 +1,200 @@
+//! Escape tests of exec argv (issue 9 item 5, exec half): the argv that was decided, recorded
+//! and shown is the one the kernel copied, or the program never runs. A second thread of the
+//! exec'ing process flips argv between A (refused by an argv rule) and B (allowed) while the
+//! kernel copies it: the strings, a pointer of the array, the NULL that ends it, and for a
+//! script. Whenever the kernel's copy and guard's capture differ, the process is killed after
+//! the exec, before the program runs (`argv_changed`); honest execs are never killed.
+
+use anyhow::{ensure, Context, Result};
+use guard_api::{AuditRecord, Decision, Hook, Reason};
+
+use crate::harness::{self, Agent};
+use crate::Test;
+
+pub const TESTS: &[Test] = &[
+    ("escape_argv_thread_flipping_the_strings_is_killed_before_it_runs", race_strings),
+    ("escape_argv_thread_flipping_a_pointer_or_the_end_of_argv_is_killed", race_pointers),
+    ("escape_argv_thread_flipping_a_scripts_argv_is_killed", race_script),
+    ("escape_argv_honest_execs_are_never_killed", honest),
+];
+
+const DIR: &str = "/tmp/t/argv";
+/// Execs per attack: a few hundred, each a race.
+const TRIES: u32 = 200;
+
+fn policy() -> String {
+    format!(
+        r#"
+default = "allow"
+[[rule]]
+name = "argv-a-tool"
+action = "deny"
+exec = {{ path = "{DIR}/bin/tool", argv = ["{DIR}/A"] }}
+[[rule]]
+name = "argv-a-script"
+action = "deny"
+exec = {{ path = "{DIR}/bin/script", argv = ["{DIR}/A"] }}
+[[rule]]
+name = "argv-audit-tool"
+action = "audit"
+exec = {{ path = "{DIR}/bin/tool" }}
+[[rule]]
+name = "argv-audit-script"
+action = "audit"
+exec = {{ path = "{DIR}/bin/script" }}
+"#
+    )
+}
+
+fn write_script(path: &str, text: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).with_context(|| format!("writing {path}"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+/// A fresh DIR: busybox as bin/tool, the scripts, and chains of 20 symlinks to the tool and
+/// to the script (a slow path to resolve widens the window between the kernel's copy of argv
+/// and the capture, where 6.1 opens the program; 6.12 opens it first).
+fn prepare() -> Result<()> {
+    std::fs::remove_dir_all(DIR).ok();
+    std::fs::create_dir_all(format!("{DIR}/bin"))?;
+    harness::copy_busybox(&format!("{DIR}/bin/tool"))?;
+    write_script(&format!("{DIR}/bin/script"), "#!/bin/sh -e\ntouch \"$1\"\n")?;
+    write_script(&format!("{DIR}/bin/plain"), "#!/bin/sh\ntouch \"$1\"\n")?;
+    write_script(&format!("{DIR}/bin/inner"), "#!/bin/sh\ntouch \"$2\"\n")?;
+    write_script(&format!("{DIR}/bin/nested"), &format!("#!{DIR}/bin/inner\n"))?;
+    for (chain, target) in [("lt", "bin/tool"), ("ls", "bin/script")] {
+        let mut to = format!("{DIR}/{target}");
+        for i in (0..20).rev() {
+            let link = format!("{DIR}/{chain}{i}");
+            std::os::unix::fs::symlink(&to, &link)?;
+            to = link;
+        }
+    }
+    Ok(())
+}
+
+fn argv_has(r: &AuditRecord, arg: &str) -> bool {
+    r.argv.iter().any(|a| a == arg)
+}
+
+fn osrelease() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string()
+}
+
+/// The counts of a `RACE ...` line.
+fn count(line: &str, key: &str) -> Result<u32> {
+    let v = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|w| w.strip_prefix('=')))
+        .with_context(|| format!("no {key} in {line:?}"))?;
+    Ok(v.parse()?)
+}
+
+/// Runs the attack `mode` TRIES times against `prog` under its own agent and checks: DIR/A
+/// was never created (the program never ran with argv A), the run was valid (the capture saw
+/// both A and B: some execs were refused by the rule and some ran B), every exec the check
+/// killed has its `argv_changed` record (a deny, with the argv the kernel copied, naming A),
+/// and no record allows an exec with A.
+fn race(mode: &str, prog: &str, shown: &str) -> Result<()> {
+    prepare()?;
+    let a = Agent::start(
+        &format!("argv-{mode}"),
+        &policy(),
+        &format!("guard-e2e do argv-race {mode} {TRIES} {prog} {DIR}"),
+    )?;
+    let line = a.line_starting_within("RACE ", std::time::Duration::from_secs(900))?;
+    let out = a.finish()?;
+    let (denied, killed, ran_b, ran_a, other) =
+        (count(&line, "denied")?, count(&line, "killed")?, count(&line, "ran_b")?, count(&line, "ran_a")?, count(&line, "other")?);
+    println!(
+        "    argv race ({mode}) on {}: {TRIES} execs: {killed} races won by the thread and caught (killed), \
+         {denied} refused by the rule, {ran_b} ran B, {ran_a} ran A, {other} other",
+        osrelease()
+    );
+    if killed == 0 {
+        println!("    argv race ({mode}): the race was never won in {TRIES} execs here: the check was not exercised by this run");
+    }
+    let marker = format!("{DIR}/A");
+    ensure!(ran_a == 0 && !std::path::Path::new(&marker).exists(), "the program ran with argv A: {line}");
+    ensure!(denied > 0 && ran_b > 0, "not a valid race (the capture never saw both A and B): {line}");
+    ensure!(other == 0, "execs ended otherwise than refused, killed or ran: {line}");
+    let r = out.records()?;
+    let changed: Vec<&AuditRecord> = r.iter().filter(|x| x.reason == Some(Reason::ArgvChanged)).collect();
+    ensure!(
+        changed.len() == killed as usize,
+        "{killed} execs killed but {} argv_changed records: {changed:?}",
+        changed.len()
+    );
+    for c in &changed {
+        ensure!(
+            c.decision == Some(Decision::Deny)
+                && c.hook == Some(Hook::BprmCheckSecurity)
+                && argv_has(c, &marker)
+                && argv_has(c, shown),
+            "an argv_changed record does not show the kernel's argv with A: {c:?}"
+        );
+    }
+    ensure!(
+        !r.iter().any(|x| x.decision == Some(Decision::Allow) && argv_has(x, &marker)),
+        "a record allows an exec with argv A"
+    );
+    ensure!(
+        !r.iter().any(|x| x.reason == Some(Reason::ArgvUnreadable)),
+        "an exec's argv was unreadable: {:?}",
+        r.iter().filter(|x| x.reason == Some(Reason::ArgvUnreadable)).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+fn race_strings() -> Result<()> {
+    race("strings", &format!("{DIR}/lt0"), "touch")
+}
+
+fn race_pointers() -> Result<()> {
+    race("pointers", &format!("{DIR}/lt0"), "touch")?;
+    // The capture sees [tool, touch, B] where the kernel copied [tool, touch, B, A].
+    race("hide", &format!("{DIR}/lt0"), &format!("{DIR}/B"))
+}
+
+fn race_script() -> Result<()> {
+    // The kernel runs [/bin/sh, -e, the script's name as given to execve, arguments...]: the
+    // record says so.
+    race("script", &format!("{DIR}/ls0"), &format!("{DIR}/ls0"))
+}
+
+/// Honest execs the check must never kill: more arguments than captured, arguments longer
+/// than captured, an empty argv, scripts (with and without an interpreter argument, nested),
+/// an exec from a second thread, execveat of a descriptor. Each ran (its marker exists), none
+/// was killed, and no record says argv_changed or argv_unreadable.
+fn honest() -> Result<()> {
+    prepare()?;
+    let a = Agent::start("argv-honest", &policy(), &format!("guard-e2e do argv-honest {DIR}; echo DONE"))?;
+    let mut lines = vec![];
+    for _ in 0..8 {
+        lines.push(a.line_starting("HONEST ")?);
+    }
+    a.line_starting("DONE")?;
+    let out = a.finish()?;
+    for l in &lines {
+        ensure!(!l.contains("signal="), "an honest exec was killed: {l}");
+        if !l.contains("empty-argv") {
+            ensure!(l.ends_with("exit=0"), "an honest exec failed: {l}");
+        }
+    }
+    for m in ["h-many", "h-long", "h-plain", "h-script", "h-nested", "h-thread", "h-fd"] {
+        ensure!(std::path::Path::new(&format!("{DIR}/{m}")).exists(), "the honest exec {m} did not run: {lines:?}");
+    }
+    let r = out.records()?;
+    let bad: Vec<&AuditRecord> = r
+        .iter()
+        .filter(|x| matches!(x.reason, Some(Reason::ArgvChanged) | Some(Reason::ArgvUnreadable)))
+        .collect();
+    ensure!(bad.is_empty(), "honest execs recorded as changed or unreadable: {bad:?}");
+    ensure!(
+        r.iter().any(|x| x.decision == Some(Decision::Allow) && argv_has(x, &format!("touch {DIR}/h-many"))),
+        "no audit record of the honest execs: {r:?}"
+    );
+    Ok(())
+}
