@@ -18,11 +18,11 @@ const EXEC_EPERM: i32 = 200;
 /// Exit code of a forked child whose exec failed otherwise.
 const EXEC_FAILED: i32 = 201;
 
-/// `guard-e2e do argv-race MODE TRIES PROG DIR` or `argv-honest DIR`.
+/// `guard-e2e do argv-race MODE VARIANT TRIES PROG DIR` or `argv-honest DIR`.
 pub fn run(args: &[String]) -> i32 {
     let a = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
     let code = match a(0) {
-        "argv-race" => race(a(1), a(2).parse().unwrap_or(200), a(3), a(4)),
+        "argv-race" => race(a(1), a(2), a(3).parse().unwrap_or(150), a(4), a(5)),
         "argv-honest" => honest(a(1)),
         other => {
             eprintln!("guard-e2e do: unknown op {other:?}");
@@ -77,25 +77,12 @@ fn exec(prog: &CString, argv: &[*const libc::c_char]) -> i32 {
     }
 }
 
-/// A second thread of the exec'ing process that stores `one`, then `two`, at `at`, without
-/// pause, until the exec ends it (de_thread kills it) or the exec fails (the child _exits).
-fn flip(at: usize, one: usize, two: usize, word: bool) {
+/// Starts a second thread of the exec'ing process that runs `work`, and waits until it runs.
+fn second_thread(work: impl FnOnce() + Send + 'static) {
     static STARTED: AtomicBool = AtomicBool::new(false);
     std::thread::spawn(move || {
         STARTED.store(true, Ordering::SeqCst);
-        loop {
-            // SAFETY: `at` is a writable byte (or an aligned usize when `word`) of the child's
-            // own page, which lives until the process execs or exits.
-            unsafe {
-                if word {
-                    std::ptr::write_volatile(at as *mut usize, one);
-                    std::ptr::write_volatile(at as *mut usize, two);
-                } else {
-                    std::ptr::write_volatile(at as *mut u8, one as u8);
-                    std::ptr::write_volatile(at as *mut u8, two as u8);
-                }
-            }
-        }
+        work();
     });
     while !STARTED.load(Ordering::SeqCst) {
         std::hint::spin_loop();
@@ -115,53 +102,183 @@ unsafe fn put(mem: *mut u8, at: usize, s: &str) -> *const libc::c_char {
     }
 }
 
-/// One exec of `prog` whose argv names DIR/A (refused by an argv rule) or DIR/B (allowed),
-/// while a second thread flips between the two:
-/// - `strings`: argv = [tool, touch, DIR/?], the last byte of the string flipped;
-/// - `pointers`: the same, argv[2] pointing at the string DIR/A or at DIR/B;
-/// - `hide`: argv = [tool, touch, DIR/B, DIR/A], argv[3] flipped with the NULL that ends the
-///   array (the capture sees three arguments where the kernel copied four);
-/// - `script`: prog is a script, argv = [script, DIR/?], the last byte flipped.
-fn race_once(mode: &str, prog: &CString, dir: &str) -> i32 {
+/// What the attacking thread changes: one byte of a string, or one pointer of the array.
+#[derive(Clone, Copy)]
+struct Flip {
+    at: usize,
+    /// The values that make the argv say A (refused by the rule) and B (allowed).
+    a: usize,
+    b: usize,
+    word: bool,
+}
+
+impl Flip {
+    fn set(self, to_a: bool) {
+        let v = if to_a { self.a } else { self.b };
+        // SAFETY: `at` is a byte (or an aligned pointer slot when `word`) of the exec'ing
+        // process's own page, which lives until it execs or exits.
+        unsafe {
+            if self.word {
+                std::ptr::write_volatile(self.at as *mut usize, v);
+            } else {
+                std::ptr::write_volatile(self.at as *mut u8, v as u8);
+            }
+        }
+    }
+}
+
+// userfaultfd(2), for the stalled variant (not in the libc crate: linux/userfaultfd.h).
+const UFFD_API: u64 = 0xaa;
+/// _IOWR(0xaa, 0x3f, struct uffdio_api), _IOWR(0xaa, 0x00, struct uffdio_register),
+/// _IOWR(0xaa, 0x03, struct uffdio_copy).
+const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
+const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
+const UFFDIO_COPY: libc::c_ulong = 0xc028_aa03;
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+
+/// A page whose first touch stops the toucher (the kernel's copy of argv, here) until the
+/// returned userfaultfd fills it: Err when userfaultfd cannot catch kernel faults here.
+fn stalling_page() -> Result<(*mut u8, i32), i32> {
+    // SAFETY: userfaultfd and ioctls on the descriptor it returned, with structs of the sizes
+    // the ioctl numbers encode; an anonymous private mapping checked against MAP_FAILED.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) as i32;
+        if fd < 0 {
+            return Err(nix::errno::Errno::last() as i32);
+        }
+        let mut api = [UFFD_API, 0, 0];
+        if libc::ioctl(fd, UFFDIO_API, api.as_mut_ptr()) != 0 {
+            return Err(nix::errno::Errno::last() as i32);
+        }
+        let page = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if page == libc::MAP_FAILED {
+            return Err(nix::errno::Errno::last() as i32);
+        }
+        let mut reg = [page as u64, 4096, UFFDIO_REGISTER_MODE_MISSING, 0];
+        if libc::ioctl(fd, UFFDIO_REGISTER, reg.as_mut_ptr()) != 0 {
+            return Err(nix::errno::Errno::last() as i32);
+        }
+        Ok((page as *mut u8, fd))
+    }
+}
+
+/// Waits for the first fault on `page` (registered on `fd`), runs `then`, and fills the page
+/// with `fill`, which wakes the faulting thread.
+fn serve_fault(fd: i32, page: usize, fill: [u8; 4096], then: impl FnOnce()) {
+    let mut msg = [0u8; 32];
+    // SAFETY: a read of one struct uffd_msg (32 bytes) into a buffer of that size.
+    if unsafe { libc::read(fd, msg.as_mut_ptr() as *mut libc::c_void, 32) } != 32 {
+        return;
+    }
+    then();
+    let mut copy = [page as u64, fill.as_ptr() as u64, 4096, 0, 0];
+    // SAFETY: UFFDIO_COPY of one page from `fill` (alive for the call) to the registered page.
+    unsafe { libc::ioctl(fd, UFFDIO_COPY, copy.as_mut_ptr()) };
+}
+
+/// One exec of `prog` (busybox's `touch`, or a script that touches $1) whose argv names DIR/A
+/// (refused by an argv rule) or DIR/B (allowed). What a second thread changes, by `mode`:
+/// - `strings`: argv = [touch, DIR/?], the last byte of the string;
+/// - `pointers`: the same, argv[1] pointing at the string DIR/A or at DIR/B;
+/// - `hide`: argv = [touch, DIR/B, DIR/A], argv[2] or the NULL that ends the array (the
+///   capture then sees two arguments where the kernel copied three);
+/// - `script`: prog is a script, argv = [script, DIR/?], the last byte.
+///
+/// `variant`:
+/// - `free`: the thread flips between A and B in a tight loop while the exec runs (a race an
+///   SMP host gives; a uniprocessor VM rarely preempts the exec inside its window);
+/// - `stall`: the window made long: argv[0] is on a page the kernel's copy faults on (the
+///   kernel copies argv last to first, so the other arguments are already copied) and the
+///   thread, woken by the fault (userfaultfd), flips to B when `attack`, then lets the copy
+///   go on: the kernel copied the start value, the capture reads the flipped one.
+fn race_once(mode: &str, variant: &str, start_a: bool, attack: bool, prog: &CString, dir: &str) -> i32 {
     let Ok(mem) = crate::ops_decide::shared_page() else { return EXEC_FAILED };
     let (a, b) = (format!("{dir}/A"), format!("{dir}/B"));
     if a.len() > 1000 {
         return EXEC_FAILED;
     }
+    let arg0 = if mode == "script" { "script" } else { "touch" };
+    let stall = if variant == "stall" {
+        match stalling_page() {
+            Ok(p) => Some(p),
+            Err(errno) => return 210 + errno.min(40),
+        }
+    } else {
+        None
+    };
     // SAFETY: offsets and lengths within the page (checked above).
-    let (tool, touch, sa, sb) = unsafe { (put(mem, 0, "tool"), put(mem, 16, "touch"), put(mem, 1024, &a), put(mem, 2048, &b)) };
-    let last = a.len() - 1;
-    // The argv array lives in the same page: its slots are what `pointers` and `hide` flip.
+    let (name, sa, sb) = unsafe { (put(mem, 0, arg0), put(mem, 1024, &a), put(mem, 2048, &b)) };
+    // argv[0] on the stalling page (filled with the same string when the fault is served).
+    let mut fill = [0u8; 4096];
+    fill[..arg0.len()].copy_from_slice(arg0.as_bytes());
+    let name = stall.map_or(name, |(page, _)| page as *const libc::c_char);
+    // The argv array lives in the shared page: its slots are what `pointers` and `hide` flip.
     let argv = (mem as usize + 3072) as *mut *const libc::c_char;
     let slots: &[*const libc::c_char] = match mode {
-        "strings" => &[tool, touch, sa, std::ptr::null()],
-        "pointers" => &[tool, touch, sa, std::ptr::null()],
-        "hide" => &[tool, touch, sb, sa, std::ptr::null()],
-        "script" => &[tool, sa, std::ptr::null()],
+        "strings" | "pointers" | "script" => &[name, sa, std::ptr::null()],
+        "hide" => &[name, sb, sa, std::ptr::null()],
         _ => return EXEC_FAILED,
     };
-    // SAFETY: at most 5 pointers at offset 3072 of the 4096-byte page.
+    // SAFETY: at most 4 pointers at offset 3072 of the 4096-byte page.
     unsafe { std::ptr::copy_nonoverlapping(slots.as_ptr(), argv, slots.len()) };
-    match mode {
-        "strings" | "script" => flip(sa as usize + last, b'A' as usize, b'B' as usize, false),
-        "pointers" => flip(argv as usize + 16, sa as usize, sb as usize, true),
-        _ => flip(argv as usize + 24, sa as usize, 0, true),
+    let flip = match mode {
+        "strings" | "script" => Flip { at: sa as usize + a.len() - 1, a: b'A' as usize, b: b'B' as usize, word: false },
+        "pointers" => Flip { at: argv as usize + 8, a: sa as usize, b: sb as usize, word: true },
+        _ => Flip { at: argv as usize + 16, a: sa as usize, b: 0, word: true },
+    };
+    flip.set(start_a);
+    match stall {
+        None => second_thread(move || loop {
+            flip.set(true);
+            flip.set(false);
+        }),
+        Some((page, fd)) => {
+            let page = page as usize;
+            second_thread(move || {
+                serve_fault(fd, page, fill, || {
+                    if attack {
+                        flip.set(false);
+                    }
+                })
+            })
+        }
     }
     // SAFETY: `argv` holds `slots.len()` pointers ending in NULL (a flipped slot always holds
     // a string of the page or NULL).
     exec(prog, unsafe { std::slice::from_raw_parts(argv, slots.len()) })
 }
 
-/// `tries` execs of `race_once`; prints `RACE mode=M tries=N denied=D killed=K ran_b=B
-/// ran_a=A other=O`: denied (the capture saw A: the argv rule refused it), killed (the
-/// kernel's copy and the capture differed: the check after the exec), ran_b (B ran), ran_a
-/// (A ran: DIR/A was created, the hole).
-fn race(mode: &str, tries: u32, prog: &str, dir: &str) -> i32 {
+/// `tries` execs of `race_once`; prints `RACE mode=M variant=V tries=N attacks=T denied=D
+/// killed=K ran_b=B ran_a=A other=O`: denied (the capture saw A: the argv rule refused it),
+/// killed (the kernel's copy and the capture differed: the check after the exec), ran_b (B
+/// ran), ran_a (A ran: DIR/A was created, the hole). `stall` cycles through three execs: A
+/// untouched (refused), B untouched (runs), A flipped to B after the kernel's copy (the
+/// attack, counted in `attacks`); `free` starts each exec at A with the thread flipping.
+fn race(mode: &str, variant: &str, tries: u32, prog: &str, dir: &str) -> i32 {
+    if variant == "stall" {
+        if let Err(errno) = stalling_page() {
+            println!("RACE mode={mode} variant={variant} unavailable: userfaultfd errno {errno}");
+            return 0;
+        }
+    }
     let prog = cstr(prog);
     let marker = format!("{dir}/A");
-    let (mut denied, mut killed, mut ran_b, mut ran_a, mut other) = (0, 0, 0, 0, 0);
-    for _ in 0..tries {
-        let end = fork_wait(|| race_once(mode, &prog, dir));
+    let (mut attacks, mut denied, mut killed, mut ran_b, mut ran_a, mut other) = (0, 0, 0, 0, 0, 0);
+    for i in 0..tries {
+        let (start_a, attack) = match (variant, i % 3) {
+            ("stall", 0) => (true, false),
+            ("stall", 1) => (false, false),
+            _ => (true, true),
+        };
+        attacks += u32::from(attack && variant == "stall");
+        let end = fork_wait(|| race_once(mode, variant, start_a, attack, &prog, dir));
         if std::path::Path::new(&marker).exists() {
             ran_a += 1;
             std::fs::remove_file(&marker).ok();
@@ -171,10 +288,20 @@ fn race(mode: &str, tries: u32, prog: &str, dir: &str) -> i32 {
             End::Exited(EXEC_EPERM) => denied += 1,
             End::Exited(0) => ran_b += 1,
             End::Signaled(libc::SIGKILL) => killed += 1,
-            _ => other += 1,
+            End::Exited(code) => {
+                other += 1;
+                eprintln!("argv-race: exit {code}");
+            }
+            End::Signaled(sig) => {
+                other += 1;
+                eprintln!("argv-race: signal {sig}");
+            }
         }
     }
-    println!("RACE mode={mode} tries={tries} denied={denied} killed={killed} ran_b={ran_b} ran_a={ran_a} other={other}");
+    println!(
+        "RACE mode={mode} variant={variant} tries={tries} attacks={attacks} denied={denied} killed={killed} \
+         ran_b={ran_b} ran_a={ran_a} other={other}"
+    );
     0
 }
 
@@ -186,7 +313,7 @@ fn honest(dir: &str) -> i32 {
     let tool = format!("{dir}/bin/tool");
     let long = |c: char, n: usize| c.to_string().repeat(n);
     let sh = |marker: &str, extra: Vec<String>| {
-        let mut v = vec!["tool".to_string(), "sh".into(), "-c".into(), format!("touch {dir}/{marker}"), "x".into()];
+        let mut v = vec!["sh".to_string(), "-c".into(), format!("touch {dir}/{marker}"), "x".into()];
         v.extend(extra);
         v
     };
