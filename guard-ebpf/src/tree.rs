@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use guard_common::{kind, reason, Action, Argv, Event, Hook, Watched, BPF_NOEXIST, SIGKILL};
 
-use crate::decide::{emit, Op, Outcome};
 use crate::argv::check_new_argv;
+use crate::decide::{emit, Op, Outcome};
 use crate::maps::{
     bump, scratch, watched, watched_task, APPROVED, ARGV, EVENTS, GRACE, HOLDS, RESERVED, RESERVED_SLOT, TASK_COUNT,
     TREE_TASKS, VERDICTS, WATCHED,

@@ -263,10 +263,8 @@ fn honest() -> Result<()> {
         ensure!(std::path::Path::new(&format!("{DIR}/{m}")).exists(), "the honest exec {m} did not run: {lines:?}");
     }
     let r = out.records()?;
-    let bad: Vec<&AuditRecord> = r
-        .iter()
-        .filter(|x| matches!(x.reason, Some(Reason::ArgvChanged) | Some(Reason::ArgvUnreadable)))
-        .collect();
+    let bad: Vec<&AuditRecord> =
+        r.iter().filter(|x| matches!(x.reason, Some(Reason::ArgvChanged) | Some(Reason::ArgvUnreadable))).collect();
     ensure!(bad.is_empty(), "honest execs recorded as changed or unreadable: {bad:?}");
     ensure!(
         r.iter().any(|x| x.decision == Some(Decision::Allow) && argv_has(x, &format!("touch {DIR}/h-many"))),

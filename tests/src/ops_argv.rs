@@ -347,8 +347,7 @@ fn honest(dir: &str) -> i32 {
     // An exec from a second thread (it takes over the leader's pid).
     let argv: Vec<CString> = sh("h-thread", vec![]).iter().map(|s| cstr(s)).collect();
     let end = fork_wait(|| {
-        let ptrs: Vec<usize> =
-            argv.iter().map(|s| s.as_ptr() as usize).chain(std::iter::once(0)).collect::<Vec<_>>();
+        let ptrs: Vec<usize> = argv.iter().map(|s| s.as_ptr() as usize).chain(std::iter::once(0)).collect::<Vec<_>>();
         let prog = prog.clone();
         let t = std::thread::spawn(move || {
             let p: Vec<*const libc::c_char> = ptrs.iter().map(|&p| p as *const libc::c_char).collect();

@@ -255,5 +255,6 @@ mod tests {
         };
         let o = btf.guard_offsets().unwrap();
         assert!(o.file_f_path > 0 && o.task_tgid > o.task_pid - 1);
+        assert!(o.binprm_interp > o.binprm_filename && o.task_mm > 0 && o.mm_start_stack > 0);
     }
 }
