@@ -29,15 +29,20 @@ use crate::task::{current_tid, off, offsets, read_kernel, syscall_nr, syscall_re
 /// For that the entry also keeps the kernel's own count of what it copied (`bprm->argc`).
 #[inline(always)]
 pub fn capture_exec_argv(bprm: *const u8) {
-    if let Some(reg) = exec_argv_reg(syscall_nr()) {
-        capture_argv(syscall_reg(reg));
-        if let Some(a) = ARGV.get_ptr_mut(current_tid()) {
-            // SAFETY: `bprm` is the exec's linux_binprm (read through bpf_probe_read_kernel);
-            // `a` is this thread's ARGV entry, just written by this program.
-            unsafe {
-                let kargc: i32 = read_kernel(bprm.add(off(&offsets().binprm_argc)));
-                (*a).kargc = kargc as u32;
-            }
+    let Some(reg) = exec_argv_reg(syscall_nr()) else {
+        // An exec by another syscall (a 32-bit execve through int 0x80): no capture, so argv
+        // conditions apply to it, and an entry left by an earlier exec that failed must not
+        // stand for this one.
+        ARGV.remove(current_tid()).ok();
+        return;
+    };
+    capture_argv(syscall_reg(reg));
+    if let Some(a) = ARGV.get_ptr_mut(current_tid()) {
+        // SAFETY: `bprm` is the exec's linux_binprm (read through bpf_probe_read_kernel); `a`
+        // is this thread's ARGV entry, just written by this program.
+        unsafe {
+            let kargc: i32 = read_kernel(bprm.add(off(&offsets().binprm_argc)));
+            (*a).kargc = kargc as u32;
         }
     }
 }

@@ -77,6 +77,7 @@ fn prepare() -> Result<()> {
     write_script(&format!("{DIR}/bin/plain"), "#!/bin/sh\ntouch \"$1\"\n")?;
     write_script(&format!("{DIR}/bin/inner"), "#!/bin/sh\ntouch \"$2\"\n")?;
     write_script(&format!("{DIR}/bin/nested"), &format!("#!{DIR}/bin/inner\n"))?;
+    write_elf32(&format!("{DIR}/bin/elf32"))?;
     for (chain, target) in [("lt", "bin/tool"), ("ls", "bin/script")] {
         let mut to = format!("{DIR}/{target}");
         for i in (0..20).rev() {
@@ -85,6 +86,34 @@ fn prepare() -> Result<()> {
             to = link;
         }
     }
+    Ok(())
+}
+
+/// The smallest 32-bit x86 program: one PT_LOAD of itself at 0x08048000 whose code is
+/// `exit(0)` through int 0x80. A 32-bit image has 4-byte argc and argv pointers on its
+/// stack: the check after the exec must read them as such.
+fn write_elf32(path: &str) -> Result<()> {
+    const BASE: u32 = 0x0804_8000;
+    let code = [0xb8, 1, 0, 0, 0, 0x31, 0xdb, 0xcd, 0x80]; // mov eax, 1; xor ebx, ebx; int 0x80
+    let size = 52 + 32 + code.len() as u32;
+    let mut f: Vec<u8> = vec![0x7f, b'E', b'L', b'F', 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    f.extend(2u16.to_le_bytes()); // ET_EXEC
+    f.extend(3u16.to_le_bytes()); // EM_386
+    f.extend(1u32.to_le_bytes());
+    f.extend((BASE + 52 + 32).to_le_bytes()); // entry: the code after the headers
+    f.extend(52u32.to_le_bytes()); // program headers
+    f.extend(0u32.to_le_bytes()); // no section headers
+    f.extend(0u32.to_le_bytes());
+    for half in [52u16, 32, 1, 0, 0, 0] {
+        f.extend(half.to_le_bytes()); // ehsize, phentsize, phnum, shentsize, shnum, shstrndx
+    }
+    for word in [1u32, 0, BASE, BASE, size, size, 5, 0x1000] {
+        f.extend(word.to_le_bytes()); // PT_LOAD, offset, vaddr, paddr, filesz, memsz, R+X, align
+    }
+    f.extend(code);
+    std::fs::write(path, &f).with_context(|| format!("writing {path}"))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
     Ok(())
 }
 
@@ -242,19 +271,23 @@ fn race_script() -> Result<()> {
 
 /// Honest execs the check must never kill: more arguments than captured, arguments longer
 /// than captured, an empty argv, scripts (with and without an interpreter argument, nested),
-/// an exec from a second thread, execveat of a descriptor. Each ran (its marker exists), none
+/// an exec from a second thread, execveat of a descriptor, a 32-bit program. Each ran (its marker exists), none
 /// was killed, and no record says argv_changed or argv_unreadable.
 fn honest() -> Result<()> {
     prepare()?;
     let a = Agent::start("argv-honest", &policy_with(false), &format!("guard-e2e do argv-honest {DIR}; echo DONE"))?;
     let mut lines = vec![];
-    for _ in 0..8 {
+    for _ in 0..9 {
         lines.push(a.line_starting("HONEST ")?);
     }
     a.line_starting("DONE")?;
     let out = a.finish()?;
     for l in &lines {
         ensure!(!l.contains("signal="), "an honest exec was killed: {l}");
+        if l.contains("elf32") && l.ends_with("exit=201") {
+            println!("    no 32-bit programs on this kernel (exec failed): the 4-byte argv layout was not exercised");
+            continue;
+        }
         if !l.contains("empty-argv") {
             ensure!(l.ends_with("exit=0"), "an honest exec failed: {l}");
         }

@@ -308,7 +308,7 @@ fn race(mode: &str, variant: &str, tries: u32, prog: &str, dir: &str) -> i32 {
 /// Honest execs, each in a forked child, each printing `HONEST name exit=N` or `HONEST name
 /// signal=N`: none may be killed. DIR/bin/tool is busybox, DIR/bin/plain a `#!/bin/sh`
 /// script touching $1, DIR/bin/script a `#!/bin/sh -e` one touching $1, DIR/bin/nested a
-/// script whose interpreter is DIR/bin/plain.
+/// script whose interpreter is DIR/bin/plain, DIR/bin/elf32 a 32-bit program that exits 0.
 fn honest(dir: &str) -> i32 {
     let tool = format!("{dir}/bin/tool");
     let long = |c: char, n: usize| c.to_string().repeat(n);
@@ -341,6 +341,15 @@ fn honest(dir: &str) -> i32 {
         });
         say(name, end);
     }
+    // A 32-bit program: 4-byte argc and argv pointers on its stack.
+    let elf32 = cstr(&format!("{dir}/bin/elf32"));
+    let argv: Vec<CString> = ["elf32", "one", "two"].iter().map(|s| cstr(s)).collect();
+    let end = fork_wait(|| {
+        let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
+        ptrs.push(std::ptr::null());
+        exec(&elf32, &ptrs)
+    });
+    say("elf32", end);
     // An empty argv: the kernel runs the program with one empty argument.
     let prog = cstr(&tool);
     say("empty-argv", fork_wait(|| exec(&prog, &[std::ptr::null()])));
