@@ -107,8 +107,14 @@ pub enum Reason {
     RingFull,
     /// An ask found the kernel's hold table full: denied.
     HoldTableFull,
-    /// The exec's arguments could not be read from the caller's memory: denied.
+    /// The exec's arguments could not be read: from the caller's memory (denied), or from the
+    /// new image after the exec (the process is killed before it runs).
     ArgvUnreadable,
+    /// The arguments the kernel copied for an exec differ from those guard captured from the
+    /// caller's memory, decided on and showed (another thread changed them during the exec):
+    /// the process is killed before the program runs, and the record shows the arguments the
+    /// kernel copied.
+    ArgvChanged,
     /// An operation against guard itself (signals or ptrace of its processes, its BPF objects,
     /// pins and files, its admin socket, loading kernel code): refused by the tamper baseline,
     /// which no policy rule can allow.
@@ -120,7 +126,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order the README lists them.
-    pub const ALL: [Reason; 25] = [
+    pub const ALL: [Reason; 26] = [
         Reason::Rule,
         Reason::Default,
         Reason::Approved,
@@ -144,6 +150,7 @@ impl Reason {
         Reason::RingFull,
         Reason::HoldTableFull,
         Reason::ArgvUnreadable,
+        Reason::ArgvChanged,
         Reason::Tamper,
         Reason::AgentGone,
     ];
@@ -173,6 +180,7 @@ impl Reason {
             Reason::RingFull => "ring_full",
             Reason::HoldTableFull => "hold_table_full",
             Reason::ArgvUnreadable => "argv_unreadable",
+            Reason::ArgvChanged => "argv_changed",
             Reason::Tamper => "tamper",
             Reason::AgentGone => "agent_gone",
         }

@@ -540,6 +540,11 @@ pub mod reason {
     /// An ask while no agent is alive to answer (its heartbeat is stale): denied at once
     /// instead of stopping a thread nobody would resume.
     pub const AGENT_GONE: u8 = 21;
+    /// The argv the kernel copied into the new image differs from the one captured from the
+    /// caller's memory (and decided, recorded, shown to an approver): another thread changed
+    /// it during the exec. Found after the point of no return: the process is killed before
+    /// it runs an instruction.
+    pub const ARGV_CHANGED: u8 = 22;
 }
 
 /// Entries of the per-CPU `COUNTERS` array: [0] is every event lost to a full ring buffer;
@@ -633,7 +638,10 @@ pub struct Argv {
     pub digest: u64,
     /// 1 when the caller's memory could not be read (a pointer or a string failed).
     pub unreadable: u32,
-    pub _pad: u32,
+    /// The kernel's own count of the arguments it copied (`linux_binprm.argc` at
+    /// bprm_creds_for_exec, before a script handler rewrites argv): what the check of the new
+    /// image's argv compares `argc` with, and how it finds a script's arguments.
+    pub kargc: u32,
 }
 
 /// An exec rule with argv conditions: the binary's exact resolved path (as its hash) and
@@ -854,6 +862,15 @@ pub struct Offsets {
     /// which with a parent other than itself is the kernel's `d_unlinked` (a deleted file, an
     /// O_TMPFILE never linked).
     pub dentry_hash_pprev: u32,
+    // The new image's argv, checked after the exec (issue 9 item 5: argv as the kernel copied
+    // it): `linux_binprm.{argc,filename,interp}`, `task_struct.mm` and
+    // `mm_struct.{arg_start,start_stack}`.
+    pub binprm_argc: u32,
+    pub binprm_filename: u32,
+    pub binprm_interp: u32,
+    pub task_mm: u32,
+    pub mm_arg_start: u32,
+    pub mm_start_stack: u32,
 }
 
 /// Sizes of the types that cross the kernel boundary, and so of the maps and ring buffer
@@ -889,8 +906,9 @@ const _: () = {
     assert!(offset_of!(Event, argv) == 320);
     assert!(size_of::<Argv>() == 600);
     assert!(offset_of!(Argv, hashes) == 520);
+    assert!(offset_of!(Argv, kargc) == 596);
     assert!(size_of::<ArgvRule>() == 48);
-    assert!(size_of::<Offsets>() == 124);
+    assert!(size_of::<Offsets>() == 148);
 };
 
 #[cfg(feature = "user")]

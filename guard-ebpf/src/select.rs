@@ -52,7 +52,7 @@ pub fn select_by_exe(s: &mut Scratch, bprm: *const u8, program: Program) {
     // task is not watched (yet).
     let needs_argv = by_path.is_some_and(|s| s.ntok != 0) || by_name.is_some_and(|s| s.ntok != 0);
     if needs_argv {
-        capture_exec_argv();
+        capture_exec_argv(bprm);
     }
     let mut rank = NO_RANK;
     let mut policy = 0u8;

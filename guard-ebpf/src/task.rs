@@ -41,6 +41,12 @@ static OFFSETS: Offsets = Offsets {
     task_nsproxy: 0,
     nsproxy_mnt_ns: 0,
     dentry_hash_pprev: 0,
+    binprm_argc: 0,
+    binprm_filename: 0,
+    binprm_interp: 0,
+    task_mm: 0,
+    mm_arg_start: 0,
+    mm_start_stack: 0,
 };
 
 /// Upper bound of tasks reserved by all watched trees, set by the agent below WATCHED's

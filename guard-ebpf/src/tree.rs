@@ -9,9 +9,10 @@ use aya_ebpf::{
 };
 use guard_common::{kind, reason, Action, Argv, Event, Hook, Watched, BPF_NOEXIST, SIGKILL};
 
+use crate::argv::check_new_argv;
 use crate::decide::{emit, Op, Outcome};
 use crate::maps::{
-    scratch, watched, watched_task, APPROVED, ARGV, EVENTS, GRACE, HOLDS, RESERVED, RESERVED_SLOT, TASK_COUNT,
+    bump, scratch, watched, watched_task, APPROVED, ARGV, EVENTS, GRACE, HOLDS, RESERVED, RESERVED_SLOT, TASK_COUNT,
     TREE_TASKS, VERDICTS, WATCHED,
 };
 use crate::resolve::{label, program_object};
@@ -194,7 +195,9 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     if old_pid != tid && new_tree == 0 {
         unwatch_task(old_pid);
         watch_task(tid, &w);
-        // argv was captured under the thread's old id.
+        // argv was captured under the thread's old id; an entry left under the leader's id
+        // is not this exec's.
+        ARGV.remove(tid).ok();
         if let Some(a) = ARGV.get_ptr(old_pid) {
             // SAFETY: a map value, valid for the program's run. Passed by reference: an Argv
             // does not fit on the BPF stack.
@@ -202,6 +205,22 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
             ARGV.insert(tid, a, 0).ok();
         }
         ARGV.remove(old_pid).ok();
+    }
+    // The argv that was decided is the one the kernel copied, or the program never runs: the
+    // capture read the caller's memory, which another thread may have changed since the
+    // kernel's copy. Past the point of no return the exec cannot fail, so the process is
+    // killed (SIGKILL is handled before the return to user space: not one instruction of the
+    // new program runs). A tree's first exec has no capture (its task was not watched yet).
+    let mut refused = 0;
+    if new_tree == 0 {
+        if let Some(a) = ARGV.get_ptr_mut(tid) {
+            refused = check_new_argv(bprm, a);
+            if refused != 0 {
+                // SAFETY: signals the current thread only (after the exec: the only one left).
+                unsafe { bpf_send_signal_thread(SIGKILL) };
+                bump(refused as u32);
+            }
+        }
     }
     if let Some(s) = scratch() {
         // The program as bprm_check_security resolved it (its global path; a memfd or deleted
@@ -212,10 +231,17 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
             let file: u64 = read_kernel(bprm.add(off(&offsets().binprm_file)));
             program_object(s, file as *const u8);
         }
-        // aux: 0 for an exec inside a tree, selector rank + 1 for the exec that starts one.
-        let op = Op { hook: Hook::Exec, aux: new_tree as u64, holdable: false, always_record: true };
-        let exec = Outcome { kind: kind::EXEC, action: 0, reason: 0, rule: 0, seq: 0, hash: 0 };
-        emit(s, &w, &op, exec);
+        if refused != 0 {
+            // Recorded with the new image's argv (what really ran; the argv that was decided
+            // is in the decision's own record); no exec record: the program never ran.
+            let op = Op { hook: Hook::Exec, aux: 0, holdable: false, always_record: true };
+            emit(s, &w, &op, Outcome::decision(Action::Deny as u8, refused, 0, 0));
+        } else {
+            // aux: 0 for an exec inside a tree, selector rank + 1 for the exec that starts one.
+            let op = Op { hook: Hook::Exec, aux: new_tree as u64, holdable: false, always_record: true };
+            let exec = Outcome { kind: kind::EXEC, action: 0, reason: 0, rule: 0, seq: 0, hash: 0 };
+            emit(s, &w, &op, exec);
+        }
     }
     ARGV.remove(tid).ok();
     0

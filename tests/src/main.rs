@@ -11,6 +11,7 @@ mod bench;
 mod console_e2e;
 mod daemon_tests;
 mod demo;
+mod escape_argv;
 mod escape_decide;
 mod escape_files;
 mod escape_hatch;
@@ -19,6 +20,7 @@ mod escape_ns;
 mod escape_uring;
 mod harness;
 mod ops;
+mod ops_argv;
 mod ops_decide;
 mod ops_files;
 mod ops_hatch;
@@ -122,6 +124,7 @@ fn run_tests() -> i32 {
         .chain(escape_uring::TESTS)
         .chain(escape_net::TESTS)
         .chain(escape_decide::TESTS)
+        .chain(escape_argv::TESTS)
         .chain(tamper::TESTS)
         .chain(status::TESTS)
         .chain(escape_hatch::TESTS)

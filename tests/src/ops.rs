@@ -163,6 +163,7 @@ pub fn run(args: &[String]) -> i32 {
         }
         dec if dec.starts_with("dec-") => return crate::ops_decide::run(args),
         ns if crate::ops_ns::OPS.contains(&ns) => return crate::ops_ns::run(args),
+        argv if crate::ops_argv::OPS.contains(&argv) => return crate::ops_argv::run(args),
         op if crate::ops_files::OPS.contains(&op) => crate::ops_files::run(args),
         other => {
             eprintln!("guard-e2e do: unknown op {other:?}");

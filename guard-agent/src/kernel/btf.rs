@@ -199,6 +199,12 @@ impl Btf {
             task_nsproxy: self.offset("task_struct", "nsproxy")?,
             nsproxy_mnt_ns: self.offset("nsproxy", "mnt_ns")?,
             dentry_hash_pprev: self.offset("dentry", "d_hash")? + self.offset("hlist_bl_node", "pprev")?,
+            binprm_argc: self.offset("linux_binprm", "argc")?,
+            binprm_filename: self.offset("linux_binprm", "filename")?,
+            binprm_interp: self.offset("linux_binprm", "interp")?,
+            task_mm: self.offset("task_struct", "mm")?,
+            mm_arg_start: self.offset("mm_struct", "arg_start")?,
+            mm_start_stack: self.offset("mm_struct", "start_stack")?,
         })
     }
 }
@@ -262,5 +268,6 @@ mod tests {
         };
         let o = btf.guard_offsets().unwrap();
         assert!(o.file_f_path > 0 && o.task_tgid > o.task_pid - 1);
+        assert!(o.binprm_interp > o.binprm_filename && o.task_mm > 0 && o.mm_start_stack > 0);
     }
 }

@@ -86,6 +86,7 @@ pub fn reason(code: u8) -> Option<Reason> {
         reason::ARGV_UNREADABLE => Reason::ArgvUnreadable,
         reason::TAMPER => Reason::Tamper,
         reason::AGENT_GONE => Reason::AgentGone,
+        reason::ARGV_CHANGED => Reason::ArgvChanged,
         _ => return None,
     })
 }
@@ -111,6 +112,7 @@ pub fn decision(action_code: u8, reason_code: u8) -> Decision {
                 | reason::ARGV_UNREADABLE
                 | reason::TAMPER
                 | reason::AGENT_GONE
+                | reason::ARGV_CHANGED
         );
     if denied {
         Decision::Deny
@@ -176,6 +178,8 @@ mod tests {
         assert_eq!(decision(KAction::Audit as u8, reason::RING_FULL), Decision::Deny);
         assert_eq!(decision(KAction::Ask as u8, reason::HOLD_TABLE_FULL), Decision::Deny);
         assert_eq!(decision(KAction::Allow as u8, reason::ARGV_UNREADABLE), Decision::Deny);
+        assert_eq!(reason(reason::ARGV_CHANGED), Some(Reason::ArgvChanged));
+        assert_eq!(decision(KAction::Deny as u8, reason::ARGV_CHANGED), Decision::Deny);
         assert_eq!(access(KHook::PathRename as u8, class::DELETE as u64), Some("delete"));
         assert_eq!(access(KHook::PathRename as u8, class::WRITE as u64), Some("write"));
         assert_eq!(decision(KAction::Ask as u8, reason::AGENT_GONE), Decision::Deny);

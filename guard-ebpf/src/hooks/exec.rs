@@ -50,9 +50,9 @@ fn anonymous_rule(w: &Watched) -> guard_common::RuleRef {
 /// Captures argv here rather than in `bprm_check_security`: the capture loop and the decision
 /// are then verified as two programs, not one whose every path repeats the other.
 #[lsm(hook = "bprm_creds_for_exec")]
-pub fn bprm_creds_for_exec(_ctx: LsmContext) -> i32 {
+pub fn bprm_creds_for_exec(ctx: LsmContext) -> i32 {
     if watched().is_some() {
-        capture_exec_argv();
+        capture_exec_argv(ctx.arg(0));
     }
     0
 }
