@@ -849,14 +849,20 @@ pub struct Offsets {
     pub msghdr_name: u32,
     pub msghdr_namelen: u32,
     // The mount of a dentry, for the inode hooks that get no `struct path` (xattrs): the
-    // dentry's superblock (`dentry.d_sb`), its list of mounts (`super_block.s_mounts`, linked
-    // through `mount.mnt_instance`), and the caller's mount namespace (`task_struct.nsproxy`,
-    // `nsproxy.mnt_ns`).
+    // dentry's superblock (`dentry.d_sb`), its mounts (`super_block.s_mounts`), and the
+    // caller's mount namespace (`task_struct.nsproxy`, `nsproxy.mnt_ns`). Up to 6.14 the
+    // mounts are a list_head through `mount.mnt_instance`; from 6.15 `s_mounts` points at the
+    // first mount and each at the next (`mount.mnt_next_for_sb`). See `sb_mounts_layout`.
     pub dentry_sb: u32,
     pub sb_mounts: u32,
+    /// From a node of the list to its mount: `mnt_instance` (list), 0 (chain).
     pub mount_instance: u32,
     pub task_nsproxy: u32,
     pub nsproxy_mnt_ns: u32,
+    /// From a node to the next node's pointer: 0 (list_head.next), `mnt_next_for_sb` (chain).
+    pub mount_next: u32,
+    /// [`sb_mounts_layout`]: how this kernel links a superblock's mounts.
+    pub sb_mounts_layout: u32,
     // Exec resolution (issue 9 item 3, exec half).
     /// `struct dentry.d_hash` + `struct hlist_bl_node.pprev`: NULL when the dentry is unhashed,
     /// which with a parent other than itself is the kernel's `d_unlinked` (a deleted file, an
@@ -871,6 +877,16 @@ pub struct Offsets {
     pub task_mm: u32,
     pub mm_arg_start: u32,
     pub mm_start_stack: u32,
+}
+
+/// How a kernel links the mounts of a superblock (`Offsets::sb_mounts_layout`).
+pub mod sb_mounts_layout {
+    /// Neither layout guard knows: xattr changes by watched tasks are unresolvable (denied).
+    pub const UNKNOWN: u32 = 0;
+    /// `s_mounts` is a list_head, the mounts linked through `mount.mnt_instance` (up to 6.14).
+    pub const LIST: u32 = 1;
+    /// `s_mounts` points at the first mount, each at the next by `mnt_next_for_sb` (6.15 on).
+    pub const CHAIN: u32 = 2;
 }
 
 /// Sizes of the types that cross the kernel boundary, and so of the maps and ring buffer
@@ -908,7 +924,7 @@ const _: () = {
     assert!(offset_of!(Argv, hashes) == 520);
     assert!(offset_of!(Argv, kargc) == 596);
     assert!(size_of::<ArgvRule>() == 48);
-    assert!(size_of::<Offsets>() == 148);
+    assert!(size_of::<Offsets>() == 156);
 };
 
 #[cfg(feature = "user")]

@@ -40,6 +40,8 @@ static OFFSETS: Offsets = Offsets {
     mount_instance: 0,
     task_nsproxy: 0,
     nsproxy_mnt_ns: 0,
+    mount_next: 0,
+    sb_mounts_layout: 0,
     dentry_hash_pprev: 0,
     binprm_argc: 0,
     binprm_filename: 0,

@@ -163,6 +163,16 @@ impl Btf {
 
     /// Every offset the programs need.
     pub fn guard_offsets(&self) -> Result<Offsets, BtfError> {
+        use guard_common::sb_mounts_layout::{CHAIN, LIST, UNKNOWN};
+        // How the superblock's mounts are linked (changed in 6.15); an unknown layout makes
+        // the xattr hooks deny watched tasks rather than the agent refuse to start.
+        let (sb_mounts_layout, mount_instance, mount_next) = if let Ok(o) = self.offset("mount", "mnt_instance") {
+            (LIST, o, 0)
+        } else if let Ok(o) = self.offset("mount", "mnt_next_for_sb") {
+            (CHAIN, 0, o)
+        } else {
+            (UNKNOWN, 0, 0)
+        };
         Ok(Offsets {
             file_f_path: self.offset("file", "f_path")?,
             file_f_mode: self.offset("file", "f_mode")?,
@@ -195,9 +205,11 @@ impl Btf {
             msghdr_namelen: self.offset("msghdr", "msg_namelen")?,
             dentry_sb: self.offset("dentry", "d_sb")?,
             sb_mounts: self.offset("super_block", "s_mounts")?,
-            mount_instance: self.offset("mount", "mnt_instance")?,
+            mount_instance,
             task_nsproxy: self.offset("task_struct", "nsproxy")?,
             nsproxy_mnt_ns: self.offset("nsproxy", "mnt_ns")?,
+            mount_next,
+            sb_mounts_layout,
             dentry_hash_pprev: self.offset("dentry", "d_hash")? + self.offset("hlist_bl_node", "pprev")?,
             binprm_argc: self.offset("linux_binprm", "argc")?,
             binprm_filename: self.offset("linux_binprm", "filename")?,
@@ -269,5 +281,7 @@ mod tests {
         let o = btf.guard_offsets().unwrap();
         assert!(o.file_f_path > 0 && o.task_tgid > o.task_pid - 1);
         assert!(o.binprm_interp > o.binprm_filename && o.task_mm > 0 && o.mm_start_stack > 0);
+        // The xattr hooks know how this kernel links a superblock's mounts.
+        assert_ne!(o.sb_mounts_layout, guard_common::sb_mounts_layout::UNKNOWN);
     }
 }

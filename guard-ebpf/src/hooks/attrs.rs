@@ -14,7 +14,7 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use core::ffi::c_void;
-use guard_common::{class, Action, Hook, RuleRef, EPERM};
+use guard_common::{class, sb_mounts_layout, Action, Hook, RuleRef, EPERM};
 
 use super::{files::decide_path, tamper};
 use crate::decide::{decide, Op};
@@ -75,15 +75,23 @@ fn decide_dentry(ctx: &LsmContext, hook: Hook) -> i32 {
     let o = offsets();
     // SAFETY: plain integers read through bpf_probe_read_kernel from the hook's dentry and the
     // current task (valid while the program runs).
-    let (head, ns) = unsafe {
+    let (mounts, ns) = unsafe {
         let sb: u64 = read_kernel((dentry as *const u8).add(off(&o.dentry_sb)));
         let task = bpf_get_current_task_btf() as *const u8;
         let nsproxy: u64 = read_kernel(task.add(off(&o.task_nsproxy)));
         let ns: u64 = read_kernel((nsproxy as *const u8).add(off(&o.nsproxy_mnt_ns)));
         (sb + off(&o.sb_mounts) as u64, ns)
     };
-    // SAFETY: `head` is a list head inside the superblock; reading its `next` pointer.
-    let first: u64 = unsafe { read_kernel(head as *const u8) };
+    // SAFETY: a plain integer: the layout the agent read from the kernel's BTF.
+    let layout = unsafe { core::ptr::read_volatile(&o.sb_mounts_layout) };
+    if layout == sb_mounts_layout::UNKNOWN {
+        label(s, b"extended attributes: mounts of this kernel not known");
+        return unresolvable(s, &w, &op);
+    }
+    // A list ends back at its head inside the superblock; a chain at a null pointer.
+    let head = if layout == sb_mounts_layout::LIST { mounts } else { 0 };
+    // SAFETY: `s_mounts` is inside the superblock: the first node (list) or mount (chain).
+    let first: u64 = unsafe { read_kernel(mounts as *const u8) };
     let mut walk = MountWalk {
         head,
         next: first,
@@ -138,7 +146,7 @@ const UNRESOLVED: u32 = 2;
 /// `decide_dentry`'s state, on the program's stack for the `bpf_loop` callback.
 #[repr(C)]
 struct MountWalk {
-    /// `&sb->s_mounts`: the list's head, where it ends.
+    /// Where the walk ends: `&sb->s_mounts` (a list), or 0 (a chain).
     head: u64,
     /// The next `mnt_instance` node to look at.
     next: u64,
@@ -167,7 +175,7 @@ extern "C" fn mount_step(_i: u64, ctx: *mut c_void) -> i64 {
             return 1;
         }
         let o = offsets();
-        walk.next = read_kernel(node as *const u8);
+        walk.next = read_kernel((node as *const u8).add(off(&o.mount_next)));
         let mount = (node as *const u8).sub(off(&o.mount_instance));
         let ns: u64 = read_kernel(mount.add(off(&o.mount_mnt_ns)));
         if ns != walk.ns {
