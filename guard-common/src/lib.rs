@@ -877,6 +877,9 @@ pub struct Offsets {
     pub task_mm: u32,
     pub mm_arg_start: u32,
     pub mm_start_stack: u32,
+    /// `mm_struct.exe_file`: inside execve, the new program (set before its mappings), to tell
+    /// it from the interpreter its ELF header names (issue 9 item 8).
+    pub mm_exe_file: u32,
 }
 
 /// How a kernel links the mounts of a superblock (`Offsets::sb_mounts_layout`).
@@ -924,7 +927,7 @@ const _: () = {
     assert!(offset_of!(Argv, hashes) == 520);
     assert!(offset_of!(Argv, kargc) == 596);
     assert!(size_of::<ArgvRule>() == 48);
-    assert!(size_of::<Offsets>() == 156);
+    assert!(size_of::<Offsets>() == 160);
 };
 
 #[cfg(feature = "user")]

@@ -49,6 +49,7 @@ static OFFSETS: Offsets = Offsets {
     task_mm: 0,
     mm_arg_start: 0,
     mm_start_stack: 0,
+    mm_exe_file: 0,
 };
 
 /// Upper bound of tasks reserved by all watched trees, set by the agent below WATCHED's

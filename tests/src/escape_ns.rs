@@ -22,6 +22,7 @@ pub const TESTS: &[crate::Test] = &[
     ("escape_ns_chroot_does_not_borrow_an_allow_rule", chroot_allow),
     ("escape_ns_loader_in_a_chroot_cannot_run_an_exec_denied_program", chroot_loader),
     ("escape_ns_a_program_named_deleted_is_decided_by_its_path", named_deleted),
+    ("escape_ns_an_elf_interpreter_is_decided_as_a_program", elf_interpreter),
 ];
 
 /// A policy that allows everything by default: the operations tested here must be refused
@@ -651,6 +652,80 @@ fn named_deleted() -> Result<()> {
     ensure!(
         !has(r, |x| x.reason == Some(Reason::SafeDefault)),
         "a program named \"... (deleted)\" was taken for an anonymous one: {r:#?}"
+    );
+    Ok(())
+}
+
+/// A copy of the ELF `bin` whose PT_INTERP names `interp` instead (padded with NULs: it must be
+/// no longer than the original's). Made by the test, outside every tree.
+fn with_interpreter(bin: &str, interp: &str, to: &str) -> Result<()> {
+    let old = interpreter(bin).context("the program has no PT_INTERP")?;
+    ensure!(interp.len() <= old.len(), "{interp} is longer than {old}");
+    let mut data = std::fs::read(bin)?;
+    let at = data.windows(old.len() + 1).position(|w| w[..old.len()] == *old.as_bytes() && w[old.len()] == 0);
+    let at = at.context("PT_INTERP string not found")?;
+    let mut new = interp.as_bytes().to_vec();
+    new.resize(old.len(), 0);
+    data[at..at + old.len()].copy_from_slice(&new);
+    std::fs::write(to, &data)?;
+    std::fs::set_permissions(to, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    Ok(())
+}
+
+/// Item 8, exec rules mean programs: the interpreter an ELF names in its header (PT_INTERP) is
+/// run by the kernel inside execve, with no exec of its own. A crafted program whose PT_INTERP
+/// names an exec-denied copy of the loader, or a memfd holding one (`/proc/self/fd/9`, a
+/// program with no name), must not get it run: the kernel's mapping of it is refused at
+/// mmap_file and the exec dies. The same crafted program pointing at an allowed copy runs (the
+/// control).
+fn elf_interpreter() -> Result<()> {
+    let me = std::env::current_exe()?.display().to_string();
+    let Some(ld) = interpreter(&me).filter(|l| std::path::Path::new(l).exists()) else {
+        return Err(Skip("guard-e2e is not dynamically linked here: no loader to run".into()).into());
+    };
+    let dir = "/tmp/t/pi";
+    std::fs::remove_dir_all(dir).ok();
+    std::fs::create_dir_all(dir)?;
+    // Loader copies whose paths are as long as the original's, so they fit in its PT_INTERP.
+    let named = |tag: &str| format!("{dir}/{tag}{}", "x".repeat(ld.len().saturating_sub(dir.len() + 1 + tag.len())));
+    let (denied, allowed) = (named("deny-"), named("okay-"));
+    ensure!(denied.len() == ld.len() && allowed.len() == ld.len(), "the loader's path {ld} is too short");
+    std::fs::copy(&ld, &denied)?;
+    std::fs::copy(&ld, &allowed)?;
+    with_interpreter(&me, &denied, &format!("{dir}/via-denied"))?;
+    with_interpreter(&me, &allowed, &format!("{dir}/via-allowed"))?;
+    with_interpreter(&me, "/proc/self/fd/9", &format!("{dir}/via-memfd"))?;
+    let policy = format!("[[rule]]\nname = \"no-loader-copy\"\naction = \"deny\"\nexec = {{ path = \"{denied}\" }}\n");
+    let a = Agent::start(
+        "ns-pt-interp",
+        &policy,
+        &format!(
+            "guard-e2e do run-status {dir}/via-denied do marker {dir}/m-denied; \
+             guard-e2e do run-status-memfd 9 {ld} {dir}/via-memfd do marker {dir}/m-memfd; \
+             guard-e2e do run-status {dir}/via-allowed do marker {dir}/m-allowed"
+        ),
+    )?;
+    for v in ["the denied interpreter", "the memfd interpreter"] {
+        let r = a.line_starting("RESULT ok run-status")?;
+        ensure!(!r.ends_with("exit=0"), "{v} ran the program: {r}");
+    }
+    let out = a.finish()?;
+    ensure!(!std::path::Path::new(&format!("{dir}/m-denied")).exists(), "the exec-denied interpreter ran");
+    ensure!(!std::path::Path::new(&format!("{dir}/m-memfd")).exists(), "the memfd interpreter ran");
+    ensure!(std::path::Path::new(&format!("{dir}/m-allowed")).exists(), "the control did not run");
+    let r = &out.records()?;
+    ensure!(
+        has(r, |x| x.hook == Some(Hook::MmapFile)
+            && is(&x.rule, "no-loader-copy")
+            && is(&x.object, &denied)
+            && x.decision == Some(Decision::Deny)),
+        "no mmap_file deny record naming the denied interpreter: {r:#?}"
+    );
+    ensure!(
+        has(r, |x| x.hook == Some(Hook::MmapFile)
+            && x.reason == Some(Reason::SafeDefault)
+            && x.decision == Some(Decision::Deny)),
+        "no safe_default record for the memfd interpreter: {r:#?}"
     );
     Ok(())
 }

@@ -23,6 +23,7 @@ pub const OPS: &[&str] = &[
     "memfd-exec-proc",
     "deleted-exec",
     "run-status",
+    "run-status-memfd",
     "marker",
     "chroot-run",
 ];
@@ -228,6 +229,27 @@ pub fn run(args: &[String]) -> i32 {
         // whose own exec succeeds even when the program it loads is refused.
         "run-status" => {
             let st = std::process::Command::new(a(1)).args(&args[2..]).status();
+            let after = match st {
+                Ok(s) => format!("exit={}", s.code().unwrap_or(-1)),
+                Err(e) => format!("spawn-error={e}"),
+            };
+            report(&op, Ok(()), &after)
+        }
+        // run-status-memfd FD SRC ARGV...: a memfd holding a copy of SRC at descriptor FD
+        // (inherited: no close-on-exec), then as run-status.
+        "run-status-memfd" => {
+            let r = (|| -> Result<(), Errno> {
+                let f = memfd_copy(a(2), true)?;
+                let at: i32 = a(1).parse().map_err(|_| Errno::EINVAL)?;
+                // SAFETY: dup2 of a descriptor this process owns onto a number it chose; the
+                // copy has no close-on-exec flag, on purpose (the child's exec opens it).
+                check(unsafe { libc::dup2(f.as_raw_fd(), at) } as i64)?;
+                Ok(())
+            })();
+            if let Err(e) = r {
+                return report(&op, Err(e), "memfd");
+            }
+            let st = std::process::Command::new(a(3)).args(&args[4..]).status();
             let after = match st {
                 Ok(s) => format!("exit={}", s.code().unwrap_or(-1)),
                 Err(e) => format!("spawn-error={e}"),

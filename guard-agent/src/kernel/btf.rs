@@ -217,6 +217,7 @@ impl Btf {
             task_mm: self.offset("task_struct", "mm")?,
             mm_arg_start: self.offset("mm_struct", "arg_start")?,
             mm_start_stack: self.offset("mm_struct", "start_stack")?,
+            mm_exe_file: self.offset("mm_struct", "exe_file")?,
         })
     }
 }
@@ -280,7 +281,7 @@ mod tests {
         };
         let o = btf.guard_offsets().unwrap();
         assert!(o.file_f_path > 0 && o.task_tgid > o.task_pid - 1);
-        assert!(o.binprm_interp > o.binprm_filename && o.task_mm > 0 && o.mm_start_stack > 0);
+        assert!(o.binprm_interp > o.binprm_filename && o.task_mm > 0 && o.mm_start_stack > 0 && o.mm_exe_file > 0);
         // The xattr hooks know how this kernel links a superblock's mounts.
         assert_ne!(o.sb_mounts_layout, guard_common::sb_mounts_layout::UNKNOWN);
     }

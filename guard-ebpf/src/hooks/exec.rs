@@ -10,7 +10,8 @@
 //! - a program that cannot be resolved to its global path is denied (`exec_unresolved`);
 //! - a program mapped executable by the dynamic loader (`ld.so /usr/bin/X` maps X, it does not
 //!   exec it) is decided at `mmap_file`: a PROT_EXEC mapping of a file an exec rule denies (or
-//!   asks for: a mapping cannot be held) is refused, and so is one of an anonymous file.
+//!   asks for: a mapping cannot be held) is refused, and so is one of an anonymous file; so is
+//!   the interpreter an ELF names (PT_INTERP), which the kernel maps inside execve.
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use guard_common::{class, reason, Action, Hook, Watched, EPERM};
 
@@ -21,7 +22,7 @@ use crate::decide::{decide, emit, Op, Outcome};
 use crate::maps::{bump, policy, scratch, watched, Scratch};
 use crate::resolve::{lookup_path, program_object, Program, NO_RULE};
 use crate::select::{exe_selectors, select_by_exe};
-use crate::task::{off, offsets, syscall_nr};
+use crate::task::{off, offsets, read_kernel, syscall_nr};
 
 /// `PROT_EXEC` of mmap(2).
 const PROT_EXEC: u64 = 0x4;
@@ -34,6 +35,19 @@ fn unresolved(s: &mut Scratch, w: &Watched, op: &Op) -> i32 {
     }
     emit(s, w, op, Outcome::decision(Action::Deny as u8, reason::EXEC_UNRESOLVED, 0, 0));
     -EPERM
+}
+
+/// Whether `file` is the program the current execve installed (the new mm's `exe_file`).
+#[inline(always)]
+fn is_new_program(file: *const u8) -> bool {
+    // SAFETY: the current task is valid while the program runs; plain pointers read through
+    // bpf_probe_read_kernel.
+    let exe: u64 = unsafe {
+        let task = aya_ebpf::helpers::bpf_get_current_task_btf() as *const u8;
+        let mm: u64 = read_kernel(task.add(off(&offsets().task_mm)));
+        read_kernel((mm as *const u8).add(off(&offsets().mm_exe_file)))
+    };
+    exe == file as u64
 }
 
 /// The policy's rule for anonymous programs.
@@ -105,14 +119,21 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
 /// flags): code mapped from a file. The dynamic loader run as a program (`ld.so X`) maps X
 /// without an exec of X, so exec rules are applied here too, but only their refusals (deny,
 /// and ask, which cannot be held here): an allow or a default still leaves the libraries every
-/// program maps alone. Mappings the kernel makes inside execve (the new program and its
-/// interpreter, decided at bprm_check_security) are not decided again.
+/// program maps alone.
+///
+/// Inside execve the kernel maps the new program (decided at bprm_check_security, not again
+/// here) and the interpreter its ELF header names (PT_INTERP), which no other hook decides:
+/// the kernel opens it for exec (file_open leaves exec opens to bprm_check_security), and it
+/// is never a bprm. A crafted ELF whose PT_INTERP names an exec-denied program, or a memfd
+/// (`/proc/self/fd/N`), would run it. So inside execve only the new program is skipped; by
+/// then the new mm is current and its `exe_file` is the new program. A refusal there comes
+/// after the point of no return: the kernel kills the process, which is what a refusal means.
 #[lsm(hook = "mmap_file")]
 pub fn mmap_file(ctx: LsmContext) -> i32 {
     let Some(w) = watched() else { return 0 };
     let file: *const u8 = ctx.arg(0);
     let prot: u64 = ctx.arg(2);
-    if file.is_null() || prot & PROT_EXEC == 0 || is_exec_syscall(syscall_nr()) {
+    if file.is_null() || prot & PROT_EXEC == 0 || (is_exec_syscall(syscall_nr()) && is_new_program(file)) {
         return 0;
     }
     let Some(s) = scratch() else { return -EPERM };
