@@ -28,6 +28,16 @@ pub const OPS: &[&str] = &[
     "chroot-run",
 ];
 
+/// Runs `argv` (the program first) and reports its exit status (`exit=N`, -1 for a signal).
+fn run_status(op: &str, argv: &[String]) -> i32 {
+    let Some((prog, rest)) = argv.split_first() else { return report(op, Err(Errno::EINVAL), "no program") };
+    let after = match std::process::Command::new(prog).args(rest).status() {
+        Ok(s) => format!("exit={}", s.code().unwrap_or(-1)),
+        Err(e) => format!("spawn-error={e}"),
+    };
+    report(op, Ok(()), &after)
+}
+
 fn report(op: &str, r: Result<(), Errno>, after: &str) -> i32 {
     let line = match r {
         Ok(()) => format!("RESULT ok {op} | {after}"),
@@ -227,14 +237,7 @@ pub fn run(args: &[String]) -> i32 {
         }
         // run-status ARGV...: runs ARGV and reports its exit status (`exit=N`): for a loader,
         // whose own exec succeeds even when the program it loads is refused.
-        "run-status" => {
-            let st = std::process::Command::new(a(1)).args(&args[2..]).status();
-            let after = match st {
-                Ok(s) => format!("exit={}", s.code().unwrap_or(-1)),
-                Err(e) => format!("spawn-error={e}"),
-            };
-            report(&op, Ok(()), &after)
-        }
+        "run-status" => run_status(&op, &args[1..]),
         // run-status-memfd FD SRC ARGV...: a memfd holding a copy of SRC at descriptor FD
         // (inherited: no close-on-exec), then as run-status.
         "run-status-memfd" => {
@@ -249,12 +252,7 @@ pub fn run(args: &[String]) -> i32 {
             if let Err(e) = r {
                 return report(&op, Err(e), "memfd");
             }
-            let st = std::process::Command::new(a(3)).args(&args[4..]).status();
-            let after = match st {
-                Ok(s) => format!("exit={}", s.code().unwrap_or(-1)),
-                Err(e) => format!("spawn-error={e}"),
-            };
-            report(&op, Ok(()), &after)
+            run_status(&op, &args[3..])
         }
         // chroot-run DIR exec|fexec|status PROG ARGV...: chroot(DIR) and chdir("/") (DIR "-": no
         // chroot), then runs PROG (a name inside the new root) with ARGV (argv[0] first): by
